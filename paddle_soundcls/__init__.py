@@ -1,0 +1,28 @@
+"""paddle_soundcls: fine-tune, tag, export and deploy PANNs sound classifiers with PaddlePaddle.
+
+Public API: Module, Trainer, create_model, list_models. Paddle is imported on first use,
+so the Paddle-free deployment runtime (`paddle_soundcls.deploy`) can import this package.
+"""
+__version__ = '0.1.0'
+__all__ = ['Module', 'Trainer', 'create_model', 'list_models']
+
+
+def list_models():
+    from .registry import list_models as _list
+    return _list()
+
+
+def create_model(name, **kwargs):
+    """Same as Module(name, **kwargs)."""
+    from .hub import Module
+    return Module(name, **kwargs)
+
+
+def __getattr__(name):
+    if name == 'Module':
+        from .hub import Module
+        return Module
+    if name == 'Trainer':
+        from .training.trainer import Trainer
+        return Trainer
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

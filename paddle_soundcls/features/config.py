@@ -1,0 +1,41 @@
+"""Front-end settings, kept as plain data so a checkpoint or export can record them."""
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Log-mel front end. The defaults are the PANNs settings the pretrained weights expect."""
+    sample_rate: int = 32000
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 320
+    window: str = 'hann'
+    center: bool = True
+    pad_mode: str = 'reflect'
+    power: float = 2.0
+    n_mels: int = 64
+    f_min: float = 50.0
+    f_max: Optional[float] = 14000.0
+    mel_norm: str = 'slaney'
+    htk: bool = False
+    amin: float = 1e-10
+    ref: float = 1.0
+    top_db: Optional[float] = None
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f'unknown front-end settings {sorted(unknown)}; known: {sorted(known)}')
+        return cls(**data)
+
+    def num_frames(self, num_samples):
+        """Frames the front end produces for a clip of `num_samples` samples."""
+        if self.center:
+            return 1 + num_samples // self.hop_length
+        return 1 + (num_samples - self.n_fft) // self.hop_length

@@ -1,0 +1,3 @@
+from .panns import ARCHITECTURES, AUDIOSET_CLASSES, PANNsBackbone
+
+__all__ = ['ARCHITECTURES', 'AUDIOSET_CLASSES', 'PANNsBackbone']

@@ -1,0 +1,101 @@
+"""The weights and data cache: `$PADDLE_SOUNDCLS_HOME` (default ~/.cache/paddle_soundcls).
+
+Downloads go to a temporary file beside the target, are checked (size, md5/sha256), and
+only then renamed into place, so the cache never holds a partial or wrong file.
+"""
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+
+from tqdm import tqdm
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class DownloadError(RuntimeError):
+    """A file could not be fetched or did not pass its check; the message says what to do."""
+
+
+def cache_dir():
+    root = os.environ.get('PADDLE_SOUNDCLS_HOME') or os.path.join(os.path.expanduser('~'), '.cache', 'paddle_soundcls')
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def file_digest(path, algorithm):
+    h = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_file(path, md5=None, sha256=None, size_range=None):
+    """Return None when `path` passes every given check, else a sentence saying why not."""
+    size = os.path.getsize(path)
+    if size_range is not None and not size_range[0] <= size <= size_range[1]:
+        return f'its size is {size} bytes, expected between {size_range[0]} and {size_range[1]}'
+    for algorithm, expected in (('md5', md5), ('sha256', sha256)):
+        if expected and file_digest(path, algorithm) != expected.lower():
+            return f'its {algorithm} is {file_digest(path, algorithm)}, expected {expected}'
+    return None
+
+
+def fetch(url, filename, md5=None, sha256=None, size_range=None, timeout=DEFAULT_TIMEOUT, root=None, progress=True):
+    """Return the cached path of `filename`, downloading it from `url` if it is not there yet.
+
+    A file already in the cache is used without any network access once it passes its
+    checks; a cached file that fails them is an error (it is never silently replaced).
+    """
+    root = root or cache_dir()
+    path = os.path.join(root, filename)
+    if os.path.exists(path):
+        problem = check_file(path, md5, sha256, size_range)
+        if problem:
+            raise DownloadError(f'the cached file {path} is damaged: {problem}. Delete it and run again '
+                                f'to download it from {url}.')
+        return path
+    os.makedirs(root, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f'.{filename}.', suffix='.part')
+    try:
+        with os.fdopen(fd, 'wb') as out:
+            _download(url, out, timeout, progress, filename)
+        problem = check_file(tmp, md5, sha256, size_range)
+        if problem:
+            raise DownloadError(f'the download of {url} is corrupt: {problem}. Nothing was saved; try again, '
+                                f'or place a good copy at {path} by hand.')
+        os.replace(tmp, path)  # atomic: readers see the old state or the complete file
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _download(url, out, timeout, progress, name):
+    hint = (f'Download it on a machine with internet access and copy it to '
+            f'{os.path.join(cache_dir(), name)} (or set PADDLE_SOUNDCLS_HOME to a folder that holds it).')
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = response.headers.get('Content-Length')
+            total = int(total) if total else None
+            received = 0
+            with tqdm(total=total, unit='B', unit_scale=True, desc=f'Downloading {name}', disable=not progress) as bar:
+                while True:
+                    block = response.read(1 << 16)
+                    if not block:
+                        break
+                    out.write(block)
+                    received += len(block)
+                    bar.update(len(block))
+            if total is not None and received != total:
+                raise DownloadError(f'the connection to {url} closed after {received} of {total} bytes. {hint}')
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(f'cannot download {url}: HTTP {exc.code} {exc.reason}. {hint}') from None
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, short reads
+        reason = getattr(exc, 'reason', exc)
+        raise DownloadError(f'cannot download {url} (offline, or the server did not answer within '
+                            f'{timeout:g} s: {reason}). {hint}') from None

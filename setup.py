@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name='paddle_soundcls',
+    version='0.1.0',
+    description='Fine-tune, tag, export and deploy PANNs sound classifiers with PaddlePaddle',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['paddle_soundcls', 'paddle_soundcls.*']),
+    package_data={'paddle_soundcls': ['data/*.csv']},
+    python_requires='>=3.9',
+    install_requires=[
+        'paddlepaddle>=3.0',
+        'paddleaudio>=1.0',
+        'paddle2onnx>=2.0',
+        'onnx',
+        'onnxruntime',
+        'librosa>=0.10',
+        'soundfile',
+        'visualdl',
+        'numpy',
+        'tqdm',
+        'matplotlib',
+    ],
+    extras_require={
+        'test': ['pytest', 'scikit-learn'],
+        'paddlespeech': ['paddlespeech'],
+    },
+    entry_points={'console_scripts': ['paddle-soundcls=paddle_soundcls.cli:main']},
+)
