@@ -154,6 +154,17 @@ class Module(nn.Layer):
         return {'format': checkpoint.FORMAT, 'model': self.name, 'task': self.task,
                 'labels': self.labels if self.task else None, 'frontend': self.frontend_cfg.to_dict()}
 
+    def save(self, directory):
+        """Write model.pdparams + meta.json to `directory`, replacing it only once complete.
+
+        `Module(name, load_checkpoint=directory)` rebuilds this Module with its labels.
+        """
+        def build(tmp):
+            paddle.save(self.state_dict(), os.path.join(tmp, checkpoint.PARAMS_FILE))
+            checkpoint.write_json(os.path.join(tmp, checkpoint.META_FILE), self.meta())
+        checkpoint.replace_dir(build, directory)
+        return directory
+
     def load_inputs(self, data, sample_rate):
         """Paths / arrays -> list of mono float32 waveforms at the model's rate (at least MIN_SECONDS)."""
         if isinstance(data, (str, os.PathLike, np.ndarray)):
