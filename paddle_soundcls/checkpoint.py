@@ -16,6 +16,13 @@ PARAMS_FILE = 'model.pdparams'
 FORMAT = 'paddle_soundcls/1'
 
 
+def _default_mode(base):
+    """`base` less the process umask: what open()/mkdir() would have given (mkstemp gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked; the message names the file and the keys."""
 
@@ -28,6 +35,7 @@ def atomic_write(path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _default_mode(0o666))
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -53,6 +61,7 @@ def replace_dir(build, target):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(target) + '.', suffix='.tmp')
     try:
+        os.chmod(tmp, _default_mode(0o777))
         build(tmp)
         old = target + '.old'
         if os.path.exists(old):

@@ -1,0 +1,349 @@
+"""PyTorch PANNs checkpoint reader and converter, and our backbones against PaddleSpeech's.
+
+The files under tests/data/torch/ were written by real PyTorch (tests/data/make_torch_checkpoints.py);
+tests/data/paddlespeech_reference.npz by PaddleSpeech's own model code
+(tests/data/make_paddlespeech_reference.py). Neither PyTorch nor PaddleSpeech is needed here.
+"""
+import importlib.util
+import os
+import pickletools
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pytest
+
+from paddle_soundcls import checkpoint, torch_checkpoint
+from paddle_soundcls.convert import (MEL_KEY, STFT_KEYS, ConversionError, build_backbone, check_mel_filters,
+                                     convert_panns_state, save_pdparams)
+from paddle_soundcls.features.config import FrontendConfig
+from paddle_soundcls.models import ARCHITECTURES
+from paddle_soundcls.torch_checkpoint import TorchCheckpointError, UnsafeCheckpointError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, 'tests', 'data')
+TORCH_DATA = os.path.join(DATA, 'torch')
+CLI = os.path.join(ROOT, 'tools', 'convert_panns_torch.py')
+HOSTILE_MARKER = 'converter_hostile_marker'  # what hostile.pth's pickle would create in the working directory
+
+
+@pytest.fixture(scope='module')
+def ref():
+    with np.load(os.path.join(TORCH_DATA, 'reference.npz')) as f:
+        return dict(f)
+
+
+@pytest.fixture(scope='module')
+def full_size():
+    """Full-size backbones by name, each built once: building CNN14 takes a second or two."""
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            cache[arch] = ARCHITECTURES[arch]()
+        return cache[arch]
+    return get
+
+
+def tiny_backbone(ref, arch):
+    return build_backbone(arch, [int(c) for c in ref[f'{arch}/channels']], int(ref[f'{arch}/emb_size']),
+                          int(ref[f'{arch}/n_mels']))
+
+
+def tiny_frontend(ref, arch):
+    return FrontendConfig(n_mels=int(ref[f'{arch}/n_mels']))
+
+
+def librosa_melw(sr=32000, n_fft=1024, n_mels=64, fmin=50.0, fmax=14000.0):
+    """torchlibrosa's melW: librosa's filters, transposed to [n_freq, n_mels]."""
+    import librosa
+    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax).T
+
+
+def torch_style_state(arch, melw=None):
+    """The key list of an official full-size PyTorch checkpoint, as zero arrays that take no memory.
+
+    Built from our backbone in PyTorch's conventions: running_mean / running_var, a
+    num_batches_tracked per BatchNorm, Linear weights [out, in], and the front-end buffers.
+    """
+    layer = build_backbone(arch, lazy=True)
+    state = {}
+    for key, value in layer.state_dict().items():
+        shape = tuple(value.shape)
+        if key.endswith('_mean'):
+            key = key[:-len('_mean')] + 'running_mean'
+            state[key.replace('running_mean', 'num_batches_tracked')] = np.zeros((), np.int64)
+        elif key.endswith('_variance'):
+            key = key[:-len('_variance')] + 'running_var'
+        elif key in ('fc1.weight', 'fc_audioset.weight'):
+            shape = shape[::-1]
+        state[key] = np.broadcast_to(np.float32(0), shape)
+    for key in STFT_KEYS:
+        state[key] = np.broadcast_to(np.float32(0), (513, 1, 1024))
+    state[MEL_KEY] = librosa_melw() if melw is None else melw
+    return state
+
+
+def write_zip_checkpoint(path, data_pkl, storages=(), byteorder='little'):
+    """A zip laid out as torch.save does, with the given data.pkl and storages."""
+    with zipfile.ZipFile(path, 'w') as zf:
+        zf.writestr('ckpt/data.pkl', data_pkl)
+        zf.writestr('ckpt/byteorder', byteorder)
+        zf.writestr('ckpt/version', '3\n')
+        for key, raw in storages:
+            zf.writestr(f'ckpt/data/{key}', raw)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- reader
+
+def test_reader_gives_exactly_the_saved_tensors(ref):
+    tensors = torch_checkpoint.load(os.path.join(TORCH_DATA, 'tensors.pth'))
+    expected = {k.split('/', 1)[1]: v for k, v in ref.items() if k.startswith('tensors/')}
+    assert list(tensors) == list(expected)
+    for name, want in expected.items():
+        got = tensors[name]
+        assert isinstance(got, np.ndarray) and got.dtype == want.dtype and got.shape == want.shape, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        assert got.flags['C_CONTIGUOUS'], name
+
+
+@pytest.mark.parametrize('arch', ['cnn14', 'cnn6'])
+def test_reader_on_model_checkpoints(ref, arch):
+    state = torch_checkpoint.load_state_dict(os.path.join(TORCH_DATA, f'tiny_{arch}.pth'))
+    keys = [str(k) for k in ref[f'{arch}/keys']]
+    assert list(state) == keys
+    for key, shape, sums in zip(keys, ref[f'{arch}/shapes'], ref[f'{arch}/sums']):
+        got = state[key]
+        assert list(got.shape) == [int(s) for s in shape if s >= 0], key
+        flat = got.astype(np.float64).ravel()
+        got_sums = [flat.sum(), (flat * np.linspace(1.0, 2.0, flat.size)).sum()]
+        np.testing.assert_allclose(got_sums, sums, rtol=1e-12, atol=1e-12, err_msg=key)
+    assert state['bn0.num_batches_tracked'].dtype == np.int64
+
+
+def test_reader_refuses_hostile_pickle(tmp_path, monkeypatch):
+    path = os.path.join(TORCH_DATA, 'hostile.pth')
+    # The file really is hostile: its pickle calls os.system (pickled as posix.system or nt.system).
+    with zipfile.ZipFile(path) as zf:
+        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(zf.read('hostile/data.pkl'))]
+    assert any(name == 'GLOBAL' and arg.split(' ')[1] == 'system' for name, arg in ops)
+    assert any(arg == f'touch {HOSTILE_MARKER}' for _, arg in ops)
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnsafeCheckpointError, match=r'hostile\.pth: refused.*system.*could run code'):
+        torch_checkpoint.load_state_dict(path)
+    assert not (tmp_path / HOSTILE_MARKER).exists()
+
+
+@pytest.mark.parametrize('module, name', [('builtins', 'eval'), ('subprocess', 'check_output'),
+                                          ('torch', 'load'), ('numpy.core.multiarray', '_reconstruct')])
+def test_reader_refuses_any_other_global(tmp_path, module, name):
+    # GLOBAL module.name, then call it with one string argument.
+    data_pkl = b'\x80\x02c' + f'{module}\n{name}\n'.encode() + b'X\x01\x00\x00\x001\x85R.'
+    path = write_zip_checkpoint(str(tmp_path / 'bad.pth'), data_pkl)
+    with pytest.raises(UnsafeCheckpointError, match=f'{module}.{name}'):
+        torch_checkpoint.load(path)
+
+
+def test_reader_refuses_legacy_format():
+    with pytest.raises(TorchCheckpointError, match=r'legacy PyTorch format.*zip format'):
+        torch_checkpoint.load(os.path.join(TORCH_DATA, 'legacy.pth'))
+
+
+def test_reader_reports_damaged_files(tmp_path):
+    with open(os.path.join(TORCH_DATA, 'tiny_cnn14.pth'), 'rb') as f:
+        raw = f.read()
+    truncated = tmp_path / 'truncated.pth'
+    truncated.write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(TorchCheckpointError, match=r'truncated\.pth is damaged or incomplete'):
+        torch_checkpoint.load(str(truncated))
+
+    text = tmp_path / 'notes.pth'
+    text.write_text('not a checkpoint')
+    with pytest.raises(TorchCheckpointError, match='not a PyTorch checkpoint'):
+        torch_checkpoint.load(str(text))
+
+    plain_zip = tmp_path / 'plain.pth'
+    with zipfile.ZipFile(plain_zip, 'w') as zf:
+        zf.writestr('readme.txt', 'hello')
+    with pytest.raises(TorchCheckpointError, match='not a PyTorch checkpoint'):
+        torch_checkpoint.load(str(plain_zip))
+
+    with pytest.raises(TorchCheckpointError, match='cannot read'):
+        torch_checkpoint.load(str(tmp_path / 'missing.pth'))
+
+
+def test_reader_checks_storage_sizes_and_layouts(tmp_path):
+    # A pickle naming storage '0' as 4 floats while the entry holds 3.
+    pid = b'(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ'
+    data_pkl = (b'\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(' + pid
+                + b'K\x00K\x04\x85K\x01\x85\x89)tR.')
+    path = write_zip_checkpoint(str(tmp_path / 'short.pth'), data_pkl, [('0', np.zeros(3, '<f4').tobytes())])
+    with pytest.raises(TorchCheckpointError, match='holds 12 bytes'):
+        torch_checkpoint.load(path)
+    path = write_zip_checkpoint(str(tmp_path / 'ok.pth'), data_pkl, [('0', np.arange(4, dtype='<f4').tobytes())])
+    np.testing.assert_array_equal(torch_checkpoint.load(path), np.arange(4, dtype=np.float32))
+    path = write_zip_checkpoint(str(tmp_path / 'big.pth'), data_pkl, [('0', np.arange(4, dtype='>f4').tobytes())],
+                                byteorder='big')
+    np.testing.assert_array_equal(torch_checkpoint.load(path), np.arange(4, dtype=np.float32))
+
+    # Strides that would read past the storage are refused, not followed.
+    storage = torch_checkpoint._Storage(np.arange(6, dtype=np.float32), bfloat16=False)
+    with pytest.raises(TorchCheckpointError, match='past the end'):
+        torch_checkpoint._rebuild_tensor(storage, 0, (2, 3), (3, 2))
+    with pytest.raises(TorchCheckpointError, match='past the end'):
+        torch_checkpoint._rebuild_tensor(storage, 4, (3,), (1,))
+
+
+# ------------------------------------------------------------------------------------- converter
+
+@pytest.mark.parametrize('arch', ['cnn14', 'cnn6'])
+def test_converted_weights_reproduce_pytorch(ref, arch):
+    torch_state = torch_checkpoint.load_state_dict(os.path.join(TORCH_DATA, f'tiny_{arch}.pth'))
+    model = tiny_backbone(ref, arch)
+    state = convert_panns_state(torch_state, model, tiny_frontend(ref, arch))
+    assert list(state) == list(model.state_dict())
+    missing, unexpected = model.set_state_dict(state)
+    assert not missing and not unexpected
+    # Linear weights arrive transposed, BatchNorm statistics under Paddle's names.
+    np.testing.assert_array_equal(state['fc_audioset.weight'], torch_state['fc_audioset.weight'].T)
+    np.testing.assert_array_equal(state['bn0._variance'], torch_state['bn0.running_var'])
+
+    model.eval()
+    with paddle.no_grad():
+        embedding = model(paddle.to_tensor(ref[f'{arch}/features']))
+        clipwise = F.sigmoid(model.fc_audioset(embedding))
+    assert float(ref[f'{arch}/embedding'].max()) > 0.1  # the comparison is not of zeros
+    np.testing.assert_allclose(embedding.numpy(), ref[f'{arch}/embedding'], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(clipwise.numpy(), ref[f'{arch}/clipwise'], atol=1e-4, rtol=0)
+
+
+def test_converter_names_unknown_missing_and_misshapen_keys(ref):
+    torch_state = torch_checkpoint.load_state_dict(os.path.join(TORCH_DATA, 'tiny_cnn14.pth'))
+    model, frontend = tiny_backbone(ref, 'cnn14'), tiny_frontend(ref, 'cnn14')
+
+    def error_for(state):
+        with pytest.raises(ConversionError) as info:
+            convert_panns_state(state, model, frontend, source='tiny_cnn14.pth')
+        return str(info.value)
+
+    extra = dict(torch_state, **{'att_block.att.weight': np.zeros(3, np.float32)})
+    assert "unknown keys ['att_block.att.weight']" in error_for(extra)
+    stray_counter = dict(torch_state, **{'conv_block9.bn1.num_batches_tracked': np.zeros((), np.int64)})
+    assert 'conv_block9.bn1.num_batches_tracked' in error_for(stray_counter)
+    missing = {k: v for k, v in torch_state.items() if k != 'conv_block2.bn1.running_var'}
+    assert "missing keys ['conv_block2.bn1.running_var']" in error_for(missing)
+    misshapen = dict(torch_state, **{'fc1.weight': torch_state['fc1.weight'].T})
+    assert 'fc1.weight is [8, 4], expected [4, 8]' in error_for(misshapen)
+    # The real checkpoints give a different architecture away by missing and misshapen keys.
+    message = error_for(torch_checkpoint.load_state_dict(os.path.join(TORCH_DATA, 'tiny_cnn6.pth')))
+    assert 'conv_block1.conv2.weight' in message and 'conv_block1.conv1.weight is [4, 1, 5, 5]' in message
+
+
+def test_converter_strips_data_parallel_prefix(ref):
+    torch_state = torch_checkpoint.load_state_dict(os.path.join(TORCH_DATA, 'tiny_cnn6.pth'))
+    model = tiny_backbone(ref, 'cnn6')
+    plain = convert_panns_state(torch_state, model, tiny_frontend(ref, 'cnn6'))
+    prefixed = convert_panns_state({'module.' + k: v for k, v in torch_state.items()}, model,
+                                   tiny_frontend(ref, 'cnn6'))
+    assert list(plain) == list(prefixed)
+
+
+def test_mel_filter_check_against_librosa():
+    check_mel_filters(librosa_melw())  # the PANNs 32 kHz settings pass
+    with pytest.raises(ConversionError, match=r'n_fft 512 and 64 mel bins.*other front-end settings'):
+        check_mel_filters(librosa_melw(sr=16000, n_fft=512, fmax=8000))  # the 16 kHz PANNs variants
+    with pytest.raises(ConversionError, match=r'differ from ours.*other front-end settings'):
+        check_mel_filters(librosa_melw(fmax=16000))
+    with pytest.raises(ConversionError, match='16 kHz'):
+        convert_panns_state(torch_style_state('cnn10', melw=librosa_melw(sr=16000, n_fft=512, fmax=8000)),
+                            'cnn10')
+
+
+@pytest.mark.parametrize('arch', ['cnn14', 'cnn10', 'cnn6'])
+def test_full_size_key_mapping(full_size, arch):
+    state = convert_panns_state(torch_style_state(arch), arch)
+    model = full_size(arch)
+    missing, unexpected = model.set_state_dict(state)
+    assert not missing and not unexpected
+    assert {k: list(v.shape) for k, v in state.items()} == {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_converted_file_loads_into_module(tmp_path):
+    from paddle_soundcls.hub import Module
+    torch_state = torch_style_state('cnn6')
+    torch_state['fc_audioset.bias'] = np.linspace(-1, 1, 527, dtype=np.float32)
+    torch_state['fc1.weight'] = np.arange(512 * 512, dtype=np.float32).reshape(512, 512)  # [out, in]
+    path = save_pdparams(convert_panns_state(torch_state, 'cnn6'), str(tmp_path / 'panns_cnn6.pdparams'))
+    assert [p.name for p in tmp_path.iterdir()] == ['panns_cnn6.pdparams']  # no temporary left behind
+    module = Module('panns_cnn6', task=None, load_checkpoint=path)
+    np.testing.assert_array_equal(module.backbone.fc_audioset.bias.numpy(), torch_state['fc_audioset.bias'])
+    np.testing.assert_array_equal(module.backbone.fc1.weight.numpy(), torch_state['fc1.weight'].T)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_cli_converts_end_to_end(ref, tmp_path):
+    src = tmp_path / 'tiny cnn14.pth'  # a space in the name, as users' paths have
+    shutil.copy(os.path.join(TORCH_DATA, 'tiny_cnn14.pth'), src)
+    out = tmp_path / 'out' / 'tiny.pdparams'
+    result = run_cli('--input', str(src), '--output', str(out), '--model', 'cnn14',
+                     '--channels', '4,8', '--emb-size', '4', '--n-mels', '4', cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert 'wrote 28 tensors' in result.stdout and 'mel filters match' in result.stdout
+    assert '5 BatchNorm num_batches_tracked' in result.stdout
+
+    expected = convert_panns_state(torch_checkpoint.load_state_dict(str(src)), tiny_backbone(ref, 'cnn14'),
+                                   tiny_frontend(ref, 'cnn14'))
+    written = checkpoint.load_params(str(out))
+    assert list(written) == list(expected)
+    for key in expected:
+        np.testing.assert_array_equal(written[key], expected[key], err_msg=key)
+
+
+def test_cli_fails_clearly(tmp_path):
+    out = tmp_path / 'out.pdparams'
+    result = run_cli('--input', os.path.join(TORCH_DATA, 'hostile.pth'), '--output', str(out), '--model', 'cnn14',
+                     cwd=str(tmp_path))
+    assert result.returncode == 1 and 'error:' in result.stderr and 'refused' in result.stderr
+    assert not out.exists() and not (tmp_path / HOSTILE_MARKER).exists()
+
+    result = run_cli('--input', 'x.pth', '--output', str(out), '--model', 'cnn14', '--channels', '4,8')
+    assert result.returncode == 2 and '--emb-size' in result.stderr
+
+
+# ------------------------------------------------------------------------- PaddleSpeech reference
+
+def _paddlespeech_recorder():
+    spec = importlib.util.spec_from_file_location('make_paddlespeech_reference',
+                                                  os.path.join(DATA, 'make_paddlespeech_reference.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('arch', ['cnn14', 'cnn10', 'cnn6'])
+def test_backbones_match_paddlespeech(full_size, arch):
+    recorder = _paddlespeech_recorder()
+    with np.load(os.path.join(DATA, 'paddlespeech_reference.npz')) as f:
+        want_embedding, want_scores = f[f'{arch}/embedding'], f[f'{arch}/scores']
+    model = full_size(arch)
+    index = recorder.ARCHS.index(arch)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    missing, unexpected = model.set_state_dict(recorder.seeded_weights(shapes, index))
+    assert not missing and not unexpected
+    model.eval()
+    with paddle.no_grad():
+        embedding = model(paddle.to_tensor(recorder.seeded_features(100 + index)))
+        scores = F.sigmoid(model.fc_audioset(embedding))
+    np.testing.assert_allclose(embedding.numpy(), want_embedding, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-4, rtol=0)
