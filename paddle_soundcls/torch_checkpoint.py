@@ -1,12 +1,20 @@
-"""Read PyTorch checkpoints (`torch.save`, zip format) as numpy arrays, without PyTorch.
+"""Read PyTorch checkpoints (`torch.save`) as numpy arrays, without PyTorch.
 
-A zip-format checkpoint holds `<top>/data.pkl`, a pickle of the saved object whose tensors
-point at raw storages kept as `<top>/data/<key>` entries (`<top>` is the file's stem or
-`archive`, depending on the PyTorch version). The pickle is read with an unpickler that
-knows only the handful of globals needed to rebuild tensors and plain containers, so a
-file that tries to call anything else is refused before any of its code can run.
+Both of torch.save's formats are read:
+- the zip format (PyTorch >= 1.6): `<top>/data.pkl`, a pickle of the saved object whose
+  tensors point at raw storages kept as `<top>/data/<key>` entries (`<top>` is the file's
+  stem or `archive`, depending on the PyTorch version);
+- the legacy format (PyTorch < 1.6, or `_use_new_zipfile_serialization=False`), which older
+  published checkpoints may be in: one stream of pickles (a magic number, the format
+  version, a dict describing the saving machine, the saved object, the list of storage
+  keys), then each listed storage as an 8-byte little-endian element count followed by its
+  elements, also little-endian.
+Every pickle is read with an unpickler that knows only the handful of globals needed to
+rebuild tensors and plain containers, so a file that tries to call anything else is
+refused before any of its code can run.
 """
 import collections
+import os
 import pickle
 import sys
 import zipfile
@@ -30,14 +38,15 @@ _STORAGE_DTYPES = {
     'BoolStorage': np.dtype('bool'),
 }
 
-# The first bytes of a legacy (PyTorch < 1.6) checkpoint: pickle protocol 2, then the
-# long integer 0x1950a86a20f9469cfc6c that PyTorch writes as a magic number.
-_LEGACY_MAGIC = b'\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19'
+# A legacy checkpoint is a stream of pickles: this number, then this format version, first.
+_LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
+_LEGACY_PROTOCOL_VERSION = 1001
+_PICKLE_PROTO = b'\x80'  # the first byte of a pickle of protocol 2 or later
 _ZIP_MAGIC = b'PK\x03\x04'
 
 
 class TorchCheckpointError(CheckpointError):
-    """A file that is not a readable zip-format PyTorch checkpoint."""
+    """A file that is not a readable PyTorch checkpoint."""
 
 
 class UnsafeCheckpointError(TorchCheckpointError):
@@ -53,17 +62,38 @@ class _StorageType:
 
 
 class _Storage:
-    """One storage of the file: a flat numpy array of its elements."""
+    """One storage of the file: a flat numpy array of its elements.
 
-    def __init__(self, data, bfloat16):
+    pending: None when `data` already holds the file's values. A legacy file stores its
+    storages after the pickle that builds the tensors, so until they are read this is a
+    list, shared by all storages of the file, of the tensor copies to make afterwards.
+    """
+
+    def __init__(self, data, bfloat16, pending=None):
         self.data = data
         self.bfloat16 = bfloat16
+        self.pending = pending
+
+    def copy_into(self, out, src):
+        """Fill `out` from `src` (a view of this storage) now, or once the storage holds its values."""
+        if self.pending is None:
+            _copy_values(out, src)
+        else:
+            self.pending.append((out, src))
+
+
+def _copy_values(out, src):
+    if src.dtype == np.uint16 and out.dtype == np.float32:
+        # bfloat16 is the upper half of a float32: shift its 16 bits into place.
+        np.left_shift(src, 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        out[...] = src
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
-    """`torch._utils._rebuild_tensor_v2`: a tensor's elements from its storage, as a C-ordered array.
+    """`torch._utils._rebuild_tensor[_v2]`: a tensor's elements from its storage, as a C-ordered array.
 
-    unused: requires_grad, backward hooks and metadata, which mean nothing for a numpy array.
+    unused: requires_grad, backward hooks and metadata (v2 only), which mean nothing for a numpy array.
     """
     if not isinstance(storage, _Storage):
         raise TorchCheckpointError(f'tensor data is a {type(storage).__name__}, not a storage')
@@ -71,21 +101,22 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
         raise TorchCheckpointError(f'bad tensor layout: size {size}, stride {stride}, offset {offset}')
     data = storage.data
+    dtype = np.dtype(np.float32) if storage.bfloat16 else data.dtype
     if 0 in size:
-        out = np.empty(size, dtype=data.dtype)
-    else:
-        # The last element addressed must lie inside the storage: as_strided does not check.
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if last >= data.size:
-            raise TorchCheckpointError(f'tensor of size {size}, stride {stride}, offset {offset} reaches past '
-                                       f'the end of its storage ({data.size} elements)')
-        itemsize = data.dtype.itemsize
-        out = np.lib.stride_tricks.as_strided(data[offset:], shape=size, strides=[s * itemsize for s in stride])
-        # A C-contiguous tensor (the usual case) stays a view of its storage; others get their own copy.
-        if not out.flags['C_CONTIGUOUS']:
-            out = np.array(out, order='C')
-    if storage.bfloat16:
-        out = (out.astype(np.uint32) << 16).view(np.float32)
+        return np.empty(size, dtype=dtype)
+    # The last element addressed must lie inside the storage: as_strided does not check.
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= data.size:
+        raise TorchCheckpointError(f'tensor of size {size}, stride {stride}, offset {offset} reaches past '
+                                   f'the end of its storage ({data.size} elements)')
+    itemsize = data.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(data[offset:], shape=size, strides=[s * itemsize for s in stride])
+    # A C-contiguous tensor (the usual case) stays a view of its storage: no copy, and it shows
+    # a legacy file's values as soon as they are read into the storage.
+    if view.flags['C_CONTIGUOUS'] and not storage.bfloat16:
+        return view
+    out = np.empty(size, dtype=dtype)
+    storage.copy_into(out, view)
     return out
 
 
@@ -97,6 +128,7 @@ def _rebuild_parameter(data, *unused):
 # Every global the pickle may name. Anything else is refused: unpickling calls it.
 _SAFE_GLOBALS = {
     ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
     ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
     ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
@@ -105,12 +137,16 @@ _SAFE_GLOBALS.update({('torch', name): _StorageType(name) for name in _STORAGE_D
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles `data.pkl`, rebuilding tensors from the zip's storages and nothing else."""
+    """Unpickles one pickle of a checkpoint, building nothing but tensors and plain containers.
 
-    def __init__(self, file, zf, prefix, byteorder, path):
+    storage_for: called with a persistent id ('storage', storage type, key, location, number
+        of elements[, legacy view]) whose first five items are checked; gives the _Storage.
+        None for the pickles that must not refer to storages.
+    """
+
+    def __init__(self, file, path, storage_for=None):
         super().__init__(file)
-        self.zf, self.prefix, self.byteorder, self.path = zf, prefix, byteorder, path
-        self.storages = {}
+        self.path, self.storage_for = path, storage_for
 
     def find_class(self, module, name):
         try:
@@ -122,30 +158,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f'from sources you trust, and then through PyTorch itself.') from None
 
     def persistent_load(self, pid):
-        # ('storage', storage type, key, location, number of elements)
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == 'storage'
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
-            raise TorchCheckpointError(f'{self.path}: unexpected persistent id {pid!r} in data.pkl')
-        _, storage_type, key, _, numel = pid
-        if key not in self.storages:
-            name = f'{self.prefix}data/{key}'
-            try:
-                info = self.zf.getinfo(name)
-            except KeyError:
-                raise TorchCheckpointError(f'{self.path}: storage {name} is missing; the file is damaged') from None
-            dtype = storage_type.dtype
-            if info.file_size != numel * dtype.itemsize:
-                raise TorchCheckpointError(f'{self.path}: storage {name} holds {info.file_size} bytes, expected '
-                                           f'{numel} x {dtype.itemsize}; the file is damaged')
-            # Read straight into the array: a checkpoint can be hundreds of MB, so no extra copy.
-            data = np.empty(numel, dtype=dtype)
-            with self.zf.open(info) as f:
-                if f.readinto(memoryview(data.view(np.uint8))) != info.file_size:
-                    raise TorchCheckpointError(f'{self.path}: storage {name} is truncated')
-            if self.byteorder != sys.byteorder and dtype.itemsize > 1:
-                data.byteswap(inplace=True)
-            self.storages[key] = _Storage(data, storage_type.name == 'BFloat16Storage')
-        return self.storages[key]
+        if not (self.storage_for is not None and isinstance(pid, tuple) and len(pid) >= 5
+                and pid[0] == 'storage' and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and type(pid[4]) is int and pid[4] >= 0):
+            raise TorchCheckpointError(f'{self.path}: unexpected persistent id {pid!r} in its pickle')
+        return self.storage_for(pid)
 
 
 def _top_folder(zf, path):
@@ -157,45 +174,156 @@ def _top_folder(zf, path):
     return tops[0]
 
 
+def _load_zip(path):
+    with zipfile.ZipFile(path) as zf:
+        prefix = _top_folder(zf, path)
+        byteorder = 'little'
+        if prefix + 'byteorder' in zf.namelist():
+            byteorder = zf.read(prefix + 'byteorder').decode('ascii', 'replace').strip()
+            if byteorder not in ('little', 'big'):
+                raise TorchCheckpointError(f'{path}: unknown byte order {byteorder!r}')
+        storages = {}
+
+        def storage_for(pid):
+            if len(pid) != 5:
+                raise TorchCheckpointError(f'{path}: unexpected persistent id {pid!r} in data.pkl')
+            _, storage_type, key, _, numel = pid
+            if key not in storages:
+                name = f'{prefix}data/{key}'
+                try:
+                    info = zf.getinfo(name)
+                except KeyError:
+                    raise TorchCheckpointError(f'{path}: storage {name} is missing; the file is damaged') from None
+                dtype = storage_type.dtype
+                if info.file_size != numel * dtype.itemsize:
+                    raise TorchCheckpointError(f'{path}: storage {name} holds {info.file_size} bytes, expected '
+                                               f'{numel} x {dtype.itemsize}; the file is damaged')
+                # Read straight into the array: a checkpoint can be hundreds of MB, so no extra copy.
+                data = np.empty(numel, dtype=dtype)
+                with zf.open(info) as f:
+                    if f.readinto(memoryview(data.view(np.uint8))) != info.file_size:
+                        raise TorchCheckpointError(f'{path}: storage {name} is truncated')
+                if byteorder != sys.byteorder and dtype.itemsize > 1:
+                    data.byteswap(inplace=True)
+                storages[key] = _Storage(data, storage_type.name == 'BFloat16Storage')
+            return storages[key]
+
+        with zf.open(prefix + 'data.pkl') as f:
+            return _RestrictedUnpickler(f, path, storage_for).load()
+
+
+def _load_legacy(f, path):
+    """The saved object of a legacy-format checkpoint, open as `f` at its start."""
+    try:
+        magic = _RestrictedUnpickler(f, path).load()
+    except UnsafeCheckpointError:
+        raise
+    except Exception:
+        # Any pickle error here just means the file is something else.
+        magic = None
+    if type(magic) is not int or magic != _LEGACY_MAGIC_NUMBER:
+        raise TorchCheckpointError(f'{path} is not a PyTorch checkpoint (neither a zip file nor the legacy format)')
+    version = _RestrictedUnpickler(f, path).load()
+    if version != _LEGACY_PROTOCOL_VERSION:
+        raise TorchCheckpointError(f'{path}: legacy PyTorch checkpoint of unknown version {version!r} '
+                                   f'(expected {_LEGACY_PROTOCOL_VERSION})')
+    # Facts about the saving machine. Storages are little-endian whatever it was (PyTorch converts
+    # when writing), and element sizes follow from the storage types, so nothing in it is needed.
+    _RestrictedUnpickler(f, path).load()
+
+    file_size = os.fstat(f.fileno()).st_size
+    pending = []  # tensor copies to make once the storages hold their values
+    roots, views = {}, {}
+
+    def storage_for(pid):
+        if len(pid) != 6:
+            raise TorchCheckpointError(f'{path}: unexpected persistent id {pid!r} in its pickle')
+        _, storage_type, key, _, numel, view = pid
+        dtype = storage_type.dtype
+        if key not in roots:
+            # The storage cannot be larger than the file: checked before allocating its memory.
+            if numel * dtype.itemsize > file_size:
+                raise TorchCheckpointError(f'{path} is damaged or incomplete (storage {key} needs {numel} x '
+                                           f'{dtype.itemsize} bytes, more than the whole file); download it again')
+            roots[key] = _Storage(np.empty(numel, dtype=dtype), storage_type.name == 'BFloat16Storage', pending)
+        root = roots[key]
+        if root.data.dtype != dtype or root.data.size != numel:
+            raise TorchCheckpointError(f'{path}: storage {key} is named as {root.data.size} x {root.data.dtype} '
+                                       f'and as {numel} x {dtype}; the file is damaged')
+        if view is None:
+            return root
+        # Very old files may point at part of a storage: (view key, offset, number of elements).
+        if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
+                and all(type(v) is int and v >= 0 for v in view[1:]) and view[1] + view[2] <= numel):
+            raise TorchCheckpointError(f'{path}: bad storage view {view!r} of storage {key} ({numel} elements)')
+        view_key, offset, view_size = view
+        if view_key not in views:
+            views[view_key] = _Storage(root.data[offset:offset + view_size], root.bfloat16, pending)
+        return views[view_key]
+
+    obj = _RestrictedUnpickler(f, path, storage_for).load()
+    keys = _RestrictedUnpickler(f, path).load()
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+        raise TorchCheckpointError(f'{path}: the list of storages is a {type(keys).__name__}; the file is damaged')
+    if len(set(keys)) != len(keys) or set(keys) != set(roots):
+        details = [f'{what}: {sorted(found)[:5]}' for what, found in (
+            ('used but not listed', set(roots) - set(keys)), ('listed but not used', set(keys) - set(roots)),
+            ('listed twice', {k for k, n in collections.Counter(keys).items() if n > 1})) if found]
+        raise TorchCheckpointError(f'{path}: storage count mismatch: the file lists {len(keys)} storages, its '
+                                   f'tensors use {len(roots)} ({"; ".join(details)}); the file is damaged')
+
+    for key in keys:
+        data = roots[key].data
+        count = f.read(8)
+        if len(count) != 8:
+            raise TorchCheckpointError(f'{path} is damaged or incomplete (it ends before storage {key}); '
+                                       f'download it again')
+        count = int.from_bytes(count, 'little', signed=True)
+        if count != data.size:
+            raise TorchCheckpointError(f'{path}: storage {key} holds {count} elements, but its tensors '
+                                       f'expect {data.size}; the file is damaged')
+        # Read straight into the array: a checkpoint can be hundreds of MB, so no extra copy.
+        got = f.readinto(memoryview(data.view(np.uint8)))
+        if got != data.nbytes:
+            raise TorchCheckpointError(f'{path} is damaged or incomplete (storage {key} has {got} of its '
+                                       f'{data.nbytes} bytes); download it again')
+        if sys.byteorder != 'little' and data.dtype.itemsize > 1:
+            data.byteswap(inplace=True)
+    for out, src in pending:
+        _copy_values(out, src)
+    return obj
+
+
 def load(path):
-    """Read a zip-format PyTorch checkpoint as saved, with every tensor as a numpy array.
+    """Read a PyTorch checkpoint (zip or legacy format) as saved, with every tensor as a numpy array.
 
     Returns the saved object (typically a dict) with tensors replaced by numpy arrays of the
     same shape and dtype (bfloat16 becomes float32). Raises TorchCheckpointError for a file
-    that is not a zip-format checkpoint or is damaged, and UnsafeCheckpointError for one
-    whose pickle names anything besides tensors and plain containers.
+    that is not a PyTorch checkpoint or is damaged, and UnsafeCheckpointError for one whose
+    pickle names anything besides tensors and plain containers.
     """
     try:
-        with open(path, 'rb') as f:
-            head = f.read(len(_LEGACY_MAGIC))
+        f = open(path, 'rb')
     except OSError as exc:
         raise TorchCheckpointError(f'cannot read {path}: {exc}') from None
-    if head.startswith(_LEGACY_MAGIC):
-        raise TorchCheckpointError(
-            f'{path} was saved in the legacy PyTorch format (PyTorch < 1.6), which is not supported. '
-            f'Re-save it in the zip format with PyTorch >= 1.6: torch.save(torch.load(old_path), new_path)')
-    if not head.startswith(_ZIP_MAGIC):
-        raise TorchCheckpointError(f'{path} is not a PyTorch checkpoint in the zip format of PyTorch >= 1.6 '
-                                   f'(it is not a zip file)')
     try:
-        with zipfile.ZipFile(path) as zf:
-            prefix = _top_folder(zf, path)
-            names = set(zf.namelist())
-            byteorder = 'little'
-            if prefix + 'byteorder' in names:
-                byteorder = zf.read(prefix + 'byteorder').decode('ascii', 'replace').strip()
-                if byteorder not in ('little', 'big'):
-                    raise TorchCheckpointError(f'{path}: unknown byte order {byteorder!r}')
-            with zf.open(prefix + 'data.pkl') as f:
-                return _RestrictedUnpickler(f, zf, prefix, byteorder, path).load()
+        with f:
+            head = f.read(len(_ZIP_MAGIC))
+            if head.startswith(_ZIP_MAGIC):
+                return _load_zip(path)
+            if not head.startswith(_PICKLE_PROTO):
+                raise TorchCheckpointError(f'{path} is not a PyTorch checkpoint '
+                                           f'(neither a zip file nor the legacy format)')
+            f.seek(0)
+            return _load_legacy(f, path)
     except TorchCheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise TorchCheckpointError(f'{path} is damaged or incomplete ({exc}); download it again') from None
     except (pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         # A malformed pickle fails in many ways; all of them mean the same to the user.
-        raise TorchCheckpointError(f'{path}: cannot read data.pkl ({type(exc).__name__}: {exc}); '
-                                   f'the file is damaged') from None
+        raise TorchCheckpointError(f'{path} is damaged or incomplete (cannot read its pickle: '
+                                   f'{type(exc).__name__}: {exc}); download it again') from None
 
 
 def load_state_dict(path):

@@ -5,7 +5,9 @@ tests/data/paddlespeech_reference.npz by PaddleSpeech's own model code
 (tests/data/make_paddlespeech_reference.py). Neither PyTorch nor PaddleSpeech is needed here.
 """
 import importlib.util
+import io
 import os
+import pickle
 import pickletools
 import shutil
 import subprocess
@@ -99,10 +101,74 @@ def write_zip_checkpoint(path, data_pkl, storages=(), byteorder='little'):
     return path
 
 
+LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
+LEGACY_SYS_INFO = {'protocol_version': 1001, 'little_endian': True, 'type_sizes': {'short': 2, 'int': 4, 'long': 8}}
+
+
+def write_legacy_checkpoint(path, obj_pkl, keys=(), storages=(), version=1001,
+                            sys_info_pkl=pickle.dumps(LEGACY_SYS_INFO, protocol=2)):
+    """A file laid out as torch.save(..., _use_new_zipfile_serialization=False) does.
+
+    obj_pkl: the pickle of the saved object; keys: the storage keys as listed after it;
+    storages: (element count to write, raw little-endian bytes) for each listed key.
+    """
+    parts = [pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2), pickle.dumps(version, protocol=2), sys_info_pkl,
+             obj_pkl, pickle.dumps(list(keys), protocol=2)]
+    for count, raw in storages:
+        parts += [count.to_bytes(8, 'little', signed=True), raw]
+    with open(path, 'wb') as f:
+        f.write(b''.join(parts))
+    return path
+
+
+def pickled_str(text):
+    raw = text.encode()
+    return b'X' + len(raw).to_bytes(4, 'little') + raw
+
+
+def pickled_int(value):
+    return b'J' + value.to_bytes(4, 'little', signed=True)
+
+
+def legacy_tensor_ops(key, numel, offset, size, stride, view=None):
+    """Pickle opcodes for torch._utils._rebuild_tensor(storage, offset, size, stride) (the name used before
+    _rebuild_tensor_v2) of a float32 storage with the legacy persistent id
+    ('storage', torch.FloatStorage, key, 'cpu', numel, view)."""
+    def ints(values):
+        return b'(' + b''.join(pickled_int(v) for v in values) + b't'
+    view_ops = b'N'
+    if view is not None:
+        view_ops = b'(' + pickled_str(view[0]) + pickled_int(view[1]) + pickled_int(view[2]) + b't'
+    pid = (b'(' + pickled_str('storage') + b'ctorch\nFloatStorage\n' + pickled_str(key) + pickled_str('cpu')
+           + pickled_int(numel) + view_ops + b'tQ')
+    return b'ctorch._utils\n_rebuild_tensor\n(' + pid + pickled_int(offset) + ints(size) + ints(stride) + b'tR'
+
+
+def skip_pickles(stream, count):
+    """Move `stream` past its next `count` pickles, without running them."""
+    for _ in range(count):
+        for _ in pickletools.genops(stream):
+            pass
+
+
+def object_pickle_ops(path):
+    """(opcode name, argument) of the pickle of the saved object, read without running it."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            name, = [n for n in zf.namelist() if n.endswith('/data.pkl')]
+            stream = io.BytesIO(zf.read(name))
+    else:
+        with open(path, 'rb') as f:
+            stream = io.BytesIO(f.read())
+        skip_pickles(stream, 3)  # magic number, format version, machine facts
+    return [(op.name, arg) for op, arg, _ in pickletools.genops(stream)]
+
+
 # ---------------------------------------------------------------------------------------- reader
 
-def test_reader_gives_exactly_the_saved_tensors(ref):
-    tensors = torch_checkpoint.load(os.path.join(TORCH_DATA, 'tensors.pth'))
+@pytest.mark.parametrize('name', ['tensors.pth', 'tensors_legacy.pth'])
+def test_reader_gives_exactly_the_saved_tensors(ref, name):
+    tensors = torch_checkpoint.load(os.path.join(TORCH_DATA, name))
     expected = {k.split('/', 1)[1]: v for k, v in ref.items() if k.startswith('tensors/')}
     assert list(tensors) == list(expected)
     for name, want in expected.items():
@@ -112,9 +178,13 @@ def test_reader_gives_exactly_the_saved_tensors(ref):
         assert got.flags['C_CONTIGUOUS'], name
 
 
-@pytest.mark.parametrize('arch', ['cnn14', 'cnn6'])
-def test_reader_on_model_checkpoints(ref, arch):
-    state = torch_checkpoint.load_state_dict(os.path.join(TORCH_DATA, f'tiny_{arch}.pth'))
+# The legacy file holds the same state dict as tiny_cnn14.pth, so the same reference applies.
+MODEL_FILES = [('cnn14', 'tiny_cnn14.pth'), ('cnn6', 'tiny_cnn6.pth'), ('cnn14', 'tiny_cnn14_legacy.pth')]
+
+
+@pytest.mark.parametrize('arch, name', MODEL_FILES)
+def test_reader_on_model_checkpoints(ref, arch, name):
+    state = torch_checkpoint.load_state_dict(os.path.join(TORCH_DATA, name))
     keys = [str(k) for k in ref[f'{arch}/keys']]
     assert list(state) == keys
     for key, shape, sums in zip(keys, ref[f'{arch}/shapes'], ref[f'{arch}/sums']):
@@ -126,33 +196,87 @@ def test_reader_on_model_checkpoints(ref, arch):
     assert state['bn0.num_batches_tracked'].dtype == np.int64
 
 
-def test_reader_refuses_hostile_pickle(tmp_path, monkeypatch):
-    path = os.path.join(TORCH_DATA, 'hostile.pth')
+@pytest.mark.parametrize('name', ['hostile.pth', 'hostile_legacy.pth'])
+def test_reader_refuses_hostile_pickle(tmp_path, monkeypatch, name):
+    path = os.path.join(TORCH_DATA, name)
     # The file really is hostile: its pickle calls os.system (pickled as posix.system or nt.system).
-    with zipfile.ZipFile(path) as zf:
-        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(zf.read('hostile/data.pkl'))]
-    assert any(name == 'GLOBAL' and arg.split(' ')[1] == 'system' for name, arg in ops)
+    ops = object_pickle_ops(path)
+    assert any(op == 'GLOBAL' and arg.split(' ')[1] == 'system' for op, arg in ops)
     assert any(arg == f'touch {HOSTILE_MARKER}' for _, arg in ops)
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UnsafeCheckpointError, match=r'hostile\.pth: refused.*system.*could run code'):
+    with pytest.raises(UnsafeCheckpointError, match=name.replace('.', r'\.') + r': refused.*system.*could run code'):
         torch_checkpoint.load_state_dict(path)
     assert not (tmp_path / HOSTILE_MARKER).exists()
 
 
+@pytest.mark.parametrize('legacy', [False, True])
 @pytest.mark.parametrize('module, name', [('builtins', 'eval'), ('subprocess', 'check_output'),
                                           ('torch', 'load'), ('numpy.core.multiarray', '_reconstruct')])
-def test_reader_refuses_any_other_global(tmp_path, module, name):
+def test_reader_refuses_any_other_global(tmp_path, module, name, legacy):
     # GLOBAL module.name, then call it with one string argument.
     data_pkl = b'\x80\x02c' + f'{module}\n{name}\n'.encode() + b'X\x01\x00\x00\x001\x85R.'
-    path = write_zip_checkpoint(str(tmp_path / 'bad.pth'), data_pkl)
+    if legacy:
+        path = write_legacy_checkpoint(str(tmp_path / 'bad.pth'), data_pkl)
+    else:
+        path = write_zip_checkpoint(str(tmp_path / 'bad.pth'), data_pkl)
     with pytest.raises(UnsafeCheckpointError, match=f'{module}.{name}'):
+        torch_checkpoint.load(path)
+    if legacy:
+        # The pickles before the saved object are held to the same rules.
+        path = write_legacy_checkpoint(str(tmp_path / 'bad_header.pth'), b'\x80\x02]q\x00.', sys_info_pkl=data_pkl)
+        with pytest.raises(UnsafeCheckpointError, match=f'{module}.{name}'):
+            torch_checkpoint.load(path)
+
+
+def test_legacy_reader_reports_truncated_files(tmp_path):
+    with open(os.path.join(TORCH_DATA, 'tiny_cnn14_legacy.pth'), 'rb') as f:
+        raw = f.read()
+    path = str(tmp_path / 'truncated.pth')
+    # Where the saved object's pickle and the storage list end: the storages follow.
+    stream = io.BytesIO(raw)
+    skip_pickles(stream, 4)
+    obj_end = stream.tell()
+    skip_pickles(stream, 1)
+    keys_end = stream.tell()
+    # Cut in the saved object's pickle, in the storage list, at or in a storage's count, in its bytes:
+    # every one gives the same kind of error, not a crash or a half-read state dict.
+    for size in (200, obj_end + 3, keys_end, keys_end + 6, len(raw) // 2, len(raw) - 1):
+        with open(path, 'wb') as f:
+            f.write(raw[:size])
+        with pytest.raises(TorchCheckpointError, match=r'truncated\.pth is damaged or incomplete.*download it again'):
+            torch_checkpoint.load(path)
+    with open(path, 'wb') as f:
+        f.write(raw[:len(raw) // 2])
+    with pytest.raises(TorchCheckpointError, match=r'storage \d+ has \d+ of its \d+ bytes'):
         torch_checkpoint.load(path)
 
 
-def test_reader_refuses_legacy_format():
-    with pytest.raises(TorchCheckpointError, match=r'legacy PyTorch format.*zip format'):
-        torch_checkpoint.load(os.path.join(TORCH_DATA, 'legacy.pth'))
+def test_legacy_reader_checks_storages(tmp_path):
+    root = np.arange(8, dtype='<f4').tobytes()
+    # A tensor on a view of the storage (elements 2..5, as very old files have them) and a strided one.
+    obj_pkl = (b'\x80\x02(' + legacy_tensor_ops('r', 8, 1, [2], [2], view=('v', 2, 4))
+               + legacy_tensor_ops('r', 8, 0, [4], [2]) + b'l.')
+    path = write_legacy_checkpoint(str(tmp_path / 'ok.pth'), obj_pkl, ['r'], [(8, root)])
+    on_view, strided = torch_checkpoint.load(path)
+    np.testing.assert_array_equal(on_view, [3, 5])
+    np.testing.assert_array_equal(strided, [0, 2, 4, 6])
+
+    def error_for(keys=('r',), storages=((8, root),), pkl=obj_pkl, version=1001):
+        with pytest.raises(TorchCheckpointError) as info:
+            torch_checkpoint.load(write_legacy_checkpoint(str(tmp_path / 'bad.pth'), pkl, keys, storages, version))
+        return str(info.value)
+
+    assert 'storage count mismatch' in error_for(keys=['r', 'x'], storages=[(8, root), (1, root[:4])])
+    assert 'storage count mismatch' in error_for(keys=[], storages=[])
+    assert 'storage count mismatch' in error_for(keys=['r', 'r'], storages=[(8, root), (8, root)])
+    assert 'storage r holds 7 elements, but its tensors expect 8' in error_for(storages=[(7, root)])
+    assert 'unknown version 1000' in error_for(version=1000)
+    huge = b'\x80\x02' + legacy_tensor_ops('r', 2 ** 30, 0, [1], [1]) + b'.'
+    assert 'more than the whole file' in error_for(pkl=huge)
+    assert 'is damaged or incomplete (it ends before storage r)' in error_for(storages=[])
+    past_end = b'\x80\x02' + legacy_tensor_ops('r', 8, 0, [1], [1], view=('v', 6, 4)) + b'.'
+    assert 'bad storage view' in error_for(pkl=past_end)
 
 
 def test_reader_reports_damaged_files(tmp_path):
@@ -167,6 +291,11 @@ def test_reader_reports_damaged_files(tmp_path):
     text.write_text('not a checkpoint')
     with pytest.raises(TorchCheckpointError, match='not a PyTorch checkpoint'):
         torch_checkpoint.load(str(text))
+
+    plain_pickle = tmp_path / 'plain.pkl'
+    plain_pickle.write_bytes(pickle.dumps({'fc1.bias': [1.0]}, protocol=2))
+    with pytest.raises(TorchCheckpointError, match='not a PyTorch checkpoint'):
+        torch_checkpoint.load(str(plain_pickle))
 
     plain_zip = tmp_path / 'plain.pth'
     with zipfile.ZipFile(plain_zip, 'w') as zf:
@@ -202,9 +331,9 @@ def test_reader_checks_storage_sizes_and_layouts(tmp_path):
 
 # ------------------------------------------------------------------------------------- converter
 
-@pytest.mark.parametrize('arch', ['cnn14', 'cnn6'])
-def test_converted_weights_reproduce_pytorch(ref, arch):
-    torch_state = torch_checkpoint.load_state_dict(os.path.join(TORCH_DATA, f'tiny_{arch}.pth'))
+@pytest.mark.parametrize('arch, name', MODEL_FILES)
+def test_converted_weights_reproduce_pytorch(ref, arch, name):
+    torch_state = torch_checkpoint.load_state_dict(os.path.join(TORCH_DATA, name))
     model = tiny_backbone(ref, arch)
     state = convert_panns_state(torch_state, model, tiny_frontend(ref, arch))
     assert list(state) == list(model.state_dict())
@@ -292,9 +421,10 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
-def test_cli_converts_end_to_end(ref, tmp_path):
+@pytest.mark.parametrize('name', ['tiny_cnn14.pth', 'tiny_cnn14_legacy.pth'])
+def test_cli_converts_end_to_end(ref, tmp_path, name):
     src = tmp_path / 'tiny cnn14.pth'  # a space in the name, as users' paths have
-    shutil.copy(os.path.join(TORCH_DATA, 'tiny_cnn14.pth'), src)
+    shutil.copy(os.path.join(TORCH_DATA, name), src)
     out = tmp_path / 'out' / 'tiny.pdparams'
     result = run_cli('--input', str(src), '--output', str(out), '--model', 'cnn14',
                      '--channels', '4,8', '--emb-size', '4', '--n-mels', '4', cwd=str(tmp_path))
@@ -312,10 +442,11 @@ def test_cli_converts_end_to_end(ref, tmp_path):
 
 def test_cli_fails_clearly(tmp_path):
     out = tmp_path / 'out.pdparams'
-    result = run_cli('--input', os.path.join(TORCH_DATA, 'hostile.pth'), '--output', str(out), '--model', 'cnn14',
-                     cwd=str(tmp_path))
-    assert result.returncode == 1 and 'error:' in result.stderr and 'refused' in result.stderr
-    assert not out.exists() and not (tmp_path / HOSTILE_MARKER).exists()
+    for name in ('hostile.pth', 'hostile_legacy.pth'):
+        result = run_cli('--input', os.path.join(TORCH_DATA, name), '--output', str(out), '--model', 'cnn14',
+                         cwd=str(tmp_path))
+        assert result.returncode == 1 and 'error:' in result.stderr and 'refused' in result.stderr
+        assert not out.exists() and not (tmp_path / HOSTILE_MARKER).exists()
 
     result = run_cli('--input', 'x.pth', '--output', str(out), '--model', 'cnn14', '--channels', '4,8')
     assert result.returncode == 2 and '--emb-size' in result.stderr

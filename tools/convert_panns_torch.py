@@ -24,7 +24,7 @@ from paddle_soundcls.torch_checkpoint import load_state_dict  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--input', required=True,
-                        help='PyTorch checkpoint (.pth, zip format), e.g. Cnn14_mAP=0.431.pth')
+                        help='PyTorch checkpoint (.pth, zip or legacy format), e.g. Cnn14_mAP=0.431.pth')
     parser.add_argument('--output', required=True, help='Paddle parameters to write, e.g. panns_cnn14.pdparams')
     parser.add_argument('--model', required=True, choices=['cnn14', 'cnn10', 'cnn6'],
                         help='architecture of the checkpoint')

@@ -14,8 +14,9 @@ Writes to tests/data/torch/:
                    mel filters for 4 mel bins) and one stored non-contiguous, one at an offset;
   tiny_cnn6.pth    the same for Cnn6 (5x5 blocks of one convolution), without front-end buffers;
   tensors.pth      tensors of every dtype the reader supports, and strided views;
-  legacy.pth       a checkpoint in the pre-1.6 (non-zip) format;
   hostile.pth      a zip-format file whose pickle would run `touch converter_hostile_marker`;
+  *_legacy.pth     tiny_cnn14.pth ({'model': state_dict} only), tensors.pth and hostile.pth in
+                   the legacy format of PyTorch < 1.6 (`_use_new_zipfile_serialization=False`);
   reference.npz    what the tests compare against: the model outputs PyTorch computes on seeded
                    log-mel features, a checksum of every checkpoint tensor, and tensors.pth's values.
 """
@@ -153,7 +154,7 @@ def checksums(state, prefix):
     return {f'{prefix}/keys': np.array(keys), f'{prefix}/sums': sums, f'{prefix}/shapes': shapes}
 
 
-def make_model_checkpoint(arch, seed, frontend):
+def make_model_checkpoint(arch, seed, frontend, legacy=False):
     cfg = TINY[arch]
     model = TinyPANNs(frontend=frontend, **cfg)
     randomize(model, seed)
@@ -173,6 +174,8 @@ def make_model_checkpoint(arch, seed, frontend):
     sd['fc1.bias'] = torch.cat([torch.full((3,), -7.0), bias, torch.full((2,), 9.0)])[3:3 + bias.numel()]
     assert not sd['fc_audioset.weight'].is_contiguous() and sd['fc1.bias'].storage_offset() == 3
     torch.save({'model': sd, 'iteration': 0}, os.path.join(OUT, f'tiny_{arch}.pth'))
+    if legacy:
+        torch.save({'model': sd}, os.path.join(OUT, f'tiny_{arch}_legacy.pth'), _use_new_zipfile_serialization=False)
 
     ref = {f'{arch}/features': features, f'{arch}/clipwise': clipwise.numpy(), f'{arch}/embedding': embedding.numpy(),
            f'{arch}/channels': np.array(cfg['channels']), f'{arch}/emb_size': np.array(cfg['emb_size']),
@@ -200,6 +203,8 @@ def make_tensor_file():
         ('parameter', nn.Parameter(torch.tensor([1.0, 2.0]))),
     ])
     torch.save(tensors, os.path.join(OUT, 'tensors.pth'))
+    # In the legacy format too: the views of `base` share its storage there as well.
+    torch.save(tensors, os.path.join(OUT, 'tensors_legacy.pth'), _use_new_zipfile_serialization=False)
     return {f'tensors/{k}': (v.detach().float() if v.dtype == torch.bfloat16 else v.detach()).numpy()
             for k, v in tensors.items()}
 
@@ -211,23 +216,27 @@ class RunsShell:
         return os.system, (f'touch {HOSTILE_MARKER}',)
 
 
-def make_hostile_file():
+def make_hostile_files():
     state = collections.OrderedDict([('fc1.bias', RunsShell())])
+    obj = {'model': state, 'iteration': 0}
     with zipfile.ZipFile(os.path.join(OUT, 'hostile.pth'), 'w') as zf:
-        zf.writestr('hostile/data.pkl', pickle.dumps({'model': state, 'iteration': 0}, protocol=2))
+        zf.writestr('hostile/data.pkl', pickle.dumps(obj, protocol=2))
         zf.writestr('hostile/byteorder', 'little')
         zf.writestr('hostile/version', '3\n')
+    # The legacy stream: magic number, format version, machine facts, the object, its (no) storage keys.
+    sys_info = {'protocol_version': 1001, 'little_endian': True, 'type_sizes': {'short': 2, 'int': 4, 'long': 8}}
+    with open(os.path.join(OUT, 'hostile_legacy.pth'), 'wb') as f:
+        for part in (0x1950a86a20f9469cfc6c, 1001, sys_info, obj, []):
+            pickle.dump(part, f, protocol=2)
 
 
 def main():
     os.makedirs(OUT, exist_ok=True)
     ref = {}
-    ref.update(make_model_checkpoint('cnn14', seed=4, frontend=True))
+    ref.update(make_model_checkpoint('cnn14', seed=4, frontend=True, legacy=True))
     ref.update(make_model_checkpoint('cnn6', seed=5, frontend=False))
     ref.update(make_tensor_file())
-    torch.save({'model': {'fc1.bias': torch.ones(2)}}, os.path.join(OUT, 'legacy.pth'),
-               _use_new_zipfile_serialization=False)
-    make_hostile_file()
+    make_hostile_files()
     np.savez_compressed(os.path.join(OUT, 'reference.npz'), **ref)
     for name in sorted(os.listdir(OUT)):
         print(f'{name}: {os.path.getsize(os.path.join(OUT, name))} bytes')
