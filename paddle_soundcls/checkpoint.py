@@ -57,6 +57,7 @@ def replace_dir(build, target):
     The old directory is kept as `target.old` until the new one is in place, so a crash
     at any moment leaves a complete directory at `target` or at `target.old`.
     """
+    target = os.fspath(target)
     parent = os.path.dirname(os.path.abspath(target)) or '.'
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix='.' + os.path.basename(target) + '.', suffix='.tmp')

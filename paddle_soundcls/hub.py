@@ -1,14 +1,14 @@
 """`Module`: a PANNs backbone and a head built by name, with weights loaded and predict()."""
 import logging
 import os
-from collections import OrderedDict
+import weakref
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from . import audio, checkpoint, registry, weights
+from . import checkpoint, registry, weights
 from .device import set_device
 from .features.config import FrontendConfig
 from .features.logmel import LogMel
@@ -81,9 +81,14 @@ class Module(nn.Layer):
                 if meta['model'] != name:
                     raise checkpoint.CheckpointError(
                         f'{params_path} was trained from {meta["model"]}, not {name}; use name={meta["model"]!r}')
-                if labels is not None and labels != meta['labels'] and len(labels) != len(meta['labels']):
+                saved = meta['labels'] or []
+                if labels is not None and len(labels) != len(saved):
                     raise checkpoint.CheckpointError(
-                        f'{params_path} has {len(meta["labels"])} classes, but {len(labels)} were asked for')
+                        f'{params_path} has {len(saved)} classes, but {len(labels)} were asked for')
+                if label_map is not None and labels != saved:
+                    raise checkpoint.CheckpointError(
+                        f'label_map {labels[:5]}... differs from the labels saved with {params_path} '
+                        f'({saved[:5]}...); leave label_map out to use the saved ones')
                 task, labels = meta['task'], meta['labels'] if meta['task'] else None
                 frontend = FrontendConfig.from_dict(meta['frontend'])
             elif task == 'sound-cls' and labels is None and 'fc.weight' in state:
@@ -167,49 +172,135 @@ class Module(nn.Layer):
 
     def load_inputs(self, data, sample_rate):
         """Paths / arrays -> list of mono float32 waveforms at the model's rate (at least MIN_SECONDS)."""
-        if isinstance(data, (str, os.PathLike, np.ndarray)):
-            data = [data]
-        if not isinstance(data, (list, tuple)) or not data:
-            raise ValueError('data must be a non-empty list of audio file paths or numpy waveforms')
+        from .deploy import pipeline
         sr = self.frontend_cfg.sample_rate
-        min_len = int(MIN_SECONDS * sr)
-        waves = []
-        for i, item in enumerate(data):
-            name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else f'data[{i}]'
-            wave = audio.load(item, sample_rate, sr, name=name)
-            waves.append(wave if len(wave) >= min_len else np.pad(wave, (0, min_len - len(wave))))
-        return waves
+        return [pipeline.load_wave(source, sample_rate, sr, MIN_SECONDS, name)
+                for name, source in pipeline.as_sources(data)]
 
     @paddle.no_grad()
-    def predict(self, data, sample_rate=None, batch_size=1, feat_type='mel', use_gpu=False, topk=None):
+    def predict(self, data, sample_rate=None, batch_size=1, feat_type='mel', use_gpu=False, topk=None,
+                window=None, hop=None, reduce='mean', engine='auto'):
         """Classify or tag audio.
 
-        data: a list of audio file paths (read at their own rate) and/or numpy waveforms
-            ([samples] or [channels, samples]) at `sample_rate` Hz.
-        Returns one OrderedDict(label -> score) per input, best first (`topk` keeps the best k).
+        data: an audio file path (read at its own rate), a numpy waveform ([samples] or
+            [channels, samples] at `sample_rate` Hz), or a list of them.
+        batch_size: clips (or windows) per forward pass.
+        topk: keep the best k labels of every result.
+        window, hop: seconds; slide a `window`-second window every `hop` seconds (default:
+            hop = window) over each input, streaming windows in batches, for audio of any length.
+        reduce: 'mean' or 'max' over windows for the clip-level scores of windowed calls.
+        engine: 'auto' runs onnxruntime (the Module exported once per set of weights and cached)
+            for 4 or more inputs or any windowed call, and Paddle dygraph otherwise or with
+            use_gpu=True; 'onnxruntime' or 'dygraph' force one. Both give the same scores (~1e-5).
+        Returns one OrderedDict(label -> score) per input, best first; for windowed calls one
+        {'scores': OrderedDict, 'timeline': [{'start': s, 'end': e, 'scores': OrderedDict}, ...]}
+        per input (seconds; see paddle_soundcls.deploy.pipeline).
         """
+        from .deploy import pipeline
         if feat_type != 'mel':
             raise ValueError(f"feat_type must be 'mel' (log-mel, what PANNs was trained on), got {feat_type!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
-        set_device(use_gpu)
-        waves = self.load_inputs(data, sample_rate)
+        if engine not in _PREDICT_ENGINES:
+            raise ValueError(f'engine must be one of {_PREDICT_ENGINES}, got {engine!r}')
+        if use_gpu and engine == 'onnxruntime':
+            raise ValueError("engine='onnxruntime' runs on the CPU; use engine='dygraph' (or 'auto') with use_gpu=True")
+        hop = pipeline.check_args(batch_size, topk, window, hop, reduce)
+        sources = pipeline.as_sources(data)
         self.eval()
-        scores = [None] * len(waves)
-        # Clips of equal length share a batch, so no clip is padded beyond its own length.
-        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            groups = {}
-            for i in idx:
-                groups.setdefault(len(waves[i]), []).append(i)
-            for members in groups.values():
-                batch = paddle.to_tensor(np.stack([waves[i] for i in members]))
-                probs = self.scores(self(self.frontend(batch))).numpy()
-                for i, p in zip(members, probs):
-                    scores[i] = p
-        return [self.to_dict(s, topk) for s in scores]
+        score_fn = None
+        if engine == 'onnxruntime':
+            score_fn = _onnx_scorer(self)
+        elif engine == 'auto' and not use_gpu and (window is not None or len(sources) >= _FAST_MIN_INPUTS):
+            try:
+                score_fn = _onnx_scorer(self)
+            except Exception as exc:  # e.g. onnxruntime missing, or an op paddle2onnx cannot convert
+                logger.warning('%s: the onnxruntime engine is unavailable (%s); running Paddle dygraph', self.name, exc)
+        if score_fn is None:
+            set_device(use_gpu)
+            score_fn = _dygraph_scorer(self)
+        raw = pipeline.run(sources, score_fn, sample_rate, self.frontend_cfg.sample_rate, MIN_SECONDS,
+                           batch_size, window, hop)
+        return pipeline.format_results(raw, self.labels, topk, reduce)
 
     def to_dict(self, scores, topk=None):
-        order = np.argsort(-scores, kind='stable')[:topk]
-        return OrderedDict((self.labels[j], float(scores[j])) for j in order)
+        """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only."""
+        from .deploy import pipeline
+        return pipeline.to_dict(scores, self.labels, topk)
+
+
+# Module.predict engines. The onnxruntime engine needs a one-off export (about a second for
+# CNN6/CNN10, ten for CNN14), which pays off from a few clips on.
+_PREDICT_ENGINES = ('auto', 'onnxruntime', 'dygraph')
+_FAST_MIN_INPUTS = 4
+_ONNX_CACHE_KEEP = 3  # exported models kept in the cache (CNN14 is 320 MB each)
+# Module -> (state key, OnnxEngine). Kept beside the Module rather than on it, so copying or
+# pickling a Module never meets an onnxruntime session.
+_ONNX_ENGINES = weakref.WeakKeyDictionary()
+
+
+def _dygraph_scorer(module):
+    """waveforms [batch, samples] -> scores [batch, classes] with Paddle dygraph (front end on the device)."""
+    def score(waves):
+        return module.scores(module(module.frontend(paddle.to_tensor(waves)))).numpy()
+    return score
+
+
+def _state_key(module):
+    """A digest of everything the exported graph depends on: weights, model, task, labels, versions."""
+    import hashlib
+    import json
+
+    import paddle2onnx
+    h = hashlib.sha256()
+    h.update(json.dumps([module.meta(), paddle.__version__, paddle2onnx.__version__], sort_keys=True).encode())
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(value.numpy()).tobytes())
+    return h.hexdigest()[:32]
+
+
+def _onnx_scorer(module):
+    """waveforms [batch, samples] -> scores [batch, classes] with onnxruntime and the numpy front end.
+
+    The Module is exported to `<cache>/onnx/<name>-<key>.onnx` once per set of weights (the key
+    hashes them, so a Module trained further is exported again) and the session is kept on the
+    Module for the next call.
+    """
+    import tempfile
+
+    from .deploy.engines import OnnxEngine
+    from .export.onnx import convert
+    from .export.static import save_static
+    from .features.mel import logmel
+
+    key = _state_key(module)
+    cached = _ONNX_ENGINES.get(module)
+    if cached is None or cached[0] != key:
+        folder = os.path.join(weights.cache_dir(), 'onnx')
+        path = os.path.join(folder, f'{module.name}-{key}.onnx')
+        if os.path.isfile(path):
+            os.utime(path)  # most recently used: kept by the pruning below
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_static(module, tmp)
+                model = convert(tmp)
+            checkpoint.atomic_write(path, lambda tmp_path: _save_onnx(model, tmp_path))
+            _prune_onnx_cache(folder)
+        cached = (key, OnnxEngine(path))
+        _ONNX_ENGINES[module] = cached
+    engine, cfg = cached[1], module.frontend_cfg
+    return lambda waves: engine(logmel(waves, cfg))
+
+
+def _save_onnx(model, path):
+    import onnx
+    onnx.save(model, path)
+
+
+def _prune_onnx_cache(folder):
+    files = sorted((os.path.join(folder, f) for f in os.listdir(folder) if f.endswith('.onnx')),
+                   key=os.path.getmtime, reverse=True)
+    for path in files[_ONNX_CACHE_KEEP:]:
+        try:
+            os.remove(path)
+        except OSError:  # another process removed it first
+            pass

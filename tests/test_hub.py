@@ -126,6 +126,12 @@ def test_saved_module_restores_labels(tmp_path):
     assert list(loaded.predict([wave], 32000)[0].items()) == pytest.approx(list(source.predict([wave], 32000)[0].items()))
     with pytest.raises(CheckpointError, match='panns_cnn6'):
         Module('panns_cnn10', load_checkpoint=str(tmp_path / 'best_model'))
+    # PaddleHub-style num_class is accepted; other class names or counts are not.
+    assert Module('panns_cnn6', num_class=2, load_checkpoint=str(tmp_path / 'best_model')).labels == ['engine', 'bird']
+    with pytest.raises(CheckpointError, match='differs from the labels saved'):
+        Module('panns_cnn6', label_map=['car', 'bird'], load_checkpoint=str(tmp_path / 'best_model'))
+    with pytest.raises(CheckpointError, match='has 2 classes, but 3 were asked for'):
+        Module('panns_cnn6', num_class=3, load_checkpoint=str(tmp_path / 'best_model'))
 
 
 def test_checkpoint_for_another_model_is_refused(tmp_path):

@@ -1,5 +1,7 @@
 """The log-mel math in numpy. Shared by the Paddle front end (as buffers) and the
 Paddle-free deployment runtime, so both compute exactly the same filters."""
+from functools import lru_cache
+
 import numpy as np
 
 from .config import FrontendConfig
@@ -72,6 +74,13 @@ def power_to_db(power, cfg: FrontendConfig):
     return log_spec
 
 
+@lru_cache(maxsize=8)
+def _analysis_arrays(cfg: FrontendConfig):
+    """float32 window and transposed filter bank for a config (configs are frozen, so hashable)."""
+    fbank = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.htk, cfg.mel_norm)
+    return stft_window(cfg).astype(np.float32), np.ascontiguousarray(fbank.T, dtype=np.float32)
+
+
 def logmel(waveforms, cfg: FrontendConfig = FrontendConfig()):
     """Log-mel features of a batch in numpy.
 
@@ -87,9 +96,9 @@ def logmel(waveforms, cfg: FrontendConfig = FrontendConfig()):
             raise ValueError(f'clip of {x.shape[-1]} samples is too short for reflect padding of {pad}')
         x = np.pad(x, ((0, 0), (pad, pad)), mode=cfg.pad_mode)
     frames = np.lib.stride_tricks.sliding_window_view(x, cfg.n_fft, axis=-1)[:, ::cfg.hop_length]
-    spec = np.fft.rfft(frames * stft_window(cfg).astype(np.float32), axis=-1)
+    window_, fbank_t = _analysis_arrays(cfg)
+    spec = np.fft.rfft(frames * window_, axis=-1)
     power = np.abs(spec) ** cfg.power
-    fbank = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.htk, cfg.mel_norm)
-    mel = power @ fbank.T.astype(np.float32)
+    mel = power @ fbank_t
     out = power_to_db(mel, cfg).astype(np.float32)
     return out[0] if single else out

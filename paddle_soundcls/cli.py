@@ -1,0 +1,261 @@
+"""`paddle-soundcls`: predict, tag, export and benchmark from the command line.
+
+    paddle-soundcls predict MODEL_DIR clips/ dog.wav [--topk 3] [--format table]
+    paddle-soundcls predict MODEL_DIR long.wav --window 5 --hop 2.5
+    paddle-soundcls tag street.wav [--model panns_cnn14 | --model-dir DIR]
+    paddle-soundcls export --checkpoint ckpt/best_model --output exported [--check DATA]
+    paddle-soundcls benchmark --model panns_cnn14 --seconds 5 --batch-size 8 --json
+
+MODEL_DIR is a fine-tuned checkpoint directory (model.pdparams + meta.json) or an export
+directory (export.json). User errors print one line and exit with status 2; a failed
+parity check exits with status 1.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .audio import AUDIO_EXTENSIONS
+
+ENGINE_CHOICES = ('auto', 'onnxruntime', 'paddle', 'dygraph')
+DEFAULT_TAGGER = 'panns_cnn14'
+
+
+class UsageError(ValueError):
+    """A command line that cannot be carried out as given."""
+
+
+def expand_inputs(inputs):
+    """Files and folders (searched recursively for audio files) -> list of file paths."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = []
+            for folder, dirs, files in os.walk(item):
+                dirs.sort()
+                found += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(AUDIO_EXTENSIONS)]
+            if not found:
+                raise UsageError(f'{item} holds no audio files ({", ".join(AUDIO_EXTENSIONS)})')
+            paths += found
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            raise UsageError(f'no such file or folder: {item}')
+    return paths
+
+
+def _runner(model_dir, engine, threads, model=None, tagging=None):
+    """(predict function, task) for a checkpoint or export directory.
+
+    tagging: True / False to require an AudioSet tagger / a classifier, None for either.
+    """
+    from .deploy import exportdir
+    if exportdir.is_export_dir(model_dir):
+        from .deploy import Predictor
+        if engine == 'dygraph':
+            raise UsageError(f'{model_dir} is an export directory; --engine dygraph needs a checkpoint directory')
+        if engine == 'auto':
+            meta = exportdir.read_export(model_dir)
+            engine = 'onnxruntime' if exportdir.ONNX_FILE in meta['files'] else 'paddle'
+        predictor = Predictor(model_dir, engine=engine, num_threads=threads)
+        task = predictor.task
+        run = predictor.predict
+    else:
+        from . import checkpoint
+        if not os.path.isdir(model_dir):
+            raise UsageError(f'no such model directory: {model_dir} (expected a checkpoint directory with '
+                             f'{checkpoint.PARAMS_FILE} + {checkpoint.META_FILE}, or an export directory with '
+                             f'{exportdir.EXPORT_FILE})')
+        if engine == 'paddle':
+            raise UsageError(f'{model_dir} is a checkpoint directory; --engine paddle needs an export directory '
+                             f'(paddle-soundcls export --checkpoint {model_dir} --output DIR)')
+        if threads is not None:
+            raise UsageError('--threads applies to export directories; a checkpoint uses every CPU')
+        from .export.static import load_module
+        module = load_module(model_dir, model=model, task='tagging' if tagging else 'sound-cls')
+        task = 'tagging' if module.task is None else 'sound-cls'
+
+        def run(paths, **kwargs):
+            return module.predict(paths, engine=engine, **kwargs)
+    if tagging is True and task != 'tagging':
+        raise UsageError(f'{model_dir} is a sound-cls model, not an AudioSet tagger; use `paddle-soundcls predict`')
+    return run, task
+
+
+def _print_results(paths, results, fmt):
+    for path, result in zip(paths, results):
+        windowed = isinstance(result, dict) and 'timeline' in result
+        if fmt == 'jsonl':
+            record = {'input': path}
+            record.update(result if windowed else {'scores': result})
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+            continue
+        scores = result['scores'] if windowed else result
+        title = f'{path}  (clip: {len(result["timeline"])} windows)' if windowed else path
+        print(title)
+        for label, score in scores.items():
+            print(f'  {score:8.4f}  {label}')
+        if windowed:
+            for window in result['timeline']:
+                best = ', '.join(f'{label} {score:.3f}' for label, score in list(window['scores'].items())[:3])
+                print(f'    {window["start"]:9.2f}-{window["end"]:<9.2f} {best}')
+        sys.stdout.flush()
+
+
+def _predict(args, tagging):
+    if args.hop is not None and args.window is None:
+        raise UsageError('--hop needs --window')
+    paths = expand_inputs(args.inputs)
+    if tagging and args.model_dir is None:
+        from .hub import Module
+        if args.engine == 'paddle':
+            raise UsageError('--engine paddle needs an export directory (--model-dir)')
+        module = Module(name=args.model or DEFAULT_TAGGER, task=None)
+        run = lambda p, **kw: module.predict(p, engine=args.engine, **kw)  # noqa: E731
+    else:
+        run, _ = _runner(args.model_dir, args.engine, args.threads, getattr(args, 'model', None), tagging)
+    results = run(paths, batch_size=args.batch_size, topk=args.topk, window=args.window, hop=args.hop,
+                  reduce=args.reduce)
+    _print_results(paths, results, args.format)
+    return 0
+
+
+def cmd_predict(args):
+    return _predict(args, tagging=None)
+
+
+def cmd_tag(args):
+    return _predict(args, tagging=True)
+
+
+def cmd_export(args):
+    from .export import check_parity, export_static, load_module
+    if args.checkpoint is None and args.model is None:
+        raise UsageError('pass --checkpoint CKPT_DIR (a fine-tuned model) or --model NAME --task tagging')
+    module = load_module(args.checkpoint, model=args.model, task=args.task)
+    meta = export_static(module, args.output, opset=args.opset)
+    summary = {'output': os.path.abspath(args.output), 'model': meta['model'], 'task': meta['task'],
+               'classes': len(meta['labels']), 'files': meta['files']}
+    status = 0
+    if args.check:
+        summary['parity'] = check_parity(args.output, args.check, limit=args.check_limit)
+        status = 0 if summary['parity']['passed'] else 1
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return status
+
+
+def add_benchmark_args(parser):
+    from .registry import list_models
+    parser.add_argument('--model', default='panns_cnn14', choices=list_models())
+    parser.add_argument('--seconds', type=float, default=5.0, help='clip length (default 5)')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--iterations', type=int, default=5, help='timed batches per engine (default 5)')
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads per engine (default: all CPUs)')
+    parser.add_argument('--json', action='store_true', help='print the figures as JSON')
+
+
+def print_benchmark(args):
+    from .export import benchmark
+    result = benchmark.run(args.model, args.seconds, args.batch_size, args.iterations, args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    setup = result['setup']
+    print(f'{setup["model"]}, {setup["seconds"]:g}-s clips, batch {setup["batch_size"]}, {setup["threads"]} threads, '
+          f'{setup["machine"]["cpu"]} ({setup["weights"]})')
+    for name in benchmark.ENGINES:
+        print(f'  {name:26s} {result[name]["clips_per_s"]:8.2f} clips/s')
+    print(f'  {"default, end to end":26s} {result["default"]["end_to_end_clips_per_s"]:8.2f} clips/s')
+    return 0
+
+
+def cmd_benchmark(args):
+    return print_benchmark(args)
+
+
+def _add_output_args(parser, topk):
+    parser.add_argument('inputs', nargs='+', help='audio files and/or folders (searched recursively)')
+    parser.add_argument('--format', choices=('jsonl', 'table'), default='jsonl')
+    parser.add_argument('--topk', type=int, default=topk, help=f'labels per result (default: {topk or "all"})')
+    parser.add_argument('--window', type=float, default=None, help='window length in seconds: score long audio '
+                        'window by window and print a timeline')
+    parser.add_argument('--hop', type=float, default=None, help='seconds between window starts (default: --window)')
+    parser.add_argument('--reduce', choices=('mean', 'max'), default='mean',
+                        help='clip-level scores from the windows (default mean)')
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--engine', choices=ENGINE_CHOICES, default='auto',
+                        help="onnxruntime: an export's model.onnx, or a checkpoint exported once and cached; "
+                             'paddle: Paddle Inference with oneDNN (export directories); dygraph: Paddle dygraph '
+                             '(checkpoints); auto (default): onnxruntime, except dygraph for fewer than 4 clips '
+                             'from a checkpoint')
+    parser.add_argument('--threads', type=int, default=None, help='CPU threads (export directories; default all)')
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog='paddle-soundcls', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-v', '--verbose', action='store_true', help='log progress to stderr')
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('predict', help='classify audio with a fine-tuned checkpoint or an export directory')
+    p.add_argument('model_dir', help='checkpoint directory (model.pdparams + meta.json) or export directory')
+    _add_output_args(p, topk=None)
+    p.add_argument('--model', default=None, help='model name, only for a checkpoint directory without meta.json')
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser('tag', help='the 527 AudioSet tags of audio')
+    from .registry import list_models
+    p.add_argument('--model', default=None, choices=list_models(),
+                   help=f'pretrained tagger (weights from the cache, downloaded once; default {DEFAULT_TAGGER})')
+    p.add_argument('--model-dir', default=None, help='a tagging checkpoint or export directory instead')
+    _add_output_args(p, topk=10)
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser('export', help='static graph + ONNX in one step, optionally with a parity check')
+    p.add_argument('--checkpoint', default=None, help='fine-tuned checkpoint directory')
+    p.add_argument('--model', default=None, help='model name: the pretrained tagger with --task tagging, or for a '
+                   'checkpoint without meta.json')
+    p.add_argument('--task', choices=('sound-cls', 'tagging'), default='sound-cls')
+    p.add_argument('--output', required=True, help='export directory to write (replaced only once complete)')
+    p.add_argument('--opset', type=int, default=13)
+    p.add_argument('--check', default=None, metavar='DATA', help='parity check on these clips: a folder, an ESC-50 '
+                   'or class-folder dataset, or a CSV with path,label columns')
+    p.add_argument('--check-limit', type=int, default=None, help='check only the first N clips')
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser('benchmark', help='clips/s of every engine (random weights)')
+    add_benchmark_args(p)
+    p.set_defaults(func=cmd_benchmark)
+    return parser
+
+
+def user_errors():
+    """Exception types that are the user's to fix: reported in one line, without a traceback."""
+    from . import audio, checkpoint, weights
+    from .deploy.exportdir import ExportError
+    # AudioError, CheckpointError, ExportError and UsageError are ValueErrors; listed for the reader.
+    return (ValueError, audio.AudioError, checkpoint.CheckpointError, ExportError, UsageError,
+            weights.DownloadError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def run_guarded(func, args, prog='paddle-soundcls'):
+    """Run func(args); user errors -> one line on stderr and exit status 2."""
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr)
+        return 130
+    except user_errors() as exc:
+        print(f'{prog}: error: {exc}', file=sys.stderr)
+        return 2
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
+    return run_guarded(args.func, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The export directory: its files, `export.json`, and the checks made before running it.
+
+An export directory holds
+
+    inference.json, inference.pdiparams   the Paddle static model (Paddle Inference)
+    model.onnx                            the same network in ONNX (optional until exported)
+    export.json                           what a runtime needs besides the network
+
+export.json (format FORMAT):
+    model        registry name, e.g. 'panns_cnn14'
+    task         'sound-cls' (softmax scores) or 'tagging' (527 AudioSet tags, sigmoid scores)
+    labels       class names, in output order
+    frontend     FrontendConfig.to_dict(): the log-mel settings the network expects
+    min_seconds  shorter clips (and windows) are zero-padded to this length
+    input        {'name': 'features', 'shape': [null, null, n_mels], 'dtype': 'float32'}:
+                 log-mel features [batch, frames, n_mels], batch and frames dynamic
+    output       {'name': 'scores', 'shape': [null, num_classes], 'dtype': 'float32',
+                  'activation': 'softmax' | 'sigmoid'}: the graphs output scores, not logits
+    files        {file name: {'sha256': hex, 'bytes': size}} for every file above
+    onnx         {'file': 'model.onnx', 'opset': 13, 'paddle2onnx': version} once exported
+
+Paddle-free: numpy and the standard library only.
+"""
+import hashlib
+import json
+import os
+
+from ..features.config import FrontendConfig
+
+FORMAT = 'paddle_soundcls-export/1'
+EXPORT_FILE = 'export.json'
+STATIC_MODEL = 'inference.json'
+STATIC_PARAMS = 'inference.pdiparams'
+STATIC_PREFIX = 'inference'      # paddle.jit.save / paddle.inference take the path without suffix
+ONNX_FILE = 'model.onnx'
+INPUT_NAME = 'features'
+OUTPUT_NAME = 'scores'
+TASKS = ('sound-cls', 'tagging')
+
+
+class ExportError(ValueError):
+    """An export directory that cannot be used as asked; the message names the file and what to do."""
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(path):
+    return {'sha256': sha256_file(path), 'bytes': os.path.getsize(path)}
+
+
+def is_export_dir(path):
+    return os.path.isfile(os.path.join(os.fspath(path), EXPORT_FILE))
+
+
+def read_export(model_dir):
+    """Read and check `model_dir/export.json`; returns it as a dict."""
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        raise ExportError(f'export directory not found: {model_dir}')
+    path = os.path.join(model_dir, EXPORT_FILE)
+    if not os.path.isfile(path):
+        raise ExportError(f'{model_dir} has no {EXPORT_FILE}, so it is not an export directory; create one with '
+                          f'`python tools/export_static.py --checkpoint CKPT_DIR --output {model_dir}`')
+    try:
+        with open(path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f'cannot read {path}: {exc}') from None
+    if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+        found = meta.get('format') if isinstance(meta, dict) else None
+        raise ExportError(f'{path} has format {found!r}; this version reads {FORMAT!r}. Export the model again.')
+    missing = [k for k in ('model', 'task', 'labels', 'frontend', 'min_seconds', 'input', 'output', 'files')
+               if k not in meta]
+    if missing:
+        raise ExportError(f'{path} lacks {missing}; export the model again')
+    if meta['task'] not in TASKS:
+        raise ExportError(f'{path}: unknown task {meta["task"]!r}, expected one of {TASKS}')
+    meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
+    return meta
+
+
+def require_file(model_dir, meta, name, verify=True):
+    """Path of `name` in the export, after checking it exists and matches the sha256 in export.json."""
+    path = os.path.join(model_dir, name)
+    hint = {ONNX_FILE: f'create it with `python tools/export_onnx.py --model-dir {model_dir}`',
+            }.get(name, 'export the model again')
+    if not os.path.isfile(path):
+        raise ExportError(f'{path} is missing from the export directory; {hint}')
+    record = meta['files'].get(name)
+    if record is None:
+        raise ExportError(f'{path} is not recorded in {os.path.join(model_dir, EXPORT_FILE)}; {hint}')
+    if verify:
+        if os.path.getsize(path) != record['bytes'] or sha256_file(path) != record['sha256']:
+            raise ExportError(f'{path} is not the file this export wrote (its size or sha256 differs from '
+                              f'{EXPORT_FILE}): it was replaced or damaged, perhaps by a file from another '
+                              f'model. {hint[0].upper() + hint[1:]}.')
+    return path

@@ -1,0 +1,171 @@
+"""Waveforms in, scores out, for any engine: loading, sliding windows, batching, results.
+
+Shared by `Predictor` (ONNX Runtime / Paddle Inference) and `Module.predict` (which also
+runs Paddle dygraph), so every engine sees the same inputs and returns the same results.
+Paddle-free: numpy, soundfile and paddle_soundcls.audio only.
+
+Results:
+- whole-clip call (window=None): one OrderedDict(label -> score) per input, best first.
+- windowed call: one dict per input
+      {'scores': OrderedDict(label -> score),          # clip level: mean or max over windows
+       'timeline': [{'start': s, 'end': e,             # seconds from the start of the clip
+                     'scores': OrderedDict(label -> score)}, ...]}   # one per window, in time order
+  `topk` keeps the best k labels in every OrderedDict.
+"""
+import os
+from collections import OrderedDict
+
+import numpy as np
+import soundfile as sf
+
+from .. import audio
+
+REDUCTIONS = ('mean', 'max')
+
+
+def as_sources(data):
+    """Normalise `data` to a list and check every input before any work starts (fail early).
+
+    data: a path, a numpy waveform, or a non-empty list/tuple of them.
+    Returns [(name, source)].
+    """
+    if isinstance(data, (str, os.PathLike, np.ndarray)):
+        data = [data]
+    if not isinstance(data, (list, tuple)) or not data:
+        raise ValueError('data must be a non-empty list of audio file paths or numpy waveforms')
+    sources = []
+    for i, item in enumerate(data):
+        if isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            if not os.path.isfile(path):
+                raise audio.AudioError(f'audio file not found: {path}')
+            try:
+                sf.info(path)
+            except Exception as exc:  # soundfile raises several types for files it cannot parse
+                raise audio.AudioError(f'cannot read audio file {path}: {exc}. Is it a WAV/FLAC/OGG file?') from None
+            sources.append((path, path))
+        elif isinstance(item, np.ndarray):
+            name = f'data[{i}]'
+            audio.check_waveform(audio.to_mono(item, name), name)  # empty, NaN, wrong shape: before any work
+            sources.append((name, item))
+        else:
+            raise ValueError(f'data[{i}] is a {type(item).__name__}; expected an audio file path or a numpy waveform')
+    return sources
+
+
+def load_wave(source, sample_rate, target_sr, min_seconds, name=None):
+    """One input -> mono float32 at target_sr, zero-padded to at least `min_seconds`."""
+    wave = audio.load(source, sample_rate, target_sr, name=name)
+    return pad_to(wave, int(round(min_seconds * target_sr)))
+
+
+def pad_to(wave, min_samples):
+    return wave if len(wave) >= min_samples else np.pad(wave, (0, min_samples - len(wave)))
+
+
+def check_args(batch_size=8, topk=None, window=None, hop=None, reduce='mean'):
+    """Validate the predict() arguments before any work; returns hop (default: window, no overlap)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+        raise ValueError(f'topk must be a positive int or None, got {topk!r}')
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    if window is None:
+        if hop is not None:
+            raise ValueError('hop needs window (both in seconds), e.g. window=5.0, hop=2.5')
+        return None
+    for arg, value in (('window', window), ('hop', hop)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f'{arg} must be a positive number of seconds, got {value!r}')
+    return float(window if hop is None else hop)
+
+
+def window_spans(num_samples, window, hop):
+    """[(start, end)] sample spans of windows of `window` samples every `hop` samples.
+
+    Windows start at 0, hop, 2*hop, ...; the last one ends at the end of the clip (it may
+    overlap its neighbour more than the others) so no window holds padding. A clip shorter
+    than one window is one span.
+    """
+    if num_samples <= window:
+        return [(0, num_samples)]
+    starts = list(range(0, num_samples - window, hop)) + [num_samples - window]
+    return [(s, s + window) for s in starts]
+
+
+def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, window=None, hop=None):
+    """Score every input; the engine-independent loop.
+
+    sources: from `as_sources`; arguments checked by `check_args`.
+    score_fn: waveforms float32 [batch, samples] at target_sr -> scores [batch, classes]
+        (numpy). Every row of one call has the same length, so no clip is padded to
+        another's length (padding would change max/mean pooling over time).
+    window, hop: seconds, or None for one score per whole clip.
+    Returns per input: scores [classes] (whole clip), or (spans [(start_s, end_s)],
+    window scores [windows, classes]) for windowed calls.
+
+    Inputs are loaded one at a time and windows are cut as they are batched, so a long
+    recording never has all its windows (or their features) in memory at once.
+    """
+    min_samples = int(round(min_seconds * target_sr))
+    per_input = [[] for _ in sources]      # per input: [(start, end, scores)]
+    pending = {}                           # segment length -> [(input index, start, end, samples)]
+
+    def flush(length):
+        batch = pending.pop(length)
+        scores = np.asarray(score_fn(np.stack([seg for _, _, _, seg in batch])), dtype=np.float32)
+        for (i, start, end, _), row in zip(batch, scores):
+            per_input[i].append((start, end, row))
+
+    for i, (name, source) in enumerate(sources):
+        wave = audio.load(source, sample_rate, target_sr, name=name)
+        if window is None:
+            spans = [(0, len(wave))]
+        else:
+            spans = window_spans(len(wave), max(1, int(round(window * target_sr))), max(1, int(round(hop * target_sr))))
+        for start, end in spans:
+            # A copy, so a pending window does not keep the whole recording alive.
+            segment = pad_to(wave[start:end].copy(), min_samples)
+            pending.setdefault(len(segment), []).append((i, start, end, segment))
+            if len(pending[len(segment)]) == batch_size:
+                flush(len(segment))
+        del wave
+    for length in list(pending):
+        flush(length)
+
+    results = []
+    for rows in per_input:
+        rows.sort(key=lambda r: r[0])
+        if window is None:
+            results.append(rows[0][2])
+        else:
+            spans = [(start / target_sr, end / target_sr) for start, end, _ in rows]
+            results.append((spans, np.stack([r[2] for r in rows])))
+    return results
+
+
+def to_dict(scores, labels, topk=None):
+    """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only."""
+    order = np.argsort(-np.asarray(scores), kind='stable')[:topk]
+    return OrderedDict((labels[j], float(scores[j])) for j in order)
+
+
+def reduce_windows(window_scores, reduce='mean'):
+    """[windows, classes] -> clip-level scores [classes]."""
+    return window_scores.mean(axis=0) if reduce == 'mean' else window_scores.max(axis=0)
+
+
+def format_results(raw, labels, topk=None, reduce='mean'):
+    """Output of `run` -> the documented result structures (see the module docstring)."""
+    out = []
+    for item in raw:
+        if isinstance(item, tuple):
+            spans, window_scores = item
+            timeline = [{'start': round(s, 6), 'end': round(e, 6), 'scores': to_dict(row, labels, topk)}
+                        for (s, e), row in zip(spans, window_scores)]
+            out.append({'scores': to_dict(reduce_windows(window_scores, reduce), labels, topk),
+                        'timeline': timeline})
+        else:
+            out.append(to_dict(item, labels, topk))
+    return out

@@ -1,0 +1,93 @@
+"""`Predictor`: run an export directory on the CPU without the training stack."""
+import os
+
+from ..features.mel import logmel
+from . import exportdir, pipeline
+from .engines import OnnxEngine, PaddleEngine
+
+ENGINES = ('onnxruntime', 'paddle')
+
+
+class Predictor:
+    """Classify or tag audio with an exported model.
+
+    Args:
+        model_dir: an export directory (see `paddle_soundcls.deploy.exportdir`).
+        engine: 'onnxruntime' (model.onnx, the default and fastest on CPU) or 'paddle'
+            (Paddle Inference with oneDNN on inference.json + inference.pdiparams; imports paddle).
+        num_threads: CPU threads for the engine; None uses every CPU this process may run on.
+        verify: check the model files against the sha256 recorded in export.json, so a file
+            from another model is refused rather than run.
+
+    Attributes: labels, task ('sound-cls' or 'tagging'), frontend (FrontendConfig), meta (export.json).
+    """
+
+    def __init__(self, model_dir, engine='onnxruntime', num_threads=None, verify=True):
+        if engine not in ENGINES:
+            raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}')
+        self.model_dir = os.fspath(model_dir)
+        self.meta = exportdir.read_export(self.model_dir)
+        self.labels = list(self.meta['labels'])
+        self.task = self.meta['task']
+        self.frontend = self.meta['frontend_cfg']
+        self.min_seconds = float(self.meta['min_seconds'])
+        if engine == 'onnxruntime':
+            path = exportdir.require_file(self.model_dir, self.meta, exportdir.ONNX_FILE, verify)
+            self.engine = OnnxEngine(path, num_threads)
+            self._check_onnx_io(path)
+        else:
+            for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS):
+                exportdir.require_file(self.model_dir, self.meta, name, verify)
+            self.engine = PaddleEngine(os.path.join(self.model_dir, exportdir.STATIC_PREFIX), num_threads)
+        self.engine_name = engine
+
+    def _check_onnx_io(self, path):
+        """The ONNX graph must take [batch, frames, n_mels] and give [batch, len(labels)]."""
+        n_mels, num_classes = self.frontend.n_mels, len(self.labels)
+        got_in, got_out = self.engine.input_shape(), self.engine.output_shape()
+        if len(got_in) != 3 or got_in[2] != n_mels:
+            raise exportdir.ExportError(f'{path} takes input of shape {got_in}, but export.json says log-mel '
+                                        f'features [batch, frames, {n_mels}]: the file belongs to another model')
+        if len(got_out) != 2 or got_out[1] != num_classes:
+            raise exportdir.ExportError(f'{path} outputs shape {got_out}, but export.json lists {num_classes} '
+                                        f'labels: the file belongs to another model')
+
+    def features(self, waveforms):
+        """waveforms [batch, samples] at frontend.sample_rate -> log-mel [batch, frames, n_mels]."""
+        return logmel(waveforms, self.frontend)
+
+    def score_batch(self, waveforms):
+        """waveforms [batch, samples] (equal lengths) -> scores [batch, classes]."""
+        scores = self.engine(self.features(waveforms))
+        if scores.ndim != 2 or scores.shape[1] != len(self.labels):
+            raise exportdir.ExportError(f'{self.model_dir}: the model gave scores of shape {list(scores.shape)}, '
+                                        f'expected [batch, {len(self.labels)}]; export the model again')
+        return scores
+
+    def scores(self, data, sample_rate=None, batch_size=8, window=None, hop=None):
+        """Raw scores: per input an array [classes], or (spans, [windows, classes]) when windowed."""
+        hop = pipeline.check_args(batch_size, None, window, hop)
+        sources = pipeline.as_sources(data)
+        return pipeline.run(sources, self.score_batch, sample_rate, self.frontend.sample_rate, self.min_seconds,
+                            batch_size, window, hop)
+
+    def predict(self, data, sample_rate=None, batch_size=8, topk=None, window=None, hop=None, reduce='mean'):
+        """Classify or tag audio; the same results as `Module.predict`.
+
+        data: an audio file path (read at its own rate), a numpy waveform ([samples] or
+            [channels, samples] at `sample_rate` Hz), or a list of them.
+        batch_size: clips (or windows) per engine call.
+        topk: keep the best k labels of every result.
+        window, hop: seconds; slide a `window`-second window every `hop` seconds (default:
+            hop = window) over each input, in batches, and return per input
+            {'scores': clip-level OrderedDict, 'timeline': [{'start', 'end', 'scores'}, ...]}.
+        reduce: 'mean' or 'max' over windows for the clip-level scores.
+        Returns one OrderedDict(label -> score) per input, best first (whole-clip calls).
+        """
+        pipeline.check_args(batch_size, topk, window, hop, reduce)
+        raw = self.scores(data, sample_rate, batch_size, window, hop)
+        return pipeline.format_results(raw, self.labels, topk, reduce)
+
+    def __repr__(self):
+        return (f'Predictor({self.model_dir!r}, model={self.meta["model"]}, task={self.task}, '
+                f'classes={len(self.labels)}, engine={self.engine_name}, threads={self.engine.num_threads})')

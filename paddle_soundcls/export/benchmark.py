@@ -1,0 +1,122 @@
+"""CPU inference speed of one model on every engine, measured in one run on the same inputs.
+
+Engines (backbone only: log-mel features in, scores out):
+    paddle_dygraph            the Module in Paddle dygraph
+    paddle_inference_onednn   the exported static model in Paddle Inference with oneDNN
+    onnxruntime               model.onnx with onnxruntime's own default session settings
+    default                   the engine `Predictor` uses by default (onnxruntime with the
+                              settings of deploy.engines.onnx_session_options)
+`default` also gets the end-to-end figure: waveforms in, numpy log-mel front end included.
+
+The weights are random: speed does not depend on their values, and no download is needed.
+Engines take turns within each iteration, so a burst of load from other processes slows
+them all alike rather than one of them; clips_per_s uses the median batch time, which a
+few slow batches do not move.
+"""
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+import paddle
+
+from ..deploy import Predictor, exportdir
+from ..deploy.engines import OnnxEngine, PaddleEngine, check_threads
+from ..features.mel import logmel
+from ..hub import Module
+from .static import export_static
+
+ENGINES = ('paddle_dygraph', 'paddle_inference_onednn', 'onnxruntime', 'default')
+
+
+def machine_info():
+    model = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    model = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import onnxruntime
+    return {'cpu': model, 'cpus': os.cpu_count(), 'cpus_usable': check_threads(None),
+            'python': platform.python_version(), 'paddle': paddle.__version__,
+            'onnxruntime': onnxruntime.__version__, 'platform': platform.platform()}
+
+
+def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_threads=None, num_classes=50):
+    """Measure every engine; returns a JSON-ready dict with one entry per engine (ENGINES)
+    holding clips_per_s, and 'setup' with the settings and the machine."""
+    threads = check_threads(num_threads)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f'iterations must be a positive int, got {iterations!r}')
+    if seconds <= 0:
+        raise ValueError(f'seconds must be positive, got {seconds!r}')
+    paddle.set_device('cpu')
+    paddle.base.core.set_num_threads(threads)  # dygraph's CPU kernels, to match the other engines
+    module = Module(model, task='sound-cls', num_class=num_classes, pretrained=False)
+    cfg = module.frontend_cfg
+    rng = np.random.default_rng(0)
+    waves = (0.1 * rng.standard_normal((batch_size, int(seconds * cfg.sample_rate)))).astype(np.float32)
+    features = logmel(waves, cfg)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_dir = os.path.join(tmp, 'export')
+        export_static(module, export_dir, opset=13)
+        predictor = Predictor(export_dir, num_threads=threads)
+
+        def dygraph(x):
+            with paddle.no_grad():
+                return module.scores(module(paddle.to_tensor(x))).numpy()
+
+        runners = {
+            'paddle_dygraph': dygraph,
+            'paddle_inference_onednn': PaddleEngine(os.path.join(export_dir, exportdir.STATIC_PREFIX), threads),
+            'onnxruntime': OnnxEngine(os.path.join(export_dir, exportdir.ONNX_FILE), threads,
+                                      options=_ort_defaults(threads)),
+            'default': predictor.engine,
+        }
+        times = {name: [] for name in runners}
+        end_to_end = []
+        for name, fn in runners.items():  # warm-up: oneDNN and onnxruntime prepare kernels on the first run
+            fn(features)
+        for _ in range(iterations):
+            for name, fn in runners.items():
+                start = time.perf_counter()
+                fn(features)
+                times[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            predictor.score_batch(waves)
+            end_to_end.append(time.perf_counter() - start)
+
+    result = {}
+    for name in ENGINES:
+        t = np.array(times[name])
+        result[name] = {'clips_per_s': round(batch_size / float(np.median(t)), 3),
+                        'clips_per_s_mean': round(batch_size * len(t) / t.sum(), 3),
+                        'batch_seconds_median': round(float(np.median(t)), 4),
+                        'batch_seconds_min': round(float(t.min()), 4),
+                        'threads': threads}
+    result['paddle_dygraph']['engine'] = 'Paddle dygraph (the Module)'
+    result['paddle_inference_onednn']['engine'] = 'paddle.inference with enable_mkldnn()'
+    result['onnxruntime']['engine'] = "onnxruntime, ORT's default SessionOptions (intra_op_num_threads set)"
+    result['default']['engine'] = f'{predictor.engine_name}, Predictor default (deploy.engines.onnx_session_options)'
+    result['default']['end_to_end_clips_per_s'] = round(batch_size / float(np.median(end_to_end)), 3)
+    result['default']['speedup_vs_onnxruntime'] = round(
+        result['default']['clips_per_s'] / result['onnxruntime']['clips_per_s'], 3)
+    result['setup'] = {'model': model, 'seconds': seconds, 'batch_size': batch_size, 'iterations': iterations,
+                       'threads': threads, 'frames': int(features.shape[1]), 'classes': num_classes,
+                       'measures': 'backbone only (log-mel features in, scores out) unless named end_to_end',
+                       'weights': 'random: speed does not depend on weight values',
+                       'machine': machine_info()}
+    return result
+
+
+def _ort_defaults(threads):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return options
