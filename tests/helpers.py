@@ -15,3 +15,20 @@ def calm(module):
 def small_module(name='panns_cnn6', **kwargs):
     kwargs.setdefault('pretrained', False)
     return calm(Module(name, **kwargs))
+
+
+def prime_batchnorm(module, waves):
+    """Set every BatchNorm's running statistics from one batch, as a pretrained network would
+    have them: with random weights and a few training steps, eval-mode outputs would
+    otherwise reflect the initial statistics (mean 0, variance 1) rather than the data."""
+    norms = [layer for layer in module.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)]
+    saved = [layer._momentum for layer in norms]
+    for layer in norms:
+        layer._momentum = 0.0
+    module.train()
+    with paddle.no_grad():
+        module(module.frontend(paddle.to_tensor(waves)))
+    for layer, momentum in zip(norms, saved):
+        layer._momentum = momentum
+    module.eval()
+    return module

@@ -1,0 +1,38 @@
+"""Print the top-k labels of audio files with a fine-tuned checkpoint.
+
+    python examples/esc50/predict.py --checkpoint ckpt/best_model dog.wav rain.wav --topk 3
+"""
+import argparse
+import json
+import os
+import sys
+
+from paddle_soundcls import Module
+from paddle_soundcls.checkpoint import read_meta
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--checkpoint', required=True, help='a checkpoint directory written by train.py (e.g. ckpt/best_model)')
+    p.add_argument('audio', nargs='+', help='audio files (any sample rate / channel count)')
+    p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--device', default='cpu', choices=['cpu', 'gpu'])
+    args = p.parse_args(argv)
+    meta = read_meta(args.checkpoint) if os.path.isdir(args.checkpoint) else None
+    if meta is None:
+        raise ValueError(f'{args.checkpoint} is not a checkpoint directory written by train.py (no meta.json)')
+    model = Module(name=meta['model'], load_checkpoint=args.checkpoint)
+    results = model.predict(args.audio, sample_rate=None, batch_size=args.batch_size, use_gpu=args.device == 'gpu',
+                            topk=args.topk)
+    for path, result in zip(args.audio, results):
+        print(json.dumps({'file': path, 'top': [[label, round(score, 4)] for label, score in result.items()]}))
+    return 0
+
+
+if __name__ == '__main__':
+    try:
+        sys.exit(main())
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,117 @@
+"""Fine-tune a PANNs backbone on ESC-50 (or on a generated demo set with --demo).
+
+    python examples/esc50/train.py --data-dir ESC-50-master --model panns_cnn14 --epochs 10 \
+        --batch-size 16 --learning-rate 1e-4 --fold 1 --checkpoint-dir ckpt
+    python examples/esc50/train.py --data-dir ESC-50-master --all-folds      # 5-fold mean accuracy
+    python examples/esc50/train.py --demo                                    # offline, a few minutes
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+import paddle
+
+from paddle_soundcls import Module, Trainer, list_models
+from paddle_soundcls.datasets import ESC50, make_demo_dataset
+from paddle_soundcls.training import AugmentConfig
+from paddle_soundcls.training.schedules import build_scheduler
+from paddle_soundcls.weights import cache_dir
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data-dir', help='the ESC-50 folder (audio/ and meta/esc50.csv); default: the cache, '
+                                      'downloading it if needed')
+    p.add_argument('--demo', action='store_true',
+                   help='train on a small generated dataset in ESC-50 layout (offline, a few minutes on 2 cores); '
+                        'starts from random weights unless --pretrained is given')
+    p.add_argument('--model', default=None, choices=list_models(),
+                   help='backbone (default panns_cnn14, or panns_cnn6 with --demo)')
+    p.add_argument('--epochs', type=int, default=None, help='default 10 (6 with --demo)')
+    p.add_argument('--batch-size', type=int, default=None, help='default 16 (8 with --demo)')
+    p.add_argument('--duration', type=float, default=None,
+                   help='clip length in seconds: longer clips are cropped (randomly in training), shorter padded '
+                        '(default 5, the ESC-50 clip length; 2 with --demo)')
+    p.add_argument('--learning-rate', type=float, default=None, help='default 1e-4 (1e-3 with --demo)')
+    p.add_argument('--scheduler', default='constant', choices=['constant', 'warmup_cosine', 'step'])
+    p.add_argument('--warmup-steps', type=int, default=0)
+    p.add_argument('--fold', type=int, default=1, choices=range(1, 6), help='the dev fold')
+    p.add_argument('--all-folds', action='store_true', help='run the 5-fold protocol and print the mean accuracy')
+    p.add_argument('--checkpoint-dir', default='ckpt')
+    pretrained = p.add_mutually_exclusive_group()
+    pretrained.add_argument('--no-pretrained', dest='pretrained', action='store_false', default=None,
+                            help='start from random weights instead of the AudioSet ones')
+    pretrained.add_argument('--pretrained', dest='pretrained', action='store_true')
+    p.add_argument('--device', default='cpu', choices=['cpu', 'gpu'])
+    p.add_argument('--num-workers', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--loss', default='ce', choices=['ce', 'class_balanced', 'focal', 'class_balanced_focal'])
+    p.add_argument('--label-smoothing', type=float, default=0.0)
+    p.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (0: off)')
+    p.add_argument('--spec-augment', action='store_true', help='2 time masks (<=40 frames), 2 mel masks (<=8 bins)')
+    p.add_argument('--gain-db', type=float, default=0.0, help='random gain of up to +/- this many dB')
+    p.add_argument('--noise-snr-db', type=float, default=None, help='add white noise at this SNR')
+    p.add_argument('--skip-bad-files', action='store_true', help='drop unreadable clips instead of stopping')
+    return p.parse_args(argv)
+
+
+def train_fold(args, fold, checkpoint_dir):
+    data_dir = args.data_dir
+    train_set = ESC50(mode='train', split=fold, data_dir=data_dir, duration=args.duration, seed=args.seed)
+    dev_set = ESC50(mode='dev', split=fold, data_dir=data_dir, duration=args.duration)
+    model = Module(name=args.model, task='sound-cls', label_map=train_set.labels, pretrained=args.pretrained)
+    steps = args.epochs * -(-len(train_set) // args.batch_size)
+    lr = build_scheduler(args.scheduler, args.learning_rate, total_steps=steps, warmup_steps=args.warmup_steps,
+                         step_size=max(steps // 3, 1))
+    optimizer = paddle.optimizer.Adam(learning_rate=lr, parameters=model.parameters())
+    augment = AugmentConfig(time_masks=2 if args.spec_augment else 0, time_mask_width=40 if args.spec_augment else 0,
+                            freq_masks=2 if args.spec_augment else 0, freq_mask_width=8 if args.spec_augment else 0,
+                            mixup_alpha=args.mixup, gain_db=args.gain_db, noise_snr_db=args.noise_snr_db)
+    trainer = Trainer(model, optimizer, use_gpu=args.device == 'gpu', checkpoint_dir=checkpoint_dir,
+                      compare_metrics='acc', loss=args.loss, label_smoothing=args.label_smoothing, augment=augment,
+                      seed=args.seed, skip_bad_files=args.skip_bad_files)
+    state = trainer.train(train_set, epochs=args.epochs, batch_size=args.batch_size, num_workers=args.num_workers,
+                          eval_dataset=dev_set, save_interval=1)
+    print(f'fold {fold}: best dev accuracy {state["best_metric"]:.4f} at epoch {state["best_epoch"]}; '
+          f'best model in {os.path.join(checkpoint_dir, "best_model")}')
+    return state['best_metric']
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+    if args.demo:
+        args.model = args.model or 'panns_cnn6'
+        args.epochs = args.epochs or 6
+        args.batch_size = args.batch_size or 8
+        args.duration = args.duration or 2.0
+        args.learning_rate = args.learning_rate or 1e-3
+        args.data_dir = args.data_dir or os.path.join(cache_dir(), 'demo_esc50')
+        make_demo_dataset(args.data_dir, seconds=args.duration)
+        if args.pretrained is None:
+            args.pretrained = False
+            print(f'demo: training {args.model} from random weights, so it runs offline '
+                  f'(pass --pretrained to start from the AudioSet weights in the cache)')
+    args.model = args.model or 'panns_cnn14'
+    args.epochs = args.epochs or 10
+    args.batch_size = args.batch_size or 16
+    args.duration = args.duration or 5.0
+    args.learning_rate = args.learning_rate or 1e-4
+    args.pretrained = True if args.pretrained is None else args.pretrained
+    if not args.all_folds:
+        train_fold(args, args.fold, args.checkpoint_dir)
+        return 0
+    accuracies = {fold: train_fold(args, fold, os.path.join(args.checkpoint_dir, f'fold{fold}')) for fold in range(1, 6)}
+    mean = sum(accuracies.values()) / 5
+    print(json.dumps({'model': args.model, 'fold_accuracy': accuracies, 'mean_accuracy': mean}, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    try:
+        sys.exit(main())
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        sys.exit(2)

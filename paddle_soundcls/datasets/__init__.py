@@ -1,0 +1,10 @@
+"""Datasets of labelled audio clips, served as fixed-length mono waveforms (no features)."""
+from .base import AudioDataset, DatasetError
+from .demo import make_demo_dataset
+from .esc50 import ESC50
+from .folder import AudioFolder, CSVDataset
+from .gtzan import GTZAN
+from .urbansound8k import UrbanSound8K
+
+__all__ = ['AudioDataset', 'AudioFolder', 'CSVDataset', 'DatasetError', 'ESC50', 'GTZAN', 'UrbanSound8K',
+           'make_demo_dataset']

@@ -1,0 +1,371 @@
+"""The dataset base class: a list of (audio file, label) items served as fixed-length waveforms.
+
+Datasets know nothing of models: they return mono float32 waveforms at one sample rate,
+and the model computes its features later, in batches, on the device.
+"""
+import csv
+import math
+import numbers
+import os
+import struct
+import warnings
+
+import numpy as np
+import paddle
+import soundfile as sf
+from tqdm import tqdm
+
+from .. import audio
+
+DEFAULT_SAMPLE_RATE = 32000  # the rate the PANNs weights were trained at
+# check_files() shows a progress bar from this many files on.
+PROGRESS_MIN_FILES = 500
+# Error messages name at most this many files, then give the count of the rest.
+MAX_LISTED = 100
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given; the message names the files or argument and what to do."""
+
+
+def list_problems(problems, limit=MAX_LISTED):
+    """[(path, problem)] -> one line per file, at most `limit` lines plus a count of the rest."""
+    lines = [f'  {path}: {problem}' for path, problem in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f'  ... and {len(problems) - limit} more')
+    return '\n'.join(lines)
+
+
+# ----- argument checks (each error names the argument) -----
+
+def check_mode(mode):
+    if not isinstance(mode, str) or not mode:
+        raise DatasetError(f"mode must be 'train' (random crops) or 'dev'/'test' (centre crops), got {mode!r}")
+    return mode
+
+
+def check_sample_rate(sample_rate):
+    if sample_rate is None:
+        return DEFAULT_SAMPLE_RATE
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
+        raise DatasetError(f'sample_rate must be a positive int (Hz) or None for {DEFAULT_SAMPLE_RATE}, '
+                           f'got {sample_rate!r}')
+    return int(sample_rate)
+
+
+def check_duration(duration):
+    if (isinstance(duration, bool) or not isinstance(duration, numbers.Real)
+            or not math.isfinite(duration) or duration <= 0):
+        raise DatasetError(f'duration must be a positive number of seconds, got {duration!r}')
+    return float(duration)
+
+
+def check_int(name, value, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise DatasetError(f'{name} must be an int, got {value!r}')
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f'between {low} and {high}' if high is not None else f'>= {low}'
+        raise DatasetError(f'{name} must be {bounds}, got {value}')
+    return int(value)
+
+
+def check_split(split):
+    """None or (dev_fraction, seed) with 0 < dev_fraction < 1."""
+    if split is None:
+        return None
+    if not isinstance(split, (tuple, list)) or len(split) != 2:
+        raise DatasetError(f'split must be None or a (dev_fraction, seed) pair, e.g. (0.2, 0), got {split!r}')
+    fraction, seed = split
+    if (isinstance(fraction, bool) or not isinstance(fraction, numbers.Real)
+            or not 0 < fraction < 1):
+        raise DatasetError(f'split: dev_fraction must be a number between 0 and 1 (exclusive), got {fraction!r}')
+    return float(fraction), check_int('split: seed', seed, low=0)
+
+
+def check_dir(name, path, what_to_do=''):
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise DatasetError(f'{name} must be a folder path, got {path!r}')
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise DatasetError(f'{name}: no such folder: {path}. {what_to_do}'.rstrip())
+    return path
+
+
+def read_csv(path, required, name='csv'):
+    """Rows of a CSV file with a header, as dicts; every column in `required` must be there."""
+    if not os.path.isfile(path):
+        raise DatasetError(f'{name}: no such file: {path}')
+    try:
+        with open(path, newline='', encoding='utf-8-sig') as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f'cannot read {path}: {exc}') from None
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DatasetError(f'{path} has no column {", ".join(map(repr, missing))}; its columns are {columns}')
+    if not rows:
+        raise DatasetError(f'{path} lists no clips')
+    return rows
+
+
+def check_exists(items, source, hint=''):
+    """Error listing every item whose file is missing."""
+    missing = [(path, 'file not found') for path, _ in items if not os.path.isfile(path)]
+    if missing:
+        raise DatasetError(f'{len(missing)} of {len(items)} audio files listed in {source} are missing:\n'
+                           f'{list_problems(missing)}\n{hint}'.rstrip())
+
+
+def sort_labels(names):
+    """Class names in index order: numerically when they are all integers, else alphabetically."""
+    names = sorted(set(names))
+    if all(n.lstrip('-').isdigit() for n in names):
+        return sorted(names, key=int)
+    return names
+
+
+def stratified_split(targets, num_classes, dev_fraction, seed):
+    """Split item indices into (train, dev), class by class.
+
+    targets: per item, a class index or (multi-label) a tuple of class indices.
+    Each class with n >= 2 items puts max(1, round(n * dev_fraction)) of them (at most n - 1)
+    in dev, so every such class is in both parts; a class with one item goes to train.
+    Multi-label items are grouped by their rarest class. The result depends only on the
+    targets and the seed, and the two parts are disjoint and cover every item.
+    """
+    multi = any(isinstance(t, tuple) for t in targets)
+    if multi:
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for t in targets:
+            counts[list(t)] += 1
+        # The rarest class decides, so small classes are not swamped by the frequent ones.
+        keys = [min(t, key=lambda c: (counts[c], c)) if t else -1 for t in targets]
+    else:
+        keys = list(targets)
+    groups = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    rng = np.random.default_rng(seed)
+    train, dev = [], []
+    for key in sorted(groups):
+        members = groups[key]
+        n = len(members)
+        n_dev = 0 if n < 2 else min(n - 1, max(1, round(n * dev_fraction)))
+        order = rng.permutation(n)
+        dev.extend(members[j] for j in order[:n_dev])
+        train.extend(members[j] for j in order[n_dev:])
+    return sorted(train), sorted(dev)
+
+
+def _wav_truncation(path):
+    """For a RIFF/WAVE file: a sentence if its data chunk is shorter than the header says, else None.
+
+    libsndfile quietly reads what is there, so an interrupted copy would otherwise pass as a
+    shorter clip.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, 'rb') as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b'RIFF' or head[8:12] != b'WAVE':
+                return None
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk_id, chunk_size = struct.unpack('<4sI', f.read(8))
+                if chunk_id == b'data':
+                    available = size - pos - 8
+                    # 0 and 0xFFFFFFFF are placeholders of streaming writers, not sizes.
+                    if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
+                        return (f'truncated: the header announces {chunk_size} bytes of audio, '
+                                f'the file holds {available}')
+                    return None
+                pos += 8 + chunk_size + (chunk_size & 1)
+    except OSError:
+        return None  # the soundfile check reports unreadable files
+    return None
+
+
+def file_problem(path):
+    """None when `path` is readable audio with at least one frame, else a sentence saying why not."""
+    if not os.path.isfile(path):
+        return 'file not found'
+    if os.path.getsize(path) == 0:
+        return 'empty file (0 bytes)'
+    try:
+        info = sf.info(path)
+    except Exception as exc:  # soundfile raises several types for bad files
+        return f'not readable as audio ({exc})'
+    if info.frames <= 0:
+        return 'holds no audio frames'
+    return _wav_truncation(path)
+
+
+class AudioDataset(paddle.io.Dataset):
+    """Fixed-length mono waveforms and their labels.
+
+    Args:
+        items: list of (path, target): target is a class index, or with `multi_label` a
+            sequence of class indices.
+        labels: class names, in index order.
+        mode: 'train' crops a random window from longer clips (reproducible per seed, epoch
+            and index); any other mode ('dev', 'test', ...) takes the centre. Shorter clips
+            are zero-padded at the end.
+        sample_rate: rate of the returned waveforms in Hz; None means 32000 (PANNs).
+        duration: clip length in seconds.
+        multi_label: targets are multi-hot float32 [num_classes] instead of an int64 index.
+        seed: seed of the random crops.
+
+    __getitem__(i) -> (waveform float32 [round(duration * sample_rate)], target int64 scalar
+    or multi-hot float32 [num_classes]).
+    """
+
+    def __init__(self, items, labels, mode='train', sample_rate=None, duration=5.0, multi_label=False,
+                 seed=0):
+        super().__init__()
+        self.mode = check_mode(mode)
+        self.sample_rate = check_sample_rate(sample_rate)
+        self.duration = check_duration(duration)
+        if not isinstance(multi_label, bool):
+            raise DatasetError(f'multi_label must be True or False, got {multi_label!r}')
+        self.multi_label = multi_label
+        self.seed = check_int('seed', seed, low=0)
+        labels = [str(label) for label in labels]
+        if not labels:
+            raise DatasetError('labels: the dataset has no classes')
+        if len(set(labels)) != len(labels):
+            raise DatasetError(f'labels has duplicate class names: {labels}')
+        self.labels = labels
+        self.items = [(os.fspath(path), self._check_target(target, path)) for path, target in items]
+        if not self.items:
+            raise DatasetError(f'the {self.mode} part of this dataset holds no clips')
+        self.num_samples = int(round(self.duration * self.sample_rate))
+        self.epoch = 0
+
+    def _check_target(self, target, path):
+        num = len(self.labels)
+        if self.multi_label:
+            target = tuple(sorted({int(t) for t in target}))
+            bad = [t for t in target if not 0 <= t < num]
+        else:
+            target = int(target)
+            bad = [] if 0 <= target < num else [target]
+        if bad:
+            raise DatasetError(f'{path}: class index {bad[0]} is outside 0..{num - 1}')
+        return target
+
+    @property
+    def num_classes(self):
+        return len(self.labels)
+
+    def set_epoch(self, epoch):
+        """Choose the random crops of this epoch (the trainer calls it before each epoch)."""
+        self.epoch = check_int('epoch', epoch, low=0)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        n = len(self.items)
+        index = check_int('index', index)
+        if not -n <= index < n:
+            raise IndexError(f'index {index} is out of range for a dataset of {n} clips')
+        index %= n
+        path, target = self.items[index]
+        wave = audio.load(path, None, self.sample_rate)
+        if self.mode == 'train' and len(wave) > self.num_samples:
+            # The crop depends only on (seed, epoch, index): the same in any worker and after a resume.
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            offset = int(rng.integers(0, len(wave) - self.num_samples + 1))
+            wave = wave[offset:offset + self.num_samples]
+        else:
+            wave = audio.fix_length(wave, self.num_samples, mode='center')
+        if self.multi_label:
+            hot = np.zeros(len(self.labels), dtype=np.float32)
+            hot[list(target)] = 1.0
+            return wave, hot
+        return wave, np.int64(target)
+
+    def class_counts(self):
+        """Clips per class, int64 [num_classes] (multi-label: clips that carry each class)."""
+        counts = np.zeros(len(self.labels), dtype=np.int64)
+        for _, target in self.items:
+            counts[list(target) if self.multi_label else target] += 1
+        return counts
+
+    def check_files(self, skip_bad=False):
+        """Open every file once and check it is readable audio with at least one frame.
+
+        Problems are reported together: a DatasetError naming each bad file, or with
+        skip_bad=True one warning, and the bad files are left out of the dataset.
+        Returns the [(path, problem)] that were found (empty when all files are good).
+        """
+        paths = sorted({path for path, _ in self.items})
+        problems = []
+        for path in tqdm(paths, desc='Checking audio files', unit='file',
+                         disable=len(paths) < PROGRESS_MIN_FILES):
+            problem = file_problem(path)
+            if problem:
+                problems.append((path, problem))
+        if not problems:
+            return []
+        listing = list_problems(problems)
+        if not skip_bad:
+            raise DatasetError(f'{len(problems)} of {len(paths)} audio files cannot be used:\n{listing}\n'
+                               f'Replace or delete these files, or call check_files(skip_bad=True) to leave '
+                               f'them out.')
+        bad = {path for path, _ in problems}
+        kept = [item for item in self.items if item[0] not in bad]
+        if not kept:
+            raise DatasetError(f'every audio file of this dataset is unusable:\n{listing}')
+        warnings.warn(f'leaving out {len(problems)} unusable audio files:\n{listing}', stacklevel=2)
+        self.items = kept
+        return problems
+
+    def __repr__(self):
+        return (f'{type(self).__name__}(mode={self.mode!r}, clips={len(self)}, classes={self.num_classes}, '
+                f'sample_rate={self.sample_rate}, duration={self.duration:g})')
+
+
+def labels_from_columns(rows, index_column, name_column, source):
+    """Class names in index order from a table that gives both (e.g. ESC-50's target and category).
+
+    The indices must be 0..C-1, each with one name.
+    """
+    names = {}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            index = int(row[index_column])
+        except (TypeError, ValueError):
+            raise DatasetError(f'{source}, line {line}: {index_column} must be an int, '
+                               f'got {row[index_column]!r}') from None
+        name = (row[name_column] or '').strip()
+        if names.setdefault(index, name) != name:
+            raise DatasetError(f'{source}, line {line}: {index_column} {index} is called both '
+                               f'{names[index]!r} and {name!r}')
+    if sorted(names) != list(range(len(names))):
+        raise DatasetError(f'{source}: the {index_column} values must be 0..{len(names) - 1}, '
+                           f'got {sorted(names)}')
+    return [names[i] for i in range(len(names))]
+
+
+def read_folds(rows, fold_column, source):
+    """The fold of each row as an int."""
+    folds = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            folds.append(int(row[fold_column]))
+        except (TypeError, ValueError):
+            raise DatasetError(f'{source}, line {line}: {fold_column} must be an int, '
+                               f'got {row[fold_column]!r}') from None
+    return folds
+
+
+def check_fold(split, folds, source):
+    """`split` must be one of the folds found in the metadata."""
+    known = sorted(set(folds))
+    if isinstance(split, bool) or not isinstance(split, numbers.Integral) or split not in known:
+        raise DatasetError(f'split must be the dev fold, one of {known} (from {source}), got {split!r}')
+    return int(split)

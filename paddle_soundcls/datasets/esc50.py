@@ -1,0 +1,99 @@
+"""ESC-50 (Piczak, 2015): 2000 five-second clips of environmental sounds in 50 classes, 5 folds."""
+import os
+import shutil
+import tempfile
+import zipfile
+
+from .. import weights
+from .base import (AudioDataset, DatasetError, check_dir, check_exists, check_fold, check_mode,
+                   labels_from_columns, read_csv, read_folds)
+
+ESC50_URL = 'https://github.com/karoldvl/ESC-50/archive/master.zip'
+ARCHIVE = 'ESC-50-master.zip'
+FOLDER = 'ESC-50-master'
+LAYOUT = ('ESC-50-master/\n'
+          '  audio/<fold>-<source id>-<take>-<target>.wav   (e.g. 1-100032-A-0.wav, 2000 clips)\n'
+          '  meta/esc50.csv   (columns filename,fold,target,category,esc10,src_file,take)')
+
+
+def _extract(archive, target):
+    """Unpack the archive's top folder to `target`: into a temporary folder first, then one rename."""
+    parent = os.path.dirname(target)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{FOLDER}.', suffix='.tmp')
+    try:
+        try:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(tmp)  # zipfile drops absolute paths and '..' from member names
+        except (zipfile.BadZipFile, EOFError) as exc:
+            raise DatasetError(f'{archive} is not a valid zip archive ({exc}). Delete it and run again to '
+                               f'download it from {ESC50_URL}.') from None
+        src = os.path.join(tmp, FOLDER)
+        if not os.path.isdir(src):
+            raise DatasetError(f'{archive} does not hold a {FOLDER}/ folder (found {sorted(os.listdir(tmp))}). '
+                               f'Delete it and run again, or unpack ESC-50 yourself:\n{LAYOUT}')
+        try:
+            os.replace(src, target)
+        except OSError:
+            if not os.path.isdir(target):  # else another process finished first: use its copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_esc50(root=None, progress=True):
+    """The ESC-50 folder in the cache (`weights.cache_dir()/ESC-50-master`), downloaded once.
+
+    Returns the folder path. Offline, raises weights.DownloadError saying where to put the files.
+    """
+    root = root or weights.cache_dir()
+    target = os.path.join(root, FOLDER)
+    if os.path.isdir(target):
+        return target
+    # GitHub builds branch archives on request: no checksum or exact size is published and the
+    # bytes may change, so the archive is checked by what it holds (the metadata and every clip
+    # it lists; check_files() reads each one).
+    try:
+        archive = weights.fetch(ESC50_URL, ARCHIVE, root=root, progress=progress)
+    except weights.DownloadError as exc:
+        raise weights.DownloadError(f'{exc}\nOr unpack ESC-50 yourself so that {root} holds\n{LAYOUT}\n'
+                                    f'or pass data_dir=<a folder with audio/ and meta/ as above>.') from None
+    _extract(archive, target)
+    os.remove(archive)  # the unpacked folder is what is used; the archive would double the space
+    return target
+
+
+class ESC50(AudioDataset):
+    """ESC-50 in its official layout.
+
+    Args:
+        mode: 'train' (the four folds other than `split`, random crops) or 'dev' (fold
+            `split`, centre crops).
+        split: the dev fold, 1..5.
+        data_dir: the folder holding audio/ and meta/esc50.csv; None uses (and downloads
+            once to) `weights.cache_dir()/ESC-50-master`.
+        sample_rate: rate of the returned waveforms (None: 32000); the clips are 44.1 kHz.
+        duration: clip length in seconds (the clips are 5 s).
+        seed: seed of the random training crops.
+
+    Class names and their count come from the meta file's target and category columns.
+    """
+
+    def __init__(self, mode='train', split=1, data_dir=None, sample_rate=None, duration=5.0, seed=0):
+        check_mode(mode)
+        if data_dir is None:
+            data_dir = download_esc50()
+        data_dir = check_dir('data_dir', data_dir, f'Expected the ESC-50 layout:\n{LAYOUT}')
+        meta = os.path.join(data_dir, 'meta', 'esc50.csv')
+        if not os.path.isfile(meta):
+            raise DatasetError(f'data_dir: {meta} not found; {data_dir} is not an ESC-50 folder. '
+                               f'Expected the layout:\n{LAYOUT}')
+        rows = read_csv(meta, ['filename', 'fold', 'target', 'category'], 'data_dir')
+        labels = labels_from_columns(rows, 'target', 'category', meta)
+        folds = read_folds(rows, 'fold', meta)
+        split = check_fold(split, folds, meta)
+        dev = mode != 'train'
+        items = [(os.path.join(data_dir, 'audio', row['filename'].strip()), int(row['target']))
+                 for row, fold in zip(rows, folds) if (fold == split) == dev]
+        check_exists(items, meta, f'Expected the ESC-50 layout:\n{LAYOUT}')
+        self.data_dir, self.split = data_dir, split
+        super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration, seed=seed)

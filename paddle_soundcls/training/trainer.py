@@ -1,0 +1,363 @@
+"""The training loop: waveforms in, features on the device, loss, metrics, checkpoints.
+
+Layout of `checkpoint_dir`:
+    epoch_N/       model.pdparams, model.pdopt, meta.json, trainer.json   (the last `keep_last`)
+    best_model/    model.pdparams, meta.json, metrics.json, confusion_matrix.{csv,png}
+    visualization/ VisualDL scalars
+Re-running with the same `checkpoint_dir` resumes after the last complete epoch. Randomness
+is drawn from (seed, epoch[, step]) rather than carried state, so a resumed run continues
+exactly as an uninterrupted one would.
+"""
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+from paddle.io import DataLoader, DistributedBatchSampler
+from tqdm import tqdm
+
+from .. import checkpoint
+from ..device import set_device
+from . import augment as augment_lib
+from . import losses, metrics
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = 'trainer.json'
+OPT_FILE = 'model.pdopt'
+_EPOCH_DIR = re.compile(r'^epoch_(\d+)$')
+
+
+class Trainer:
+    """Fine-tunes a `Module` (PaddleHub-compatible signature).
+
+    Args:
+        model: a paddle_soundcls Module (a Layer with `frontend`, `meta()`, `labels`).
+        optimizer: a paddle optimizer over model.parameters(); its LR scheduler (if any)
+            is stepped once per batch and saved with the checkpoints.
+        use_gpu: train on the GPU (a CPU-only Paddle build raises a clear error).
+        use_vdl: write VisualDL scalars under checkpoint_dir/visualization.
+        checkpoint_dir: where epochs, best_model and logs go (default 'ckpt').
+        compare_metrics: the eval metric that picks best_model ('acc', 'macro_f1', 'top5',
+            'mAP', 'AUC', or 'loss', which is minimised). Default: 'acc', or 'mAP' for multi-label data.
+        loss: a loss name ('ce', 'class_balanced', 'focal', 'class_balanced_focal', 'bce') or
+            a Layer(logits, target). Default: 'ce', or 'bce' for multi-label data.
+        label_smoothing: for the cross-entropy losses.
+        augment: an `AugmentConfig` (everything off by default); applied in training only.
+        seed: seeds shuffling, crops, dropout and augmentation.
+        keep_last: how many epoch_N directories to keep (None keeps all).
+        skip_bad_files: drop unreadable files with a warning instead of stopping.
+        freeze_backbone: train only the head; the backbone stays in eval mode (no dropout,
+            BatchNorm statistics kept) and gets no gradients.
+    """
+
+    def __init__(self, model, optimizer, use_gpu=False, use_vdl=True, checkpoint_dir=None, compare_metrics=None,
+                 loss=None, label_smoothing=0.0, augment=None, seed=0, keep_last=3, skip_bad_files=False,
+                 freeze_backbone=False):
+        set_device(use_gpu)
+        self.model = model
+        self.optimizer = optimizer
+        self.use_vdl = use_vdl
+        self.checkpoint_dir = checkpoint_dir or 'ckpt'
+        self.compare_metrics = compare_metrics
+        self.loss_spec = loss
+        self.label_smoothing = label_smoothing
+        self.augment = augment or augment_lib.AugmentConfig()
+        self.seed = seed
+        self.keep_last = keep_last
+        self.skip_bad_files = skip_bad_files
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            for param in model.backbone.parameters():
+                param.stop_gradient = True
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.is_main = self.rank == 0
+        self.loss_fn = None
+        self._vdl = None
+        self._checked = set()
+        self._net = model
+        if self.world_size > 1:
+            dist.init_parallel_env()
+            self._net = paddle.DataParallel(model)
+
+    # ----------------------------------------------------------------- set-up
+    def _prepare(self, dataset, role):
+        """Check a dataset against the model once: rate, classes, files."""
+        model_sr = self.model.frontend_cfg.sample_rate
+        ds_sr = getattr(dataset, 'sample_rate', None)
+        if ds_sr is not None and ds_sr != model_sr:
+            raise ValueError(f'{role} dataset is resampled to {ds_sr} Hz but {self.model.name} expects {model_sr} Hz; '
+                             f'create the dataset with sample_rate={model_sr} (training and prediction must use '
+                             f'the same rate)')
+        labels = getattr(dataset, 'labels', None)
+        if labels is not None and len(labels) != self.model.num_class:
+            raise ValueError(f'{role} dataset has {len(labels)} classes but the model head has '
+                             f'{self.model.num_class}; build the Module with num_class={len(labels)}')
+        if id(dataset) not in self._checked and hasattr(dataset, 'check_files'):
+            dataset.check_files(skip_bad=self.skip_bad_files)
+            self._checked.add(id(dataset))
+        if len(dataset) == 0:
+            raise ValueError(f'{role} dataset is empty')
+        multi_label = bool(getattr(dataset, 'multi_label', False))
+        if self.loss_fn is None:
+            spec = self.loss_spec or ('bce' if multi_label else 'ce')
+            if isinstance(spec, str):
+                counts = dataset.class_counts() if 'balanced' in spec else None
+                self.loss_fn = losses.build_loss(spec, class_counts=counts, label_smoothing=self.label_smoothing)
+            else:
+                self.loss_fn = spec
+        if self.compare_metrics is None:
+            self.compare_metrics = 'mAP' if multi_label else 'acc'
+        return multi_label
+
+    def _loader(self, dataset, batch_size, num_workers, shuffle, epoch=0):
+        sampler = DistributedBatchSampler(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False)
+        # The shuffle order depends on (seed, epoch) only, identical for 1 or N processes.
+        sampler.set_epoch(self.seed * 100003 + epoch)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, return_list=True)
+
+    def _writer(self):
+        if self._vdl is None and self.use_vdl and self.is_main:
+            from visualdl import LogWriter
+            self._vdl = LogWriter(logdir=os.path.join(self.checkpoint_dir, 'visualization'))
+        return self._vdl
+
+    def _scalar(self, tag, value, step):
+        writer = self._writer()
+        if writer is not None:
+            writer.add_scalar(tag=tag, value=float(value), step=step)
+
+    # ------------------------------------------------------------------ train
+    def train(self, train_dataset, epochs=1, batch_size=1, num_workers=0, eval_dataset=None, log_interval=10,
+              save_interval=1):
+        """Train for `epochs` epochs (counting epochs already done in checkpoint_dir).
+
+        Evaluates on `eval_dataset` and saves epoch_N every `save_interval` epochs and after
+        the last one; best_model follows `compare_metrics`.
+        """
+        for arg, value in (('epochs', epochs), ('batch_size', batch_size), ('log_interval', log_interval),
+                           ('save_interval', save_interval)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{arg} must be a positive int, got {value!r}')
+        multi_label = self._prepare(train_dataset, 'train')
+        if eval_dataset is not None:
+            self._prepare(eval_dataset, 'eval')
+        state = self._resume()
+        start = state['epoch'] + 1
+        if start > epochs:
+            logger.info('%s already holds %d epochs; nothing to train', self.checkpoint_dir, state['epoch'])
+            return state
+        steps_per_epoch = math.ceil(len(train_dataset) / (batch_size * self.world_size))
+        for epoch in range(start, epochs + 1):
+            train_stats = self._train_epoch(train_dataset, epoch, batch_size, num_workers, log_interval,
+                                            steps_per_epoch, multi_label, epochs)
+            if epoch % save_interval and epoch != epochs:
+                continue
+            result = None
+            if eval_dataset is not None:
+                result = self.evaluate(eval_dataset, batch_size=batch_size, num_workers=num_workers)
+                for name, value in [('loss', result['loss'])] + list(_scalars(result['metrics'])):
+                    self._scalar(f'eval/{name}', value, epoch)
+            state = self._save_epoch(epoch, state, train_stats, result)
+        return state
+
+    def _train_epoch(self, dataset, epoch, batch_size, num_workers, log_interval, steps_per_epoch, multi_label,
+                     epochs):
+        # Dropout and other Paddle randomness restart from (seed, epoch): exact resume.
+        paddle.seed(self.seed * 100003 + epoch)
+        if hasattr(dataset, 'set_epoch'):
+            dataset.set_epoch(epoch)
+        self._net.train()
+        if self.freeze_backbone:
+            self.model.backbone.eval()
+        num_class = self.model.num_class
+        total_loss, total_correct, total_seen = 0.0, 0, 0
+        bar = tqdm(self._loader(dataset, batch_size, num_workers, shuffle=True, epoch=epoch), total=steps_per_epoch,
+                   desc=f'epoch {epoch}/{epochs}', disable=not self.is_main, leave=False, dynamic_ncols=True)
+        for step, (waves, target) in enumerate(bar, start=1):
+            rng = np.random.default_rng((self.seed, epoch, step, self.rank))
+            if self.augment.changes_audio:
+                waves = augment_lib.apply(self.augment, waves, rng)
+            feats = self.model.frontend(waves)
+            soft = None
+            if self.augment.mixup_alpha > 0 and not multi_label:
+                soft = paddle.nn.functional.one_hot(target.astype('int64'), num_class)
+            feats, soft_or_multi = augment_lib.apply_features(self.augment, feats,
+                                                              target if multi_label else soft, rng)
+            loss_target = soft_or_multi if (multi_label or soft is not None) else target
+            logits = self._net(feats)
+            loss = self.loss_fn(logits, loss_target)
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f'the training loss became {loss_value} at epoch {epoch}, step {step}. Training stopped; the '
+                    f'last good checkpoint in {self.checkpoint_dir} is kept. Lower the learning rate, or check the '
+                    f'data for silent or corrupt clips, then run again to resume from it.')
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.clear_grad()
+            scheduler = self.optimizer._learning_rate
+            if isinstance(scheduler, paddle.optimizer.lr.LRScheduler):
+                scheduler.step()
+            n = waves.shape[0]
+            total_loss += loss_value * n
+            total_seen += n
+            if not multi_label:
+                reference = target if soft is None else soft_or_multi.argmax(axis=-1)
+                total_correct += int((logits.argmax(axis=-1) == reference.astype('int64')).astype('int64').sum())
+            global_step = (epoch - 1) * steps_per_epoch + step
+            lr = self.optimizer.get_lr()
+            postfix = {'loss': f'{total_loss / total_seen:.4f}', 'lr': f'{lr:.2e}'}
+            if not multi_label:
+                postfix['acc'] = f'{total_correct / total_seen:.4f}'
+            bar.set_postfix(postfix)
+            if step % log_interval == 0 and self.is_main:
+                self._scalar('train/loss', loss_value, global_step)
+                self._scalar('train/lr', lr, global_step)
+                logger.info('epoch %d step %d/%d: %s', epoch, step, steps_per_epoch,
+                            ', '.join(f'{k}={v}' for k, v in postfix.items()))
+        bar.close()
+        stats = {'loss': total_loss / max(total_seen, 1)}
+        if not multi_label:
+            stats['acc'] = total_correct / max(total_seen, 1)
+        for name, value in stats.items():
+            self._scalar(f'train/epoch_{name}', value, epoch)
+        return stats
+
+    # --------------------------------------------------------------- evaluate
+    @paddle.no_grad()
+    def evaluate(self, eval_dataset, batch_size=1, num_workers=0):
+        """Loss and metrics over the whole dataset: {'loss': float, 'metrics': {...}}.
+
+        Single-label: acc, top5, macro_f1, per-class precision/recall/f1, confusion.
+        Multi-label: mAP, AUC, f1_micro. Runs on one process (rank 0 in data-parallel runs).
+        """
+        multi_label = self._prepare(eval_dataset, 'eval')
+        self.model.eval()
+        losses_sum, seen, all_scores, all_targets = 0.0, 0, [], []
+        loader = DataLoader(eval_dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            return_list=True)
+        for waves, target in tqdm(loader, desc='evaluate', disable=not self.is_main, leave=False):
+            logits = self.model(self.model.frontend(waves))
+            loss = self.loss_fn(logits, target)
+            losses_sum += float(loss) * waves.shape[0]
+            seen += waves.shape[0]
+            all_scores.append(self.model.scores(logits).numpy())
+            all_targets.append(target.numpy())
+        scores, targets = np.concatenate(all_scores), np.concatenate(all_targets)
+        if multi_label:
+            result = metrics.multilabel_metrics(targets, scores)
+        else:
+            result = metrics.classification_metrics(targets.astype('int64'), scores)
+        self.model.train()
+        return {'loss': losses_sum / max(seen, 1), 'metrics': result}
+
+    # ------------------------------------------------------------ checkpoints
+    def _epoch_dirs(self):
+        if not os.path.isdir(self.checkpoint_dir):
+            return []
+        found = []
+        for name in os.listdir(self.checkpoint_dir):
+            match = _EPOCH_DIR.match(name)
+            if match and os.path.isfile(os.path.join(self.checkpoint_dir, name, TRAINER_STATE)):
+                found.append((int(match.group(1)), os.path.join(self.checkpoint_dir, name)))
+        return sorted(found)
+
+    def _resume(self):
+        """Load the last complete epoch, if any; return the trainer state."""
+        checkpoint.recover_dir(os.path.join(self.checkpoint_dir, 'best_model'))
+        epochs = self._epoch_dirs()
+        if not epochs:
+            return {'epoch': 0, 'best_metric': None, 'best_epoch': None, 'history': []}
+        epoch, directory = epochs[-1]
+        with open(os.path.join(directory, TRAINER_STATE), encoding='utf-8') as f:
+            state = json.load(f)
+        meta = checkpoint.read_meta(directory)
+        if meta and (meta['model'] != self.model.name or meta.get('labels') != self.model.meta().get('labels')):
+            raise checkpoint.CheckpointError(
+                f'{directory} belongs to another run ({meta["model"]}, {len(meta.get("labels") or [])} classes); '
+                f'use a new checkpoint_dir or delete the old one')
+        self.model.set_state_dict(paddle.load(os.path.join(directory, checkpoint.PARAMS_FILE)))
+        self.optimizer.set_state_dict(self._optimizer_state(paddle.load(os.path.join(directory, OPT_FILE)), load=True))
+        logger.info('resuming from %s (epoch %d done)', directory, epoch)
+        return state
+
+    def _save_epoch(self, epoch, state, train_stats, result):
+        improved = False
+        entry = {'epoch': epoch, 'train': train_stats}
+        if result is not None:
+            entry['eval'] = {'loss': result['loss'], **dict(_scalars(result['metrics']))}
+            value = result['loss'] if self.compare_metrics == 'loss' else result['metrics'].get(self.compare_metrics)
+            if value is None:
+                raise ValueError(f'compare_metrics={self.compare_metrics!r} is not an evaluation metric; choose from '
+                                 f'{["loss"] + sorted(k for k, _ in _scalars(result["metrics"]))}')
+            best = state['best_metric']
+            improved = best is None or (value < best if self.compare_metrics == 'loss' else value > best)
+            if improved:
+                state = {**state, 'best_metric': value, 'best_epoch': epoch}
+        state = {**state, 'epoch': epoch, 'compare_metrics': self.compare_metrics,
+                 'history': state['history'] + [entry]}
+        if self.is_main:
+            if improved:
+                checkpoint.replace_dir(lambda tmp: self._write_model(tmp, result, epoch),
+                                       os.path.join(self.checkpoint_dir, 'best_model'))
+            checkpoint.replace_dir(lambda tmp: self._write_epoch(tmp, state),
+                                   os.path.join(self.checkpoint_dir, f'epoch_{epoch}'))
+            self._prune()
+            summary = ', '.join(f'{k}={v:.4f}' for k, v in entry.get('eval', train_stats).items())
+            logger.info('epoch %d: %s%s', epoch, summary, ' (best so far)' if improved else '')
+        if self.world_size > 1:
+            dist.barrier()
+        return state
+
+    def _write_model(self, directory, result, epoch):
+        paddle.save(self.model.state_dict(), os.path.join(directory, checkpoint.PARAMS_FILE))
+        checkpoint.write_json(os.path.join(directory, checkpoint.META_FILE), self.model.meta())
+        if result is not None:
+            checkpoint.write_json(os.path.join(directory, 'metrics.json'),
+                                  {'epoch': epoch, 'loss': result['loss'], **result['metrics']})
+            if 'confusion' in result['metrics']:
+                metrics.save_confusion_matrix(result['metrics']['confusion'], self.model.labels, directory)
+
+    def _write_epoch(self, directory, state):
+        self._write_model(directory, None, state['epoch'])
+        paddle.save(self._optimizer_state(self.optimizer.state_dict(), load=False), os.path.join(directory, OPT_FILE))
+        # trainer.json is written last: its presence marks the epoch directory complete.
+        checkpoint.write_json(os.path.join(directory, TRAINER_STATE), state)
+
+    def _optimizer_state(self, state, load):
+        """Rename optimizer state between Paddle's per-process parameter names (`conv2d_7.w_0`)
+        and the model's structural names (`backbone.conv_block1.conv1.weight`), so a checkpoint
+        resumes in any process, whatever else it built first."""
+        pairs = [(p.name, name) for name, p in self.model.named_parameters()]
+        if load:
+            pairs = [(b, a) for a, b in pairs]
+        pairs.sort(key=lambda pair: -len(pair[0]))  # longest first: 'fc_1.w_0' before 'fc_1.w'
+        renamed = {}
+        for key, value in state.items():
+            for old, new in pairs:
+                if key.startswith(old + '_'):
+                    key = new + key[len(old):]
+                    break
+            renamed[key] = value
+        return renamed
+
+    def _prune(self):
+        if self.keep_last is None:
+            return
+        for _, directory in self._epoch_dirs()[:-self.keep_last]:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _scalars(result):
+    """The single-number metrics of a metrics dict."""
+    for name, value in result.items():
+        if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool):
+            yield name, float(value)

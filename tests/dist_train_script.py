@@ -1,0 +1,29 @@
+"""Run by test_distributed.py, alone or under `python -m paddle.distributed.launch`."""
+import argparse
+import json
+import os
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+from paddle_soundcls import Module, Trainer
+from paddle_soundcls.datasets import AudioFolder
+
+p = argparse.ArgumentParser()
+p.add_argument('--data')
+p.add_argument('--init')
+p.add_argument('--ckpt')
+p.add_argument('--batch-size', type=int)
+p.add_argument('--out')
+args = p.parse_args()
+
+model = Module('panns_cnn6', load_checkpoint=args.init)
+model.dropout.p = 0.0  # no per-process randomness, so 1 and 2 processes can agree exactly
+optimizer = paddle.optimizer.SGD(learning_rate=0.05, parameters=model.parameters())
+dataset = AudioFolder(args.data, mode='train', duration=1.0)
+trainer = Trainer(model, optimizer, checkpoint_dir=args.ckpt, freeze_backbone=True)
+state = trainer.train(dataset, epochs=2, batch_size=args.batch_size, log_interval=1)
+out = f'{args.out}.rank{dist.get_rank()}.npz'
+np.savez(out, world_size=dist.get_world_size(), **{k: v.numpy() for k, v in model.state_dict().items()
+                                                   if k.startswith('fc.')})
