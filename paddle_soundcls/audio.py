@@ -112,16 +112,12 @@ def load(source, sample_rate, target_sr, name=None):
     return resample(wave, sr, target_sr)
 
 
-def fix_length(wave, length, mode='center', rng=None):
-    """Crop or zero-pad to `length` samples. mode: 'center', 'random' (training) or 'start'."""
+def fix_length(wave, length, rng=None):
+    """Crop or zero-pad to `length` samples: a centred crop, or a random one drawn from the
+    np.random.Generator `rng` (training)."""
     n = len(wave)
     if n > length:
-        if mode == 'random':
-            offset = int((rng or np.random).randint(0, n - length + 1))
-        elif mode == 'center':
-            offset = (n - length) // 2
-        else:
-            offset = 0
+        offset = int(rng.integers(0, n - length + 1)) if rng is not None else (n - length) // 2
         return wave[offset:offset + length]
     if n < length:
         return np.pad(wave, (0, length - n))

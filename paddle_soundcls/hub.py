@@ -73,7 +73,12 @@ class Module(nn.Layer):
         labels = _labels_from(num_class, label_map)
         frontend = cfg.frontend
         state, source = None, None
-        if load_checkpoint is not None:
+        if load_checkpoint is None and pretrained:
+            # Every task needs the pretrained weights: fetch (or fail offline) first.
+            source = weights.fetch(cfg.url, cfg.filename, md5=cfg.md5, sha256=cfg.sha256,
+                                   size_range=(cfg.min_file_size, cfg.max_file_size))
+            state = checkpoint.to_module_layout(checkpoint.load_params(source), source)
+        elif load_checkpoint is not None:
             params_path, meta = checkpoint.resolve(load_checkpoint)
             source = params_path
             state = checkpoint.to_module_layout(checkpoint.load_params(params_path), params_path)
@@ -106,10 +111,6 @@ class Module(nn.Layer):
 
         if state is not None:
             self._load_state(state, source)
-        elif pretrained:
-            path = weights.fetch(cfg.url, cfg.filename, md5=cfg.md5, sha256=cfg.sha256,
-                                 size_range=(cfg.min_file_size, cfg.max_file_size))
-            self._load_state(checkpoint.to_module_layout(checkpoint.load_params(path), path), path)
         else:
             logger.info('%s: random weights (pretrained=False)', name)
         self.eval()

@@ -39,8 +39,10 @@ def check_file(path, md5=None, sha256=None, size_range=None):
     if size_range is not None and not size_range[0] <= size <= size_range[1]:
         return f'its size is {size} bytes, expected between {size_range[0]} and {size_range[1]}'
     for algorithm, expected in (('md5', md5), ('sha256', sha256)):
-        if expected and file_digest(path, algorithm) != expected.lower():
-            return f'its {algorithm} is {file_digest(path, algorithm)}, expected {expected}'
+        if expected:
+            digest = file_digest(path, algorithm)
+            if digest != expected.lower():
+                return f'its {algorithm} is {digest}, expected {expected}'
     return None
 
 
@@ -62,7 +64,7 @@ def fetch(url, filename, md5=None, sha256=None, size_range=None, timeout=DEFAULT
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f'.{filename}.', suffix='.part')
     try:
         with os.fdopen(fd, 'wb') as out:
-            _download(url, out, timeout, progress, filename)
+            _download(url, out, timeout, progress, path)
         problem = check_file(tmp, md5, sha256, size_range)
         if problem:
             raise DownloadError(f'the download of {url} is corrupt: {problem}. Nothing was saved; try again, '
@@ -75,9 +77,11 @@ def fetch(url, filename, md5=None, sha256=None, size_range=None, timeout=DEFAULT
     return path
 
 
-def _download(url, out, timeout, progress, name):
+def _download(url, out, timeout, progress, path):
+    """Write the body of `url` to the open file `out`; `path` is where the file will be cached."""
+    name = os.path.basename(path)
     hint = (f'Download it on a machine with internet access and copy it to '
-            f'{os.path.join(cache_dir(), name)} (or set PADDLE_SOUNDCLS_HOME to a folder that holds it).')
+            f'{path} (or set PADDLE_SOUNDCLS_HOME to a folder that holds it).')
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             total = response.headers.get('Content-Length')
@@ -95,7 +99,9 @@ def _download(url, out, timeout, progress, name):
                 raise DownloadError(f'the connection to {url} closed after {received} of {total} bytes. {hint}')
     except urllib.error.HTTPError as exc:
         raise DownloadError(f'cannot download {url}: HTTP {exc.code} {exc.reason}. {hint}') from None
-    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, short reads
+    except http.client.IncompleteRead as exc:  # newer Pythons and chunked bodies raise on a short body
+        raise DownloadError(f'the connection to {url} closed early ({exc!r}). {hint}') from None
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
         reason = getattr(exc, 'reason', exc)
         raise DownloadError(f'cannot download {url} (offline, or the server did not answer within '
-                            f'{timeout:g} s: {reason}). {hint}') from None
+                            f'{timeout} s: {reason}). {hint}') from None

@@ -275,13 +275,9 @@ class AudioDataset(paddle.io.Dataset):
         index %= n
         path, target = self.items[index]
         wave = audio.load(path, None, self.sample_rate)
-        if self.mode == 'train' and len(wave) > self.num_samples:
-            # The crop depends only on (seed, epoch, index): the same in any worker and after a resume.
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            offset = int(rng.integers(0, len(wave) - self.num_samples + 1))
-            wave = wave[offset:offset + self.num_samples]
-        else:
-            wave = audio.fix_length(wave, self.num_samples, mode='center')
+        # Training crops depend only on (seed, epoch, index): the same in any worker and after a resume.
+        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.mode == 'train' else None
+        wave = audio.fix_length(wave, self.num_samples, rng)
         if self.multi_label:
             hot = np.zeros(len(self.labels), dtype=np.float32)
             hot[list(target)] = 1.0
