@@ -9,13 +9,12 @@ setup(
     packages=find_packages(include=['paddle_soundcls', 'paddle_soundcls.*']),
     package_data={'paddle_soundcls': ['data/*.csv']},
     python_requires='>=3.9',
+    # PaddlePaddle comes from the `cpu` extra or from the user's own `paddlepaddle-gpu`
+    # install: both provide the `paddle` module, so neither can be a hard requirement.
     install_requires=[
-        'paddlepaddle>=3.0',
-        'paddleaudio>=1.0',
         'paddle2onnx>=2.0',
         'onnx',
         'onnxruntime',
-        'librosa>=0.10',
         'soundfile',
         'visualdl',
         'numpy',
@@ -23,8 +22,8 @@ setup(
         'matplotlib',
     ],
     extras_require={
-        'test': ['pytest', 'scikit-learn'],
-        'paddlespeech': ['paddlespeech'],
+        'cpu': ['paddlepaddle>=3.0'],
+        'test': ['pytest', 'scikit-learn', 'librosa>=0.10'],
     },
     entry_points={'console_scripts': ['paddle-soundcls=paddle_soundcls.cli:main']},
 )
