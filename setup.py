@@ -20,6 +20,7 @@ setup(
         'numpy',
         'tqdm',
         'matplotlib',
+        'ml_dtypes',  # imported by onnxruntime.quantization, which does not declare it
     ],
     extras_require={
         'cpu': ['paddlepaddle>=3.0'],

@@ -1,5 +1,7 @@
-"""CPU inference speed of a PANNs model on Paddle dygraph, Paddle Inference (oneDNN), onnxruntime
-and the engine `Predictor` uses by default, in one run on the same inputs. Prints figures; asserts nothing.
+"""CPU inference speed of a PANNs model on Paddle dygraph, Paddle Inference (oneDNN), onnxruntime,
+the engine `Predictor` uses by default, and its int8 model (onnxruntime_int8: quantized with the
+defaults of paddle_soundcls/export/quantize.py, calibrated on a few generated clips), in one run on
+the same inputs. Prints figures; asserts nothing.
 
     python benchmarks/bench_inference.py --model panns_cnn14 --seconds 5 --batch-size 8 --json
 

@@ -4,11 +4,14 @@
     paddle-soundcls predict MODEL_DIR long.wav --window 5 --hop 2.5
     paddle-soundcls tag street.wav [--model panns_cnn14 | --model-dir DIR]
     paddle-soundcls export --checkpoint ckpt/best_model --output exported [--check DATA]
+    paddle-soundcls export --checkpoint ckpt/best_model --output exported --check DATA \
+        --quantize int8 --calibration CLIPS                  # + model.int8.onnx, checked on DATA
+    paddle-soundcls predict exported clips/ --precision int8
     paddle-soundcls benchmark --model panns_cnn14 --seconds 5 --batch-size 8 --json
 
 MODEL_DIR is a fine-tuned checkpoint directory (model.pdparams + meta.json) or an export
 directory (export.json). User errors print one line and exit with status 2; a failed
-parity check exits with status 1.
+parity check, or an int8 model refused by its check, exits with status 1.
 """
 import argparse
 import json
@@ -19,6 +22,7 @@ import sys
 from .audio import AUDIO_EXTENSIONS
 
 ENGINE_CHOICES = ('auto', 'onnxruntime', 'paddle', 'dygraph')
+PRECISION_CHOICES = ('fp32', 'int8')
 DEFAULT_TAGGER = 'panns_cnn14'
 
 
@@ -45,10 +49,11 @@ def expand_inputs(inputs):
     return paths
 
 
-def _runner(model_dir, engine, threads, model=None, tagging=None):
+def _runner(model_dir, engine, threads, model=None, tagging=None, precision='fp32'):
     """(predict function, task) for a checkpoint or export directory.
 
     tagging: True / False to require an AudioSet tagger / a classifier, None for either.
+    precision: 'fp32', or 'int8' (an export directory's model.int8.onnx, on onnxruntime).
     """
     from .deploy import exportdir
     if exportdir.is_export_dir(model_dir):
@@ -57,8 +62,10 @@ def _runner(model_dir, engine, threads, model=None, tagging=None):
             raise UsageError(f'{model_dir} is an export directory; --engine dygraph needs a checkpoint directory')
         if engine == 'auto':
             meta = exportdir.read_export(model_dir)
-            engine = 'onnxruntime' if exportdir.ONNX_FILE in meta['files'] else 'paddle'
-        predictor = Predictor(model_dir, engine=engine, num_threads=threads)
+            engine = 'onnxruntime' if exportdir.ONNX_FILE in meta['files'] or precision == 'int8' else 'paddle'
+        if precision == 'int8' and engine != 'onnxruntime':
+            raise UsageError(f'--precision int8 runs on onnxruntime (model.int8.onnx), not --engine {engine}')
+        predictor = Predictor(model_dir, engine=engine, num_threads=threads, precision=precision)
         task = predictor.task
         run = predictor.predict
     else:
@@ -72,6 +79,10 @@ def _runner(model_dir, engine, threads, model=None, tagging=None):
                              f'(paddle-soundcls export --checkpoint {model_dir} --output DIR)')
         if threads is not None:
             raise UsageError('--threads applies to export directories; a checkpoint uses every CPU')
+        if precision == 'int8':
+            raise UsageError(f'--precision int8 needs an export directory with an int8 model: `paddle-soundcls export '
+                             f'--checkpoint {model_dir} --output DIR --quantize int8 --calibration CLIPS --check '
+                             f'OTHER_CLIPS`, then predict with DIR')
         from .export.static import load_module
         module = load_module(model_dir, model=model, task='tagging' if tagging else 'sound-cls')
         task = 'tagging' if module.task is None else 'sound-cls'
@@ -111,10 +122,14 @@ def _predict(args, tagging):
         from .hub import Module
         if args.engine == 'paddle':
             raise UsageError('--engine paddle needs an export directory (--model-dir)')
+        if args.precision == 'int8':
+            raise UsageError('--precision int8 needs an export directory with an int8 model (--model-dir); see '
+                             '`paddle-soundcls export --help` (--quantize int8)')
         module = Module(name=args.model or DEFAULT_TAGGER, task=None)
         run = lambda p, **kw: module.predict(p, engine=args.engine, **kw)  # noqa: E731
     else:
-        run, _ = _runner(args.model_dir, args.engine, args.threads, getattr(args, 'model', None), tagging)
+        run, _ = _runner(args.model_dir, args.engine, args.threads, getattr(args, 'model', None), tagging,
+                         args.precision)
     results = run(paths, batch_size=args.batch_size, topk=args.topk, window=args.window, hop=args.hop,
                   reduce=args.reduce)
     _print_results(paths, results, args.format)
@@ -133,6 +148,7 @@ def cmd_export(args):
     from .export import check_parity, export_static, load_module
     if args.checkpoint is None and args.model is None:
         raise UsageError('pass --checkpoint CKPT_DIR (a fine-tuned model) or --model NAME --task tagging')
+    check_quantize_args(args)
     module = load_module(args.checkpoint, model=args.model, task=args.task)
     meta = export_static(module, args.output, opset=args.opset)
     summary = {'output': os.path.abspath(args.output), 'model': meta['model'], 'task': meta['task'],
@@ -141,8 +157,79 @@ def cmd_export(args):
     if args.check:
         summary['parity'] = check_parity(args.output, args.check, limit=args.check_limit)
         status = 0 if summary['parity']['passed'] else 1
+    if args.quantize:
+        status = max(status, run_quantize(args, args.output, summary))
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return status
+
+
+def add_quantize_args(parser):
+    """The int8 options of `paddle-soundcls export` and tools/export_onnx.py (need --check DATA to be checked)."""
+    from .export import quantize
+    d = quantize.DEFAULTS
+    g = parser.add_argument_group('int8 quantization (onnxruntime static quantization; model.int8.onnx)')
+    g.add_argument('--quantize', choices=('int8',), default=None,
+                   help='also write model.int8.onnx, calibrated on --calibration and checked on --check')
+    g.add_argument('--calibration', default=None, metavar='DATA',
+                   help='clips to fit the int8 activation ranges to (same layouts as --check); not the --check clips')
+    g.add_argument('--calibration-limit', type=int, default=d['limit'],
+                   help=f'use at most N calibration clips, spread over the list (default {d["limit"]})')
+    g.add_argument('--calibration-method', choices=quantize.METHODS, default=d['method'],
+                   help=f'how activation ranges are chosen (default {d["method"]})')
+    g.add_argument('--calibration-seconds', type=float, default=d['seconds'],
+                   help=f'calibration clips are centre-cropped / zero-padded to this length (default {d["seconds"]:g})')
+    g.add_argument('--quant-format', choices=quantize.FORMATS, default=d['quant_format'],
+                   help=f'qdq (QuantizeLinear/DequantizeLinear nodes) or qoperator (default {d["quant_format"]})')
+    g.add_argument('--per-channel', action=argparse.BooleanOptionalAction, default=d['per_channel'],
+                   help='one weight scale per output channel (default on)')
+    g.add_argument('--keep-float', default=','.join(d['keep_float']), metavar='PARTS',
+                   help=f'parts left in float32, comma-separated from {",".join(quantize.KEEP_FLOAT_CHOICES)}, or '
+                        f'"none" (default {",".join(d["keep_float"])})')
+    g.add_argument('--reduce-range', action='store_true',
+                   help='7-bit weights, for CPUs without VNNI (avx512_vnni / avx_vnni) whose int8 kernels may saturate')
+    g.add_argument('--force-int8', action='store_true',
+                   help='keep the int8 model even when it fails the check (the figures are recorded in export.json)')
+
+
+def _keep_float(text):
+    return () if text.strip().lower() == 'none' else tuple(part.strip() for part in text.split(',') if part.strip())
+
+
+def check_quantize_args(args):
+    """Fail before any export work on int8 options that cannot work (including shared calibration/check clips)."""
+    from .export import quantize
+    if not args.quantize:
+        if args.calibration is not None or args.force_int8:
+            raise UsageError('--calibration and --force-int8 go with --quantize int8')
+        return
+    if args.calibration is None:
+        raise UsageError('--quantize int8 needs --calibration DATA: a few hundred clips like those the model will '
+                         'see (a folder, an ESC-50 or class-folder dataset, or a CSV with a path column)')
+    quantize.check_settings(args.calibration_method, args.quant_format, _keep_float(args.keep_float))
+    quantize.check_seconds(args.calibration_seconds)
+    clips = quantize.select_clips(args.calibration, args.calibration_limit)
+    if args.check:
+        from .export.parity import list_labelled_files
+        quantize.refuse_overlap(clips, [path for path, _, _ in list_labelled_files(args.check)[:args.check_limit]])
+
+
+def run_quantize(args, model_dir, summary, prog='paddle-soundcls'):
+    """Quantize the export `model_dir` as the int8 options say; adds summary['int8']; returns the exit status."""
+    from .export import quantize
+    try:
+        info = quantize.quantize_export(
+            model_dir, args.calibration, check=args.check, limit=args.calibration_limit, check_limit=args.check_limit,
+            method=args.calibration_method, per_channel=args.per_channel, quant_format=args.quant_format,
+            keep_float=_keep_float(args.keep_float), reduce_range=args.reduce_range,
+            seconds=args.calibration_seconds, force=args.force_int8)
+    except quantize.QuantizationRefused as exc:
+        summary['int8'] = {'refused': True, 'check': exc.summary}
+        print(f'{prog}: {exc}', file=sys.stderr)
+        return 1
+    summary['int8'] = info
+    if 'files' in summary:
+        summary['files'] = quantize.exportdir.read_export(model_dir)['files']
+    return 0
 
 
 def add_benchmark_args(parser):
@@ -190,6 +277,9 @@ def _add_output_args(parser, topk):
                              '(checkpoints); auto (default): onnxruntime, except dygraph for fewer than 4 clips '
                              'from a checkpoint')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (export directories; default all)')
+    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='fp32',
+                        help="int8: an export directory's int8 model (model.int8.onnx, onnxruntime; made by "
+                             '`export --quantize int8`); default fp32')
 
 
 def build_parser():
@@ -222,6 +312,7 @@ def build_parser():
     p.add_argument('--check', default=None, metavar='DATA', help='parity check on these clips: a folder, an ESC-50 '
                    'or class-folder dataset, or a CSV with path,label columns')
     p.add_argument('--check-limit', type=int, default=None, help='check only the first N clips')
+    add_quantize_args(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser('benchmark', help='clips/s of every engine (random weights)')

@@ -4,6 +4,7 @@ An export directory holds
 
     inference.json, inference.pdiparams   the Paddle static model (Paddle Inference)
     model.onnx                            the same network in ONNX (optional until exported)
+    model.int8.onnx                       model.onnx quantized to int8 (optional; export/quantize.py)
     export.json                           what a runtime needs besides the network
 
 export.json (format FORMAT):
@@ -18,12 +19,19 @@ export.json (format FORMAT):
                   'activation': 'softmax' | 'sigmoid'}: the graphs output scores, not logits
     files        {file name: {'sha256': hex, 'bytes': size}} for every file above
     onnx         {'file': 'model.onnx', 'opset': 13, 'paddle2onnx': version} once exported
+    int8         once quantized: {'file': 'model.int8.onnx', 'source_sha256': sha256 of the
+                 model.onnx it was made from, 'onnxruntime': version, 'method', 'per_channel',
+                 'quant_format', 'activation_type', 'weight_type', 'reduce_range', 'keep_float',
+                 'nodes_excluded', 'calibration': {'data', 'clips', 'digest', 'seconds', 'method'},
+                 'checked': bool, 'check': parity.check_int8 summary or null, 'forced' if kept
+                 despite a failed check}
 
 Paddle-free: numpy and the standard library only.
 """
 import hashlib
 import json
 import os
+import shutil
 
 from ..features.config import FrontendConfig
 
@@ -33,6 +41,7 @@ STATIC_MODEL = 'inference.json'
 STATIC_PARAMS = 'inference.pdiparams'
 STATIC_PREFIX = 'inference'      # paddle.jit.save / paddle.inference take the path without suffix
 ONNX_FILE = 'model.onnx'
+INT8_FILE = 'model.int8.onnx'
 INPUT_NAME = 'features'
 OUTPUT_NAME = 'scores'
 TASKS = ('sound-cls', 'tagging')
@@ -89,6 +98,9 @@ def require_file(model_dir, meta, name, verify=True):
     """Path of `name` in the export, after checking it exists and matches the sha256 in export.json."""
     path = os.path.join(model_dir, name)
     hint = {ONNX_FILE: f'create it with `python tools/export_onnx.py --model-dir {model_dir}`',
+            INT8_FILE: f'create it with `python tools/export_onnx.py --model-dir {model_dir} --quantize int8 '
+                       f'--calibration CLIPS --check OTHER_CLIPS` (or `paddle-soundcls export ... --quantize int8 '
+                       f'--calibration CLIPS --check OTHER_CLIPS`), or run in float32 (precision fp32)',
             }.get(name, 'export the model again')
     if not os.path.isfile(path):
         raise ExportError(f'{path} is missing from the export directory; {hint}')
@@ -101,3 +113,21 @@ def require_file(model_dir, meta, name, verify=True):
                               f'{EXPORT_FILE}): it was replaced or damaged, perhaps by a file from another '
                               f'model. {hint[0].upper() + hint[1:]}.')
     return path
+
+
+def link_files(src_dir, dst_dir, skip=()):
+    """Hard-link (or copy, where links are not possible) every entry of src_dir but `skip` into dst_dir.
+
+    Used to rebuild an export directory beside itself without copying its large files.
+    """
+    for entry in os.listdir(src_dir):
+        if entry in skip:
+            continue
+        src, dst = os.path.join(src_dir, entry), os.path.join(dst_dir, entry)
+        if os.path.isdir(src):
+            shutil.copytree(src, dst)
+        else:
+            try:
+                os.link(src, dst)
+            except OSError:  # another file system, or links not supported
+                shutil.copy2(src, dst)

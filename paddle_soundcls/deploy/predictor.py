@@ -6,6 +6,7 @@ from . import exportdir, pipeline
 from .engines import OnnxEngine, PaddleEngine
 
 ENGINES = ('onnxruntime', 'paddle')
+PRECISIONS = ('fp32', 'int8')
 
 
 class Predictor:
@@ -18,13 +19,21 @@ class Predictor:
         num_threads: CPU threads for the engine; None uses every CPU this process may run on.
         verify: check the model files against the sha256 recorded in export.json, so a file
             from another model is refused rather than run.
+        precision: 'fp32' (default) or 'int8': model.int8.onnx, the int8-quantized model
+            (onnxruntime only; made by `export --quantize int8`). The front end is float32
+            either way.
 
-    Attributes: labels, task ('sound-cls' or 'tagging'), frontend (FrontendConfig), meta (export.json).
+    Attributes: labels, task ('sound-cls' or 'tagging'), frontend (FrontendConfig), meta (export.json),
+    precision.
     """
 
-    def __init__(self, model_dir, engine='onnxruntime', num_threads=None, verify=True):
+    def __init__(self, model_dir, engine='onnxruntime', num_threads=None, verify=True, precision='fp32'):
         if engine not in ENGINES:
             raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}')
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+        if precision == 'int8' and engine != 'onnxruntime':
+            raise ValueError(f"precision='int8' runs on engine='onnxruntime' (model.int8.onnx), not {engine!r}")
         self.model_dir = os.fspath(model_dir)
         self.meta = exportdir.read_export(self.model_dir)
         self.labels = list(self.meta['labels'])
@@ -32,7 +41,7 @@ class Predictor:
         self.frontend = self.meta['frontend_cfg']
         self.min_seconds = float(self.meta['min_seconds'])
         if engine == 'onnxruntime':
-            path = exportdir.require_file(self.model_dir, self.meta, exportdir.ONNX_FILE, verify)
+            path = exportdir.require_file(self.model_dir, self.meta, self._onnx_file(precision), verify)
             self.engine = OnnxEngine(path, num_threads)
             self._check_onnx_io(path)
         else:
@@ -40,6 +49,20 @@ class Predictor:
                 exportdir.require_file(self.model_dir, self.meta, name, verify)
             self.engine = PaddleEngine(os.path.join(self.model_dir, exportdir.STATIC_PREFIX), num_threads)
         self.engine_name = engine
+        self.precision = precision
+
+    def _onnx_file(self, precision):
+        """The ONNX file for `precision`; an int8 model must have been made from this export's model.onnx."""
+        if precision == 'fp32':
+            return exportdir.ONNX_FILE
+        int8 = self.meta.get('int8')
+        source = self.meta['files'].get(exportdir.ONNX_FILE, {}).get('sha256')
+        if int8 is not None and int8.get('source_sha256') != source:
+            raise exportdir.ExportError(
+                f'{os.path.join(self.model_dir, exportdir.INT8_FILE)} was made from another model.onnx than the one '
+                f'in this export; quantize it again (`python tools/export_onnx.py --model-dir {self.model_dir} '
+                f'--quantize int8 --calibration CLIPS --check OTHER_CLIPS`)')
+        return exportdir.INT8_FILE
 
     def _check_onnx_io(self, path):
         """The ONNX graph must take [batch, frames, n_mels] and give [batch, len(labels)]."""
@@ -90,4 +113,5 @@ class Predictor:
 
     def __repr__(self):
         return (f'Predictor({self.model_dir!r}, model={self.meta["model"]}, task={self.task}, '
-                f'classes={len(self.labels)}, engine={self.engine_name}, threads={self.engine.num_threads})')
+                f'classes={len(self.labels)}, engine={self.engine_name}, precision={self.precision}, '
+                f'threads={self.engine.num_threads})')

@@ -6,9 +6,13 @@ Engines (backbone only: log-mel features in, scores out):
     onnxruntime               model.onnx with onnxruntime's own default session settings
     default                   the engine `Predictor` uses by default (onnxruntime with the
                               settings of deploy.engines.onnx_session_options)
+    onnxruntime_int8          model.int8.onnx (export/quantize.py with its default settings,
+                              calibrated on a few generated clips) with the default settings,
+                              as `Predictor(..., precision='int8')` runs it
 `default` also gets the end-to-end figure: waveforms in, numpy log-mel front end included.
 
 The weights are random: speed does not depend on their values, and no download is needed.
+(int8 answers do depend on them: see the int8 check in export/parity.py, not this file.)
 Engines take turns within each iteration, so a burst of load from other processes slows
 them all alike rather than one of them; clips_per_s uses the median batch time, which a
 few slow batches do not move.
@@ -25,9 +29,11 @@ from ..deploy import Predictor, exportdir
 from ..deploy.engines import OnnxEngine, PaddleEngine, check_threads
 from ..features.mel import logmel
 from ..hub import Module
+from . import quantize
 from .static import export_static
 
-ENGINES = ('paddle_dygraph', 'paddle_inference_onednn', 'onnxruntime', 'default')
+ENGINES = ('paddle_dygraph', 'paddle_inference_onednn', 'onnxruntime', 'default', 'onnxruntime_int8')
+CALIBRATION_CLIPS = 8
 
 
 def machine_info():
@@ -66,6 +72,9 @@ def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_thread
         export_dir = os.path.join(tmp, 'export')
         export_static(module, export_dir, opset=13)
         predictor = Predictor(export_dir, num_threads=threads)
+        int8_path = os.path.join(tmp, exportdir.INT8_FILE)
+        reader = quantize.FeatureReader(calibration_clips(cfg.sample_rate, seconds), cfg, seconds, progress=False)
+        int8_settings = quantize.quantize_onnx(os.path.join(export_dir, exportdir.ONNX_FILE), int8_path, reader)
 
         def dygraph(x):
             with paddle.no_grad():
@@ -77,6 +86,7 @@ def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_thread
             'onnxruntime': OnnxEngine(os.path.join(export_dir, exportdir.ONNX_FILE), threads,
                                       options=_ort_defaults(threads)),
             'default': predictor.engine,
+            'onnxruntime_int8': OnnxEngine(int8_path, threads),
         }
         times = {name: [] for name in runners}
         end_to_end = []
@@ -106,12 +116,32 @@ def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_thread
     result['default']['end_to_end_clips_per_s'] = round(batch_size / float(np.median(end_to_end)), 3)
     result['default']['speedup_vs_onnxruntime'] = round(
         result['default']['clips_per_s'] / result['onnxruntime']['clips_per_s'], 3)
+    result['onnxruntime_int8']['engine'] = ("model.int8.onnx in onnxruntime, Predictor default settings "
+                                            "(precision='int8')")
+    result['onnxruntime_int8']['speedup_vs_default'] = round(
+        result['onnxruntime_int8']['clips_per_s'] / result['default']['clips_per_s'], 3)
+    result['onnxruntime_int8']['quantization'] = {
+        k: int8_settings[k] for k in ('method', 'per_channel', 'quant_format', 'activation_type', 'weight_type',
+                                      'keep_float', 'onnxruntime')}
+    result['onnxruntime_int8']['quantization']['calibration'] = f'{CALIBRATION_CLIPS} generated clips'
     result['setup'] = {'model': model, 'seconds': seconds, 'batch_size': batch_size, 'iterations': iterations,
                        'threads': threads, 'frames': int(features.shape[1]), 'classes': num_classes,
                        'measures': 'backbone only (log-mel features in, scores out) unless named end_to_end',
                        'weights': 'random: speed does not depend on weight values',
                        'machine': machine_info()}
     return result
+
+
+def calibration_clips(sample_rate, seconds):
+    """CALIBRATION_CLIPS generated waveforms: noise and tones at levels from -40 to -6 dBFS."""
+    rng = np.random.default_rng(1)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    clips = []
+    for i, level in enumerate(np.linspace(-40, -6, CALIBRATION_CLIPS)):
+        amp = 10 ** (level / 20)
+        wave = rng.standard_normal(len(t)) if i % 2 else np.sin(2 * np.pi * rng.uniform(100, 8000) * t)
+        clips.append((amp * wave).astype(np.float32))
+    return clips
 
 
 def _ort_defaults(threads):

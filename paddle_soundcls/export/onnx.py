@@ -9,7 +9,6 @@ never reaches the Python optimizer step; optimize_tool=None says the same explic
 onnxruntime folds constants itself when it loads the model.
 """
 import os
-import shutil
 
 from .. import checkpoint
 from ..deploy import exportdir
@@ -88,7 +87,8 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
     output: the .onnx path, inside model_dir (default model_dir/model.onnx), so the export
         directory stays self-contained and relocatable.
     The directory is rebuilt beside itself (existing files hard-linked, not copied) and
-    swapped in complete, so a failed conversion leaves the old export as it was.
+    swapped in complete, so a failed conversion leaves the old export as it was. An int8
+    model (model.int8.onnx) is dropped: it was made from the old model.onnx; quantize again.
     Returns the updated export.json contents.
     """
     model_dir = os.path.abspath(os.fspath(model_dir))
@@ -104,19 +104,11 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
     old_onnx = meta.get('onnx', {}).get('file')
     if old_onnx:
         meta['files'].pop(old_onnx, None)
+    meta['files'].pop(exportdir.INT8_FILE, None)
+    meta.pop('int8', None)
 
     def build(tmp):
-        for entry in os.listdir(model_dir):
-            if entry in (exportdir.EXPORT_FILE, filename, old_onnx):
-                continue
-            src, dst = os.path.join(model_dir, entry), os.path.join(tmp, entry)
-            if os.path.isdir(src):
-                shutil.copytree(src, dst)
-            else:
-                try:
-                    os.link(src, dst)
-                except OSError:  # another file system, or links not supported
-                    shutil.copy2(src, dst)
+        exportdir.link_files(model_dir, tmp, skip=(exportdir.EXPORT_FILE, filename, old_onnx, exportdir.INT8_FILE))
         write_onnx(tmp, meta, opset, filename)
         checkpoint.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
 

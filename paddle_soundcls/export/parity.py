@@ -1,10 +1,17 @@
-"""Parity check: the same clips through Paddle Inference and onnxruntime must agree.
+"""Parity checks: the same clips through two runtimes must give the same answers.
 
-Acceptance rule (all must hold):
+check_parity: Paddle Inference vs onnxruntime (float32). Acceptance rule (all must hold):
 - top-1 agreement: the two engines pick the same best label on at least `min_agreement`
   of the clips (default 99.5%, so at most one clip in 200 may flip on a near tie);
 - accuracies within `max_accuracy_gap` points (default 0.5) when the clips have labels;
 - max |score difference| within `tolerance` (default 1e-3; float32 engines agree to ~1e-5).
+
+check_int8: the int8 model (model.int8.onnx) vs the float32 one (model.onnx), both in
+onnxruntime. Acceptance rule: top-1 agreement of at least `min_agreement` (default 99%),
+and, when the clips have labels, an accuracy drop of at most `max_accuracy_drop` points
+(default 0.5). The max score difference is reported, not judged: int8 scores move by a
+few hundredths without changing the answer. check_parity adds this comparison (as
+summary['int8']) when the export holds an int8 model.
 """
 import csv
 import os
@@ -12,7 +19,10 @@ import os
 import numpy as np
 
 from ..audio import AUDIO_EXTENSIONS
-from ..deploy import Predictor
+from ..deploy import Predictor, exportdir
+
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_ACCURACY_DROP = 0.5
 
 
 def _audio_files(root):
@@ -69,11 +79,64 @@ def truth_indices(items, labels):
     return None
 
 
+def _accuracy(top, truth):
+    """Percentage of clips whose best label is the true one."""
+    return round(100.0 * float((top == truth).mean()), 3)
+
+
+def compare_int8(fp32, int8, truth, min_agreement=INT8_MIN_AGREEMENT, max_accuracy_drop=INT8_MAX_ACCURACY_DROP):
+    """Scores [clips, classes] of the float32 and the int8 model -> JSON-ready figures and `passed`.
+
+    truth: class indices [clips], or None when the clips have no usable labels.
+    """
+    top_a, top_b = fp32.argmax(axis=1), int8.argmax(axis=1)
+    summary = {
+        'max_abs_diff': float(np.abs(fp32 - int8).max()),
+        'top1_agreement': float((top_a == top_b).mean()),
+        'disagreements': int((top_a != top_b).sum()),
+        'accuracy_fp32': None,
+        'accuracy_int8': None,
+        'accuracy_drop': None,
+    }
+    passed = summary['top1_agreement'] >= min_agreement
+    if truth is not None:
+        summary['accuracy_fp32'] = _accuracy(top_a, truth)
+        summary['accuracy_int8'] = _accuracy(top_b, truth)
+        summary['accuracy_drop'] = round(summary['accuracy_fp32'] - summary['accuracy_int8'], 3)
+        passed = passed and summary['accuracy_drop'] <= max_accuracy_drop
+    else:
+        summary['note'] = 'no labels that name the model classes: accuracies not computed'
+    summary['rule'] = {'min_top1_agreement': min_agreement, 'max_accuracy_drop_points': max_accuracy_drop}
+    summary['passed'] = bool(passed)
+    return summary
+
+
+def check_int8(model_dir, data, limit=None, batch_size=8, num_threads=None, min_agreement=INT8_MIN_AGREEMENT,
+               max_accuracy_drop=INT8_MAX_ACCURACY_DROP):
+    """Run the clips of `data` through the float32 and the int8 ONNX models of the export `model_dir`.
+
+    Returns a JSON-ready summary: model_dir, data, clips and the figures of compare_int8
+    (max_abs_diff, top1_agreement, disagreements, accuracy_fp32 / accuracy_int8 /
+    accuracy_drop in points, rule, passed).
+    """
+    items = list_labelled_files(data)[:limit]
+    paths = [path for path, _, _ in items]
+    fp32 = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads, precision='fp32')
+    int8 = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads, precision='int8')
+    a = np.stack(fp32.scores(paths, batch_size=batch_size))
+    b = np.stack(int8.scores(paths, batch_size=batch_size))
+    summary = {'model_dir': os.fspath(model_dir), 'data': os.fspath(data), 'clips': len(paths)}
+    summary.update(compare_int8(a, b, truth_indices(items, fp32.labels), min_agreement, max_accuracy_drop))
+    return summary
+
+
 def check_parity(model_dir, data, limit=None, batch_size=8, num_threads=None, tolerance=1e-3,
                  min_agreement=0.995, max_accuracy_gap=0.5):
     """Run the clips of `data` through both engines of the export `model_dir`.
 
     Returns a JSON-ready summary; summary['passed'] applies the rule in the module docstring.
+    With an int8 model in the export, summary['int8'] compares it with onnxruntime's float32
+    scores (compare_int8, with its own 'passed').
     """
     items = list_labelled_files(data)[:limit]
     paths = [path for path, _, _ in items]
@@ -94,12 +157,16 @@ def check_parity(model_dir, data, limit=None, batch_size=8, num_threads=None, to
     truth = truth_indices(items, onnx_predictor.labels)
     passed = summary['top1_agreement'] >= min_agreement and summary['max_abs_diff'] <= tolerance
     if truth is not None:
-        summary['accuracy_paddle'] = round(100.0 * float((top_a == truth).mean()), 3)
-        summary['accuracy_onnxruntime'] = round(100.0 * float((top_b == truth).mean()), 3)
+        summary['accuracy_paddle'] = _accuracy(top_a, truth)
+        summary['accuracy_onnxruntime'] = _accuracy(top_b, truth)
         passed = passed and abs(summary['accuracy_paddle'] - summary['accuracy_onnxruntime']) <= max_accuracy_gap
     else:
         summary['note'] = 'no labels that name the model classes: accuracies not computed'
     summary['rule'] = {'min_top1_agreement': min_agreement, 'max_accuracy_gap_points': max_accuracy_gap,
                        'max_abs_diff': tolerance}
     summary['passed'] = bool(passed)
+    if exportdir.INT8_FILE in onnx_predictor.meta['files']:
+        int8 = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads, precision='int8')
+        summary['int8'] = compare_int8(b, np.stack(int8.scores(paths, batch_size=batch_size)), truth)
     return summary
+

@@ -1,0 +1,340 @@
+"""Static int8 quantization of an export's ONNX model with onnxruntime's own tooling, offline.
+
+    from paddle_soundcls.export.quantize import quantize_export
+    quantize_export('exported', calibration='data/calib', check='data/dev')   # + model.int8.onnx
+
+How the int8 model is made (onnxruntime.quantization, nothing is downloaded or installed):
+1. `quant_pre_process` runs onnxruntime's basic graph optimisations on model.onnx, so every
+   convolution carries its batch norm and ReLU and every Linear is one Gemm: each is then
+   quantized as one operator.
+2. Calibration: the float model runs on log-mel features of the user's clips, computed with
+   the numpy front end (paddle_soundcls.features.mel) exactly as the runtime computes them.
+   Every clip is cut to a fixed length (default 5 s, centred; shorter clips are zero-padded
+   on both sides) so clips of any length can be batched and no clip weighs more than
+   another in the activation ranges.
+3. `quantize_static` writes QDQ (QuantizeLinear/DequantizeLinear) nodes: uint8 activations,
+   int8 weights, one scale per output channel. The front end stays float32 outside the
+   graph; by default the stem (bn0 and the first convolution, which sees raw decibels) and
+   the head (pooling, Linear layers, softmax/sigmoid) stay float too. They cost a few
+   percent of the compute and hold most of the error; the graph output is never quantized.
+
+The check (`paddle_soundcls.export.parity.check_int8`) compares the int8 model with the
+float one on clips that are not calibration clips; `quantize_export` refuses (raises
+QuantizationRefused, leaving no int8 file) when they disagree, unless forced.
+"""
+import hashlib
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+from .. import audio, checkpoint
+from ..deploy import exportdir
+from ..features.mel import logmel
+from .parity import check_int8, list_labelled_files
+
+logger = logging.getLogger(__name__)
+
+METHODS = ('minmax', 'entropy', 'percentile')
+FORMATS = ('qdq', 'qoperator')
+KEEP_FLOAT_CHOICES = ('stem', 'head')
+# Chosen by measuring top-1 agreement with the float model (see the README's int8 section):
+# per-channel weights and a float stem and head matter most; the calibration method and the
+# number of clips beyond a few dozen hardly change it, and QOperator runs slower than QDQ.
+DEFAULTS = {'method': 'minmax', 'per_channel': True, 'quant_format': 'qdq', 'keep_float': ('stem', 'head'),
+            'reduce_range': False, 'seconds': 5.0, 'limit': 200}
+MAX_CLIPS = 1000    # ranges settle after a few dozen clips; more only costs time (CNN14: ~8 clips/s on 2 CPUs)
+
+
+class QuantizationRefused(RuntimeError):
+    """The int8 model disagrees with the float model on the check clips; `summary` holds the figures."""
+
+    def __init__(self, message, summary):
+        super().__init__(message)
+        self.summary = summary
+
+
+def _ort_quantization():
+    """onnxruntime.quantization, or a clear error naming what is missing."""
+    try:
+        from onnxruntime import quantization
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise ImportError(f'int8 quantization needs onnxruntime.quantization, which could not be imported ({exc}); '
+                          f'`pip install ml_dtypes` if that is what it names, or upgrade onnxruntime') from None
+    return quantization, quant_pre_process
+
+
+def select_clips(data, limit=DEFAULTS['limit']):
+    """Calibration clips of `data` (any layout `list_labelled_files` reads): paths, at most `limit`.
+
+    More clips than `limit` are thinned evenly over the sorted list, so a class-folder
+    layout still gives clips of every class rather than the first classes only.
+    """
+    paths = [path for path, _, _ in list_labelled_files(data)]
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CLIPS:
+        raise ValueError(f'the calibration clip limit must be an int from 1 to {MAX_CLIPS}, got {limit!r}')
+    if len(paths) > limit:
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
+    return paths
+
+
+def refuse_overlap(calibration_paths, check_paths):
+    """Raise ValueError when a check clip is also a calibration clip (the same file, or a copy).
+
+    A check on the clips the ranges were fitted to says little about other audio.
+    """
+    calib = {os.path.realpath(p) for p in calibration_paths}
+    same = [p for p in check_paths if os.path.realpath(p) in calib]
+    # Copies: only files of a size some calibration clip has are worth hashing.
+    by_size = {}
+    for path in calibration_paths:
+        by_size.setdefault(os.path.getsize(path), []).append(path)
+    candidates = [p for p in check_paths if p not in same and os.path.getsize(p) in by_size]
+    if candidates:
+        digests = {exportdir.sha256_file(p) for size in {os.path.getsize(c) for c in candidates}
+                   for p in by_size[size]}
+        same += [p for p in candidates if exportdir.sha256_file(p) in digests]
+    if same:
+        raise ValueError(f'{len(same)} of the {len(check_paths)} check clips are also calibration clips (e.g. '
+                         f'{same[0]}): check the int8 model on other clips (--check DATA with clips not in '
+                         f'--calibration), so the check measures how it does on audio it was not fitted to')
+
+
+def list_digest(paths):
+    """sha256 over the contents of the clips, in order: names the calibration set wherever it lives."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(exportdir.sha256_file(path).encode())
+    return h.hexdigest()
+
+
+def fixed_length(wave, samples):
+    """Centre-crop or centre-pad (zeros on both sides) a 1-D waveform to `samples`."""
+    n = len(wave)
+    if n >= samples:
+        start = (n - samples) // 2
+        return wave[start:start + samples]
+    left = (samples - n) // 2
+    return np.pad(wave, (left, samples - n - left))
+
+
+class FeatureReader:
+    """onnxruntime CalibrationDataReader: log-mel features of fixed-length clips, in batches.
+
+    clips: audio file paths (any rate and channels) or 1-D numpy waveforms at cfg.sample_rate.
+    cfg: the export's FrontendConfig; seconds: the fixed clip length.
+    Each item is {'features': float32 [batch, frames, n_mels]}, computed when it is read so
+    only one batch is in memory. `set_range` (in batches) lets onnxruntime collect the
+    ranges batch by batch (CalibStridedMinMax), which bounds the memory the histogram
+    methods need.
+    """
+
+    def __init__(self, clips, cfg, seconds=DEFAULTS['seconds'], batch_size=8, progress=True):
+        from tqdm import tqdm
+        check_seconds(seconds)
+        self.clips = list(clips)
+        self.cfg = cfg
+        self.samples = int(round(seconds * cfg.sample_rate))
+        self.batch_size = batch_size
+        self.batches = [self.clips[i:i + batch_size] for i in range(0, len(self.clips), batch_size)]
+        self.bar = tqdm(total=len(self.clips), desc='int8 calibration', unit='clip', disable=not progress)
+        self.set_range(0, len(self.batches))
+
+    def __len__(self):
+        return len(self.batches)
+
+    def set_range(self, start_index, end_index):
+        self.pending = iter(self.batches[start_index:end_index])
+
+    def get_next(self):
+        batch = next(self.pending, None)
+        if batch is None:
+            return None
+        sr = self.cfg.sample_rate
+        waves = [fixed_length(audio.load(clip, sr, sr), self.samples) for clip in batch]
+        self.bar.update(len(batch))
+        return {exportdir.INPUT_NAME: logmel(np.stack(waves), self.cfg)}
+
+    def close(self):
+        self.bar.close()
+
+
+def float_nodes(model, keep_float):
+    """Names of the nodes of `model` (an onnx.ModelProto after quant_pre_process) to leave in float.
+
+    keep_float: a subset of KEEP_FLOAT_CHOICES. 'stem': every node up to and including the
+    first Conv (the transposes, bn0 and the 1-channel convolution that read raw decibels);
+    'head': every node after the last Conv (its ReLU, pooling, the Linear layers, the
+    activation).
+    The node that writes the graph output (softmax / sigmoid scores) is always kept float,
+    so scores are not rounded to 1/255.
+    """
+    nodes = list(model.graph.node)  # ONNX keeps nodes in topological order
+    convs = [i for i, node in enumerate(nodes) if node.op_type == 'Conv']
+    if not convs:
+        raise ValueError('the ONNX graph has no Conv node; expected a PANNs CNN')
+    keep = []
+    if 'stem' in keep_float:
+        keep += nodes[:convs[0] + 1]
+    if 'head' in keep_float:
+        keep += nodes[convs[-1] + 1:]
+    outputs = {value.name for value in model.graph.output}
+    keep += [node for node in nodes if outputs & set(node.output)]
+    names = []
+    for node in keep:
+        if node.name not in names:
+            names.append(node.name)
+    return names
+
+
+def check_settings(method, quant_format, keep_float):
+    if method not in METHODS:
+        raise ValueError(f'calibration method must be one of {METHODS}, got {method!r}')
+    if quant_format not in FORMATS:
+        raise ValueError(f'quant_format must be one of {FORMATS}, got {quant_format!r}')
+    unknown = set(keep_float) - set(KEEP_FLOAT_CHOICES)
+    if unknown:
+        raise ValueError(f'keep_float takes {KEEP_FLOAT_CHOICES}, got {sorted(unknown)}')
+
+
+def check_seconds(seconds):
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0.5 <= seconds <= 60:
+        raise ValueError(f'calibration clip length must be 0.5 to 60 seconds, got {seconds!r}')
+
+
+def quantize_onnx(float_path, int8_path, reader, method=DEFAULTS['method'], per_channel=DEFAULTS['per_channel'],
+                  quant_format=DEFAULTS['quant_format'], keep_float=DEFAULTS['keep_float'],
+                  reduce_range=DEFAULTS['reduce_range']):
+    """Quantize the float ONNX model `float_path` into `int8_path`, calibrated on `reader`.
+
+    reader: a FeatureReader (or any CalibrationDataReader with __len__ and set_range).
+    reduce_range: 7-bit weights, for CPUs without VNNI whose int8 kernels may saturate.
+    Returns the settings as recorded in export.json.
+    """
+    import onnx
+    import onnxruntime
+    check_settings(method, quant_format, keep_float)
+    quantization, quant_pre_process = _ort_quantization()
+    # The sessions the tooling opens (without options of ours) would list every initializer
+    # paddle2onnx left unused as a warning; errors still show.
+    onnxruntime.set_default_logger_severity(3)
+    methods = {'minmax': quantization.CalibrationMethod.MinMax, 'entropy': quantization.CalibrationMethod.Entropy,
+               'percentile': quantization.CalibrationMethod.Percentile}
+    formats = {'qdq': quantization.QuantFormat.QDQ, 'qoperator': quantization.QuantFormat.QOperator}
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(int8_path))) as tmp:
+        prepared = os.path.join(tmp, 'prepared.onnx')
+        # Symbolic shape inference (which needs sympy) adds nothing for a graph this simple.
+        quant_pre_process(float_path, prepared, skip_symbolic_shape=True)
+        model = onnx.load(prepared)
+        for i, node in enumerate(model.graph.node):
+            if not node.name:  # nodes are excluded by name
+                node.name = f'{node.op_type}_{i}'
+        onnx.save(model, prepared)
+        keep = float_nodes(model, keep_float)
+        quantization.quantize_static(
+            prepared, int8_path, reader, quant_format=formats[quant_format], per_channel=per_channel,
+            reduce_range=reduce_range, activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8, nodes_to_exclude=keep, calibrate_method=methods[method],
+            # One batch per collection pass: the histogram methods would otherwise hold every
+            # activation of every clip in memory at once (gigabytes for CNN14).
+            extra_options={'CalibStridedMinMax': 1})
+    return {'method': method, 'per_channel': per_channel, 'quant_format': quant_format.upper(),
+            'activation_type': 'uint8', 'weight_type': 'int8', 'reduce_range': reduce_range,
+            'keep_float': list(keep_float), 'nodes_excluded': keep, 'onnxruntime': onnxruntime.__version__}
+
+
+def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'], check_limit=None,
+                    method=DEFAULTS['method'], per_channel=DEFAULTS['per_channel'],
+                    quant_format=DEFAULTS['quant_format'], keep_float=DEFAULTS['keep_float'],
+                    reduce_range=DEFAULTS['reduce_range'], seconds=DEFAULTS['seconds'], force=False, batch_size=8,
+                    num_threads=None, progress=True):
+    """Add model.int8.onnx to the export directory `model_dir` (which must hold model.onnx).
+
+    calibration: clips to fit the activation ranges to (a folder, an ESC-50 or class-folder
+        dataset, or a CSV with a path column); at most `limit` of them (default 200).
+    check: labelled or unlabelled clips, none of them calibration clips, on which the int8
+        model must agree with the float model (parity.check_int8: top-1 agreement >= 99%,
+        accuracy drop <= 0.5 points). Without it the int8 model is recorded as unchecked.
+    force: keep an int8 model that fails the check (the figures are still recorded).
+    method, per_channel, quant_format, keep_float, reduce_range, seconds: see quantize_onnx
+        and FeatureReader.
+    Returns export.json's 'int8' entry. Raises QuantizationRefused (after removing the int8
+    model from the export, which otherwise stays as it was) when the check fails.
+
+    The directory is rebuilt beside itself (files hard-linked) and swapped in complete, so a
+    failure half-way leaves the export as it was.
+    """
+    model_dir = os.path.abspath(os.fspath(model_dir))
+    check_settings(method, quant_format, keep_float)
+    check_seconds(seconds)
+    meta = exportdir.read_export(model_dir)
+    exportdir.require_file(model_dir, meta, exportdir.ONNX_FILE)
+    clips = select_clips(calibration, limit)
+    if check is not None:
+        check_items = list_labelled_files(check)[:check_limit]
+        refuse_overlap(clips, [path for path, _, _ in check_items])
+    cfg = meta.pop('frontend_cfg')
+    meta['files'].pop(exportdir.INT8_FILE, None)
+    meta.pop('int8', None)
+    outcome = {}
+
+    def build(tmp):
+        exportdir.link_files(model_dir, tmp, skip=(exportdir.EXPORT_FILE, exportdir.INT8_FILE))
+        int8_path = os.path.join(tmp, exportdir.INT8_FILE)
+        reader = FeatureReader(clips, cfg, seconds, batch_size, progress)
+        try:
+            info = quantize_onnx(os.path.join(tmp, exportdir.ONNX_FILE), int8_path, reader, method, per_channel,
+                                 quant_format, keep_float, reduce_range)
+        finally:
+            reader.close()
+        info['calibration'] = {'data': os.path.abspath(os.fspath(calibration)), 'clips': len(clips),
+                               'digest': list_digest(clips), 'seconds': float(seconds), 'method': method}
+        info['source_sha256'] = meta['files'][exportdir.ONNX_FILE]['sha256']
+        info['file'] = exportdir.INT8_FILE
+        meta['files'][exportdir.INT8_FILE] = exportdir.file_record(int8_path)
+        meta['int8'] = info
+        checkpoint.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
+        if check is None:
+            info['check'] = None
+            info['checked'] = False
+        else:
+            summary = check_int8(tmp, check, limit=check_limit, batch_size=batch_size, num_threads=num_threads)
+            summary['model_dir'] = model_dir
+            info['check'] = summary
+            info['checked'] = True
+            if not summary['passed'] and not force:
+                outcome['refused'] = summary
+                os.remove(int8_path)
+                del meta['files'][exportdir.INT8_FILE]
+                del meta['int8']
+            elif not summary['passed']:
+                info['forced'] = True
+        checkpoint.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
+
+    checkpoint.replace_dir(build, model_dir)
+    if 'refused' in outcome:
+        raise QuantizationRefused(refusal_message(outcome['refused']), outcome['refused'])
+    if check is None:
+        logger.warning(UNCHECKED_WARNING, os.path.join(model_dir, exportdir.INT8_FILE))
+    return meta['int8']
+
+
+UNCHECKED_WARNING = ('\n' + '!' * 78 + '\n'
+                     '%s is UNCHECKED: no check clips were given, so nothing has compared its answers with the '
+                     'float model.\nint8 models can disagree with the float model; check it with --check DATA '
+                     '(labelled clips that are not calibration clips).\nexport.json records it as unchecked '
+                     '(int8.checked = false).\n' + '!' * 78)
+
+
+def refusal_message(summary):
+    rule = summary['rule']
+    figures = f'top-1 agreement {100 * summary["top1_agreement"]:.2f}% (needs >= {100 * rule["min_top1_agreement"]:g}%)'
+    if summary.get('accuracy_drop') is not None:
+        figures += (f', accuracy {summary["accuracy_fp32"]:.2f}% float vs {summary["accuracy_int8"]:.2f}% int8 '
+                    f'(a drop of at most {rule["max_accuracy_drop_points"]:g} points allowed)')
+    return (f'int8 model refused: on {summary["clips"]} check clips it gives {figures}. model.int8.onnx was not '
+            f'kept; the float export is unchanged. Try more or more representative calibration clips '
+            f'(--calibration, --calibration-limit), --calibration-method percentile or entropy, or run float; '
+            f'--force-int8 keeps it anyway.')
