@@ -5,16 +5,90 @@ loading and resampling as training and `Module.predict` (the same rate everywher
 """
 import math
 import os
+import struct
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
 import soundfile as sf
 
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3', '.aiff', '.aif', '.au')
+# Sample rates outside this range are not audio: in practice a damaged header. Resampling from
+# them would also cost time and memory out of all proportion (1 Hz -> 32 kHz is 32000x).
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768000
+# Larger sample values are not audio either (even unscaled 32-bit integer PCM stays below
+# 2.2e9), and squared in the front end they would overflow float32 to Inf.
+MAX_ABS_SAMPLE = 1e10
 
 
 class AudioError(ValueError):
     """An input that is not usable audio; the message names the file or argument."""
+
+
+def _reason(exc):
+    """libsndfile's message without its trailing full stops."""
+    return str(exc).rstrip('. ')
+
+
+def wav_truncation(path):
+    """For a RIFF/WAVE file: a sentence if its data chunk is shorter than the header says, else None.
+
+    libsndfile quietly reads what is there, so an interrupted copy would otherwise pass as a
+    shorter clip.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, 'rb') as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b'RIFF' or head[8:12] != b'WAVE':
+                return None
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk_id, chunk_size = struct.unpack('<4sI', f.read(8))
+                if chunk_id == b'data':
+                    available = size - pos - 8
+                    # 0 and 0xFFFFFFFF are placeholders of streaming writers, not sizes.
+                    if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
+                        return (f'truncated: the header announces {chunk_size} bytes of audio, '
+                                f'the file holds {available}')
+                    return None
+                pos += 8 + chunk_size + (chunk_size & 1)
+    except OSError:
+        return None  # the soundfile check reports unreadable files
+    return None
+
+
+def check_sample_rate(sample_rate, name='sample_rate'):
+    """A plausible audio sample rate in Hz, as an int; AudioError naming `name` otherwise."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f'{name} must be a positive int (Hz), got {sample_rate!r}')
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f'{name} is {sample_rate} Hz, outside the {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz of audio')
+    return int(sample_rate)
+
+
+def file_problem(path):
+    """None when the header of `path` describes usable audio, else a sentence saying why not.
+
+    Reads the header only: not found, empty, not an audio format, no frames, a sample rate
+    that is not audio, or (WAV) a data chunk cut short.
+    """
+    if not os.path.isfile(path):
+        return 'file not found'
+    if os.path.getsize(path) == 0:
+        return 'empty file (0 bytes)'
+    try:
+        info = sf.info(path)
+    except Exception as exc:  # soundfile raises several types for bad files
+        return f'not readable as audio ({_reason(exc)}): not a WAV/FLAC/OGG file, or a damaged one'
+    if info.frames <= 0 or info.channels <= 0:
+        return 'holds no audio frames'
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        return (f'its header gives a sample rate of {info.samplerate} Hz, outside the '
+                f'{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz of audio: the header is damaged')
+    return wav_truncation(path)
 
 
 def read_audio(path):
@@ -22,10 +96,17 @@ def read_audio(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise AudioError(f'audio file not found: {path}')
+    problem = file_problem(path)
+    if problem:
+        raise AudioError(f'cannot use audio file {path}: {problem}. Replace the file or leave it out.')
     try:
         data, sr = sf.read(path, dtype='float32', always_2d=True)
     except Exception as exc:  # soundfile raises several types for bad files
-        raise AudioError(f'cannot read audio file {path}: {exc}. Is it a WAV/FLAC/OGG file?') from None
+        raise AudioError(f'cannot read audio file {path}: {_reason(exc)}. The file is damaged; replace it '
+                         f'or leave it out.') from None
+    problem = samples_problem(data)  # every channel, before they are mixed
+    if problem:
+        raise AudioError(f'{path} {problem}')
     return data, sr
 
 
@@ -46,11 +127,25 @@ def to_mono(wave, name='waveform'):
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
-def check_waveform(wave, name='waveform'):
+def samples_problem(wave):
+    """None when the samples of `wave` are usable, else a sentence saying why not."""
     if wave.size == 0:
-        raise AudioError(f'{name} has no samples')
-    if not np.all(np.isfinite(wave)):
-        raise AudioError(f'{name} contains NaN or Inf samples; clean or drop this input')
+        return 'has no samples'
+    # min and max carry any NaN or Inf with them, and need no copy of a long recording.
+    low, high = float(wave.min()), float(wave.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return 'contains NaN or Inf samples; clean or drop this input'
+    peak = max(-low, high)
+    if peak > MAX_ABS_SAMPLE:
+        return (f'has samples as large as {peak:.3g}, which is not audio (float audio lies within [-1, 1]); '
+                f'the data is damaged or was written in another format')
+    return None
+
+
+def check_waveform(wave, name='waveform'):
+    problem = samples_problem(wave)
+    if problem:
+        raise AudioError(f'{name} {problem}')
     return wave
 
 
@@ -67,13 +162,29 @@ def _polyphase_filter(up, down, zero_crossings=16, beta=8.6):
     return taps.reshape(taps_per_phase, up).T.astype(np.float32), half
 
 
+# The filter has 32 * max(up, down) taps: the common rates need at most 1280 (11025 -> 32000).
+MAX_RATIO_TERM = 2048
+
+
+def resample_ratio(orig_sr, target_sr):
+    """(up, down): target_sr / orig_sr in lowest terms, or, when that needs terms above
+    MAX_RATIO_TERM (rates such as 44101 Hz), the nearest fraction whose terms do not
+    (a relative rate error of the order of 1e-5, far below audible), so the filter stays small."""
+    g = math.gcd(orig_sr, target_sr)
+    up, down = target_sr // g, orig_sr // g
+    if max(up, down) > MAX_RATIO_TERM:
+        ratio = Fraction(target_sr, orig_sr)
+        ratio = ratio.limit_denominator(max(1, min(MAX_RATIO_TERM, int(MAX_RATIO_TERM / ratio))))
+        up, down = ratio.numerator, ratio.denominator
+    return up, down
+
+
 def resample(wave, orig_sr, target_sr, chunk=1 << 16):
     """Band-limited rational resampling of a 1-D float32 array (polyphase windowed sinc)."""
     orig_sr, target_sr = int(orig_sr), int(target_sr)
     if orig_sr == target_sr:
         return wave
-    g = math.gcd(orig_sr, target_sr)
-    up, down = target_sr // g, orig_sr // g
+    up, down = resample_ratio(orig_sr, target_sr)
     phases, half = _polyphase_filter(up, down)
     taps_per_phase = phases.shape[1]
     n_out = math.ceil(len(wave) * up / down)
@@ -100,14 +211,14 @@ def load(source, sample_rate, target_sr, name=None):
     if isinstance(source, (str, os.PathLike)):
         name = name or os.fspath(source)
         data, sr = read_audio(source)
-        wave = to_mono(data.T, name) if data.shape[1] > 1 else data[:, 0]
+        # The file says which axis holds the channels: no guessing from the shape.
+        wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     else:
         name = name or 'waveform'
         if sample_rate is None:
             raise AudioError(f'{name}: sample_rate is required for numpy waveforms (the rate of the array, in Hz)')
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-            raise AudioError(f'sample_rate must be a positive int (Hz), got {sample_rate!r}')
-        wave, sr = to_mono(source, name), int(sample_rate)
+        sr = check_sample_rate(sample_rate)
+        wave = to_mono(source, name)
     check_waveform(wave, name)
     return resample(wave, sr, target_sr)
 

@@ -77,7 +77,11 @@ class Module(nn.Layer):
             # Every task needs the pretrained weights: fetch (or fail offline) first.
             source = weights.fetch(cfg.url, cfg.filename, md5=cfg.md5, sha256=cfg.sha256,
                                    size_range=(cfg.min_file_size, cfg.max_file_size))
-            state = checkpoint.to_module_layout(checkpoint.load_params(source), source)
+            try:
+                params = checkpoint.load_params(source)
+            except checkpoint.CheckpointError as exc:  # damaged in the cache (the size check passed)
+                raise type(exc)(f'{exc} Delete {source} and run again to download it from {cfg.url}.') from None
+            state = checkpoint.to_module_layout(params, source)
         elif load_checkpoint is not None:
             params_path, meta = checkpoint.resolve(load_checkpoint)
             source = params_path

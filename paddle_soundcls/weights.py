@@ -12,6 +12,8 @@ import urllib.request
 
 from tqdm import tqdm
 
+from .checkpoint import remove_stale, temp_prefix
+
 DEFAULT_TIMEOUT = 10.0
 
 
@@ -33,8 +35,11 @@ def file_digest(path, algorithm):
     return h.hexdigest()
 
 
-def check_file(path, md5=None, sha256=None, size_range=None):
-    """Return None when `path` passes every given check, else a sentence saying why not."""
+def check_file(path, md5=None, sha256=None, size_range=None, check=None):
+    """Return None when `path` passes every given check, else a sentence saying why not.
+
+    check: optional function(path) -> None or a sentence, for what the file must hold.
+    """
     size = os.path.getsize(path)
     if size_range is not None and not size_range[0] <= size <= size_range[1]:
         return f'its size is {size} bytes, expected between {size_range[0]} and {size_range[1]}'
@@ -43,29 +48,36 @@ def check_file(path, md5=None, sha256=None, size_range=None):
             digest = file_digest(path, algorithm)
             if digest != expected.lower():
                 return f'its {algorithm} is {digest}, expected {expected}'
-    return None
+    return check(path) if check is not None else None
 
 
-def fetch(url, filename, md5=None, sha256=None, size_range=None, timeout=DEFAULT_TIMEOUT, root=None, progress=True):
+def fetch(url, filename, md5=None, sha256=None, size_range=None, timeout=None, root=None, progress=True,
+          check=None):
     """Return the cached path of `filename`, downloading it from `url` if it is not there yet.
 
     A file already in the cache is used without any network access once it passes its
     checks; a cached file that fails them is an error (it is never silently replaced).
+    check: optional function(path) -> None or a sentence saying what is wrong with the file.
+    timeout: seconds without an answer from the server before giving up (None: DEFAULT_TIMEOUT).
+    Several processes may fetch the same file at once: each downloads to its own temporary
+    file and the last complete one is renamed into place.
     """
     root = root or cache_dir()
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
     path = os.path.join(root, filename)
     if os.path.exists(path):
-        problem = check_file(path, md5, sha256, size_range)
+        problem = check_file(path, md5, sha256, size_range, check)
         if problem:
             raise DownloadError(f'the cached file {path} is damaged: {problem}. Delete it and run again '
                                 f'to download it from {url}.')
         return path
     os.makedirs(root, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f'.{filename}.', suffix='.part')
+    remove_stale(root)  # partial downloads of processes that were killed
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=temp_prefix(filename), suffix='.part')
     try:
         with os.fdopen(fd, 'wb') as out:
             _download(url, out, timeout, progress, path)
-        problem = check_file(tmp, md5, sha256, size_range)
+        problem = check_file(tmp, md5, sha256, size_range, check)
         if problem:
             raise DownloadError(f'the download of {url} is corrupt: {problem}. Nothing was saved; try again, '
                                 f'or place a good copy at {path} by hand.')

@@ -7,7 +7,6 @@ import csv
 import math
 import numbers
 import os
-import struct
 import warnings
 
 import numpy as np
@@ -159,48 +158,21 @@ def stratified_split(targets, num_classes, dev_fraction, seed):
     return sorted(train), sorted(dev)
 
 
-def _wav_truncation(path):
-    """For a RIFF/WAVE file: a sentence if its data chunk is shorter than the header says, else None.
-
-    libsndfile quietly reads what is there, so an interrupted copy would otherwise pass as a
-    shorter clip.
-    """
-    try:
-        size = os.path.getsize(path)
-        with open(path, 'rb') as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] != b'RIFF' or head[8:12] != b'WAVE':
-                return None
-            pos = 12
-            while pos + 8 <= size:
-                f.seek(pos)
-                chunk_id, chunk_size = struct.unpack('<4sI', f.read(8))
-                if chunk_id == b'data':
-                    available = size - pos - 8
-                    # 0 and 0xFFFFFFFF are placeholders of streaming writers, not sizes.
-                    if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
-                        return (f'truncated: the header announces {chunk_size} bytes of audio, '
-                                f'the file holds {available}')
-                    return None
-                pos += 8 + chunk_size + (chunk_size & 1)
-    except OSError:
-        return None  # the soundfile check reports unreadable files
-    return None
-
-
 def file_problem(path):
-    """None when `path` is readable audio with at least one frame, else a sentence saying why not."""
-    if not os.path.isfile(path):
-        return 'file not found'
-    if os.path.getsize(path) == 0:
-        return 'empty file (0 bytes)'
+    """None when `path` is usable audio, else a sentence saying why not.
+
+    Checks the header (see audio.file_problem), then decodes every sample: a file that
+    fails only half-way, or holds NaN or absurd values, is found here rather than in the
+    middle of an epoch.
+    """
+    problem = audio.file_problem(path)
+    if problem:
+        return problem
     try:
-        info = sf.info(path)
+        data, _ = sf.read(path, dtype='float32', always_2d=True)
     except Exception as exc:  # soundfile raises several types for bad files
-        return f'not readable as audio ({exc})'
-    if info.frames <= 0:
-        return 'holds no audio frames'
-    return _wav_truncation(path)
+        return f'cannot decode the audio ({str(exc).rstrip(". ")})'
+    return audio.samples_problem(data)
 
 
 class AudioDataset(paddle.io.Dataset):

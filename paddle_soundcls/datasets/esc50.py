@@ -3,8 +3,10 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 
 from .. import weights
+from ..checkpoint import remove_stale, temp_prefix
 from .base import (AudioDataset, DatasetError, check_dir, check_exists, check_fold, check_mode,
                    labels_from_columns, read_csv, read_folds)
 
@@ -16,21 +18,39 @@ LAYOUT = ('ESC-50-master/\n'
           '  meta/esc50.csv   (columns filename,fold,target,category,esc10,src_file,take)')
 
 
+def _archive_problem(path):
+    """None when `path` is a zip archive with an ESC-50-master/ folder, else a sentence saying why not.
+
+    Reads the zip's table of contents only (at the end of the file, so a cut download fails here).
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        return f'not a valid zip archive ({exc})'
+    if not any(name.startswith(FOLDER + '/') for name in names):
+        return f'the archive does not hold a {FOLDER}/ folder'
+    return None
+
+
+class _DamagedArchive(Exception):
+    """The archive could not be unpacked; the message says why."""
+
+
 def _extract(archive, target):
     """Unpack the archive's top folder to `target`: into a temporary folder first, then one rename."""
     parent = os.path.dirname(target)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{FOLDER}.', suffix='.tmp')
+    remove_stale(parent)  # unpacking of a process that was killed
+    tmp = tempfile.mkdtemp(dir=parent, prefix=temp_prefix(FOLDER), suffix='.tmp')
     try:
         try:
             with zipfile.ZipFile(archive) as z:
                 z.extractall(tmp)  # zipfile drops absolute paths and '..' from member names
-        except (zipfile.BadZipFile, EOFError) as exc:
-            raise DatasetError(f'{archive} is not a valid zip archive ({exc}). Delete it and run again to '
-                               f'download it from {ESC50_URL}.') from None
+        except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            raise _DamagedArchive(f'it is not a valid zip archive ({exc})') from None
         src = os.path.join(tmp, FOLDER)
         if not os.path.isdir(src):
-            raise DatasetError(f'{archive} does not hold a {FOLDER}/ folder (found {sorted(os.listdir(tmp))}). '
-                               f'Delete it and run again, or unpack ESC-50 yourself:\n{LAYOUT}')
+            raise _DamagedArchive(f'it does not hold a {FOLDER}/ folder (found {sorted(os.listdir(tmp))})')
         try:
             os.replace(src, target)
         except OSError:
@@ -44,22 +64,44 @@ def download_esc50(root=None, progress=True):
     """The ESC-50 folder in the cache (`weights.cache_dir()/ESC-50-master`), downloaded once.
 
     Returns the folder path. Offline, raises weights.DownloadError saying where to put the files.
+    Several processes may call it at once; the cache ends up with one complete copy.
     """
     root = root or weights.cache_dir()
     target = os.path.join(root, FOLDER)
     if os.path.isdir(target):
         return target
     # GitHub builds branch archives on request: no checksum or exact size is published and the
-    # bytes may change, so the archive is checked by what it holds (the metadata and every clip
-    # it lists; check_files() reads each one).
+    # bytes may change, so the archive is checked by what it holds (its table of contents before
+    # it enters the cache, then the metadata and every clip it lists; check_files() reads each one).
+    downloading = not os.path.exists(os.path.join(root, ARCHIVE))
     try:
-        archive = weights.fetch(ESC50_URL, ARCHIVE, root=root, progress=progress)
+        archive = weights.fetch(ESC50_URL, ARCHIVE, root=root, progress=progress, check=_archive_problem)
     except weights.DownloadError as exc:
         raise weights.DownloadError(f'{exc}\nOr unpack ESC-50 yourself so that {root} holds\n{LAYOUT}\n'
                                     f'or pass data_dir=<a folder with audio/ and meta/ as above>.') from None
-    _extract(archive, target)
-    os.remove(archive)  # the unpacked folder is what is used; the archive would double the space
+    try:
+        _extract(archive, target)
+    except _DamagedArchive as exc:
+        if not downloading:  # a file placed by hand: the user decides what to do with it
+            raise DatasetError(f'{archive} cannot be unpacked: {exc}. Delete it and run again to download it '
+                               f'from {ESC50_URL}, or unpack ESC-50 yourself:\n{LAYOUT}') from None
+        # Damage only unpacking finds (a bad CRC): not kept, so the next try downloads it again.
+        _remove(archive)
+        raise DatasetError(f'the archive downloaded from {ESC50_URL} cannot be unpacked: {exc}. It was not '
+                           f'kept; run again to download it anew, or unpack ESC-50 yourself:\n{LAYOUT}') from None
+    except FileNotFoundError:
+        if not os.path.isdir(target):
+            raise
+        return target  # another process unpacked it and removed the archive first
+    _remove(archive)  # the unpacked folder is what is used; the archive would double the space
     return target
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:  # another process removed it first
+        pass
 
 
 class ESC50(AudioDataset):

@@ -80,7 +80,8 @@ def read_export(model_dir):
         with open(path, encoding='utf-8') as f:
             meta = json.load(f)
     except (OSError, ValueError) as exc:
-        raise ExportError(f'cannot read {path}: {exc}') from None
+        raise ExportError(f'cannot read {path}: {exc}; export the model again (python tools/export_static.py '
+                          f'--checkpoint CKPT_DIR --output {model_dir})') from None
     if not isinstance(meta, dict) or meta.get('format') != FORMAT:
         found = meta.get('format') if isinstance(meta, dict) else None
         raise ExportError(f'{path} has format {found!r}; this version reads {FORMAT!r}. Export the model again.')

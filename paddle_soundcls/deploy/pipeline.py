@@ -16,7 +16,6 @@ import os
 from collections import OrderedDict
 
 import numpy as np
-import soundfile as sf
 
 from .. import audio
 
@@ -39,10 +38,9 @@ def as_sources(data):
             path = os.fspath(item)
             if not os.path.isfile(path):
                 raise audio.AudioError(f'audio file not found: {path}')
-            try:
-                sf.info(path)
-            except Exception as exc:  # soundfile raises several types for files it cannot parse
-                raise audio.AudioError(f'cannot read audio file {path}: {exc}. Is it a WAV/FLAC/OGG file?') from None
+            problem = audio.file_problem(path)  # the header only: cheap, and the loader's own wording
+            if problem:
+                raise audio.AudioError(f'cannot use audio file {path}: {problem}. Replace the file or leave it out.')
             sources.append((path, path))
         elif isinstance(item, np.ndarray):
             name = f'data[{i}]'

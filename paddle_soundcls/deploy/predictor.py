@@ -41,13 +41,20 @@ class Predictor:
         self.frontend = self.meta['frontend_cfg']
         self.min_seconds = float(self.meta['min_seconds'])
         if engine == 'onnxruntime':
-            path = exportdir.require_file(self.model_dir, self.meta, self._onnx_file(precision), verify)
-            self.engine = OnnxEngine(path, num_threads)
-            self._check_onnx_io(path)
+            files = [exportdir.require_file(self.model_dir, self.meta, self._onnx_file(precision), verify)]
         else:
-            for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS):
-                exportdir.require_file(self.model_dir, self.meta, name, verify)
-            self.engine = PaddleEngine(os.path.join(self.model_dir, exportdir.STATIC_PREFIX), num_threads)
+            files = [exportdir.require_file(self.model_dir, self.meta, name, verify)
+                     for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS)]
+        try:
+            self.engine = (OnnxEngine(files[0], num_threads) if engine == 'onnxruntime' else
+                           PaddleEngine(os.path.join(self.model_dir, exportdir.STATIC_PREFIX), num_threads))
+        except ImportError:
+            raise  # engine='paddle' without Paddle: its message says what to install
+        except Exception as exc:  # each runtime raises its own types for a damaged model file
+            raise exportdir.ExportError(f'cannot load {" / ".join(files)}: {str(exc).strip().splitlines()[-1][:300]}. '
+                                        f'The export is damaged: export the model again') from None
+        if engine == 'onnxruntime':
+            self._check_onnx_io(files[0])
         self.engine_name = engine
         self.precision = precision
 
