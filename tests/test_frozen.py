@@ -1,0 +1,199 @@
+"""Frozen-backbone fine-tuning: the embedding cache (reuse, invalidation, freshness, resume after
+an interruption), training the head on cached embeddings, and what the checkpoint is good for."""
+import os
+
+import numpy as np
+import paddle
+import pytest
+import soundfile as sf
+
+from helpers import calm, prime_batchnorm
+from paddle_soundcls import Module, Trainer
+from paddle_soundcls.datasets import AudioFolder
+from paddle_soundcls.training import AugmentConfig, embeddings
+from test_trainer import SR, make_folder
+
+LABELS = ['hiss', 'tone']
+
+
+def build(train_set, seed=123):
+    """CNN6 with random weights but BatchNorm statistics of this data, as a pretrained network has."""
+    paddle.seed(seed)
+    model = calm(Module('panns_cnn6', label_map=LABELS, pretrained=False))
+    return prime_batchnorm(model, np.stack([train_set[i][0] for i in range(len(train_set))]))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    return make_folder(tmp_path / 'train', 8, seed=1), make_folder(tmp_path / 'dev', 4, seed=2)
+
+
+class Spy:
+    """Wraps the embedding engine: counts the clips it embeds, and can fail after `fail_after` clips."""
+
+    def __init__(self, monkeypatch, fail_after=None):
+        self.clips, self.fail_after = 0, fail_after
+        real = embeddings.build_engine
+        monkeypatch.setattr(embeddings, 'build_engine', lambda module, root=None: self.wrap(real(module, root)))
+
+    def wrap(self, engine):
+        def run(features):
+            if self.fail_after is not None and self.clips + len(features) > self.fail_after:
+                raise KeyboardInterrupt('interrupted by the test')
+            self.clips += len(features)
+            return engine(features)
+        run.name = engine.name
+        return run
+
+
+def fresh_embedding(model, dataset, index):
+    """The backbone's embedding of the centre crop of clip `index`, in Paddle dygraph."""
+    dev = AudioFolder(dataset.root, mode='dev', duration=dataset.duration)
+    with paddle.no_grad():
+        model.eval()
+        feats = model.frontend(paddle.to_tensor(dev[index][0][None]))
+        return model.backbone(feats.unsqueeze(1)).numpy()[0]
+
+
+def test_cache_is_reused_and_recomputes_exactly_what_changed(folders, monkeypatch):
+    train_root, _ = folders
+    train_set = AudioFolder(train_root, mode='train', duration=1.0)
+    model = build(train_set)
+    spy = Spy(monkeypatch)
+    first = embeddings.embed_dataset(model, train_set, batch_size=4)
+    assert spy.clips == len(train_set) == 16
+    assert first.embeddings.shape == (16, model.backbone.emb_size)
+    second = embeddings.embed_dataset(model, train_set)
+    assert spy.clips == 16  # nothing recomputed
+    np.testing.assert_array_equal(second.embeddings, first.embeddings)
+    assert [int(t) for t in second.targets] == [t for _, t in train_set.items]
+
+    # Another file under the same name: that one clip is recomputed, and its embedding is not stale.
+    path = train_set.items[3][0]
+    sf.write(path, (0.2 * np.sin(2 * np.pi * 2000 * np.arange(SR) / SR)).astype('float32'), SR)
+    changed = embeddings.embed_dataset(model, train_set)
+    assert spy.clips == 17
+    assert not np.allclose(changed.embeddings[3], first.embeddings[3], atol=1e-3)
+    np.testing.assert_allclose(changed.embeddings[3], fresh_embedding(model, train_set, 3), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.delete(changed.embeddings, 3, 0), np.delete(first.embeddings, 3, 0))
+
+    # Another clip length: all recomputed, centre-cropped although the dataset is in train mode.
+    shorter = AudioFolder(train_root, mode='train', duration=0.6)
+    cropped = embeddings.embed_dataset(model, shorter)
+    assert spy.clips == 17 + 16
+    for i in (0, 9):
+        np.testing.assert_allclose(cropped.embeddings[i], fresh_embedding(model, shorter, i), rtol=1e-4, atol=1e-4)
+
+    # Other backbone weights: all recomputed. The head's weights do not matter.
+    model.fc.weight.set_value(model.fc.weight * 2)
+    embeddings.embed_dataset(model, train_set)
+    assert spy.clips == 33
+    conv = model.backbone.conv_block1.conv1.weight
+    conv.set_value(conv * 1.01)
+    embeddings.embed_dataset(model, train_set)
+    assert spy.clips == 33 + 16
+
+
+def test_an_interrupted_pass_resumes_without_recomputing(folders, monkeypatch):
+    train_root, _ = folders
+    train_set = AudioFolder(train_root, mode='train', duration=1.0)
+    model = build(train_set)
+    spy = Spy(monkeypatch, fail_after=8)
+    with pytest.raises(KeyboardInterrupt):
+        embeddings.embed_dataset(model, train_set, batch_size=4)
+    assert spy.clips == 8
+    spy.fail_after = None
+    done = embeddings.embed_dataset(model, train_set, batch_size=4)
+    assert spy.clips == 16  # only the 8 missing ones
+    root = embeddings.cache_root()
+    leftovers = [f for _, _, files in os.walk(root) for f in files if f.endswith('.tmp')]
+    assert leftovers == []
+    for i in (0, 7, 8, 15):
+        np.testing.assert_allclose(done.embeddings[i], fresh_embedding(model, train_set, i), rtol=1e-4, atol=1e-4)
+
+
+def test_dygraph_fallback_gives_the_same_embeddings(folders, monkeypatch, tmp_path):
+    train_root, _ = folders
+    train_set = AudioFolder(train_root, mode='dev', duration=1.0)
+    model = build(train_set)
+    fast = embeddings.embed_dataset(model, train_set, root=str(tmp_path / 'a'))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError('no converter for this op')
+    monkeypatch.setattr(embeddings, 'export_backbone', broken)
+    assert isinstance(embeddings.build_engine(model), embeddings.DygraphEngine)
+    slow = embeddings.embed_dataset(model, train_set, root=str(tmp_path / 'b'))
+    np.testing.assert_allclose(slow.embeddings, fast.embeddings, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_training_gives_an_ordinary_checkpoint(folders, monkeypatch, tmp_path):
+    train_root, dev_root = folders
+    train_set = AudioFolder(train_root, mode='train', duration=1.0)
+    dev_set = AudioFolder(dev_root, mode='dev', duration=1.0)
+    model = build(train_set)
+    spy = Spy(monkeypatch)
+    ckpt = tmp_path / 'ckpt'
+    optimizer = paddle.optimizer.Adam(learning_rate=1e-2, parameters=model.parameters())
+    backbone_before = {k: v.numpy().copy() for k, v in model.backbone.state_dict().items()}
+    state = Trainer(model, optimizer, checkpoint_dir=str(ckpt), freeze_backbone=True).train(
+        train_set, epochs=4, batch_size=4, eval_dataset=dev_set)
+    assert spy.clips == 24  # 16 training + 8 evaluation clips, once
+    history = state['history']
+    assert history[-1]['train']['loss'] < history[0]['train']['loss']
+    assert state['best_metric'] >= 0.875
+    for key, value in model.backbone.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), backbone_before[key])
+    best = ckpt / 'best_model'
+    assert (best / 'metrics.json').is_file() and (ckpt / 'epoch_4' / 'trainer.json').is_file()
+
+    # A new run resumes after epoch 4 and reuses every cached embedding.
+    model = build(train_set)
+    resumed = Trainer(model, paddle.optimizer.Adam(learning_rate=1e-2, parameters=model.parameters()),
+                      checkpoint_dir=str(ckpt), freeze_backbone=True, use_vdl=False).train(
+        train_set, epochs=5, batch_size=4, eval_dataset=dev_set)
+    assert [h['epoch'] for h in resumed['history']] == [1, 2, 3, 4, 5]
+    assert spy.clips == 24
+
+    # Module.predict on the checkpoint gives the scores of the head on the cached embeddings.
+    restored = Module('panns_cnn6', load_checkpoint=str(best))
+    cached = embeddings.embed_dataset(restored, dev_set)
+    assert spy.clips == 24
+    with paddle.no_grad():
+        expected = restored.scores(restored.fc(paddle.to_tensor(cached.embeddings))).numpy()
+    paths = [path for path, _ in dev_set.items]
+    for engine in ('dygraph', 'onnxruntime'):
+        results = restored.predict(paths, batch_size=4, engine=engine)
+        got = np.array([[result[label] for label in LABELS] for result in results])
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    trainer = Trainer(restored, paddle.optimizer.Adam(parameters=restored.parameters()), use_vdl=False,
+                      checkpoint_dir=str(tmp_path / 'eval'), freeze_backbone=True)
+    assert trainer.evaluate(dev_set, batch_size=4)['metrics']['acc'] == pytest.approx(
+        float(np.mean(expected.argmax(axis=1) == [t for _, t in dev_set.items])))
+
+    # Full fine-tuning continues from the checkpoint: one step moves the backbone too.
+    model = Module('panns_cnn6', load_checkpoint=str(best))
+    before = model.backbone.conv_block4.conv1.weight.numpy().copy()
+    optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters())
+    state = Trainer(model, optimizer, checkpoint_dir=str(tmp_path / 'full'), use_vdl=False).train(
+        train_set, epochs=1, batch_size=16)
+    assert np.isfinite(state['history'][0]['train']['loss'])
+    assert not np.allclose(model.backbone.conv_block4.conv1.weight.numpy(), before)
+    assert spy.clips == 24  # full fine-tuning does not use the cache
+
+
+@pytest.mark.parametrize('augment', [AugmentConfig(gain_db=3.0), AugmentConfig(noise_snr_db=20.0),
+                                     AugmentConfig(time_masks=2, time_mask_width=10), AugmentConfig(mixup_alpha=0.2)])
+def test_augmentation_is_refused(augment):
+    model = calm(Module('panns_cnn6', label_map=LABELS, pretrained=False))
+    with pytest.raises(ValueError, match='freeze_backbone=True trains on embeddings computed once per clip'):
+        Trainer(model, paddle.optimizer.Adam(parameters=model.parameters()), freeze_backbone=True, augment=augment)
+
+
+def test_tagging_head_and_other_datasets_are_refused(folders):
+    tagger = Module('panns_cnn6', task=None, pretrained=False)
+    with pytest.raises(ValueError, match="task='sound-cls'"):
+        Trainer(tagger, paddle.optimizer.Adam(parameters=tagger.parameters()), freeze_backbone=True)
+    model = calm(Module('panns_cnn6', label_map=LABELS, pretrained=False))
+    waves = [(np.zeros(SR, dtype='float32'), np.int64(0))] * 4
+    with pytest.raises(TypeError, match='AudioDataset'):
+        embeddings.embed_dataset(model, waves)
