@@ -18,7 +18,6 @@ import math
 import os
 import re
 import shutil
-import time
 
 import numpy as np
 import paddle
@@ -187,6 +186,8 @@ class Trainer:
         if eval_dataset is not None:
             self._prepare(eval_dataset, 'eval')
         state = self._resume()
+        if self.is_main:
+            self._prune()  # finish a removal that a killed run left half done
         start = state['epoch'] + 1
         if start > epochs:
             logger.info('%s already holds %d epochs; nothing to train', self.checkpoint_dir, state['epoch'])
@@ -338,8 +339,10 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f'{directory} belongs to another run ({meta["model"]}, {len(meta.get("labels") or [])} classes); '
                 f'use a new checkpoint_dir or delete the old one')
-        self.model.set_state_dict(paddle.load(os.path.join(directory, checkpoint.PARAMS_FILE)))
-        self.optimizer.set_state_dict(self._optimizer_state(paddle.load(os.path.join(directory, OPT_FILE)), load=True))
+        # Read without unpickling arbitrary objects: a damaged or hostile file is named and refused.
+        self.model.set_state_dict(checkpoint.load_params(os.path.join(directory, checkpoint.PARAMS_FILE)))
+        self.optimizer.set_state_dict(self._optimizer_state(checkpoint.load_state(os.path.join(directory, OPT_FILE)),
+                                                            load=True))
         logger.info('resuming from %s (epoch %d done)', directory, epoch)
         return state
 
@@ -353,17 +356,25 @@ class Trainer:
                 raise ValueError(f'compare_metrics={self.compare_metrics!r} is not an evaluation metric; choose from '
                                  f'{["loss"] + sorted(k for k, _ in _scalars(result["metrics"]))}')
             best = state['best_metric']
-            improved = best is None or (value < best if self.compare_metrics == 'loss' else value > best)
+            # A NaN metric (e.g. mAP with no positives) never becomes or beats the best.
+            improved = not math.isnan(value) and (
+                best is None or (value < best if self.compare_metrics == 'loss' else value > best))
             if improved:
                 state = {**state, 'best_metric': value, 'best_epoch': epoch}
         state = {**state, 'epoch': epoch, 'compare_metrics': self.compare_metrics,
                  'history': state['history'] + [entry]}
         if self.is_main:
-            if improved:
-                checkpoint.replace_dir(lambda tmp: self._write_model(tmp, result, epoch),
-                                       os.path.join(self.checkpoint_dir, 'best_model'))
-            checkpoint.replace_dir(lambda tmp: self._write_epoch(tmp, state),
-                                   os.path.join(self.checkpoint_dir, f'epoch_{epoch}'))
+            target = os.path.join(self.checkpoint_dir, f'epoch_{epoch}')
+            try:
+                if improved:
+                    checkpoint.replace_dir(lambda tmp: self._write_model(tmp, result, epoch),
+                                           os.path.join(self.checkpoint_dir, 'best_model'))
+                checkpoint.replace_dir(lambda tmp: self._write_epoch(tmp, state), target)
+            except OSError as exc:  # e.g. a full disk: say what was kept and how to go on
+                kept = self._epoch_dirs()
+                kept = f'the last complete checkpoint, {kept[-1][1]}, is kept' if kept else 'no epoch was saved yet'
+                raise OSError(exc.errno, f'{exc.strerror or exc} while writing {target}; {kept}. Free space (or fix '
+                                         f'the cause) and run again to resume') from None
             self._prune()
             summary = ', '.join(f'{k}={v:.4f}' for k, v in entry.get('eval', train_stats).items())
             logger.info('epoch %d: %s%s', epoch, summary, ' (best so far)' if improved else '')
@@ -404,10 +415,20 @@ class Trainer:
         return renamed
 
     def _prune(self):
-        if self.keep_last is None:
-            return
-        for _, directory in self._epoch_dirs()[:-self.keep_last]:
-            shutil.rmtree(directory, ignore_errors=True)
+        """Keep the last `keep_last` complete epoch_N directories (all with None); remove the rest.
+
+        trainer.json goes first, so a removal cut short leaves a directory that no longer counts
+        as complete; the next prune removes such leftovers too.
+        """
+        complete = [directory for _, directory in self._epoch_dirs()]
+        keep = set(complete if self.keep_last is None else complete[-self.keep_last:])
+        for name in os.listdir(self.checkpoint_dir) if os.path.isdir(self.checkpoint_dir) else []:
+            directory = os.path.join(self.checkpoint_dir, name)
+            if _EPOCH_DIR.match(name) and directory not in keep:
+                state_file = os.path.join(directory, TRAINER_STATE)
+                if os.path.exists(state_file):
+                    os.remove(state_file)
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 class _Head(paddle.nn.Layer):

@@ -159,7 +159,9 @@ def install_dir_faults(spec):
         if os.path.basename(path) != name:
             fault_point(f'swapped:{name}', spec)
         elif spec and spec['at'] == f'prune:{name}':
-            os.remove(os.path.join(path, 'trainer.json'))
+            marker = os.path.join(path, 'trainer.json')
+            if os.path.exists(marker):  # the trainer deletes it first
+                os.remove(marker)
             fault_point(spec['at'], spec)
         return real_rmtree(path, *args, **kwargs)
     shutil.rmtree = rmtree

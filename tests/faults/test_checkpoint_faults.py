@@ -214,8 +214,6 @@ def resume(run_dir):
     return Trainer(module, optimizer, checkpoint_dir=str(ckpt), use_vdl=False).train(dataset, epochs=2, batch_size=4)
 
 
-@pytest.mark.xfail(strict=True, reason='Trainer._resume reads epoch_N/model.pdparams and model.pdopt with '
-                   'paddle.load, i.e. unrestricted pickle: a hostile file runs its command')
 def test_hostile_file_in_a_checkpoint_dir_never_runs(run_dir, tmp_path):
     ckpt = run_dir[0]
     (ckpt / 'epoch_1' / 'model.pdparams').write_bytes(hostile_pickle(tmp_path))
@@ -224,9 +222,6 @@ def test_hostile_file_in_a_checkpoint_dir_never_runs(run_dir, tmp_path):
     assert not (tmp_path / MARKER).exists()
 
 
-@pytest.mark.xfail(strict=True, reason='Trainer._resume lets the error of paddle.load on a damaged '
-                   'epoch_N/model.pdparams or model.pdopt through unnamed (e.g. "UnpicklingError: pickle data was '
-                   'truncated")')
 @pytest.mark.parametrize('name', ['model.pdparams', 'model.pdopt'])
 def test_truncated_file_in_a_checkpoint_dir_is_named(run_dir, name):
     ckpt = run_dir[0]

@@ -105,9 +105,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(train_data, reference, tm
     check_resumed(train_data, ckpt, tmp_path / 'out', reference)
 
 
-@pytest.mark.xfail(strict=True, reason='Trainer._prune deletes an old epoch with one rmtree and _epoch_dirs only '
-                   'lists directories holding trainer.json: an epoch_N killed mid-removal after trainer.json went '
-                   'is never listed again, so it is never removed (hundreds of MB left for good)')
 def test_sigkill_while_removing_an_old_epoch(train_data, reference, tmp_path):
     ckpt = tmp_path / 'ckpt'
     kill_at_marker([CHILD, train_data, str(ckpt), str(tmp_path / 'killed'), '--epochs', str(EPOCHS)],
@@ -137,9 +134,6 @@ def test_disk_full_keeps_the_last_checkpoint_and_resumes(disk_full, train_data, 
     check_resumed(train_data, ckpt, base / 'out', reference)
 
 
-@pytest.mark.xfail(strict=True, reason='Trainer._save_epoch lets the OSError of a failed write through as it is: '
-                   'the message names a hidden temporary file and says nothing of the checkpoint kept or of '
-                   'running again')
 def test_disk_full_message_names_the_checkpoint_and_what_to_do(disk_full):
     result, ckpt, _, _ = disk_full
     last_line = result.stderr.strip().splitlines()[-1]
