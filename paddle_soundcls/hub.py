@@ -175,13 +175,6 @@ class Module(nn.Layer):
         checkpoint.replace_dir(build, directory)
         return directory
 
-    def load_inputs(self, data, sample_rate):
-        """Paths / arrays -> list of mono float32 waveforms at the model's rate (at least MIN_SECONDS)."""
-        from .deploy import pipeline
-        sr = self.frontend_cfg.sample_rate
-        return [pipeline.load_wave(source, sample_rate, sr, MIN_SECONDS, name)
-                for name, source in pipeline.as_sources(data)]
-
     @paddle.no_grad()
     def predict(self, data, sample_rate=None, batch_size=1, feat_type='mel', use_gpu=False, topk=None,
                 window=None, hop=None, reduce='mean', engine='auto'):
@@ -289,7 +282,7 @@ def _onnx_scorer(module):
                 save_static(module, tmp)
                 model = convert(tmp)
             checkpoint.atomic_write(path, lambda tmp_path: _save_onnx(model, tmp_path))
-            _prune_onnx_cache(folder)
+            weights.prune_cache(folder, '.onnx', _ONNX_CACHE_KEEP)
         cached = (key, OnnxEngine(path))
         _ONNX_ENGINES[module] = cached
     engine, cfg = cached[1], module.frontend_cfg
@@ -300,12 +293,3 @@ def _save_onnx(model, path):
     import onnx
     onnx.save(model, path)
 
-
-def _prune_onnx_cache(folder):
-    files = sorted((os.path.join(folder, f) for f in os.listdir(folder) if f.endswith('.onnx')),
-                   key=os.path.getmtime, reverse=True)
-    for path in files[_ONNX_CACHE_KEEP:]:
-        try:
-            os.remove(path)
-        except OSError:  # another process removed it first
-            pass

@@ -117,3 +117,17 @@ def _download(url, out, timeout, progress, path):
         reason = getattr(exc, 'reason', exc)
         raise DownloadError(f'cannot download {url} (offline, or the server did not answer within '
                             f'{timeout} s: {reason}). {hint}') from None
+
+
+def prune_cache(folder, suffix, keep):
+    """Keep the `keep` most recently used files ending in `suffix` in `folder`; remove the rest.
+
+    Callers mark a file as used with os.utime, so a model in use is never the one removed.
+    """
+    files = sorted((os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(suffix)),
+                   key=os.path.getmtime, reverse=True)
+    for path in files[keep:]:
+        try:
+            os.remove(path)
+        except OSError:  # another process removed it first
+            pass

@@ -119,13 +119,7 @@ def export_backbone(module, root=None):
         paddle.jit.save(net, os.path.join(tmp, exportdir.STATIC_PREFIX), input_spec=[spec])
         model = convert(tmp)
     checkpoint.atomic_write(path, lambda tmp_path: onnx.save(model, tmp_path))
-    exported = sorted((os.path.join(folder, f) for f in os.listdir(folder) if f.endswith('.onnx')),
-                      key=os.path.getmtime, reverse=True)
-    for old in exported[_ONNX_KEEP:]:
-        try:
-            os.remove(old)
-        except OSError:  # another process removed it first
-            pass
+    weights.prune_cache(folder, '.onnx', _ONNX_KEEP)
     return path
 
 
