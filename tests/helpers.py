@@ -32,3 +32,18 @@ def prime_batchnorm(module, waves):
         layer._momentum = momentum
     module.eval()
     return module
+
+
+# Prepended to code run in a subprocess to show it works with PaddlePaddle unimportable.
+BLOCK_PADDLE = '''import json, sys
+
+
+class NoPaddle:
+    def find_spec(self, name, path=None, target=None):
+        if name == 'paddle' or name.startswith('paddle.') or name == 'paddle2onnx':
+            raise ImportError('paddle is blocked in this test')
+        return None
+
+
+sys.meta_path.insert(0, NoPaddle())
+'''

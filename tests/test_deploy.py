@@ -11,6 +11,7 @@ import paddle
 import pytest
 import soundfile as sf
 
+from helpers import BLOCK_PADDLE
 from paddle_soundcls.audio import AudioError
 from paddle_soundcls.deploy import ExportError, Predictor, pipeline
 from paddle_soundcls.export import export_static
@@ -327,16 +328,7 @@ def test_module_predict_falls_back_to_dygraph(module, odd_files, monkeypatch, ca
 
 def test_runtime_works_without_paddle(tmp_path, export_dir, odd_files):
     """`import paddle_soundcls.deploy` and Predictor run with paddle made unimportable."""
-    code = textwrap.dedent(f'''
-        import json, sys
-
-        class NoPaddle:
-            def find_spec(self, name, path=None, target=None):
-                if name == 'paddle' or name.startswith('paddle.') or name == 'paddle2onnx':
-                    raise ImportError('paddle is blocked in this test')
-                return None
-
-        sys.meta_path.insert(0, NoPaddle())
+    code = BLOCK_PADDLE + textwrap.dedent(f'''
         import paddle_soundcls.deploy as deploy
         from paddle_soundcls.deploy import Predictor
         results = Predictor({str(export_dir)!r}).predict({odd_files!r}, topk=2)

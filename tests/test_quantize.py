@@ -14,7 +14,7 @@ import paddle
 import pytest
 import soundfile as sf
 
-from helpers import prime_batchnorm, small_module
+from helpers import BLOCK_PADDLE, prime_batchnorm, small_module
 from test_export import _offline_env
 from paddle_soundcls.deploy import ExportError, Predictor, exportdir
 from paddle_soundcls.export import check_parity, export_onnx, export_static
@@ -270,16 +270,7 @@ def test_predictor_arguments(quantized):
 def test_int8_predictor_runs_without_paddle(work, quantized):
     out, _ = quantized
     files = [str(p) for p in sorted((work / 'check' / 'chirp').glob('*.wav'))[:4]]
-    code = textwrap.dedent(f'''
-        import json, sys
-
-        class NoPaddle:
-            def find_spec(self, name, path=None, target=None):
-                if name == 'paddle' or name.startswith('paddle.') or name == 'paddle2onnx':
-                    raise ImportError('paddle is blocked in this test')
-                return None
-
-        sys.meta_path.insert(0, NoPaddle())
+    code = BLOCK_PADDLE + textwrap.dedent(f'''
         from paddle_soundcls.deploy import Predictor
         results = Predictor({str(out)!r}, precision='int8').predict({files!r})
         assert not any(m == 'paddle' or m.startswith('paddle.') for m in sys.modules), 'paddle was imported'

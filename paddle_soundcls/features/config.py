@@ -3,6 +3,15 @@ from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 
+def settings_from_dict(cls, data, what):
+    """A settings dataclass from a dict (e.g. read back from JSON); unknown keys are an error."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f'unknown {what} settings {sorted(unknown)}; known: {sorted(known)}')
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """Log-mel front end. The defaults are the PANNs settings the pretrained weights expect."""
@@ -28,11 +37,7 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, data):
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f'unknown front-end settings {sorted(unknown)}; known: {sorted(known)}')
-        return cls(**data)
+        return settings_from_dict(cls, data, 'front-end')
 
     def num_frames(self, num_samples):
         """Frames the front end produces for a clip of `num_samples` samples."""

@@ -6,11 +6,13 @@ run is reproducible, and a resumed run draws the same numbers, without saving an
 """
 import math
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
 import paddle
+
+from ..features.config import settings_from_dict
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, data):
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f'unknown augmentation settings {sorted(unknown)}; known: {sorted(known)}')
-        return cls(**data)
+        return settings_from_dict(cls, data, 'augmentation')
 
 
 def _is_number(value):
