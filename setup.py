@@ -1,30 +1,34 @@
 from setuptools import find_packages, setup
 
+# What running an export needs (deploy.Predictor, `paddle-soundcls predict|tag|benchmark EXPORT_DIR`):
+# no Paddle, paddle2onnx, VisualDL or matplotlib.
+RUNTIME = ['numpy', 'soundfile', 'onnxruntime', 'tqdm']
+# Training and export. PaddlePaddle itself comes from the `cpu` extra or from the user's own
+# `paddlepaddle-gpu` install: both provide the `paddle` module, so neither can be required here.
+TRAIN = [
+    'paddle2onnx>=2.0',
+    'onnx',
+    'visualdl',
+    'matplotlib',
+    'ml_dtypes',  # imported by onnxruntime.quantization (int8 export), which does not declare it
+]
+SERVE = ['fastapi>=0.100', 'uvicorn>=0.20', 'python-multipart>=0.0.9', 'websockets>=12']
+
 setup(
     name='paddle_soundcls',
     version='0.1.0',
-    description='Fine-tune, tag, export and deploy PANNs sound classifiers with PaddlePaddle',
+    description='Fine-tune, tag, export and deploy pretrained sound classifiers with PaddlePaddle',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     packages=find_packages(include=['paddle_soundcls', 'paddle_soundcls.*']),
-    package_data={'paddle_soundcls': ['data/*.csv']},
+    package_data={'paddle_soundcls': ['data/*.csv', 'serve/static/*']},
     python_requires='>=3.9',
-    # PaddlePaddle comes from the `cpu` extra or from the user's own `paddlepaddle-gpu`
-    # install: both provide the `paddle` module, so neither can be a hard requirement.
-    install_requires=[
-        'paddle2onnx>=2.0',
-        'onnx',
-        'onnxruntime',
-        'soundfile',
-        'visualdl',
-        'numpy',
-        'tqdm',
-        'matplotlib',
-        'ml_dtypes',  # imported by onnxruntime.quantization, which does not declare it
-    ],
+    install_requires=RUNTIME,
     extras_require={
-        'cpu': ['paddlepaddle>=3.0'],
-        'test': ['pytest', 'scikit-learn', 'librosa>=0.10'],
+        'train': TRAIN,                                    # with your own paddlepaddle / paddlepaddle-gpu
+        'serve': SERVE,
+        'cpu': ['paddlepaddle>=3.0'] + TRAIN + SERVE,      # everything, with the CPU build of Paddle
+        'test': ['pytest', 'scikit-learn', 'librosa>=0.10', 'httpx', 'selenium'] + SERVE,
     },
     entry_points={'console_scripts': ['paddle-soundcls=paddle_soundcls.cli:main']},
 )

@@ -1,10 +1,10 @@
-"""paddle_soundcls: fine-tune, tag, export and deploy PANNs sound classifiers with PaddlePaddle.
+"""paddle_soundcls: fine-tune, tag, export and deploy pretrained sound classifiers with PaddlePaddle.
 
-Public API: Module, Trainer, create_model, list_models. Paddle is imported on first use,
-so the Paddle-free deployment runtime (`paddle_soundcls.deploy`) can import this package.
+Public API: Module, Trainer, create_model, list_models, load_module. Paddle is imported on
+first use, so the Paddle-free deployment runtime (`paddle_soundcls.deploy`) can import this package.
 """
 __version__ = '0.1.0'
-__all__ = ['Module', 'Trainer', 'create_model', 'list_models']
+__all__ = ['Module', 'Trainer', 'create_model', 'list_models', 'load_module']
 
 
 def list_models():
@@ -19,9 +19,9 @@ def create_model(name, **kwargs):
 
 
 def __getattr__(name):
-    if name == 'Module':
-        from .hub import Module
-        return Module
+    if name in ('Module', 'load_module'):
+        from . import hub
+        return getattr(hub, name)
     if name == 'Trainer':
         from .training.trainer import Trainer
         return Trainer

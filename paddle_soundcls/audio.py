@@ -69,6 +69,20 @@ def check_sample_rate(sample_rate, name='sample_rate'):
     return int(sample_rate)
 
 
+def list_audio_files(root):
+    """Audio files under the folder `root`, by extension, searched recursively, sorted.
+
+    Hidden files and folders are skipped: `._x.wav` files are macOS metadata, not audio.
+    The one lister for datasets, parity checks, calibration and the command line.
+    """
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith('.')]
+        found += [os.path.join(folder, name) for name in files
+                  if not name.startswith('.') and name.lower().endswith(AUDIO_EXTENSIONS)]
+    return sorted(found)
+
+
 def file_problem(path):
     """None when the header of `path` describes usable audio, else a sentence saying why not.
 
@@ -123,7 +137,10 @@ def to_mono(wave, name='waveform'):
     elif wave.ndim != 1:
         raise AudioError(f'{name}: expected a 1-D or 2-D waveform, got shape {wave.shape}')
     if wave.dtype.kind in 'iu':
-        wave = wave / float(np.iinfo(wave.dtype).max)
+        # PCM: signed samples are scaled by 2**(bits-1) (int16 -32768 -> -1.0); unsigned ones
+        # (8-bit WAV) are centred on 2**(bits-1) first, so uint8 [0, 128, 255] -> [-1, 0, 0.992].
+        half = float(2 ** (8 * wave.dtype.itemsize - 1))
+        wave = (wave.astype(np.float64) - (half if wave.dtype.kind == 'u' else 0.0)) / half
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 

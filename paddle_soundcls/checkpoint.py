@@ -1,19 +1,14 @@
-"""Checkpoint files: reading the layouts users bring, writing ours atomically.
+"""Checkpoint files: reading them without running code in them, and meta.json.
 
-Our layout (also PaddleSpeech's `SoundClassifier`): `backbone.*` for the PANNs trunk and
+Our layout (also PaddleSpeech's `SoundClassifier`): `backbone.*` for the backbone and
 `fc.*` for the classification head, in `model.pdparams`, with `meta.json` beside it
-holding what is needed to rebuild the Module (model name, task, labels, front end).
+holding what is needed to rebuild the Module (model name, task, labels, multi_label, clip
+length, front end). The other layouts each family accepts are mapped by the family's
+checkpoint filter (see registry.ModelSpec).
 """
-import ctypes
-import errno
 import json
 import os
 import pickle
-import re
-import shutil
-import socket
-import sys
-import tempfile
 
 import numpy as np
 
@@ -22,152 +17,8 @@ PARAMS_FILE = 'model.pdparams'
 FORMAT = 'paddle_soundcls/1'
 
 
-def _default_mode(base):
-    """`base` less the process umask: what open()/mkdir() would have given (mkstemp gives 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return base & ~umask
-
-
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked; the message names the file and the keys."""
-
-
-def temp_prefix(name):
-    """Prefix of the temporary file or folder that becomes `name`: `.name~pid@host~`.
-
-    It says which process made it, so one left behind by a killed process can be told from
-    one that another process is still writing (see remove_stale).
-    """
-    return f'.{name}~{os.getpid()}@{socket.gethostname()}~'
-
-
-_OWNER = re.compile(r'^\..+~(\d+)@([^~]+)~[^~]*$')  # what temp_prefix + mkstemp/mkdtemp make
-_cleaned = set()  # folders this process has cleaned
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. EPERM: it exists, under another user
-        return True
-    return True
-
-
-def remove_stale(parent, once=False):
-    """Delete the temporary files and folders in `parent` left by processes of this host that have died.
-
-    A process killed while writing (SIGKILL, power loss) cannot clean up after itself, and a
-    weights file or checkpoint can be hundreds of MB; the next writer into the folder does it.
-    once: only the first time this process writes there (for writers of many small files).
-    """
-    parent = os.path.abspath(parent)
-    if once and parent in _cleaned:
-        return
-    _cleaned.add(parent)
-    try:
-        entries = os.listdir(parent)
-    except OSError:
-        return
-    host = socket.gethostname()
-    for entry in entries:
-        match = _OWNER.match(entry)
-        if not match or match.group(2) != host or _alive(int(match.group(1))):
-            continue
-        path = os.path.join(parent, entry)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.remove(path)
-            except OSError:  # another process removed it first
-                pass
-
-
-def atomic_write(path, write):
-    """Call write(tmp_path), then move tmp_path over `path` in one step."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    remove_stale(directory, once=True)  # atomic_write may write thousands of files to one folder
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(os.path.basename(path)), suffix='.tmp')
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _default_mode(0o666))
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path, data):
-    def write(tmp):
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-    atomic_write(path, write)
-
-
-def _exchange(a, b):
-    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is not supported."""
-    if not sys.platform.startswith('linux'):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # no such libc function (glibc < 2.28, musl)
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # kernel or file system without it
-        return False
-    raise OSError(code, os.strerror(code), b)
-
-
-def replace_dir(build, target):
-    """Build a directory with build(tmp_dir), then swap it in for `target`.
-
-    On Linux the two are exchanged in one step, so `target` is at every moment the complete
-    old or the complete new directory. Elsewhere the old directory is kept as `target.old`
-    until the new one is in place, so a crash at any moment leaves a complete directory at
-    `target` or at `target.old` (see recover_dir).
-    """
-    target = os.fspath(target)
-    parent = os.path.dirname(os.path.abspath(target)) or '.'
-    name = os.path.basename(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
-    remove_stale(parent)
-    recover_dir(target)  # a crash left only target.old: it is the current copy, never to be deleted first
-    tmp = tempfile.mkdtemp(dir=parent, prefix=temp_prefix(name), suffix='.tmp')
-    try:
-        os.chmod(tmp, _default_mode(0o777))
-        build(tmp)
-        if os.path.isdir(target) and not os.path.islink(target) and _exchange(tmp, target):
-            return  # tmp now holds the old directory: removed below
-        old = target + '.old'
-        if os.path.exists(old):
-            shutil.rmtree(old)
-        if os.path.exists(target):
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if os.path.exists(old):
-            shutil.rmtree(old)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-
-
-def recover_dir(target):
-    """Put back `target.old` if a crash left it without `target`; return whether `target` exists."""
-    old = target + '.old'
-    if not os.path.exists(target) and os.path.exists(old):
-        os.replace(old, target)
-    return os.path.exists(target)
 
 
 def read_meta(directory):
@@ -187,6 +38,14 @@ def read_meta(directory):
     if missing:
         raise CheckpointError(f'{path} lacks {missing}; the checkpoint directory is damaged: use another one '
                               f'or save the model again')
+    # Checkpoints of earlier versions: the tagger's task was null; single-label unless tagging;
+    # no clip length recorded (clips are scored whole).
+    if meta['task'] is None:
+        meta['task'] = 'tagging'
+    if meta['task'] not in ('sound-cls', 'tagging'):
+        raise CheckpointError(f"{path}: unknown task {meta['task']!r}, expected 'sound-cls' or 'tagging'")
+    meta.setdefault('multi_label', meta['task'] == 'tagging')
+    meta.setdefault('clip_seconds', None)
     return meta
 
 
@@ -279,28 +138,3 @@ def resolve(load_checkpoint):
     if not os.path.isfile(path):
         raise CheckpointError(f'load_checkpoint: no such file or directory: {path}')
     return path, read_meta(os.path.dirname(path))
-
-
-_HUB_PREFIXES = ('cnn14.', 'cnn10.', 'cnn6.')
-
-
-def to_module_layout(state, source):
-    """Rename the keys of any supported layout to ours (`backbone.*`, `fc.*`).
-
-    - official backbone + tagging checkpoints: `bn0.*`, `conv_block*`, `fc1.*`, `fc_audioset.*`
-    - ours and PaddleSpeech's SoundClassifier: `backbone.*`, `fc.*`
-    - PaddleHub's fine-tuned modules: `cnn14.*` (or cnn10/cnn6), `fc.*`
-    """
-    out = {}
-    for key, value in state.items():
-        if key.startswith('backbone.') or key.startswith('fc.'):
-            new = key
-        elif key.startswith(_HUB_PREFIXES):
-            new = 'backbone.' + key.split('.', 1)[1]
-        elif key.startswith(('bn0.', 'conv_block', 'fc1.', 'fc_audioset.')):
-            new = 'backbone.' + key
-        else:
-            raise CheckpointError(f'{source}: unrecognised parameter {key!r}; expected the official PANNs names '
-                                  f'(bn0.*, conv_block*, fc1.*, fc_audioset.*) or backbone.*/fc.* or cnn14.*/fc.*')
-        out[new] = value
-    return out

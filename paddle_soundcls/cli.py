@@ -1,27 +1,35 @@
-"""`paddle-soundcls`: predict, tag, export and benchmark from the command line.
+"""`paddle-soundcls`: predict, tag, export, convert and benchmark from the command line.
 
     paddle-soundcls predict MODEL_DIR clips/ dog.wav [--topk 3] [--format table]
     paddle-soundcls predict MODEL_DIR long.wav --window 5 --hop 2.5
     paddle-soundcls tag street.wav [--model panns_cnn14 | --model-dir DIR]
     paddle-soundcls export --checkpoint ckpt/best_model --output exported [--check DATA]
-    paddle-soundcls export --checkpoint ckpt/best_model --output exported --check DATA \
+    paddle-soundcls export --checkpoint ckpt/best_model --output exported --check DATA \\
         --quantize int8 --calibration CLIPS                  # + model.int8.onnx, checked on DATA
+    paddle-soundcls export --model-dir exported              # (re)make model.onnx of an export
     paddle-soundcls predict exported clips/ --precision int8
-    paddle-soundcls benchmark --model panns_cnn14 --seconds 5 --batch-size 8 --json
+    paddle-soundcls convert --input Cnn14_mAP=0.431.pth --output panns_cnn14.pdparams --model cnn14
+    paddle-soundcls benchmark exported --seconds 5 --batch-size 8 --json
+    paddle-soundcls benchmark --model panns_cnn14 --json     # every engine, random weights
 
 MODEL_DIR is a fine-tuned checkpoint directory (model.pdparams + meta.json) or an export
-directory (export.json). User errors print one line and exit with status 2; a failed
-parity check, or an int8 model refused by its check, exits with status 1.
+directory (export.json). predict, tag and benchmark on export directories run without
+PaddlePaddle. User errors print one line and exit with status 2; a failed parity check, or
+an int8 model refused by its check, exits with status 1.
 """
 import argparse
 import json
 import logging
 import os
+import re
 import sys
+import warnings
 
-from .audio import AUDIO_EXTENSIONS
+from .audio import AUDIO_EXTENSIONS, list_audio_files
 
 ENGINE_CHOICES = ('auto', 'onnxruntime', 'paddle', 'dygraph')
+# Third-party warnings that say nothing to our users (Paddle on import, and every training epoch).
+THIRD_PARTY_NOISE = ('No ccache found', 'When training, we now always track global mean and variance')
 PRECISION_CHOICES = ('fp32', 'int8')
 DEFAULT_TAGGER = 'panns_cnn14'
 
@@ -35,10 +43,7 @@ def expand_inputs(inputs):
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            found = []
-            for folder, dirs, files in os.walk(item):
-                dirs.sort()
-                found += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(AUDIO_EXTENSIONS)]
+            found = list_audio_files(item)
             if not found:
                 raise UsageError(f'{item} holds no audio files ({", ".join(AUDIO_EXTENSIONS)})')
             paths += found
@@ -83,9 +88,9 @@ def _runner(model_dir, engine, threads, model=None, tagging=None, precision='fp3
             raise UsageError(f'--precision int8 needs an export directory with an int8 model: `paddle-soundcls export '
                              f'--checkpoint {model_dir} --output DIR --quantize int8 --calibration CLIPS --check '
                              f'OTHER_CLIPS`, then predict with DIR')
-        from .export.static import load_module
+        from .hub import load_module
         module = load_module(model_dir, model=model, task='tagging' if tagging else 'sound-cls')
-        task = 'tagging' if module.task is None else 'sound-cls'
+        task = module.task
 
         def run(paths, **kwargs):
             return module.predict(paths, engine=engine, **kwargs)
@@ -125,13 +130,13 @@ def _predict(args, tagging):
         if args.precision == 'int8':
             raise UsageError('--precision int8 needs an export directory with an int8 model (--model-dir); see '
                              '`paddle-soundcls export --help` (--quantize int8)')
-        module = Module(name=args.model or DEFAULT_TAGGER, task=None)
+        module = Module(name=args.model or DEFAULT_TAGGER, task='tagging')
         run = lambda p, **kw: module.predict(p, engine=args.engine, **kw)  # noqa: E731
     else:
         run, _ = _runner(args.model_dir, args.engine, args.threads, getattr(args, 'model', None), tagging,
                          args.precision)
     results = run(paths, batch_size=args.batch_size, topk=args.topk, window=args.window, hop=args.hop,
-                  reduce=args.reduce)
+                  reduce=args.reduce, threshold=args.threshold)
     _print_results(paths, results, args.format)
     return 0
 
@@ -145,26 +150,54 @@ def cmd_tag(args):
 
 
 def cmd_export(args):
-    from .export import check_parity, export_static, load_module
-    if args.checkpoint is None and args.model is None:
-        raise UsageError('pass --checkpoint CKPT_DIR (a fine-tuned model) or --model NAME --task tagging')
-    check_quantize_args(args)
-    module = load_module(args.checkpoint, model=args.model, task=args.task)
-    meta = export_static(module, args.output, opset=args.opset)
-    summary = {'output': os.path.abspath(args.output), 'model': meta['model'], 'task': meta['task'],
-               'classes': len(meta['labels']), 'files': meta['files']}
+    """A new export of a checkpoint or tagger (--checkpoint / --model), or model.onnx added to an
+    existing one (--model-dir); then the optional parity check and int8 model."""
+    from .export import check_parity, export_onnx, export_static
+    if args.model_dir is not None:
+        if args.checkpoint is not None or args.model is not None:
+            raise UsageError('--model-dir converts an existing export; it goes without --checkpoint and --model')
+        if args.no_onnx:
+            raise UsageError('--model-dir makes the ONNX model of an existing export; --no-onnx makes no sense with it')
+        check_quantize_args(args)
+        meta = export_onnx(args.model_dir, args.output, opset=args.opset)
+        export_dir = args.model_dir
+        summary = {'model_dir': os.path.abspath(export_dir), 'onnx': meta['onnx'],
+                   'file': meta['files'][meta['onnx']['file']]}
+    else:
+        if args.checkpoint is None and args.model is None:
+            raise UsageError('pass --checkpoint CKPT_DIR (a fine-tuned model), --model NAME --task tagging (a '
+                             'pretrained tagger), or --model-dir EXPORT_DIR (add model.onnx to an export)')
+        if args.output is None:
+            raise UsageError('--output EXPORT_DIR is required: the export directory to write')
+        if args.no_onnx and (args.check or args.quantize):
+            raise UsageError('--check and --quantize need the ONNX model; leave out --no-onnx')
+        check_quantize_args(args)
+        from .hub import load_module
+        module = load_module(args.checkpoint, model=args.model, task=args.task)
+        meta = export_static(module, args.output, opset=None if args.no_onnx else args.opset)
+        export_dir = args.output
+        summary = {'output': os.path.abspath(export_dir), 'model': meta['model'], 'task': meta['task'],
+                   'classes': len(meta['labels']), 'files': meta['files']}
     status = 0
     if args.check:
-        summary['parity'] = check_parity(args.output, args.check, limit=args.check_limit)
+        summary['parity'] = check_parity(export_dir, args.check, limit=args.check_limit)
         status = 0 if summary['parity']['passed'] else 1
     if args.quantize:
-        status = max(status, run_quantize(args, args.output, summary))
+        status = max(status, run_quantize(args, export_dir, summary))
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return status
 
 
+def cmd_convert(args):
+    """A PyTorch PANNs checkpoint -> a Paddle .pdparams file (PyTorch not needed)."""
+    from .convert import convert_file
+    for line in convert_file(args.input, args.output, args.model, args.channels, args.emb_size, args.n_mels):
+        print(line)
+    return 0
+
+
 def add_quantize_args(parser):
-    """The int8 options of `paddle-soundcls export` and tools/export_onnx.py (need --check DATA to be checked)."""
+    """The int8 options of `paddle-soundcls export` (need --check DATA to be checked)."""
     from .export import quantize
     d = quantize.DEFAULTS
     g = parser.add_argument_group('int8 quantization (onnxruntime static quantization; model.int8.onnx)')
@@ -233,8 +266,11 @@ def run_quantize(args, model_dir, summary, prog='paddle-soundcls'):
 
 
 def add_benchmark_args(parser):
-    from .registry import list_models
-    parser.add_argument('--model', default='panns_cnn14', choices=list_models())
+    parser.add_argument('model_dir', nargs='?', default=None,
+                        help='an export directory: its ONNX models (fp32, and int8 when present), without Paddle')
+    parser.add_argument('--model', default=None,
+                        help='without MODEL_DIR: a registered model (default panns_cnn14) measured on every engine '
+                             '(Paddle dygraph, Paddle Inference, onnxruntime, int8) with random weights')
     parser.add_argument('--seconds', type=float, default=5.0, help='clip length (default 5)')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--iterations', type=int, default=5, help='timed batches per engine (default 5)')
@@ -244,16 +280,25 @@ def add_benchmark_args(parser):
 
 def print_benchmark(args):
     from .export import benchmark
-    result = benchmark.run(args.model, args.seconds, args.batch_size, args.iterations, args.threads)
+    if args.model_dir is not None and args.model is not None:
+        raise UsageError('give an export directory or --model NAME, not both')
+    if args.model_dir is not None:
+        result = benchmark.run_export(args.model_dir, args.seconds, args.batch_size, args.iterations, args.threads)
+    else:
+        result = benchmark.run(args.model or 'panns_cnn14', args.seconds, args.batch_size, args.iterations,
+                               args.threads)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     setup = result['setup']
-    print(f'{setup["model"]}, {setup["seconds"]:g}-s clips, batch {setup["batch_size"]}, {setup["threads"]} threads, '
-          f'{setup["machine"]["cpu"]} ({setup["weights"]})')
-    for name in benchmark.ENGINES:
-        print(f'  {name:26s} {result[name]["clips_per_s"]:8.2f} clips/s')
-    print(f'  {"default, end to end":26s} {result["default"]["end_to_end_clips_per_s"]:8.2f} clips/s')
+    what = f'{setup["model_dir"]} ({setup["model"]})' if args.model_dir else f'{setup["model"]} ({setup["weights"]})'
+    print(f'{what}, {setup["seconds"]:g}-s clips, batch {setup["batch_size"]}, {setup["threads"]} threads, '
+          f'{setup["machine"]["cpu"]}')
+    for name in ('fp32', 'int8') if args.model_dir else benchmark.ENGINES:
+        if name in result:
+            print(f'  {name:26s} {result[name]["clips_per_s"]:8.2f} clips/s')
+    end_to_end = result['fp32' if args.model_dir else 'default']['end_to_end_clips_per_s']
+    print(f'  {"end to end (front end too)":26s} {end_to_end:8.2f} clips/s')
     return 0
 
 
@@ -265,6 +310,8 @@ def _add_output_args(parser, topk):
     parser.add_argument('inputs', nargs='+', help='audio files and/or folders (searched recursively)')
     parser.add_argument('--format', choices=('jsonl', 'table'), default='jsonl')
     parser.add_argument('--topk', type=int, default=topk, help=f'labels per result (default: {topk or "all"})')
+    parser.add_argument('--threshold', type=float, default=None,
+                        help='only labels scoring at least this (multi-label models: every label that applies)')
     parser.add_argument('--window', type=float, default=None, help='window length in seconds: score long audio '
                         'window by window and print a timeline')
     parser.add_argument('--hop', type=float, default=None, help='seconds between window starts (default: --window)')
@@ -295,19 +342,23 @@ def build_parser():
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser('tag', help='the 527 AudioSet tags of audio')
-    from .registry import list_models
-    p.add_argument('--model', default=None, choices=list_models(),
-                   help=f'pretrained tagger (weights from the cache, downloaded once; default {DEFAULT_TAGGER})')
+    p.add_argument('--model', default=None,
+                   help=f'pretrained tagger, a registered model name (weights from the cache, downloaded once; '
+                        f'default {DEFAULT_TAGGER})')
     p.add_argument('--model-dir', default=None, help='a tagging checkpoint or export directory instead')
     _add_output_args(p, topk=10)
     p.set_defaults(func=cmd_tag)
 
-    p = sub.add_parser('export', help='static graph + ONNX in one step, optionally with a parity check')
+    p = sub.add_parser('export', help='static graph + ONNX in one step, optionally with a parity check and int8')
     p.add_argument('--checkpoint', default=None, help='fine-tuned checkpoint directory')
     p.add_argument('--model', default=None, help='model name: the pretrained tagger with --task tagging, or for a '
                    'checkpoint without meta.json')
     p.add_argument('--task', choices=('sound-cls', 'tagging'), default='sound-cls')
-    p.add_argument('--output', required=True, help='export directory to write (replaced only once complete)')
+    p.add_argument('--model-dir', default=None, metavar='EXPORT_DIR',
+                   help='instead of --checkpoint/--model: (re)make the ONNX model of this existing export')
+    p.add_argument('--output', default=None, help='the export directory to write (replaced only once complete); '
+                   'with --model-dir, the .onnx file inside it (default EXPORT_DIR/model.onnx)')
+    p.add_argument('--no-onnx', action='store_true', help='the Paddle static model only')
     p.add_argument('--opset', type=int, default=13)
     p.add_argument('--check', default=None, metavar='DATA', help='parity check on these clips: a folder, an ESC-50 '
                    'or class-folder dataset, or a CSV with path,label columns')
@@ -315,10 +366,46 @@ def build_parser():
     add_quantize_args(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser('benchmark', help='clips/s of every engine (random weights)')
+    p = sub.add_parser('convert', help='a PyTorch PANNs checkpoint to a Paddle .pdparams file (no PyTorch needed)')
+    add_convert_args(p)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser('benchmark', help='clips/s of an export directory, or of every engine for a model')
     add_benchmark_args(p)
     p.set_defaults(func=cmd_benchmark)
+
+    from .serve import add_serve_arguments, run_serve
+    p = sub.add_parser('serve', help='an HTTP API and a web page for a model (export directories need no Paddle)')
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
     return parser
+
+
+def add_convert_args(parser):
+    parser.add_argument('--input', required=True,
+                        help='PyTorch checkpoint (.pth, zip or legacy format), e.g. Cnn14_mAP=0.431.pth')
+    parser.add_argument('--output', required=True, help='Paddle parameters to write, e.g. panns_cnn14.pdparams')
+    parser.add_argument('--model', required=True, choices=['cnn14', 'cnn10', 'cnn6'],
+                        help='architecture of the checkpoint')
+    small = parser.add_argument_group('testing', 'convert for a smaller network of the same kind as --model '
+                                      '(used by the tests; give --channels and --emb-size together)')
+    small.add_argument('--channels', type=_int_list, default=None,
+                       help='output channels of each conv block, comma-separated, e.g. 4,8')
+    small.add_argument('--emb-size', type=int, default=None, help='embedding size (fc1 outputs)')
+    small.add_argument('--n-mels', type=int, default=64, help='mel bins (default: %(default)s)')
+
+
+def _int_list(text):
+    try:
+        return [int(part) for part in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+
+
+def silence_third_party_noise():
+    """Hide the third parties' warnings in THIRD_PARTY_NOISE (never ours) at our entry points."""
+    for message in THIRD_PARTY_NOISE:
+        warnings.filterwarnings('ignore', message=re.escape(message))
 
 
 def user_errors():
@@ -343,6 +430,7 @@ def run_guarded(func, args, prog='paddle-soundcls'):
 
 
 def main(argv=None):
+    silence_third_party_noise()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format='%(levelname)s %(message)s')
     return run_guarded(args.func, args)

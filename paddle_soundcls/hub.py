@@ -1,25 +1,37 @@
-"""`Module`: a PANNs backbone and a head built by name, with weights loaded and predict()."""
+"""`Module`: a registered backbone and a head built by name, with weights loaded and predict().
+
+A Module is front end -> backbone.forward_features -> forward_head:
+    features = module.frontend(waveforms)           # [batch, frames, n_mels], on the device
+    embedding = module.forward_features(features)   # [batch, emb_size]
+    logits = module.forward_head(embedding)         # [batch, classes]; module(features) does both
+    scores = module.scores(logits)                  # softmax, or sigmoid for multi-label models
+"""
 import logging
 import os
 import weakref
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from . import checkpoint, registry, weights
+from . import checkpoint, fileio, registry, weights
 from .device import set_device
 from .features.config import FrontendConfig
 from .features.logmel import LogMel
-from .models import ARCHITECTURES
 
 logger = logging.getLogger(__name__)
 
-TASKS = ('sound-cls', None)
-# Shorter clips are zero-padded to this length: the deepest backbone halves the time axis
-# five times and needs at least 32 frames.
-MIN_SECONDS = 1.0
+TASKS = ('sound-cls', 'tagging')
+PARTS = ('scores', 'features', 'head')
+
+
+def check_task(task):
+    """'sound-cls' or 'tagging'; None is PaddleHub's name for the AudioSet tagger."""
+    task = 'tagging' if task is None else task
+    if task not in TASKS:
+        raise ValueError(f"task must be 'sound-cls' (a new classification head) or 'tagging' / None (the "
+                         f"pretrained AudioSet tags), got {task!r}")
+    return task
 
 
 def _labels_from(num_class, label_map):
@@ -44,75 +56,152 @@ def _labels_from(num_class, label_map):
     return labels
 
 
+def _check_clip_seconds(value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise ValueError(f'clip_seconds must be a positive number of seconds or None, got {value!r}')
+    return None if value is None else float(value)
+
+
+class _Part(nn.Layer):
+    """One function of a Module as a Layer of its own (parameters shared), for export and the
+    frozen-backbone trainer: 'scores' (features -> scores), 'features' (features -> embedding),
+    'head' (embedding -> logits; its parameters are the head's only)."""
+
+    def __init__(self, module, part):
+        super().__init__()
+        self.part = part
+        if part == 'head':
+            # Register the head's layers only, so a data-parallel wrapper syncs just those.
+            self.dropout, self.fc = module.dropout, module.fc
+        else:
+            self.module = module
+
+    def forward(self, x):
+        if self.part == 'head':
+            return self.fc(self.dropout(x))
+        if self.part == 'features':
+            return self.module.forward_features(x)
+        return self.module.scores(self.module(x))
+
+
+def pretrained_state(spec):
+    """The official weights of `spec` as {name: array}, fetched into the cache once.
+
+    PyTorch files are read without PyTorch (or running any code in them), mapped by the
+    family's checkpoint filter and cached as .pdparams beside the download.
+    """
+    w = spec.weights
+    source = weights.fetch(w.url, w.filename, md5=w.md5, sha256=w.sha256, size_range=w.size_range)
+    if w.file_format == 'pdparams':
+        try:
+            return checkpoint.load_params(source), source
+        except checkpoint.CheckpointError as exc:  # damaged in the cache (the size check passed)
+            raise type(exc)(f'{exc} Delete {source} and run again to download it from {w.url}.') from None
+    converted = os.path.join(weights.cache_dir(), f'{spec.name}.converted.pdparams')
+    if os.path.isfile(converted):
+        return checkpoint.load_params(converted), converted
+    from .convert import save_pdparams
+    from .torch_checkpoint import load_state_dict
+    state = spec.checkpoint_filter(load_state_dict(source), source)
+    save_pdparams(state, converted)
+    return state, source
+
+
 class Module(nn.Layer):
-    """A pretrained PANNs network, by name.
+    """A pretrained audio network, by name.
 
     Args:
         name: a registered model (see `list_models()`), e.g. 'panns_cnn14'.
-        task: 'sound-cls' for a classification head with `num_class` outputs (softmax scores),
-            or None for the 527 AudioSet tags (sigmoid scores).
+        task: 'sound-cls' for a new classification head with `num_class` outputs, or 'tagging'
+            (None, as in PaddleHub) for the 527 AudioSet tags of the pretrained head.
         num_class: classes of the 'sound-cls' head; or give `label_map`.
         label_map: class names, a list or a {index: name} dict (PaddleHub style).
         load_checkpoint: a checkpoint file or directory to load instead of the official
             weights (official names, ours, PaddleSpeech's or PaddleHub's layouts). A directory
-            written by the Trainer also restores the labels and front end.
+            written by the Trainer also restores labels, front end, multi_label and clip length.
         pretrained: load the official AudioSet weights (downloaded once to the cache).
             False builds random weights.
+        multi_label: several labels per clip: independent sigmoid scores (trained with BCE)
+            instead of a softmax over the classes. Always True for 'tagging'.
+        clip_seconds: the clip length the model is trained on (the Trainer sets it from the
+            training data). predict() pads shorter clips to it and scores longer ones as the
+            mean over consecutive windows of it; None scores every clip whole.
+        seed: seeds the initial weights that are not loaded (the new head; everything with
+            pretrained=False), so two runs start from the same network.
 
     forward(features [batch, frames, n_mels]) -> logits [batch, classes].
     """
 
     def __init__(self, name, task='sound-cls', num_class=None, label_map=None, load_checkpoint=None,
-                 pretrained=True, **kwargs):
+                 pretrained=True, multi_label=None, clip_seconds=None, seed=None, **kwargs):
         super().__init__()
         if kwargs:
             raise TypeError(f'Module() got unexpected arguments: {sorted(kwargs)}')
-        cfg = registry.get_cfg(name)
-        if task not in TASKS:
-            raise ValueError(f"task must be 'sound-cls' or None (AudioSet tagging), got {task!r}")
+        spec = registry.get_spec(name)
+        task = check_task(task)
         labels = _labels_from(num_class, label_map)
-        frontend = cfg.frontend
-        state, source = None, None
+        clip_seconds = _check_clip_seconds(clip_seconds)
+        if multi_label is not None and not isinstance(multi_label, bool):
+            raise ValueError(f'multi_label must be True, False or None, got {multi_label!r}')
+        if seed is not None:
+            paddle.seed(seed)
+        state, source, meta = None, None, None
         if load_checkpoint is None and pretrained:
-            # Every task needs the pretrained weights: fetch (or fail offline) first.
-            source = weights.fetch(cfg.url, cfg.filename, md5=cfg.md5, sha256=cfg.sha256,
-                                   size_range=(cfg.min_file_size, cfg.max_file_size))
-            try:
-                params = checkpoint.load_params(source)
-            except checkpoint.CheckpointError as exc:  # damaged in the cache (the size check passed)
-                raise type(exc)(f'{exc} Delete {source} and run again to download it from {cfg.url}.') from None
-            state = checkpoint.to_module_layout(params, source)
+            if spec.weights is None:
+                raise ValueError(f'{name} has no pretrained weights; pass pretrained=False to train it from '
+                                 f'random weights, or load_checkpoint=...')
+            state, source = pretrained_state(spec)  # every task needs them: fetch (or fail offline) first
         elif load_checkpoint is not None:
-            params_path, meta = checkpoint.resolve(load_checkpoint)
-            source = params_path
-            state = checkpoint.to_module_layout(checkpoint.load_params(params_path), params_path)
-            if meta is not None:
-                if meta['model'] != name:
-                    raise checkpoint.CheckpointError(
-                        f'{params_path} was trained from {meta["model"]}, not {name}; use name={meta["model"]!r}')
-                saved = meta['labels'] or []
-                if labels is not None and len(labels) != len(saved):
-                    raise checkpoint.CheckpointError(
-                        f'{params_path} has {len(saved)} classes, but {len(labels)} were asked for')
-                if label_map is not None and labels != saved:
-                    raise checkpoint.CheckpointError(
-                        f'label_map {labels[:5]}... differs from the labels saved with {params_path} '
-                        f'({saved[:5]}...); leave label_map out to use the saved ones')
-                task, labels = meta['task'], meta['labels'] if meta['task'] else None
-                frontend = FrontendConfig.from_dict(meta['frontend'])
-            elif task == 'sound-cls' and labels is None and 'fc.weight' in state:
-                labels = _labels_from(int(state['fc.weight'].shape[1]), None)
+            source, meta = checkpoint.resolve(load_checkpoint)
+            state = checkpoint.load_params(source)
+        frontend = spec.frontend
+        if meta is not None:
+            if meta['model'] != name:
+                raise checkpoint.CheckpointError(
+                    f'{source} was trained from {meta["model"]}, not {name}; use name={meta["model"]!r}')
+            saved = meta['labels'] or []
+            if meta['task'] == 'sound-cls' and labels is not None and len(labels) != len(saved):
+                raise checkpoint.CheckpointError(f'{source} has {len(saved)} classes, but {len(labels)} were asked '
+                                                 f'for; leave num_class and label_map out to use the saved ones')
+            if meta['task'] == 'sound-cls' and label_map is not None and labels != saved:
+                raise checkpoint.CheckpointError(
+                    f'label_map {labels[:5]}... differs from the labels saved with {source} ({saved[:5]}...); '
+                    f'leave label_map out to use the saved ones')
+            task, labels = meta['task'], saved if meta['task'] == 'sound-cls' else None
+            multi_label = meta['multi_label'] if multi_label is None else multi_label
+            if multi_label != meta['multi_label']:
+                raise checkpoint.CheckpointError(f'{source} was trained with multi_label={meta["multi_label"]}; '
+                                                 f'leave multi_label out to use it')
+            clip_seconds = meta['clip_seconds'] if clip_seconds is None else clip_seconds
+            frontend = FrontendConfig.from_dict(meta['frontend'])
+            if frontend != spec.frontend:
+                raise checkpoint.CheckpointError(f'{source} records front-end settings {meta["frontend"]} that are '
+                                                 f'not those of {name} ({spec.frontend.to_dict()}); the checkpoint '
+                                                 f'belongs to another model')
+        if task == 'tagging':
+            if spec.audioset_head is None:
+                raise ValueError(f"{name} has no AudioSet tagging head (only its backbone is pretrained); use "
+                                 f"task='sound-cls' with num_class or label_map")
+            if labels is not None:
+                raise ValueError("task='tagging' predicts the 527 AudioSet labels; num_class and label_map go with "
+                                 "task='sound-cls'")
+            if multi_label is False:
+                raise ValueError("task='tagging' is multi-label (independent AudioSet tags); leave multi_label out")
+            multi_label = True
+        if task == 'sound-cls' and labels is None and state is not None and 'fc.weight' in state:
+            labels = _labels_from(int(state['fc.weight'].shape[1]), None)
         if task == 'sound-cls' and labels is None:
             raise ValueError("task='sound-cls' needs num_class or label_map (the classes of your data)")
 
-        self.name, self.task, self.cfg, self.frontend_cfg = name, task, cfg, frontend
+        self.name, self.spec, self.task, self.frontend_cfg = name, spec, task, frontend
+        self.multi_label = bool(multi_label)
+        self.clip_seconds = clip_seconds
         self.labels = labels if task == 'sound-cls' else registry.audioset_labels()
-        self.backbone = ARCHITECTURES[cfg.arch](n_mels=frontend.n_mels)
+        self.backbone = spec.build(audioset_head=task == 'tagging')
         if task == 'sound-cls':
-            self.dropout = nn.Dropout(0.1)
+            self.dropout = nn.Dropout(spec.head_dropout)
             self.fc = nn.Linear(self.backbone.emb_size, len(self.labels))
         self.frontend = LogMel(frontend)
-
         if state is not None:
             self._load_state(state, source)
         else:
@@ -123,7 +212,22 @@ class Module(nn.Layer):
     def num_class(self):
         return len(self.labels)
 
+    @property
+    def min_seconds(self):
+        return self.spec.min_seconds
+
+    # ------------------------------------------------------------------ weights
+    def _module_layout(self, state, source):
+        """Any accepted layout -> our names: `backbone.*` by the family's filter, `fc.*` as they are."""
+        head = {k: v for k, v in state.items() if k.startswith('fc.')}
+        trunk = {k[len('backbone.'):] if k.startswith('backbone.') else k: v
+                 for k, v in state.items() if not k.startswith('fc.')}
+        out = {'backbone.' + k: v for k, v in self.spec.checkpoint_filter(trunk, source).items()}
+        out.update(head)
+        return out
+
     def _load_state(self, state, source):
+        state = self._module_layout(state, source)
         own = self.state_dict()
         mismatched = [f'{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}'
                       for k, v in state.items() if k in own and list(v.shape) != list(own[k].shape)]
@@ -132,37 +236,66 @@ class Module(nn.Layer):
                 f'{source} does not fit {self.name} (task={self.task!r}, {len(self.labels)} classes): '
                 + '; '.join(mismatched[:5]) + (f' and {len(mismatched) - 5} more' if len(mismatched) > 5 else ''))
         missing = [k for k in own if k not in state]
-        missing_backbone = [k for k in missing if k.startswith('backbone.') and not k.startswith('backbone.fc_audioset.')]
+        head_prefix = f'backbone.{self.spec.audioset_head}.'
+        missing_backbone = [k for k in missing if k.startswith('backbone.') and not k.startswith(head_prefix)]
         if missing_backbone:
             raise checkpoint.CheckpointError(f'{source} lacks {len(missing_backbone)} backbone parameters of '
                                              f'{self.name}, e.g. {missing_backbone[:3]}; is it for another model?')
-        if self.task is None and any(k.startswith('backbone.fc_audioset.') for k in missing):
-            raise checkpoint.CheckpointError(f'{source} has no AudioSet tagging layer (fc_audioset); '
-                                             f'it cannot be used with task=None')
+        if self.task == 'tagging' and any(k.startswith(head_prefix) for k in missing):
+            raise checkpoint.CheckpointError(f'{source} has no AudioSet tagging layer ({self.spec.audioset_head}); '
+                                             f'it cannot be used with task=tagging')
         unused = [k for k in state if k not in own]
+        audioset = [k for k in unused if k.startswith(head_prefix)]
+        if audioset:  # the pretrained tagger's head, not used by a new classification head
+            logger.info('%s: the AudioSet head (%s) is not used with task=%s', source, self.spec.audioset_head,
+                        self.task)
+        unused = [k for k in unused if k not in audioset]
         if unused:
             logger.warning('%s: skipped %d parameters the %s model does not use: %s', source, len(unused),
-                           self.task or 'tagging', ', '.join(unused[:10]))
+                           self.task, ', '.join(unused[:10]))
         if any(k.startswith('fc.') for k in missing):
             logger.info('%s: classification head (%d classes) starts from random weights', self.name,
                         len(self.labels))
         self.set_state_dict({k: v for k, v in state.items() if k in own})
 
-    def forward(self, features):
-        """features: [batch, frames, n_mels] log-mel. Returns logits [batch, classes]."""
-        embedding = self.backbone(features.unsqueeze(1))
-        if self.task is None:
-            return self.backbone.fc_audioset(embedding)
+    # ------------------------------------------------------------------ network
+    def forward_features(self, features):
+        """features: [batch, frames, n_mels] log-mel. Returns the embedding [batch, emb_size]."""
+        return self.backbone.forward_features(features)
+
+    def forward_head(self, embedding):
+        """embedding [batch, emb_size] -> logits [batch, classes]."""
+        if self.task == 'tagging':
+            return self.backbone.forward_head(embedding)
         return self.fc(self.dropout(embedding))
 
-    def scores(self, logits):
-        """Logits -> scores: softmax for classification, sigmoid for the independent AudioSet tags."""
-        return F.sigmoid(logits) if self.task is None else F.softmax(logits, axis=-1)
+    def forward(self, features):
+        """features: [batch, frames, n_mels] log-mel. Returns logits [batch, classes]."""
+        return self.forward_head(self.forward_features(features))
 
+    def scores(self, logits):
+        """Logits -> scores: independent sigmoids for multi-label models, else a softmax over classes."""
+        return F.sigmoid(logits) if self.multi_label else F.softmax(logits, axis=-1)
+
+    def part(self, name):
+        """One function of this Module as a Layer sharing its parameters: 'scores' (features ->
+        scores), 'features' (features -> embedding) or 'head' (embedding -> logits, sound-cls)."""
+        if name not in PARTS or (name == 'head' and self.task != 'sound-cls'):
+            raise ValueError(f"part must be one of {PARTS} ('head' for task='sound-cls'), got {name!r}")
+        return _Part(self, name)
+
+    # ------------------------------------------------------------------ files
     def meta(self):
         """What a checkpoint needs to rebuild this Module (saved as meta.json)."""
         return {'format': checkpoint.FORMAT, 'model': self.name, 'task': self.task,
-                'labels': self.labels if self.task else None, 'frontend': self.frontend_cfg.to_dict()}
+                'labels': self.labels if self.task == 'sound-cls' else None, 'multi_label': self.multi_label,
+                'clip_seconds': self.clip_seconds, 'frontend': self.frontend_cfg.to_dict()}
+
+    def export_settings(self):
+        """What an export records besides the graph (see deploy.exportdir)."""
+        return {'model': self.name, 'task': self.task, 'labels': list(self.labels), 'multi_label': self.multi_label,
+                'clip_seconds': self.clip_seconds, 'min_seconds': self.min_seconds,
+                'frontend': self.frontend_cfg.to_dict()}
 
     def save(self, directory):
         """Write model.pdparams + meta.json to `directory`, replacing it only once complete.
@@ -171,21 +304,25 @@ class Module(nn.Layer):
         """
         def build(tmp):
             paddle.save(self.state_dict(), os.path.join(tmp, checkpoint.PARAMS_FILE))
-            checkpoint.write_json(os.path.join(tmp, checkpoint.META_FILE), self.meta())
-        checkpoint.replace_dir(build, directory)
+            fileio.write_json(os.path.join(tmp, checkpoint.META_FILE), self.meta())
+        fileio.replace_dir(build, directory)
         return directory
 
+    # ------------------------------------------------------------------ predict
     @paddle.no_grad()
     def predict(self, data, sample_rate=None, batch_size=1, feat_type='mel', use_gpu=False, topk=None,
-                window=None, hop=None, reduce='mean', engine='auto'):
+                window=None, hop=None, reduce='mean', engine='auto', threshold=None):
         """Classify or tag audio.
 
         data: an audio file path (read at its own rate), a numpy waveform ([samples] or
             [channels, samples] at `sample_rate` Hz), or a list of them.
         batch_size: clips (or windows) per forward pass.
         topk: keep the best k labels of every result.
+        threshold: keep only labels scoring at least this (multi-label models: every label
+            that applies, possibly none).
         window, hop: seconds; slide a `window`-second window every `hop` seconds (default:
             hop = window) over each input, streaming windows in batches, for audio of any length.
+            Without them, clips are treated as in training (see clip_seconds).
         reduce: 'mean' or 'max' over windows for the clip-level scores of windowed calls.
         engine: 'auto' runs onnxruntime (the Module exported once per set of weights and cached)
             for 4 or more inputs or any windowed call, and Paddle dygraph otherwise or with
@@ -196,12 +333,12 @@ class Module(nn.Layer):
         """
         from .deploy import pipeline
         if feat_type != 'mel':
-            raise ValueError(f"feat_type must be 'mel' (log-mel, what PANNs was trained on), got {feat_type!r}")
+            raise ValueError(f"feat_type must be 'mel' (the model's own front end), got {feat_type!r}")
         if engine not in _PREDICT_ENGINES:
             raise ValueError(f'engine must be one of {_PREDICT_ENGINES}, got {engine!r}')
         if use_gpu and engine == 'onnxruntime':
             raise ValueError("engine='onnxruntime' runs on the CPU; use engine='dygraph' (or 'auto') with use_gpu=True")
-        hop = pipeline.check_args(batch_size, topk, window, hop, reduce)
+        hop = pipeline.check_args(batch_size, topk, window, hop, reduce, threshold)
         sources = pipeline.as_sources(data)
         self.eval()
         score_fn = None
@@ -215,9 +352,9 @@ class Module(nn.Layer):
         if score_fn is None:
             set_device(use_gpu)
             score_fn = _dygraph_scorer(self)
-        raw = pipeline.run(sources, score_fn, sample_rate, self.frontend_cfg.sample_rate, MIN_SECONDS,
-                           batch_size, window, hop)
-        return pipeline.format_results(raw, self.labels, topk, reduce)
+        raw = pipeline.run(sources, score_fn, sample_rate, self.frontend_cfg.sample_rate, self.min_seconds,
+                           batch_size, window, hop, self.clip_seconds)
+        return pipeline.format_results(raw, self.labels, topk, reduce, threshold)
 
     def to_dict(self, scores, topk=None):
         """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only."""
@@ -225,12 +362,48 @@ class Module(nn.Layer):
         return pipeline.to_dict(scores, self.labels, topk)
 
 
+def load_module(checkpoint_dir=None, model=None, task='sound-cls'):
+    """The Module of a checkpoint directory, or a registered tagger.
+
+    checkpoint_dir: a fine-tuned checkpoint directory (model.pdparams + meta.json, written
+        by the Trainer or `Module.save`). A directory without meta.json needs `model` (and
+        task='tagging' for an AudioSet tagger).
+    model: a registry name; without checkpoint_dir it must be task='tagging' (the official
+        pretrained tagger, whose weights must be in the cache or downloadable).
+    """
+    task = check_task(task)
+    if model is not None:
+        registry.get_spec(model)  # an unknown name fails here, listing the known ones
+    if checkpoint_dir is None:
+        if model is None:
+            raise ValueError('pass a fine-tuned checkpoint directory, or a model name with task=tagging')
+        if task != 'tagging':
+            raise ValueError(f'{model} without a checkpoint has no trained classification head; pass a fine-tuned '
+                             f'checkpoint directory, or task=tagging for the pretrained AudioSet tagger')
+        return Module(name=model, task='tagging')
+    path = os.fspath(checkpoint_dir)
+    if not os.path.isdir(path):
+        raise checkpoint.CheckpointError(f'checkpoint directory not found: {path}')
+    meta = checkpoint.read_meta(path)
+    if meta is None:
+        if model is None:
+            raise checkpoint.CheckpointError(
+                f'{path} has no {checkpoint.META_FILE} (written by the Trainer or Module.save), so the model and '
+                f'its labels are unknown. Pass the model name (--model NAME, one of '
+                f'{", ".join(registry.list_models())}) and, for an AudioSet tagger, --task tagging; or point to a '
+                f'directory written by the Trainer, e.g. ckpt/best_model.')
+        return Module(name=model, task=task, load_checkpoint=path)
+    if model is not None and model != meta['model']:
+        raise checkpoint.CheckpointError(f'{path} holds a {meta["model"]} model, not {model}; drop --model or '
+                                         f'pass --model {meta["model"]}')
+    return Module(name=meta['model'], load_checkpoint=path)
+
+
 # Module.predict engines. The onnxruntime engine needs a one-off export (about a second for
 # CNN6/CNN10, ten for CNN14), which pays off from a few clips on.
 _PREDICT_ENGINES = ('auto', 'onnxruntime', 'dygraph')
 _FAST_MIN_INPUTS = 4
-_ONNX_CACHE_KEEP = 3  # exported models kept in the cache (CNN14 is 320 MB each)
-# Module -> (state key, OnnxEngine). Kept beside the Module rather than on it, so copying or
+# Module -> (ONNX path, OnnxEngine). Kept beside the Module rather than on it, so copying or
 # pickling a Module never meets an onnxruntime session.
 _ONNX_ENGINES = weakref.WeakKeyDictionary()
 
@@ -242,54 +415,22 @@ def _dygraph_scorer(module):
     return score
 
 
-def _state_key(module):
-    """A digest of everything the exported graph depends on: weights, model, task, labels, versions."""
-    import hashlib
-    import json
-
-    import paddle2onnx
-    h = hashlib.sha256()
-    h.update(json.dumps([module.meta(), paddle.__version__, paddle2onnx.__version__], sort_keys=True).encode())
-    for key, value in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        h.update(np.ascontiguousarray(value.numpy()).tobytes())
-    return h.hexdigest()[:32]
-
-
 def _onnx_scorer(module):
     """waveforms [batch, samples] -> scores [batch, classes] with onnxruntime and the numpy front end.
 
-    The Module is exported to `<cache>/onnx/<name>-<key>.onnx` once per set of weights (the key
-    hashes them, so a Module trained further is exported again) and the session is kept on the
-    Module for the next call.
+    The scores graph comes from the ONNX cache (exported once per set of weights); the
+    session is kept for the next call with the same weights.
     """
-    import tempfile
-
     from .deploy.engines import OnnxEngine
-    from .export.onnx import convert
-    from .export.static import save_static
+    from .export.onnx_cache import cached_onnx, weights_digest
     from .features.mel import logmel
 
-    key = _state_key(module)
+    settings = {'part': 'scores', **module.export_settings()}
+    path = cached_onnx(module.part('scores'), module.frontend_cfg.n_mels, f'{module.name}-scores', settings,
+                       weights_digest(module))
     cached = _ONNX_ENGINES.get(module)
-    if cached is None or cached[0] != key:
-        folder = os.path.join(weights.cache_dir(), 'onnx')
-        path = os.path.join(folder, f'{module.name}-{key}.onnx')
-        if os.path.isfile(path):
-            os.utime(path)  # most recently used: kept by the pruning below
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_static(module, tmp)
-                model = convert(tmp)
-            checkpoint.atomic_write(path, lambda tmp_path: _save_onnx(model, tmp_path))
-            weights.prune_cache(folder, '.onnx', _ONNX_CACHE_KEEP)
-        cached = (key, OnnxEngine(path))
+    if cached is None or cached[0] != path:
+        cached = (path, OnnxEngine(path))
         _ONNX_ENGINES[module] = cached
     engine, cfg = cached[1], module.frontend_cfg
     return lambda waves: engine(logmel(waves, cfg))
-
-
-def _save_onnx(model, path):
-    import onnx
-    onnx.save(model, path)
-

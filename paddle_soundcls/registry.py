@@ -1,63 +1,103 @@
-"""Registered models by name. A pretrained model is data: where its weights live, how to
-check them, and the front end they were trained with, so features always match weights."""
+"""Registered models by name: the backbone contract.
+
+A model family lives in one module under `models/` and registers, there, everything that is
+specific to it (see `ModelSpec`): how to build the network, its pretrained weights (where
+they live, how to check them, their format), the front end they were trained with (so
+features always match the weights), the checkpoint layouts it accepts, its AudioSet head,
+its embedding size and its shortest usable input. Everything else (Module, Trainer, export,
+Predictor, command line, benchmarks, tests) works from the spec alone.
+
+The backbone a spec builds is a paddle Layer with:
+    emb_size                     int
+    forward_features(features)   log-mel [batch, frames, n_mels] -> embedding [batch, emb_size]
+    forward_head(embedding)      -> AudioSet logits [batch, 527]; only when built with
+                                 audioset_head=True (its parameters start with spec.audioset_head)
+
+This module is Paddle-free; the families (which import Paddle) are registered on first use.
+"""
 import csv
+import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from .features.config import FrontendConfig
 
 _LABELS_CSV = os.path.join(os.path.dirname(__file__), 'data', 'audioset_class_labels_indices.csv')
+AUDIOSET_CLASSES = 527
+# The modules under models/ that register families, imported on first use of the registry.
+FAMILY_MODULES = ('panns', 'efficientat')
+FILE_FORMATS = ('pdparams', 'torch')
 
 
 @dataclass(frozen=True)
-class PretrainedCfg:
-    name: str                  # registry name, e.g. 'panns_cnn14'
-    arch: str                  # key of models.ARCHITECTURES
-    url: str                   # official Paddle checkpoint (PaddleSpeech / PaddleHub)
-    filename: str              # file name in the cache; an official file placed there by hand is used as is
-    num_params: int            # parameter count; the file is checked against it (no checksum is published)
-    emb_size: int
-    md5: Optional[str] = None
+class Weights:
+    """A pretrained checkpoint file: where it is published and how to check it."""
+    url: str
+    filename: str                        # its name in the cache; an official file placed there by hand is used
+    file_format: str = 'pdparams'        # 'pdparams' (a Paddle state dict) or 'torch' (read without PyTorch)
+    size_range: Optional[tuple] = None   # (min, max) bytes, where no checksum is published
     sha256: Optional[str] = None
-    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    md5: Optional[str] = None
+    license: str = ''
+
+    def __post_init__(self):
+        if self.file_format not in FILE_FORMATS:
+            raise ValueError(f'file_format must be one of {FILE_FORMATS}, got {self.file_format!r}')
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything specific to one registered model."""
+    name: str                            # registry name, e.g. 'panns_cnn14'
+    family: str                          # e.g. 'panns'
+    build: Callable                      # build(audioset_head: bool) -> backbone Layer (see the module docstring)
+    frontend: FrontendConfig             # the features the weights were trained on
+    emb_size: int
+    checkpoint_filter: Callable          # (state {name: array}, source) -> state in the backbone's own names
+    weights: Optional[Weights] = None    # None: no pretrained weights
+    min_seconds: float = 1.0             # shorter clips are zero-padded to this length
+    audioset_head: Optional[str] = 'fc_audioset'  # parameter prefix of the AudioSet head; None: no such head
+    head_dropout: float = 0.1            # dropout before a new classification head
+    published: dict = field(default_factory=dict)  # figures for the README and tests: params, macs_10s, audioset_map
 
     @property
     def sample_rate(self):
         return self.frontend.sample_rate
 
-    @property
-    def min_file_size(self):
-        # A .pdparams file stores every parameter as float32 plus a little pickle framing.
-        return 4 * self.num_params
 
-    @property
-    def max_file_size(self):
-        return 4 * self.num_params + (1 << 20)
+_MODELS = {}
+_loaded = False
 
 
-_BASE_URL = 'https://bj.bcebos.com/paddleaudio/models/'
-
-_MODELS = {
-    cfg.name: cfg for cfg in [
-        PretrainedCfg('panns_cnn14', 'cnn14', _BASE_URL + 'panns_cnn14.pdparams', 'panns_cnn14.pdparams',
-                      num_params=80769871, emb_size=2048),
-        PretrainedCfg('panns_cnn10', 'cnn10', _BASE_URL + 'panns_cnn10.pdparams', 'panns_cnn10.pdparams',
-                      num_params=5223247, emb_size=512),
-        PretrainedCfg('panns_cnn6', 'cnn6', _BASE_URL + 'panns_cnn6.pdparams', 'panns_cnn6.pdparams',
-                      num_params=4839503, emb_size=512),
-    ]
-}
+def register_model(spec):
+    """Add a model to the registry (called by the family modules at import)."""
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f'register_model takes a ModelSpec, got {type(spec).__name__}')
+    if spec.name in _MODELS and _MODELS[spec.name] is not spec:
+        raise ValueError(f'a model named {spec.name!r} is registered already (family {_MODELS[spec.name].family})')
+    _MODELS[spec.name] = spec
+    return spec
 
 
-def list_models():
-    """Names accepted by `Module(name=...)`."""
-    return sorted(_MODELS)
+def _load_families():
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in FAMILY_MODULES:
+            importlib.import_module(f'{__package__}.models.{module}')
 
 
-def get_cfg(name) -> PretrainedCfg:
+def list_models(family=None):
+    """Names accepted by `Module(name=...)`, optionally of one family."""
+    _load_families()
+    return sorted(name for name, spec in _MODELS.items() if family is None or spec.family == family)
+
+
+def get_spec(name) -> ModelSpec:
+    _load_families()
     if name not in _MODELS:
-        raise ValueError(f'unknown model name {name!r}; known models: {", ".join(list_models())}')
+        raise ValueError(f'unknown model name {name!r}; registered models: {", ".join(list_models())}')
     return _MODELS[name]
 
 

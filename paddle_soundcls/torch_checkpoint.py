@@ -345,3 +345,14 @@ def load_state_dict(path):
         raise TorchCheckpointError(f'{path} does not hold a state dict of tensors'
                                    + (f'; entries that are not tensors: {not_tensors[:5]}' if not_tensors else ''))
     return dict(obj)
+
+
+# PyTorch BatchNorm statistics and their Paddle names.
+BN_RENAMES = {'running_mean': '_mean', 'running_var': '_variance'}
+
+
+def strip_module_prefix(state):
+    """The state dict without the 'module.' prefix a model saved from inside nn.DataParallel has."""
+    if state and all(k.startswith('module.') for k in state):
+        return {k[len('module.'):]: v for k, v in state.items()}
+    return dict(state)

@@ -12,7 +12,7 @@ import urllib.request
 
 from tqdm import tqdm
 
-from .checkpoint import remove_stale, temp_prefix
+from .fileio import fsync_dir, remove_stale, temp_prefix
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -77,11 +77,14 @@ def fetch(url, filename, md5=None, sha256=None, size_range=None, timeout=None, r
     try:
         with os.fdopen(fd, 'wb') as out:
             _download(url, out, timeout, progress, path)
+            out.flush()
+            os.fsync(out.fileno())
         problem = check_file(tmp, md5, sha256, size_range, check)
         if problem:
             raise DownloadError(f'the download of {url} is corrupt: {problem}. Nothing was saved; try again, '
                                 f'or place a good copy at {path} by hand.')
         os.replace(tmp, path)  # atomic: readers see the old state or the complete file
+        fsync_dir(root)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

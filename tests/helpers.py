@@ -47,3 +47,12 @@ class NoPaddle:
 
 sys.meta_path.insert(0, NoPaddle())
 '''
+
+
+def spec_with_url(name, url):
+    """The registered spec of `name`, its pretrained weights published at `url` instead."""
+    import dataclasses
+
+    from paddle_soundcls import registry
+    spec = registry.get_spec(name)
+    return dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, url=url))

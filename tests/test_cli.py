@@ -3,12 +3,14 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import paddle
 import pytest
 import soundfile as sf
 
+from helpers import BLOCK_PADDLE
 from paddle_soundcls.hub import Module
 from signals import chirp, noise, tone
 
@@ -156,3 +158,95 @@ def test_benchmark_json(tmp_path):
 def test_console_script_is_declared():
     with open(os.path.join(REPO, 'setup.py'), encoding='utf-8') as f:
         assert 'paddle-soundcls=paddle_soundcls.cli:main' in f.read()
+
+
+def run_without_paddle(*args):
+    """`paddle-soundcls ARGS` in a subprocess where paddle and paddle2onnx cannot be imported."""
+    code = BLOCK_PADDLE + textwrap.dedent('''
+        from paddle_soundcls.cli import main
+        status = main(sys.argv[1:])
+        assert not any(m == 'paddle' or m.startswith('paddle.') for m in sys.modules), 'paddle was imported'
+        sys.exit(status)
+    ''')
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, '-c', code] + [str(a) for a in args], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+
+
+def test_commands_on_exports_run_without_paddle(workdir, tmp_path):
+    clips = [str(workdir / 'data' / label / f'{label}.wav') for label in LABELS]
+    proc = run_without_paddle('predict', workdir / 'export', *clips, '--topk', '1')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line['input'] for line in lines] == clips and all(len(line['scores']) == 1 for line in lines)
+    proc = run_without_paddle('predict', workdir / 'export', workdir / 'long.wav', '--window', '2', '--format', 'table')
+    assert proc.returncode == 0 and 'windows' in proc.stdout, proc.stderr[-3000:]
+    proc = run_without_paddle('benchmark', workdir / 'export', '--seconds', '1', '--batch-size', '2',
+                              '--iterations', '1', '--json')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout)
+    assert figures['fp32']['clips_per_s'] > 0 and figures['setup']['machine']['paddle'] is None
+    tagger = tmp_path / 'tagger_export'
+    assert run('export', '--checkpoint', workdir / 'tagger_ckpt', '--output', tagger).returncode == 0
+    proc = run_without_paddle('tag', clips[0], '--model-dir', tagger, '--topk', '3')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(json.loads(proc.stdout)['scores']) == 3
+    proc = run_without_paddle('--help')
+    assert proc.returncode == 0 and 'serve' in proc.stdout or 'predict' in proc.stdout
+    # A checkpoint needs Paddle: a clear error, not a traceback.
+    proc = run_without_paddle('predict', workdir / 'ckpt', clips[0])
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr[-500:] or 'paddle' in proc.stderr
+
+
+def test_help_is_clean():
+    proc = run('--help')
+    assert proc.returncode == 0
+    assert 'ccache' not in proc.stderr and 'Warning' not in proc.stderr
+    assert '--check DATA \\\n' in proc.stdout  # the continuation shows as in a shell, no gap
+    proc = run('export', '--help')
+    assert proc.returncode == 0 and '--model-dir' in proc.stdout and '--no-onnx' in proc.stdout
+
+
+def test_package_imports_have_no_cycles():
+    """Module-level imports inside paddle_soundcls form no cycle (imports inside functions are
+    the deliberate late ones and are left out)."""
+    import ast
+    root = os.path.join(REPO, 'paddle_soundcls')
+    graph = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith('.py'):
+                continue
+            path = os.path.join(folder, name)
+            parts = os.path.relpath(path, REPO)[:-3].split(os.sep)
+            is_package = parts[-1] == '__init__'
+            module = '.'.join(parts[:-1] if is_package else parts)
+            package = module if is_package else module.rpartition('.')[0]
+            targets = set()
+            for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                if isinstance(node, ast.ImportFrom):
+                    base = package
+                    for _ in range(node.level - 1):
+                        base = base.rpartition('.')[0]
+                    target = (base + '.' + node.module if node.module else base) if node.level else node.module
+                    # `from . import x` imports the submodule x; `from .m import y` imports m (and y, if a module).
+                    names = ([] if node.module is None else [target]) + [f'{target}.{a.name}' for a in node.names]
+                    targets.update(n for n in names if n.startswith('paddle_soundcls'))
+                elif isinstance(node, ast.Import):
+                    targets.update(a.name for a in node.names if a.name.startswith('paddle_soundcls'))
+            graph[module] = targets
+    graph = {m: {t for t in targets if t in graph and t != m} for m, targets in graph.items()}
+
+    def visit(node, stack, done):
+        if node in stack:
+            raise AssertionError('import cycle: ' + ' -> '.join(stack[stack.index(node):] + [node]))
+        if node in done:
+            return
+        for target in sorted(graph[node]):
+            visit(target, stack + [node], done)
+        done.add(node)
+
+    done = set()
+    for module in sorted(graph):
+        visit(module, [], done)
+    assert 'paddle_soundcls.hub' in graph and 'paddle_soundcls.export.static' in graph

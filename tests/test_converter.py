@@ -20,10 +20,10 @@ import paddle.nn.functional as F
 import pytest
 
 from paddle_soundcls import checkpoint, torch_checkpoint
-from paddle_soundcls.convert import (MEL_KEY, STFT_KEYS, ConversionError, build_backbone, check_mel_filters,
-                                     convert_panns_state, save_pdparams)
+from paddle_soundcls.convert import save_pdparams
 from paddle_soundcls.features.config import FrontendConfig
-from paddle_soundcls.models import ARCHITECTURES
+from paddle_soundcls.models.panns import (ARCHITECTURES, MEL_KEY, STFT_KEYS, ConversionError, build_backbone,
+                                          check_mel_filters, convert_panns_state)
 from paddle_soundcls.torch_checkpoint import TorchCheckpointError, UnsafeCheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -345,7 +345,7 @@ def test_converted_weights_reproduce_pytorch(ref, arch, name):
 
     model.eval()
     with paddle.no_grad():
-        embedding = model(paddle.to_tensor(ref[f'{arch}/features']))
+        embedding = model.forward_features(paddle.to_tensor(ref[f'{arch}/features'])[:, 0])  # [batch, 1, frames, mels]
         clipwise = F.sigmoid(model.fc_audioset(embedding))
     assert float(ref[f'{arch}/embedding'].max()) > 0.1  # the comparison is not of zeros
     np.testing.assert_allclose(embedding.numpy(), ref[f'{arch}/embedding'], atol=1e-4, rtol=0)
@@ -445,7 +445,7 @@ def test_cli_fails_clearly(tmp_path):
     for name in ('hostile.pth', 'hostile_legacy.pth'):
         result = run_cli('--input', os.path.join(TORCH_DATA, name), '--output', str(out), '--model', 'cnn14',
                          cwd=str(tmp_path))
-        assert result.returncode == 1 and 'error:' in result.stderr and 'refused' in result.stderr
+        assert result.returncode == 2 and 'error:' in result.stderr and 'refused' in result.stderr
         assert not out.exists() and not (tmp_path / HOSTILE_MARKER).exists()
 
     result = run_cli('--input', 'x.pth', '--output', str(out), '--model', 'cnn14', '--channels', '4,8')
@@ -474,7 +474,7 @@ def test_backbones_match_paddlespeech(full_size, arch):
     assert not missing and not unexpected
     model.eval()
     with paddle.no_grad():
-        embedding = model(paddle.to_tensor(recorder.seeded_features(100 + index)))
+        embedding = model.forward_features(paddle.to_tensor(recorder.seeded_features(100 + index))[:, 0])
         scores = F.sigmoid(model.fc_audioset(embedding))
     np.testing.assert_allclose(embedding.numpy(), want_embedding, atol=1e-4, rtol=0)
     np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-4, rtol=0)

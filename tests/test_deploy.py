@@ -239,7 +239,7 @@ def event_module():
     window = quiet_noise(5.0)
     window[SR:3 * SR] += EVENT
     with paddle.no_grad():
-        e_full = float(m.backbone(paddle.to_tensor(logmel(window[None]))[:, None]).numpy().mean())
+        e_full = float(m.forward_features(paddle.to_tensor(logmel(window[None]))).numpy().mean())
     assert e_full > 0
     fc_w = np.zeros([512, 2], 'float32')
     fc_w[:, 1] = 6.0 / (512 * e_full)  # the 512 embedding entries are equal

@@ -13,7 +13,8 @@ import soundfile as sf
 from paddle_soundcls import checkpoint, registry
 from paddle_soundcls.deploy import ExportError, Predictor, exportdir
 from paddle_soundcls.deploy.engines import OnnxEngine, PaddleEngine
-from paddle_soundcls.export import check_parity, export_onnx, export_static, list_labelled_files, load_module
+from paddle_soundcls import load_module
+from paddle_soundcls.export import check_parity, export_onnx, export_static, list_labelled_files
 from paddle_soundcls.export import onnx as onnx_export
 from paddle_soundcls.export import static as static_export
 from paddle_soundcls.features.logmel import LogMel
@@ -55,7 +56,7 @@ def check_export_matches(module, out_dir, atol=1e-4):
                                    module.scores(module(paddle.to_tensor(short))).numpy(), atol=atol)
 
 
-SMALL = [n for n in registry.list_models() if n != 'panns_cnn14']
+SMALL = [n for n in registry.list_models(family='panns') if n != 'panns_cnn14']
 
 
 @pytest.mark.parametrize('task', ['sound-cls', None])
@@ -103,7 +104,7 @@ def test_export_cnn14_static_graph(tmp_path):
 
 
 def test_numpy_front_end_matches_paddle_layer():
-    cfg = registry.get_cfg('panns_cnn14').frontend
+    cfg = registry.get_spec('panns_cnn14').frontend
     layer = LogMel(cfg)
     for waves in (sample_waves(), sample_waves()[:, : int(1.37 * SR)], 1e-4 * sample_waves()[:1]):
         ours = logmel(waves, cfg)
@@ -149,11 +150,11 @@ def test_checkpoint_without_meta_is_a_clear_error(tmp_path, ckpt_dir):
 
 def test_pretrained_tagger_export_uses_the_cache(tmp_path):
     """--model NAME --task tagging loads the official weights from the cache (placed by hand here)."""
-    cfg = registry.get_cfg('panns_cnn6')
+    cfg = registry.get_spec('panns_cnn6').weights
     official = {k[len('backbone.'):]: v for k, v in random_module('panns_cnn6', None).state_dict().items()}
     paddle.save(official, os.path.join(os.environ['PADDLE_SOUNDCLS_HOME'], cfg.filename))
     module = load_module(model='panns_cnn6', task='tagging')
-    assert module.task is None and len(module.labels) == 527
+    assert module.task == 'tagging' and len(module.labels) == 527
     export_static(module, tmp_path / 'tagger')
     assert exportdir.read_export(tmp_path / 'tagger')['task'] == 'tagging'
 
@@ -163,7 +164,7 @@ def test_failed_export_keeps_the_previous_one(tmp_path, ckpt_dir, monkeypatch):
     export_static(load_module(ckpt_dir), out)
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
 
-    def broken(module, directory):
+    def broken(net, n_mels, directory):
         (open(os.path.join(directory, 'inference.json'), 'w')).write('half')
         raise RuntimeError('disk full')
 
@@ -360,9 +361,5 @@ def test_parity_check_fails_when_engines_disagree(tmp_path, onnx_export_dir, mon
     summary = check_parity(onnx_export_dir, data)
     assert summary['passed'] is False and summary['accuracy_paddle'] is None
 
-    sys.path.insert(0, os.path.join(REPO, 'tools'))
-    try:
-        import export_onnx as tool
-    finally:
-        sys.path.pop(0)
-    assert tool.main(['--model-dir', str(onnx_export_dir), '--check', str(data)]) == 1
+    from paddle_soundcls.cli import main
+    assert main(['export', '--model-dir', str(onnx_export_dir), '--check', str(data)]) == 1

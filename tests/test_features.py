@@ -1,13 +1,23 @@
-"""The log-mel front end against librosa (the independent reference)."""
+"""The log-mel front ends: PANNs' against librosa (the independent reference), every registered
+one numpy against Paddle. EfficientAT's against its own code is in test_efficientat.py."""
+import math
+
 import librosa
 import numpy as np
 import paddle
 import pytest
 
+from paddle_soundcls import registry
 from paddle_soundcls.features import FrontendConfig, LogMel, mel
+from paddle_soundcls.models.efficientat import EFFICIENTAT_FRONTEND
 from signals import chirp, noise, tone
 
 CFG = FrontendConfig()
+# Every front end a registered model uses -> the first such model (importing models.efficientat
+# above registers its models).
+FRONTENDS = {}
+for _name in registry.list_models():
+    FRONTENDS.setdefault(registry.get_spec(_name).frontend, _name)
 
 
 def librosa_logmel(wave, cfg=CFG):
@@ -67,7 +77,88 @@ def test_batches_equal_single_clips():
         np.testing.assert_allclose(batch[i], librosa_logmel(wave), atol=1e-3)
 
 
+def in_db(features, cfg):
+    """Front-end output back in dB: undo (x + shift) / scale, and turn natural logs into dB."""
+    x = features.astype(np.float64) * cfg.scale - cfg.shift
+    return x * (10.0 / math.log(10.0)) if cfg.log == 'ln' else x
+
+
+@pytest.mark.parametrize('cfg', list(FRONTENDS), ids=list(FRONTENDS.values()))
+def test_numpy_front_end_matches_paddle_layer(cfg):
+    layer = LogMel(cfg)
+    waves = np.stack([SIGNALS['tone+noise'][:32000], SIGNALS['chirp'][:32000], SIGNALS['quiet']])
+    for batch in (waves, waves[:1, :12345]):
+        ours = mel.logmel(batch, cfg)
+        ref = layer(paddle.to_tensor(batch)).numpy()
+        assert ours.dtype == ref.dtype == np.float32
+        assert ours.shape == ref.shape == (len(batch), cfg.num_frames(batch.shape[1]), cfg.n_mels)
+        # numpy works in float32, the layer in float64: within 80 dB of the peak they agree to
+        # ~1e-3 dB; far below it float32 rounding shows as a few hundredths of a dB.
+        ours, ref = in_db(ours, cfg), in_db(ref, cfg)
+        loud = ref > ref.max() - 80
+        np.testing.assert_allclose(ours[loud], ref[loud], atol=2e-3)
+        np.testing.assert_allclose(ours, ref, atol=0.05)
+
+
+def test_efficientat_is_among_the_front_ends():
+    assert EFFICIENTAT_FRONTEND in FRONTENDS and CFG in FRONTENDS
+
+
+def test_single_clip_gives_frames_by_mels():
+    wave = SIGNALS['noise'][:16000]
+    for cfg in FRONTENDS:
+        assert mel.logmel(wave, cfg).shape == (cfg.num_frames(16000), cfg.n_mels)
+
+
+@pytest.mark.parametrize('num_samples', [16000, 16001, 16320, 16321, 16640])
+def test_num_frames(num_samples):
+    # Pre-emphasis (EfficientAT) shortens the clip by one sample before framing.
+    wave = noise(1.0, seed=7)[:num_samples]
+    for cfg in FRONTENDS:
+        assert mel.logmel(wave, cfg).shape[0] == cfg.num_frames(num_samples)
+    assert CFG.num_frames(16320) == 52 and EFFICIENTAT_FRONTEND.num_frames(16320) == 51
+
+
+def test_efficientat_window_and_preemphasis():
+    # A symmetric Hann window of 800 samples centred in 1024, as torch.hann_window(800, periodic=False).
+    win = mel.stft_window(EFFICIENTAT_FRONTEND)
+    np.testing.assert_allclose(win[112:912], np.hanning(800), atol=1e-12)
+    assert not win[:112].any() and not win[912:].any()
+    x = np.array([1.0, 2.0, 4.0], np.float32)
+    np.testing.assert_allclose(mel.preemphasis(x, 0.97), [2 - 0.97, 4 - 1.94], rtol=1e-6)
+
+
+def test_kaldi_mel_banks():
+    # Kaldi's construction: triangles equally spaced on 1127 ln(1 + f / 700) from f_min to f_max,
+    # peaking at 1 on their centre, unnormalised, nothing at or above f_max nor at the Nyquist bin.
+    banks = mel.mel_filterbank(32000, 1024, 128, 0.0, 15000.0, banks='kaldi')
+    assert banks.shape == (128, 513)
+    assert banks.min() == 0.0 and banks.max() <= 1.0 and not banks[:, -1].any()
+    freqs = np.arange(513) * 32000 / 1024
+    assert banks[:, freqs >= 15000].max() < 1e-9  # the last band ends at f_max (up to rounding)
+    mels = 1127 * np.log1p(freqs / 700)
+    centres = np.linspace(0, 1127 * np.log1p(15000 / 700), 130)[1:-1]
+    peaks = mels[banks.argmax(axis=1)]
+    bin_width = np.diff(mels)
+    assert np.all(np.abs(peaks - centres) <= bin_width[banks.argmax(axis=1)])
+    np.testing.assert_array_equal(mel.config_filterbank(EFFICIENTAT_FRONTEND), banks)
+
+
 def test_config_round_trip_and_unknown_keys():
     assert FrontendConfig.from_dict(CFG.to_dict()) == CFG
+    assert FrontendConfig.from_dict(EFFICIENTAT_FRONTEND.to_dict()) == EFFICIENTAT_FRONTEND
     with pytest.raises(ValueError, match='unknown front-end settings'):
         FrontendConfig.from_dict({**CFG.to_dict(), 'n_mfcc': 13})
+    with pytest.raises(ValueError, match="mel_banks='htk'"):
+        FrontendConfig(mel_banks='htk')
+
+
+def test_settings_saved_before_the_new_fields_still_load():
+    # Checkpoints and exports store to_dict(); older ones have only these keys.
+    old = {'sample_rate': 32000, 'n_fft': 1024, 'win_length': 1024, 'hop_length': 320, 'window': 'hann',
+           'center': True, 'pad_mode': 'reflect', 'power': 2.0, 'n_mels': 64, 'f_min': 50.0, 'f_max': 14000.0,
+           'mel_norm': 'slaney', 'htk': False, 'amin': 1e-10, 'ref': 1.0, 'top_db': None}
+    cfg = FrontendConfig.from_dict(old)
+    assert cfg == CFG
+    wave = SIGNALS['tone+noise']
+    np.testing.assert_array_equal(mel.logmel(wave, cfg), mel.logmel(wave, CFG))

@@ -1,11 +1,138 @@
-"""Backbones: official parameter names and shapes, forward on every registered model."""
+"""Every registered model through the backbone contract, generated from list_models(): forward,
+both tasks, checkpoint round trip, static + ONNX export parity, the Paddle-free runtime.
+Plus the PANNs family's official parameter names and shapes."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import paddle
 import pytest
 
-from paddle_soundcls import list_models, registry
-from paddle_soundcls.models import ARCHITECTURES
+from helpers import BLOCK_PADDLE, calm
+from paddle_soundcls import Module, list_models, registry
+from paddle_soundcls.export import export_static
+from paddle_soundcls.models.panns import ARCHITECTURES
+from signals import chirp, noise, tone
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Models whose export takes more than a few seconds on 2 cores: their export tests are slow-marked.
+LARGE = 20_000_000
+
+
+def _params(name):
+    return registry.get_spec(name).published.get('params', 0)
+
+
+def export_cases():
+    return [pytest.param(name, marks=pytest.mark.slow) if _params(name) > LARGE else name for name in list_models()]
+
+
+def random_module(name, task='sound-cls'):
+    labels = ['a', 'b', 'c'] if task == 'sound-cls' else None
+    module = Module(name, task=task, label_map=labels, pretrained=False, seed=0)
+    return calm(module) if hasattr(module.backbone, 'bn0') else module
+
+
+def clips(spec, seconds=1.5):
+    sr = spec.sample_rate
+    return [tone(440, seconds, sr=sr), noise(seconds, sr=sr, amp=0.2), chirp(300, 3000, seconds, sr=sr)]
+
+
+@pytest.mark.parametrize('name', list_models())
+@pytest.mark.parametrize('batch', [1, 3])
+@pytest.mark.parametrize('seconds', [1, 10])
+def test_forward_shapes(name, batch, seconds):
+    spec = registry.get_spec(name)
+    model = spec.build(audioset_head=spec.audioset_head is not None)
+    model.eval()
+    frames = spec.frontend.num_frames(seconds * spec.sample_rate)
+    x = paddle.to_tensor(np.random.default_rng(0).normal(-1, 1, (batch, frames, spec.frontend.n_mels))
+                         .astype('float32'))
+    with paddle.no_grad():
+        emb = model.forward_features(x)
+        assert list(emb.shape) == [batch, spec.emb_size]
+        if spec.audioset_head is not None:
+            logits = model.forward_head(emb)
+            assert list(logits.shape) == [batch, 527]
+            assert np.all(np.isfinite(logits.numpy()))
+    if batch == 3:  # each clip is processed independently in eval mode
+        with paddle.no_grad():
+            single = model.forward_features(x[1:2])
+        np.testing.assert_allclose(single.numpy()[0], emb.numpy()[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name', export_cases())
+def test_both_tasks_and_checkpoint_round_trip(tmp_path, name):
+    spec = registry.get_spec(name)
+    waves = clips(spec)
+    tasks = ['sound-cls'] + (['tagging'] if spec.audioset_head is not None else [])
+    for task in tasks:
+        source = random_module(name, task)
+        expected = source.predict(waves, spec.sample_rate)
+        assert len(expected[0]) == (3 if task == 'sound-cls' else 527)
+        source.save(str(tmp_path / task))
+        loaded = Module(name, load_checkpoint=str(tmp_path / task))
+        assert loaded.task == task and loaded.labels == source.labels
+        for a, b in zip(expected, loaded.predict(waves, spec.sample_rate)):
+            assert list(a) == list(b)
+            np.testing.assert_allclose(list(a.values()), list(b.values()), atol=1e-6)
+    if spec.audioset_head is None:
+        with pytest.raises(ValueError, match='no AudioSet tagging head'):
+            Module(name, task='tagging', pretrained=False)
+
+
+@pytest.mark.parametrize('name', export_cases())
+def test_export_parity_and_paddle_free_runtime(tmp_path, name):
+    spec = registry.get_spec(name)
+    module = random_module(name)
+    waves = clips(spec)
+    paths = []
+    for i, wave in enumerate(waves):
+        import soundfile as sf
+        path = tmp_path / f'clip{i}.wav'
+        sf.write(path, wave, spec.sample_rate)
+        paths.append(str(path))
+    export_static(module, tmp_path / 'export', opset=13)
+    expected = module.predict(paths, engine='dygraph')
+    code = BLOCK_PADDLE + textwrap.dedent(f'''
+        from paddle_soundcls.deploy import Predictor
+        out = {{}}
+        for engine in ('onnxruntime',):
+            results = Predictor({str(tmp_path / 'export')!r}, engine=engine).predict({paths!r})
+            out[engine] = [dict(r) for r in results]
+        assert 'paddle' not in sys.modules
+        print(json.dumps(out))
+    ''')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    got = json.loads(proc.stdout.strip().splitlines()[-1])['onnxruntime']
+    for a, b in zip(expected, got):
+        assert max(a, key=a.get) == max(b, key=b.get)
+        np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], atol=1e-4)
+    from paddle_soundcls.deploy import Predictor
+    static = Predictor(tmp_path / 'export', engine='paddle').predict(paths)
+    for a, b in zip(expected, static):
+        np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], atol=1e-4)
+
+
+def test_unknown_model_lists_the_registered_ones():
+    with pytest.raises(ValueError, match='panns_cnn10, panns_cnn14, panns_cnn6'):
+        registry.get_spec('panns_cnn99')
+    with pytest.raises(ValueError, match='panns_cnn14'):
+        Module('no_such_model', num_class=2, pretrained=False)
+
+
+def test_audioset_labels_shipped():
+    labels = registry.audioset_labels()
+    assert len(labels) == 527
+    assert labels[0] == 'Speech' and labels[1] == 'Male speech, man speaking' and labels[-1] == 'Field recording'
+
+
+# ----- the PANNs family: the official checkpoints' tensor names and shapes -----
 
 def official_names(num_blocks, num_convs):
     """The tensor names of the official Paddle PANNs checkpoints (PaddleSpeech / PaddleHub)."""
@@ -29,7 +156,8 @@ EXPECTED = {
 @pytest.mark.parametrize('arch', sorted(EXPECTED))
 def test_official_names_and_shapes(arch):
     blocks, convs, channels, kernel, emb = EXPECTED[arch]
-    state = ARCHITECTURES[arch]().state_dict()
+    with paddle.LazyGuard():
+        state = ARCHITECTURES[arch]().state_dict()
     assert set(state) == official_names(blocks, convs)
     assert list(state['bn0._mean'].shape) == [64]
     assert list(state['conv_block1.conv1.weight'].shape) == [64, 1, kernel, kernel]
@@ -38,39 +166,6 @@ def test_official_names_and_shapes(arch):
     # Paddle Linear weights are [in, out].
     assert list(state['fc1.weight'].shape) == [channels[-1], emb]
     assert list(state['fc_audioset.weight'].shape) == [emb, 527]
-    cfg = [c for c in (registry.get_cfg(n) for n in list_models()) if c.arch == arch][0]
-    assert cfg.num_params == sum(int(np.prod(v.shape)) for v in state.values())
-    assert cfg.emb_size == emb
-
-
-@pytest.mark.parametrize('name', list_models())
-@pytest.mark.parametrize('batch', [1, 3])
-@pytest.mark.parametrize('seconds', [1, 10])
-def test_forward_shapes(name, batch, seconds):
-    cfg = registry.get_cfg(name)
-    model = ARCHITECTURES[cfg.arch]()
-    model.eval()
-    frames = cfg.frontend.num_frames(seconds * cfg.sample_rate)
-    x = paddle.to_tensor(np.random.default_rng(0).normal(-40, 20, (batch, 1, frames, 64)).astype('float32'))
-    with paddle.no_grad():
-        emb = model(x)
-        logits = model.fc_audioset(emb)
-    assert list(emb.shape) == [batch, cfg.emb_size]
-    assert list(logits.shape) == [batch, 527]
-    assert np.all(np.isfinite(logits.numpy()))
-    if batch == 3:  # each clip is processed independently in eval mode
-        with paddle.no_grad():
-            single = model(x[1:2])
-        np.testing.assert_allclose(single.numpy()[0], emb.numpy()[1], rtol=1e-4, atol=1e-4)
-
-
-def test_registry_lists_known_names():
-    assert list_models() == ['panns_cnn10', 'panns_cnn14', 'panns_cnn6']
-    with pytest.raises(ValueError, match='panns_cnn10, panns_cnn14, panns_cnn6'):
-        registry.get_cfg('panns_cnn99')
-
-
-def test_audioset_labels_shipped():
-    labels = registry.audioset_labels()
-    assert len(labels) == 527
-    assert labels[0] == 'Speech' and labels[1] == 'Male speech, man speaking' and labels[-1] == 'Field recording'
+    spec = registry.get_spec(f'panns_{arch}')
+    assert spec.published['params'] == sum(int(np.prod(v.shape)) for v in state.values())
+    assert spec.emb_size == emb

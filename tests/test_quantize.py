@@ -80,7 +80,7 @@ def train_small_model(seed=0):
     labels = paddle.to_tensor(np.array([i for _, i in clips]))
     prime_batchnorm(module, waves[:24])
     with paddle.no_grad():
-        embedding = module.backbone(module.frontend(paddle.to_tensor(waves)).unsqueeze(1))
+        embedding = module.forward_features(module.frontend(paddle.to_tensor(waves)))
     optimizer = paddle.optimizer.Adam(1e-2, parameters=module.fc.parameters())
     for _ in range(300):
         loss = paddle.nn.functional.cross_entropy(module.fc(embedding), labels)

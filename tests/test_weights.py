@@ -1,5 +1,4 @@
 """The weights cache and downloads, against a local HTTP server (127.0.0.1 only)."""
-import dataclasses
 import hashlib
 import http.server
 import os
@@ -10,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import spec_with_url
 from paddle_soundcls import registry, weights
 from paddle_soundcls.weights import DownloadError, check_file, fetch
 
@@ -193,7 +193,7 @@ def test_check_file(tmp_path):
 def cnn6_file(tmp_path_factory):
     """A real CNN6 state dict (random weights, official names), as the official file would hold."""
     import paddle
-    from paddle_soundcls.models import ARCHITECTURES
+    from paddle_soundcls.models.panns import ARCHITECTURES
     paddle.seed(0)
     state = ARCHITECTURES['cnn6']().state_dict()
     path = str(tmp_path_factory.mktemp('weights') / 'panns_cnn6.pdparams')
@@ -202,7 +202,7 @@ def cnn6_file(tmp_path_factory):
 
 
 def point_registry_at(monkeypatch, url):
-    cfg = dataclasses.replace(registry.get_cfg('panns_cnn6'), url=url)
+    cfg = spec_with_url('panns_cnn6', url)
     monkeypatch.setitem(registry._MODELS, 'panns_cnn6', cfg)
 
 

@@ -14,9 +14,11 @@ import sys
 import paddle
 
 from paddle_soundcls import Module, Trainer, list_models
+from paddle_soundcls.cli import silence_third_party_noise
 from paddle_soundcls.datasets import ESC50, make_demo_dataset
+from paddle_soundcls.device import enable_mkl_avx2_on_amd
 from paddle_soundcls.training import AugmentConfig
-from paddle_soundcls.training.schedules import build_scheduler
+from paddle_soundcls.training.schedules import build_scheduler, steps_per_epoch
 from paddle_soundcls.weights import cache_dir
 
 
@@ -46,7 +48,12 @@ def parse_args(argv=None):
     pretrained.add_argument('--pretrained', dest='pretrained', action='store_true')
     p.add_argument('--device', default='cpu', choices=['cpu', 'gpu'])
     p.add_argument('--num-workers', type=int, default=0)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0,
+                   help='seeds the new weights, shuffling, crops, dropout and augmentation: the same command '
+                        'gives the same run')
+    p.add_argument('--no-mkl-avx2', dest='mkl_avx2', action='store_false',
+                   help="leave MKL's kernel choice alone on AMD CPUs (see paddle_soundcls.device."
+                        "enable_mkl_avx2_on_amd)")
     p.add_argument('--loss', default='ce', choices=['ce', 'class_balanced', 'focal', 'class_balanced_focal'])
     p.add_argument('--label-smoothing', type=float, default=0.0)
     p.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (0: off)')
@@ -61,15 +68,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def build_optimizer(args, model, num_train_clips):
+    """Adam with the chosen schedule, sized to the steps the Trainer takes (in every process)."""
+    steps = args.epochs * steps_per_epoch(num_train_clips, args.batch_size)
+    lr = build_scheduler(args.scheduler, args.learning_rate, total_steps=steps, warmup_steps=args.warmup_steps,
+                         step_size=max(steps // 3, 1))
+    return paddle.optimizer.Adam(learning_rate=lr, parameters=model.parameters())
+
+
 def train_fold(args, fold, checkpoint_dir):
     data_dir = args.data_dir
     train_set = ESC50(mode='train', split=fold, data_dir=data_dir, duration=args.duration, seed=args.seed)
     dev_set = ESC50(mode='dev', split=fold, data_dir=data_dir, duration=args.duration)
-    model = Module(name=args.model, task='sound-cls', label_map=train_set.labels, pretrained=args.pretrained)
-    steps = args.epochs * -(-len(train_set) // args.batch_size)
-    lr = build_scheduler(args.scheduler, args.learning_rate, total_steps=steps, warmup_steps=args.warmup_steps,
-                         step_size=max(steps // 3, 1))
-    optimizer = paddle.optimizer.Adam(learning_rate=lr, parameters=model.parameters())
+    model = Module(name=args.model, task='sound-cls', label_map=train_set.labels, pretrained=args.pretrained,
+                   seed=args.seed)
+    optimizer = build_optimizer(args, model, len(train_set))
     augment = AugmentConfig(time_masks=2 if args.spec_augment else 0, time_mask_width=40 if args.spec_augment else 0,
                             freq_masks=2 if args.spec_augment else 0, freq_mask_width=8 if args.spec_augment else 0,
                             mixup_alpha=args.mixup, gain_db=args.gain_db, noise_snr_db=args.noise_snr_db)
@@ -85,6 +98,9 @@ def train_fold(args, fold, checkpoint_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    silence_third_party_noise()
+    if args.mkl_avx2:
+        enable_mkl_avx2_on_amd()  # before Paddle's first computation, when MKL reads it
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     if args.demo:
         args.model = args.model or 'panns_cnn6'

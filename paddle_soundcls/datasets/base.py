@@ -239,22 +239,33 @@ class AudioDataset(paddle.io.Dataset):
     def __len__(self):
         return len(self.items)
 
-    def __getitem__(self, index):
+    def _index(self, index):
         n = len(self.items)
         index = check_int('index', index)
         if not -n <= index < n:
             raise IndexError(f'index {index} is out of range for a dataset of {n} clips')
-        index %= n
-        path, target = self.items[index]
-        wave = audio.load(path, None, self.sample_rate)
-        # Training crops depend only on (seed, epoch, index): the same in any worker and after a resume.
-        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.mode == 'train' else None
-        wave = audio.fix_length(wave, self.num_samples, rng)
+        return index % n
+
+    def target(self, index):
+        """The target of clip `index`: an int64 class index, or multi-hot float32 [num_classes]."""
+        target = self.items[self._index(index)][1]
         if self.multi_label:
             hot = np.zeros(len(self.labels), dtype=np.float32)
             hot[list(target)] = 1.0
-            return wave, hot
-        return wave, np.int64(target)
+            return hot
+        return np.int64(target)
+
+    def waveform(self, index):
+        """Clip `index` whole (mono float32 at sample_rate), neither cropped nor padded: what
+        evaluation scores with the same rule as predict (see deploy.pipeline.clip_segments)."""
+        return audio.load(self.items[self._index(index)][0], None, self.sample_rate)
+
+    def __getitem__(self, index):
+        index = self._index(index)
+        wave = self.waveform(index)
+        # Training crops depend only on (seed, epoch, index): the same in any worker and after a resume.
+        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.mode == 'train' else None
+        return audio.fix_length(wave, self.num_samples, rng), self.target(index)
 
     def class_counts(self):
         """Clips per class, int64 [num_classes] (multi-label: clips that carry each class)."""

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import soundfile as sf
 
-from ..checkpoint import replace_dir
+from ..fileio import replace_dir
 from .base import DatasetError, check_duration, check_int
 
 NUM_FOLDS = 5

@@ -6,7 +6,7 @@ import zipfile
 import zlib
 
 from .. import weights
-from ..checkpoint import remove_stale, temp_prefix
+from ..fileio import remove_stale, temp_prefix
 from .base import (AudioDataset, DatasetError, check_dir, check_exists, check_fold, check_mode,
                    labels_from_columns, read_csv, read_folds)
 

@@ -7,18 +7,6 @@ from .base import (AudioDataset, DatasetError, check_dir, check_exists, check_mo
                    sort_labels, stratified_split)
 
 
-def find_audio(root):
-    """Audio files under `root` (recursive, by extension, hidden files skipped), sorted."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith('.')]
-        for name in files:
-            # '._x.wav' files are macOS metadata, not audio.
-            if not name.startswith('.') and name.lower().endswith(audio.AUDIO_EXTENSIONS):
-                found.append(os.path.join(folder, name))
-    return sorted(found)
-
-
 def select(items, targets, num_classes, mode, split):
     """The train or dev part of `items` under a (dev_fraction, seed) split; all items without one."""
     if split is None:
@@ -53,14 +41,14 @@ class AudioFolder(AudioDataset):
             folder = os.path.join(root, name)
             if name.startswith('.') or not os.path.isdir(folder):
                 continue
-            files = find_audio(folder)
+            files = audio.list_audio_files(folder)
             if not files:
                 empty.append(name)
                 continue
             items.extend((path, len(classes)) for path in files)
             classes.append(name)
         if not classes:
-            loose = find_audio(root)
+            loose = audio.list_audio_files(root)
             detail = (f' It holds {len(loose)} audio files but no class folders.' if loose
                       else f' No file with an audio extension ({", ".join(audio.AUDIO_EXTENSIONS)}) was found.')
             raise DatasetError(f'root: {root} holds no class folders with audio.{detail} Expected '

@@ -9,8 +9,12 @@ An export directory holds
 
 export.json (format FORMAT):
     model        registry name, e.g. 'panns_cnn14'
-    task         'sound-cls' (softmax scores) or 'tagging' (527 AudioSet tags, sigmoid scores)
+    task         'sound-cls' (a classification head) or 'tagging' (the 527 AudioSet tags)
     labels       class names, in output order
+    multi_label  true: independent sigmoid scores (several labels per clip; always for tagging);
+                 false: a softmax over the classes
+    clip_seconds the clip length the model was trained on, or null: shorter clips are padded to
+                 it, longer ones scored as the mean over windows of it (deploy.pipeline.clip_segments)
     frontend     FrontendConfig.to_dict(): the log-mel settings the network expects
     min_seconds  shorter clips (and windows) are zero-padded to this length
     input        {'name': 'features', 'shape': [null, null, n_mels], 'dtype': 'float32'}:
@@ -75,12 +79,12 @@ def read_export(model_dir):
     path = os.path.join(model_dir, EXPORT_FILE)
     if not os.path.isfile(path):
         raise ExportError(f'{model_dir} has no {EXPORT_FILE}, so it is not an export directory; create one with '
-                          f'`python tools/export_static.py --checkpoint CKPT_DIR --output {model_dir}`')
+                          f'`paddle-soundcls export --checkpoint CKPT_DIR --output {model_dir}`')
     try:
         with open(path, encoding='utf-8') as f:
             meta = json.load(f)
     except (OSError, ValueError) as exc:
-        raise ExportError(f'cannot read {path}: {exc}; export the model again (python tools/export_static.py '
+        raise ExportError(f'cannot read {path}: {exc}; export the model again (paddle-soundcls export '
                           f'--checkpoint CKPT_DIR --output {model_dir})') from None
     if not isinstance(meta, dict) or meta.get('format') != FORMAT:
         found = meta.get('format') if isinstance(meta, dict) else None
@@ -91,6 +95,9 @@ def read_export(model_dir):
         raise ExportError(f'{path} lacks {missing}; export the model again')
     if meta['task'] not in TASKS:
         raise ExportError(f'{path}: unknown task {meta["task"]!r}, expected one of {TASKS}')
+    # Exports of earlier versions: the activation says it; clips were scored whole.
+    meta.setdefault('multi_label', meta['output'].get('activation') == 'sigmoid')
+    meta.setdefault('clip_seconds', None)
     meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
     return meta
 
@@ -98,10 +105,9 @@ def read_export(model_dir):
 def require_file(model_dir, meta, name, verify=True):
     """Path of `name` in the export, after checking it exists and matches the sha256 in export.json."""
     path = os.path.join(model_dir, name)
-    hint = {ONNX_FILE: f'create it with `python tools/export_onnx.py --model-dir {model_dir}`',
-            INT8_FILE: f'create it with `python tools/export_onnx.py --model-dir {model_dir} --quantize int8 '
-                       f'--calibration CLIPS --check OTHER_CLIPS` (or `paddle-soundcls export ... --quantize int8 '
-                       f'--calibration CLIPS --check OTHER_CLIPS`), or run in float32 (precision fp32)',
+    hint = {ONNX_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir}`',
+            INT8_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir} --quantize int8 '
+                       f'--calibration CLIPS --check OTHER_CLIPS`, or run in float32 (precision fp32)',
             }.get(name, 'export the model again')
     if not os.path.isfile(path):
         raise ExportError(f'{path} is missing from the export directory; {hint}')

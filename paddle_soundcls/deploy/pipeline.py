@@ -61,8 +61,11 @@ def pad_to(wave, min_samples):
     return wave if len(wave) >= min_samples else np.pad(wave, (0, min_samples - len(wave)))
 
 
-def check_args(batch_size=8, topk=None, window=None, hop=None, reduce='mean'):
+def check_args(batch_size=8, topk=None, window=None, hop=None, reduce='mean', threshold=None):
     """Validate the predict() arguments before any work; returns hop (default: window, no overlap)."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0.0 <= threshold <= 1.0):
+        raise ValueError(f'threshold must be a score between 0 and 1, or None, got {threshold!r}')
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
@@ -92,7 +95,34 @@ def window_spans(num_samples, window, hop):
     return [(s, s + window) for s in starts]
 
 
-def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, window=None, hop=None):
+def clip_segments(wave, clip_samples=None, min_samples=0, window=None, hop=None):
+    """The segments scored for one input: (start, end, samples), in time order, one at a time.
+
+    The one rule for clips of any length, shared by predict, the runtime and the Trainer's
+    evaluation, so all of them score the same audio:
+    - window/hop (samples) given: windows of `window` samples every `hop` (see window_spans);
+    - else, with `clip_samples` (the clip length the model was trained on): a shorter clip is
+      zero-padded to it (as the datasets pad), a longer one is cut into consecutive windows
+      of that length, the last one ending at the end of the clip; whole-clip scores are the
+      mean of the segments' scores;
+    - else the whole clip as one segment.
+    Every segment is zero-padded at the end to at least `min_samples` (and short clips to
+    clip_samples), so the network gets the input length it needs.
+    """
+    if window is not None:
+        spans = window_spans(len(wave), window, hop)
+    elif clip_samples is not None:
+        spans = window_spans(len(wave), clip_samples, clip_samples)
+    else:
+        spans = [(0, len(wave))]
+    length = max(min_samples, clip_samples or 0) if window is None else min_samples
+    for start, end in spans:  # one at a time: a long recording's segments are never all in memory
+        # Copies, so a pending segment does not keep the whole recording alive.
+        yield start, end, pad_to(wave[start:end].copy(), length)
+
+
+def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, window=None, hop=None,
+        clip_seconds=None):
     """Score every input; the engine-independent loop.
 
     sources: from `as_sources`; arguments checked by `check_args`.
@@ -100,6 +130,7 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
         (numpy). Every row of one call has the same length, so no clip is padded to
         another's length (padding would change max/mean pooling over time).
     window, hop: seconds, or None for one score per whole clip.
+    clip_seconds: the clip length the model was trained on, or None; see clip_segments.
     Returns per input: scores [classes] (whole clip), or (spans [(start_s, end_s)],
     window scores [windows, classes]) for windowed calls.
 
@@ -107,6 +138,9 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
     recording never has all its windows (or their features) in memory at once.
     """
     min_samples = int(round(min_seconds * target_sr))
+    clip_samples = None if clip_seconds is None else int(round(clip_seconds * target_sr))
+    window_samples = None if window is None else max(1, int(round(window * target_sr)))
+    hop_samples = None if window is None else max(1, int(round(hop * target_sr)))
     per_input = [[] for _ in sources]      # per input: [(start, end, scores)]
     pending = {}                           # segment length -> [(input index, start, end, samples)]
 
@@ -118,13 +152,7 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
 
     for i, (name, source) in enumerate(sources):
         wave = audio.load(source, sample_rate, target_sr, name=name)
-        if window is None:
-            spans = [(0, len(wave))]
-        else:
-            spans = window_spans(len(wave), max(1, int(round(window * target_sr))), max(1, int(round(hop * target_sr))))
-        for start, end in spans:
-            # A copy, so a pending window does not keep the whole recording alive.
-            segment = pad_to(wave[start:end].copy(), min_samples)
+        for start, end, segment in clip_segments(wave, clip_samples, min_samples, window_samples, hop_samples):
             pending.setdefault(len(segment), []).append((i, start, end, segment))
             if len(pending[len(segment)]) == batch_size:
                 flush(len(segment))
@@ -136,17 +164,19 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
     for rows in per_input:
         rows.sort(key=lambda r: r[0])
         if window is None:
-            results.append(rows[0][2])
+            results.append(np.mean([r[2] for r in rows], axis=0))
         else:
             spans = [(start / target_sr, end / target_sr) for start, end, _ in rows]
             results.append((spans, np.stack([r[2] for r in rows])))
     return results
 
 
-def to_dict(scores, labels, topk=None):
-    """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only."""
+def to_dict(scores, labels, topk=None, threshold=None):
+    """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only,
+    and only those >= `threshold` when given (for multi-label models: every label that applies;
+    possibly none)."""
     order = np.argsort(-np.asarray(scores), kind='stable')[:topk]
-    return OrderedDict((labels[j], float(scores[j])) for j in order)
+    return OrderedDict((labels[j], float(scores[j])) for j in order if threshold is None or scores[j] >= threshold)
 
 
 def reduce_windows(window_scores, reduce='mean'):
@@ -154,16 +184,16 @@ def reduce_windows(window_scores, reduce='mean'):
     return window_scores.mean(axis=0) if reduce == 'mean' else window_scores.max(axis=0)
 
 
-def format_results(raw, labels, topk=None, reduce='mean'):
+def format_results(raw, labels, topk=None, reduce='mean', threshold=None):
     """Output of `run` -> the documented result structures (see the module docstring)."""
     out = []
     for item in raw:
         if isinstance(item, tuple):
             spans, window_scores = item
-            timeline = [{'start': round(s, 6), 'end': round(e, 6), 'scores': to_dict(row, labels, topk)}
+            timeline = [{'start': round(s, 6), 'end': round(e, 6), 'scores': to_dict(row, labels, topk, threshold)}
                         for (s, e), row in zip(spans, window_scores)]
-            out.append({'scores': to_dict(reduce_windows(window_scores, reduce), labels, topk),
+            out.append({'scores': to_dict(reduce_windows(window_scores, reduce), labels, topk, threshold),
                         'timeline': timeline})
         else:
-            out.append(to_dict(item, labels, topk))
+            out.append(to_dict(item, labels, topk, threshold))
     return out

@@ -23,8 +23,8 @@ class Predictor:
             (onnxruntime only; made by `export --quantize int8`). The front end is float32
             either way.
 
-    Attributes: labels, task ('sound-cls' or 'tagging'), frontend (FrontendConfig), meta (export.json),
-    precision.
+    Attributes: labels, task ('sound-cls' or 'tagging'), multi_label, clip_seconds, frontend
+    (FrontendConfig), meta (export.json), precision.
     """
 
     def __init__(self, model_dir, engine='onnxruntime', num_threads=None, verify=True, precision='fp32'):
@@ -40,6 +40,8 @@ class Predictor:
         self.task = self.meta['task']
         self.frontend = self.meta['frontend_cfg']
         self.min_seconds = float(self.meta['min_seconds'])
+        self.multi_label = bool(self.meta['multi_label'])
+        self.clip_seconds = self.meta['clip_seconds']
         if engine == 'onnxruntime':
             files = [exportdir.require_file(self.model_dir, self.meta, self._onnx_file(precision), verify)]
         else:
@@ -67,7 +69,7 @@ class Predictor:
         if int8 is not None and int8.get('source_sha256') != source:
             raise exportdir.ExportError(
                 f'{os.path.join(self.model_dir, exportdir.INT8_FILE)} was made from another model.onnx than the one '
-                f'in this export; quantize it again (`python tools/export_onnx.py --model-dir {self.model_dir} '
+                f'in this export; quantize it again (`paddle-soundcls export --model-dir {self.model_dir} '
                 f'--quantize int8 --calibration CLIPS --check OTHER_CLIPS`)')
         return exportdir.INT8_FILE
 
@@ -99,9 +101,10 @@ class Predictor:
         hop = pipeline.check_args(batch_size, None, window, hop)
         sources = pipeline.as_sources(data)
         return pipeline.run(sources, self.score_batch, sample_rate, self.frontend.sample_rate, self.min_seconds,
-                            batch_size, window, hop)
+                            batch_size, window, hop, self.clip_seconds)
 
-    def predict(self, data, sample_rate=None, batch_size=8, topk=None, window=None, hop=None, reduce='mean'):
+    def predict(self, data, sample_rate=None, batch_size=8, topk=None, window=None, hop=None, reduce='mean',
+                threshold=None):
         """Classify or tag audio; the same results as `Module.predict`.
 
         data: an audio file path (read at its own rate), a numpy waveform ([samples] or
@@ -112,11 +115,16 @@ class Predictor:
             hop = window) over each input, in batches, and return per input
             {'scores': clip-level OrderedDict, 'timeline': [{'start', 'end', 'scores'}, ...]}.
         reduce: 'mean' or 'max' over windows for the clip-level scores.
+        threshold: keep only labels scoring at least this (multi-label models: every label
+            that applies, possibly none).
+        Without window, clips are treated as in training: padded to the training clip length,
+        or, when longer, scored as the mean over consecutive windows of it (export.json's
+        clip_seconds; exports of models without one score every clip whole).
         Returns one OrderedDict(label -> score) per input, best first (whole-clip calls).
         """
-        pipeline.check_args(batch_size, topk, window, hop, reduce)
+        pipeline.check_args(batch_size, topk, window, hop, reduce, threshold)
         raw = self.scores(data, sample_rate, batch_size, window, hop)
-        return pipeline.format_results(raw, self.labels, topk, reduce)
+        return pipeline.format_results(raw, self.labels, topk, reduce, threshold)
 
     def __repr__(self):
         return (f'Predictor({self.model_dir!r}, model={self.meta["model"]}, task={self.task}, '

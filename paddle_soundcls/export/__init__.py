@@ -1,13 +1,23 @@
-"""Deployment formats: Paddle static graph (Paddle Inference), ONNX, and the parity check.
+"""Deployment formats: Paddle static graph (Paddle Inference), ONNX, int8, and the parity check.
 
-    from paddle_soundcls.export import load_module, export_static, export_onnx, check_parity
+    from paddle_soundcls import load_module
+    from paddle_soundcls.export import export_static, export_onnx, check_parity
     module = load_module('ckpt/best_model')
     export_static(module, 'exported')                  # inference.json + inference.pdiparams + export.json
     export_onnx('exported')                            # + model.onnx
     check_parity('exported', 'data/ESC-50-master')     # Paddle Inference vs onnxruntime
-"""
-from .onnx import DEFAULT_OPSET, export_onnx
-from .parity import check_parity, list_labelled_files
-from .static import export_static, load_module
 
-__all__ = ['DEFAULT_OPSET', 'check_parity', 'export_onnx', 'export_static', 'list_labelled_files', 'load_module']
+The names are imported on first use: the int8 tooling and the parity check run without
+Paddle being imported (the Paddle-free command line uses them on export directories).
+"""
+import importlib
+
+_NAMES = {'DEFAULT_OPSET': 'onnx', 'export_onnx': 'onnx', 'check_parity': 'parity',
+          'list_labelled_files': 'parity', 'export_static': 'static'}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        return getattr(importlib.import_module(f'{__name__}.{_NAMES[name]}'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -12,6 +12,7 @@ Engines (backbone only: log-mel features in, scores out):
 `default` also gets the end-to-end figure: waveforms in, numpy log-mel front end included.
 
 The weights are random: speed does not depend on their values, and no download is needed.
+`run_export` measures an existing export directory instead, without Paddle.
 (int8 answers do depend on them: see the int8 check in export/parity.py, not this file.)
 Engines take turns within each iteration, so a burst of load from other processes slows
 them all alike rather than one of them; clips_per_s uses the median batch time, which a
@@ -23,14 +24,10 @@ import tempfile
 import time
 
 import numpy as np
-import paddle
 
 from ..deploy import Predictor, exportdir
 from ..deploy.engines import OnnxEngine, PaddleEngine, check_threads
 from ..features.mel import logmel
-from ..hub import Module
-from . import quantize
-from .static import export_static
 
 ENGINES = ('paddle_dygraph', 'paddle_inference_onednn', 'onnxruntime', 'default', 'onnxruntime_int8')
 CALIBRATION_CLIPS = 8
@@ -46,20 +43,76 @@ def machine_info():
                     break
     except OSError:
         pass
+    import sys
+
     import onnxruntime
+    paddle = sys.modules.get('paddle')  # reported when loaded, never imported for it
     return {'cpu': model, 'cpus': os.cpu_count(), 'cpus_usable': check_threads(None),
-            'python': platform.python_version(), 'paddle': paddle.__version__,
+            'python': platform.python_version(), 'paddle': getattr(paddle, '__version__', None),
             'onnxruntime': onnxruntime.__version__, 'platform': platform.platform()}
+
+
+def _check_run_args(seconds, batch_size, iterations):
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f'iterations must be a positive int, got {iterations!r}')
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+    if not seconds > 0:
+        raise ValueError(f'seconds must be positive, got {seconds!r}')
+
+
+def _clips_per_s(batch_size, times):
+    t = np.array(times)
+    return {'clips_per_s': round(batch_size / float(np.median(t)), 3),
+            'clips_per_s_mean': round(batch_size * len(t) / t.sum(), 3),
+            'batch_seconds_median': round(float(np.median(t)), 4), 'batch_seconds_min': round(float(t.min()), 4)}
+
+
+def run_export(model_dir, seconds=5.0, batch_size=8, iterations=5, num_threads=None):
+    """clips/s of an export directory with onnxruntime, without Paddle: 'fp32' (model.onnx) and,
+    when the export has one, 'int8' (model.int8.onnx); features in and scores out, plus
+    end_to_end_clips_per_s with the numpy front end. Random input audio."""
+    threads = check_threads(num_threads)
+    _check_run_args(seconds, batch_size, iterations)
+    precisions = ['fp32'] + (['int8'] if 'int8' in exportdir.read_export(model_dir) else [])
+    predictors = {p: Predictor(model_dir, num_threads=threads, precision=p) for p in precisions}
+    cfg = predictors['fp32'].frontend
+    rng = np.random.default_rng(0)
+    waves = (0.1 * rng.standard_normal((batch_size, int(seconds * cfg.sample_rate)))).astype(np.float32)
+    features = logmel(waves, cfg)
+    times = {p: [] for p in precisions}
+    end_to_end = {p: [] for p in precisions}
+    for predictor in predictors.values():  # warm-up: onnxruntime prepares kernels on the first run
+        predictor.engine(features)
+    for _ in range(iterations):
+        for p, predictor in predictors.items():
+            start = time.perf_counter()
+            predictor.engine(features)
+            times[p].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            predictor.score_batch(waves)
+            end_to_end[p].append(time.perf_counter() - start)
+    result = {}
+    for p in precisions:
+        result[p] = {**_clips_per_s(batch_size, times[p]), 'threads': threads,
+                     'end_to_end_clips_per_s': round(batch_size / float(np.median(end_to_end[p])), 3)}
+    meta = predictors['fp32'].meta
+    result['setup'] = {'model_dir': os.path.abspath(model_dir), 'model': meta['model'], 'seconds': seconds,
+                       'batch_size': batch_size, 'iterations': iterations, 'threads': threads,
+                       'frames': int(features.shape[1]), 'classes': len(meta['labels']), 'machine': machine_info()}
+    return result
 
 
 def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_threads=None, num_classes=50):
     """Measure every engine; returns a JSON-ready dict with one entry per engine (ENGINES)
     holding clips_per_s, and 'setup' with the settings and the machine."""
+    import paddle
+
+    from ..hub import Module
+    from . import quantize
+    from .static import export_static
     threads = check_threads(num_threads)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f'iterations must be a positive int, got {iterations!r}')
-    if seconds <= 0:
-        raise ValueError(f'seconds must be positive, got {seconds!r}')
+    _check_run_args(seconds, batch_size, iterations)
     paddle.set_device('cpu')
     paddle.base.core.set_num_threads(threads)  # dygraph's CPU kernels, to match the other engines
     module = Module(model, task='sound-cls', num_class=num_classes, pretrained=False)
@@ -101,14 +154,7 @@ def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_thread
             predictor.score_batch(waves)
             end_to_end.append(time.perf_counter() - start)
 
-    result = {}
-    for name in ENGINES:
-        t = np.array(times[name])
-        result[name] = {'clips_per_s': round(batch_size / float(np.median(t)), 3),
-                        'clips_per_s_mean': round(batch_size * len(t) / t.sum(), 3),
-                        'batch_seconds_median': round(float(np.median(t)), 4),
-                        'batch_seconds_min': round(float(t.min()), 4),
-                        'threads': threads}
+    result = {name: {**_clips_per_s(batch_size, times[name]), 'threads': threads} for name in ENGINES}
     result['paddle_dygraph']['engine'] = 'Paddle dygraph (the Module)'
     result['paddle_inference_onednn']['engine'] = 'paddle.inference with enable_mkldnn()'
     result['onnxruntime']['engine'] = "onnxruntime, ORT's default SessionOptions (intra_op_num_threads set)"

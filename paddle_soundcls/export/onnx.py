@@ -10,7 +10,7 @@ onnxruntime folds constants itself when it loads the model.
 """
 import os
 
-from .. import checkpoint
+from .. import fileio
 from ..deploy import exportdir
 from ..deploy.engines import stdout_to_stderr
 
@@ -110,7 +110,7 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
     def build(tmp):
         exportdir.link_files(model_dir, tmp, skip=(exportdir.EXPORT_FILE, filename, old_onnx, exportdir.INT8_FILE))
         write_onnx(tmp, meta, opset, filename)
-        checkpoint.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
+        fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
 
-    checkpoint.replace_dir(build, model_dir)
+    fileio.replace_dir(build, model_dir)
     return meta

@@ -18,19 +18,11 @@ import os
 
 import numpy as np
 
-from ..audio import AUDIO_EXTENSIONS
+from ..audio import AUDIO_EXTENSIONS, list_audio_files
 from ..deploy import Predictor, exportdir
 
 INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_ACCURACY_DROP = 0.5
-
-
-def _audio_files(root):
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        found += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(AUDIO_EXTENSIONS)]
-    return found
 
 
 def list_labelled_files(data):
@@ -58,7 +50,7 @@ def list_labelled_files(data):
         with open(esc50, newline='', encoding='utf-8') as f:
             rows = list(csv.DictReader(f))
         return [(os.path.join(data, 'audio', r['filename']), r['category'], int(r['target'])) for r in rows]
-    files = _audio_files(data)
+    files = list_audio_files(data)
     if not files:
         raise ValueError(f'{data} holds no audio files ({", ".join(AUDIO_EXTENSIONS)})')
     parents = [os.path.relpath(p, data).split(os.sep) for p in files]

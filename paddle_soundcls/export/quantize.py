@@ -29,7 +29,7 @@ import tempfile
 
 import numpy as np
 
-from .. import audio, checkpoint
+from .. import audio, fileio
 from ..deploy import exportdir
 from ..features.mel import logmel
 from .parity import check_int8, list_labelled_files
@@ -295,7 +295,7 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
         info['file'] = exportdir.INT8_FILE
         meta['files'][exportdir.INT8_FILE] = exportdir.file_record(int8_path)
         meta['int8'] = info
-        checkpoint.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
+        fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
         if check is None:
             info['check'] = None
             info['checked'] = False
@@ -311,9 +311,9 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
                 del meta['int8']
             elif not summary['passed']:
                 info['forced'] = True
-        checkpoint.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
+        fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
 
-    checkpoint.replace_dir(build, model_dir)
+    fileio.replace_dir(build, model_dir)
     if 'refused' in outcome:
         raise QuantizationRefused(refusal_message(outcome['refused']), outcome['refused'])
     if check is None:

@@ -1,4 +1,4 @@
-"""Log-mel front end: `FrontendConfig` (settings), `mel` (numpy math), `LogMel` (Paddle layer)."""
+"""Log-mel front ends: `FrontendConfig` (settings), `mel` (numpy math), `LogMel` (Paddle layer)."""
 from .config import FrontendConfig
 
 

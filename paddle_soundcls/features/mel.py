@@ -34,8 +34,17 @@ def mel_to_hz(mels, htk=False):
     return np.where(log_part, min_log_hz * np.exp(logstep * (mels - min_log_mel)), freqs)
 
 
-def mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max=None, htk=False, norm='slaney'):
-    """Triangular mel filters, shape [n_mels, n_fft // 2 + 1] (float64)."""
+def mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max=None, htk=False, norm='slaney', banks='librosa'):
+    """Mel filters, shape [n_mels, n_fft // 2 + 1] (float64).
+
+    banks='librosa': librosa.filters.mel (triangles in Hz, `htk` scale, `norm` area normalisation).
+    banks='kaldi': torchaudio.compliance.kaldi.get_mel_banks plus a zero Nyquist column
+    (triangles in mel on the HTK scale, unnormalised; `htk` and `norm` do not apply).
+    """
+    if banks == 'kaldi':
+        return kaldi_mel_banks(sample_rate, n_fft, n_mels, f_min, f_max)
+    if banks != 'librosa':
+        raise ValueError(f"mel banks must be 'librosa' or 'kaldi', got {banks!r}")
     f_max = sample_rate / 2.0 if f_max is None else float(f_max)
     fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
     mel_points = mel_to_hz(np.linspace(hz_to_mel(f_min, htk), hz_to_mel(f_max, htk), n_mels + 2), htk)
@@ -51,19 +60,54 @@ def mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max=None, htk=False, nor
     return weights
 
 
-def window(name, length):
-    """Periodic window (the STFT convention), float64."""
+def kaldi_mel_banks(sample_rate, n_fft, n_mels, f_min, f_max=None):
+    """Kaldi's mel banks without VTLN warping, [n_mels, n_fft // 2 + 1] (float64).
+
+    Band i rises linearly in mel from mel(f_min) + i * delta to its centre one delta higher
+    and falls back to zero one delta further, delta = (mel(f_max) - mel(f_min)) / (n_mels + 1),
+    mel(f) = 1127 ln(1 + f / 700). Kaldi covers the FFT bins below Nyquist only, so the
+    Nyquist bin gets a zero weight.
+    """
+    nyquist = sample_rate / 2.0
+    f_max = nyquist if f_max is None else float(f_max)
+    if f_max <= 0.0:  # Kaldi's convention: a non-positive high frequency counts back from Nyquist
+        f_max += nyquist
+    if not 0.0 <= f_min < f_max <= nyquist:
+        raise ValueError(f'Kaldi mel banks need 0 <= f_min < f_max <= {nyquist} Hz, got f_min {f_min}, f_max {f_max}')
+    mel_low, mel_high = 1127.0 * np.log1p(np.array([f_min, f_max]) / 700.0)
+    delta = (mel_high - mel_low) / (n_mels + 1)
+    left = mel_low + delta * np.arange(n_mels)[:, None]
+    centre, right = left + delta, left + 2.0 * delta
+    bin_mels = 1127.0 * np.log1p(sample_rate / n_fft * np.arange(n_fft // 2) / 700.0)[None, :]
+    weights = np.maximum(0.0, np.minimum((bin_mels - left) / (centre - left), (right - bin_mels) / (right - centre)))
+    return np.pad(weights, ((0, 0), (0, 1)))
+
+
+def config_filterbank(cfg: FrontendConfig):
+    """The mel filters [n_mels, n_fft // 2 + 1] (float64) that `cfg` describes."""
+    return mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.htk, cfg.mel_norm,
+                          cfg.mel_banks)
+
+
+def window(name, length, periodic=True):
+    """Periodic (the STFT convention) or symmetric window, float64."""
     if name != 'hann':
         raise ValueError(f"only the 'hann' window is supported, got {name!r}")
     n = np.arange(length)
-    return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / length)
+    period = length if periodic else length - 1
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / max(period, 1))
 
 
 def stft_window(cfg: FrontendConfig):
-    """The analysis window padded to n_fft, centred, as librosa does."""
-    win = window(cfg.window, cfg.win_length)
+    """The analysis window padded to n_fft, centred, as librosa and torch.stft do."""
+    win = window(cfg.window, cfg.win_length, cfg.window_periodic)
     left = (cfg.n_fft - cfg.win_length) // 2
     return np.pad(win, (left, cfg.n_fft - cfg.win_length - left))
+
+
+def preemphasis(waveforms, coefficient):
+    """y[n] = x[n + 1] - coefficient * x[n] along the last axis (one sample shorter)."""
+    return waveforms[..., 1:] - coefficient * waveforms[..., :-1]
 
 
 def power_to_db(power, cfg: FrontendConfig):
@@ -74,10 +118,18 @@ def power_to_db(power, cfg: FrontendConfig):
     return log_spec
 
 
+def log_compress(mel, cfg: FrontendConfig):
+    """The log step and the final (x + shift) / scale of the front end."""
+    out = power_to_db(mel, cfg) if cfg.log == 'db' else np.log(mel + cfg.log_offset)
+    if (cfg.shift, cfg.scale) != (0.0, 1.0):
+        out = (out + cfg.shift) / cfg.scale
+    return out
+
+
 @lru_cache(maxsize=8)
 def _analysis_arrays(cfg: FrontendConfig):
     """float32 window and transposed filter bank for a config (configs are frozen, so hashable)."""
-    fbank = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max, cfg.htk, cfg.mel_norm)
+    fbank = config_filterbank(cfg)
     return stft_window(cfg).astype(np.float32), np.ascontiguousarray(fbank.T, dtype=np.float32)
 
 
@@ -90,6 +142,8 @@ def logmel(waveforms, cfg: FrontendConfig = FrontendConfig()):
     x = np.asarray(waveforms, dtype=np.float32)
     single = x.ndim == 1
     x = np.atleast_2d(x)
+    if cfg.preemphasis is not None:
+        x = preemphasis(x, np.float32(cfg.preemphasis))
     if cfg.center:
         pad = cfg.n_fft // 2
         if x.shape[-1] <= pad and cfg.pad_mode == 'reflect':
@@ -100,5 +154,5 @@ def logmel(waveforms, cfg: FrontendConfig = FrontendConfig()):
     spec = np.fft.rfft(frames * window_, axis=-1)
     power = np.abs(spec) ** cfg.power
     mel = power @ fbank_t
-    out = power_to_db(mel, cfg).astype(np.float32)
+    out = log_compress(mel, cfg).astype(np.float32)
     return out[0] if single else out

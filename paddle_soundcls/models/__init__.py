@@ -1,3 +1,1 @@
-from .panns import ARCHITECTURES, AUDIOSET_CLASSES, PANNsBackbone
-
-__all__ = ['ARCHITECTURES', 'AUDIOSET_CLASSES', 'PANNsBackbone']
+"""Model families, one module each; each registers its models with paddle_soundcls.registry."""

@@ -5,9 +5,10 @@ written to JSON or logged as it is.
 """
 import csv
 import os
-import tempfile
 
 import numpy as np
+
+from ..fileio import atomic_write_file
 
 
 def _as_labels(labels, num_samples):
@@ -158,21 +159,6 @@ def multilabel_metrics(targets, scores):
     }
 
 
-def _atomic_write(path, write, mode):
-    """Call write(file) on a temporary file next to `path`, then rename it into place."""
-    directory = os.path.dirname(path)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(handle, mode, **({'newline': '', 'encoding': 'utf-8'} if 'b' not in mode else {})) as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_confusion_matrix(confusion, class_names, directory, name='confusion_matrix'):
     """Write a confusion matrix as `<name>.csv` and `<name>.png` in `directory`.
 
@@ -204,9 +190,9 @@ def save_confusion_matrix(confusion, class_names, directory, name='confusion_mat
         for row_name, row in zip(names, matrix):
             writer.writerow([row_name] + row.tolist())
 
-    _atomic_write(csv_path, write_csv, 'w')
+    atomic_write_file(csv_path, write_csv, 'w')
     figure = _confusion_figure(matrix, names)
-    _atomic_write(png_path, lambda f: figure.savefig(f, format='png', dpi=100), 'wb')
+    atomic_write_file(png_path, lambda f: figure.savefig(f, format='png', dpi=100), 'wb')
     return csv_path, png_path
 
 

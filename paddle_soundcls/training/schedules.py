@@ -139,3 +139,19 @@ def build_scheduler(name, learning_rate, total_steps, warmup_steps=0, step_size=
             raise ValueError("the 'step' schedule needs step_size (optimizer steps between decays)")
         return step_decay(learning_rate, step_size, gamma)
     raise ValueError(f'unknown schedule {name!r}; known: {", ".join(SCHEDULES)}')
+
+
+def steps_per_epoch(num_clips, batch_size, world_size=None):
+    """Optimizer steps in one epoch of `num_clips` clips: each of `world_size` processes (default:
+    those of this paddle.distributed run, 1 otherwise) reads batch_size clips per step.
+
+    The Trainer steps a per-batch schedule this many times per epoch, so size schedules with it:
+    total_steps = epochs * steps_per_epoch(len(train_set), batch_size).
+    """
+    num_clips = _check_count('num_clips', num_clips, 1)
+    batch_size = _check_count('batch_size', batch_size, 1)
+    if world_size is None:
+        import paddle.distributed as dist
+        world_size = dist.get_world_size()
+    world_size = _check_count('world_size', world_size, 1)
+    return math.ceil(num_clips / (batch_size * world_size))

@@ -4,6 +4,10 @@ With `freeze_backbone=True` the loop takes the backbone's embeddings instead of 
 they are computed once per clip and cached on disk (see training/embeddings.py), and only
 the head (dropout + fc) trains on them, in seconds per epoch even for CNN14 on a CPU.
 
+Evaluation scores each clip as `predict` does (deploy.pipeline.clip_segments: padded to the
+training clip length, or the mean over consecutive windows of it), so the accuracy the
+Trainer reports is the accuracy predict, the exports and the command line give.
+
 Layout of `checkpoint_dir`:
     epoch_N/       model.pdparams, model.pdopt, meta.json, trainer.json   (the last `keep_last`)
     best_model/    model.pdparams, meta.json, metrics.json, confusion_matrix.{csv,png}
@@ -25,41 +29,20 @@ import paddle.distributed as dist
 from paddle.io import DataLoader, DistributedBatchSampler
 from tqdm import tqdm
 
-from .. import checkpoint
+from .. import checkpoint, fileio
 from ..device import set_device
 from . import augment as augment_lib
 from . import embeddings, losses, metrics
+from .schedules import steps_per_epoch
 
 logger = logging.getLogger(__name__)
 
 
-def _mkl_avx2_on_amd():
-    """Let MKL use its AVX2 kernels on AMD CPUs.
-
-    Paddle's CPU build runs convolutions and matrix products in an MKL that chooses kernels by
-    CPU vendor and gives AMD CPUs a generic SSE path. MKL_DEBUG_CPU_TYPE=5 selects the AVX2
-    path: full fine-tuning of CNN14 (5-s clips, batch 8) trained 2.6x more clips per CPU-second
-    on an AMD EPYC (0.40 -> 1.06), with the same results up to float rounding. MKL reads the
-    variable at its first call, hence at import. It is set only on AMD CPUs with AVX2 (the path
-    would crash without it) and only when unset: set MKL_DEBUG_CPU_TYPE='' to opt out. Newer
-    MKL releases ignore it, at no cost.
-    """
-    if 'MKL_DEBUG_CPU_TYPE' in os.environ:
-        return
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            info = f.read()
-    except OSError:  # not Linux: leave MKL's choice alone
-        return
-    if 'AuthenticAMD' in info and re.search(r'^flags\s*:.*\bavx2\b', info, re.MULTILINE):
-        os.environ['MKL_DEBUG_CPU_TYPE'] = '5'
-
-
-_mkl_avx2_on_amd()
-
 TRAINER_STATE = 'trainer.json'
 OPT_FILE = 'model.pdopt'
 _EPOCH_DIR = re.compile(r'^epoch_(\d+)$')
+SINGLE_LABEL_METRICS = ('acc', 'top5', 'macro_f1')
+MULTI_LABEL_METRICS = ('mAP', 'AUC', 'f1_micro')
 
 
 class Trainer:
@@ -73,19 +56,23 @@ class Trainer:
         use_vdl: write VisualDL scalars under checkpoint_dir/visualization.
         checkpoint_dir: where epochs, best_model and logs go (default 'ckpt').
         compare_metrics: the eval metric that picks best_model ('acc', 'macro_f1', 'top5',
-            'mAP', 'AUC', or 'loss', which is minimised). Default: 'acc', or 'mAP' for multi-label data.
+            'mAP', 'AUC', 'f1_micro', or 'loss', which is minimised). Default: 'acc', or 'mAP'
+            for multi-label models.
         loss: a loss name ('ce', 'class_balanced', 'focal', 'class_balanced_focal', 'bce') or
-            a Layer(logits, target). Default: 'ce', or 'bce' for multi-label data.
+            a Layer(logits, target). Default: 'ce', or 'bce' for multi-label models. Class
+            weights come from the training set's class counts.
         label_smoothing: for the cross-entropy losses.
         augment: an `AugmentConfig` (everything off by default); applied in training only.
         seed: seeds shuffling, crops, dropout and augmentation.
-        keep_last: how many epoch_N directories to keep (None keeps all).
+        keep_last: how many epoch_N directories to keep (a positive int; None keeps all).
         skip_bad_files: drop unreadable files with a warning instead of stopping.
         freeze_backbone: train only the head (dropout + fc), on backbone embeddings computed once
             per clip (backbone in eval mode, centre crops, training and evaluation data alike)
             and cached by file content under `embedding_cache` (see training/embeddings.py).
             Augmentation is refused in this mode: it would change the audio or features the
-            cached embeddings were computed from. The checkpoints hold the whole model as usual.
+            cached embeddings were computed from. The checkpoints hold the whole model as usual,
+            and the mode is recorded: a run continued with the other mode keeps the weights and
+            the learning-rate schedule and starts the optimizer's moments afresh.
         embedding_cache: the embedding cache folder (default `<cache_dir()>/embeddings`).
     """
 
@@ -93,6 +80,12 @@ class Trainer:
                  loss=None, label_smoothing=0.0, augment=None, seed=0, keep_last=3, skip_bad_files=False,
                  freeze_backbone=False, embedding_cache=None):
         set_device(use_gpu)
+        if compare_metrics is not None and compare_metrics not in ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS:
+            raise ValueError(f'compare_metrics must be one of {["loss", *SINGLE_LABEL_METRICS, *MULTI_LABEL_METRICS]}, '
+                             f'got {compare_metrics!r}')
+        if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
+            raise ValueError(f'keep_last must be a positive int (epoch_N directories kept for resuming) or None '
+                             f'(keep all), got {keep_last!r}')
         self.model = model
         self.optimizer = optimizer
         self.use_vdl = use_vdl
@@ -117,41 +110,63 @@ class Trainer:
         self._checked = set()
         # What a training batch goes through: the whole model on features, or with a frozen
         # backbone the head alone on cached embeddings (the backbone never runs in the loop).
-        self._head = _Head(model) if freeze_backbone else None
+        self._head = model.part('head') if freeze_backbone else None
         self._net = self._head if freeze_backbone else model
+        self._train_counts = None
         if self.world_size > 1:
             dist.init_parallel_env()
             self._net = paddle.DataParallel(self._net)
 
     # ----------------------------------------------------------------- set-up
     def _prepare(self, dataset, role):
-        """Check a dataset against the model once: rate, classes, files."""
-        model_sr = self.model.frontend_cfg.sample_rate
+        """Check a dataset against the model once: rate, label names and order, multi-label, files."""
+        model = self.model
+        model_sr = model.frontend_cfg.sample_rate
         ds_sr = getattr(dataset, 'sample_rate', None)
         if ds_sr is not None and ds_sr != model_sr:
-            raise ValueError(f'{role} dataset is resampled to {ds_sr} Hz but {self.model.name} expects {model_sr} Hz; '
+            raise ValueError(f'{role} dataset is resampled to {ds_sr} Hz but {model.name} expects {model_sr} Hz; '
                              f'create the dataset with sample_rate={model_sr} (training and prediction must use '
                              f'the same rate)')
         labels = getattr(dataset, 'labels', None)
-        if labels is not None and len(labels) != self.model.num_class:
-            raise ValueError(f'{role} dataset has {len(labels)} classes but the model head has '
-                             f'{self.model.num_class}; build the Module with num_class={len(labels)}')
+        if labels is not None and list(labels) != list(model.labels):
+            raise ValueError(
+                f'the {role} dataset\'s labels differ from the model\'s, in names or in order, so predictions would '
+                f'carry the wrong names.\n  dataset: {_shorten(labels)}\n  model:   {_shorten(model.labels)}\n'
+                f'Build the Module with label_map=dataset.labels.')
+        multi_label = bool(getattr(dataset, 'multi_label', False))
+        if multi_label != model.multi_label:
+            fix = ('Module(..., multi_label=True) for data with several labels per clip' if multi_label else
+                   'a multi-label dataset, or a Module with multi_label=False')
+            raise ValueError(f'the {role} dataset is {"multi" if multi_label else "single"}-label but {model.name} '
+                             f'was built with multi_label={model.multi_label}: scores would be '
+                             f'{"a softmax" if multi_label else "independent sigmoids"}. Use {fix}.')
         if id(dataset) not in self._checked and hasattr(dataset, 'check_files'):
             dataset.check_files(skip_bad=self.skip_bad_files)
             self._checked.add(id(dataset))
         if len(dataset) == 0:
             raise ValueError(f'{role} dataset is empty')
-        multi_label = bool(getattr(dataset, 'multi_label', False))
-        if self.loss_fn is None:
-            spec = self.loss_spec or ('bce' if multi_label else 'ce')
-            if isinstance(spec, str):
-                counts = dataset.class_counts() if 'balanced' in spec else None
-                self.loss_fn = losses.build_loss(spec, class_counts=counts, label_smoothing=self.label_smoothing)
-            else:
-                self.loss_fn = spec
+        if role == 'train' and hasattr(dataset, 'class_counts'):
+            self._train_counts = dataset.class_counts()
+        if self.loss_fn is None or role == 'train':
+            self.loss_fn = self._build_loss()
         if self.compare_metrics is None:
             self.compare_metrics = 'mAP' if multi_label else 'acc'
+        allowed = ('loss',) + (MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS)
+        if self.compare_metrics not in allowed:
+            raise ValueError(f'compare_metrics={self.compare_metrics!r} is not measured on '
+                             f'{"multi" if multi_label else "single"}-label data; choose one of {list(allowed)}')
         return multi_label
+
+    def _build_loss(self):
+        """The loss; class-balanced weights from the training set's counts (equal weights until
+        a training set is known, e.g. for an evaluate() before train())."""
+        spec = self.loss_spec or ('bce' if self.model.multi_label else 'ce')
+        if not isinstance(spec, str):
+            return spec
+        counts = None
+        if 'balanced' in spec:
+            counts = self._train_counts if self._train_counts is not None else np.ones(self.model.num_class)
+        return losses.build_loss(spec, class_counts=counts, label_smoothing=self.label_smoothing)
 
     def _loader(self, dataset, batch_size, num_workers, shuffle, epoch=0):
         sampler = DistributedBatchSampler(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False)
@@ -185,6 +200,9 @@ class Trainer:
         multi_label = self._prepare(train_dataset, 'train')
         if eval_dataset is not None:
             self._prepare(eval_dataset, 'eval')
+        duration = getattr(train_dataset, 'duration', None)
+        if duration is not None:  # predict treats clips as the training clips were (see Module clip_seconds)
+            self.model.clip_seconds = float(duration)
         state = self._resume()
         if self.is_main:
             self._prune()  # finish a removal that a killed run left half done
@@ -192,25 +210,25 @@ class Trainer:
         if start > epochs:
             logger.info('%s already holds %d epochs; nothing to train', self.checkpoint_dir, state['epoch'])
             return state
-        steps_per_epoch = math.ceil(len(train_dataset) / (batch_size * self.world_size))
+        num_steps = steps_per_epoch(len(train_dataset), batch_size, self.world_size)
         train_data, eval_data = train_dataset, eval_dataset
         if self.freeze_backbone:  # after the resume, which may have loaded other backbone weights
-            train_data = self._embed(train_dataset, self.rank, self.world_size)
-            eval_data = None if eval_dataset is None else self._embed(eval_dataset, self.rank, self.world_size)
+            train_data = self._embed(train_dataset, 'center')
+            eval_data = None if eval_dataset is None else self._embed(eval_dataset, 'segments')
         for epoch in range(start, epochs + 1):
             train_stats = self._train_epoch(train_data, epoch, batch_size, num_workers, log_interval,
-                                            steps_per_epoch, multi_label, epochs)
+                                            num_steps, multi_label, epochs)
             if epoch % save_interval and epoch != epochs:
                 continue
             result = None
             if eval_data is not None:
-                result = self._evaluate(eval_data, multi_label, batch_size, num_workers)
+                result = self._evaluate(eval_data, multi_label, batch_size)
                 for name, value in [('loss', result['loss'])] + list(_scalars(result['metrics'])):
                     self._scalar(f'eval/{name}', value, epoch)
             state = self._save_epoch(epoch, state, train_stats, result)
         return state
 
-    def _train_epoch(self, dataset, epoch, batch_size, num_workers, log_interval, steps_per_epoch, multi_label,
+    def _train_epoch(self, dataset, epoch, batch_size, num_workers, log_interval, num_steps, multi_label,
                      epochs):
         # Dropout and other Paddle randomness restart from (seed, epoch): exact resume.
         paddle.seed(self.seed * 100003 + epoch)
@@ -218,7 +236,7 @@ class Trainer:
             dataset.set_epoch(epoch)
         self._net.train()
         total_loss, total_correct, total_seen = 0.0, 0, 0
-        bar = tqdm(self._loader(dataset, batch_size, num_workers, shuffle=True, epoch=epoch), total=steps_per_epoch,
+        bar = tqdm(self._loader(dataset, batch_size, num_workers, shuffle=True, epoch=epoch), total=num_steps,
                    desc=f'epoch {epoch}/{epochs}', disable=not self.is_main, leave=False, dynamic_ncols=True)
         for step, (inputs, target) in enumerate(bar, start=1):
             rng = np.random.default_rng((self.seed, epoch, step, self.rank))
@@ -244,7 +262,7 @@ class Trainer:
             if not multi_label:
                 reference = target.argmax(axis=-1) if target.ndim == 2 else target  # mixup: soft targets
                 total_correct += int((logits.argmax(axis=-1) == reference.astype('int64')).astype('int64').sum())
-            global_step = (epoch - 1) * steps_per_epoch + step
+            global_step = (epoch - 1) * num_steps + step
             lr = self.optimizer.get_lr()
             postfix = {'loss': f'{total_loss / total_seen:.4f}', 'lr': f'{lr:.2e}'}
             if not multi_label:
@@ -253,7 +271,7 @@ class Trainer:
             if step % log_interval == 0 and self.is_main:
                 self._scalar('train/loss', loss_value, global_step)
                 self._scalar('train/lr', lr, global_step)
-                logger.info('epoch %d step %d/%d: %s', epoch, step, steps_per_epoch,
+                logger.info('epoch %d step %d/%d: %s', epoch, step, num_steps,
                             ', '.join(f'{k}={v}' for k, v in postfix.items()))
         bar.close()
         stats = {'loss': total_loss / max(total_seen, 1)}
@@ -275,10 +293,16 @@ class Trainer:
         feats, soft_or_multi = augment_lib.apply_features(self.augment, feats, target if multi_label else soft, rng)
         return feats, soft_or_multi if (multi_label or soft is not None) else target
 
-    def _embed(self, dataset, rank=0, world_size=1):
+    def _embed(self, dataset, cut):
         """The cached backbone embeddings of `dataset` (computed where missing)."""
-        return embeddings.embed_dataset(self.model, dataset, root=self.embedding_cache, rank=rank,
-                                        world_size=world_size)
+        return embeddings.embed_dataset(self.model, dataset, cut=cut, clip_samples=self._clip_samples(dataset),
+                                        root=self.embedding_cache, rank=self.rank, world_size=self.world_size)
+
+    def _clip_samples(self, dataset):
+        """The clip length evaluation cuts clips to: the model's training clip length, else the dataset's."""
+        if self.model.clip_seconds is not None:
+            return int(round(self.model.clip_seconds * dataset.sample_rate))
+        return getattr(dataset, 'num_samples', None)
 
     # --------------------------------------------------------------- evaluate
     @paddle.no_grad()
@@ -287,32 +311,66 @@ class Trainer:
 
         Single-label: acc, top5, macro_f1, per-class precision/recall/f1, confusion.
         Multi-label: mAP, AUC, f1_micro. Runs on one process (rank 0 in data-parallel runs).
-        With freeze_backbone=True the head runs on the cached embeddings of the clips.
+        Each clip is scored as predict scores it (see the module docstring): its scores are the
+        mean over its segments' scores, its loss that of the mean of their logits, over the
+        whole set at once (so neither depends on batch_size). With freeze_backbone=True the head
+        runs on the cached embeddings of the segments. num_workers is accepted for PaddleHub's
+        signature; clips are read in this process.
         """
         multi_label = self._prepare(eval_dataset, 'eval')
-        data = self._embed(eval_dataset) if self.freeze_backbone else eval_dataset
-        return self._evaluate(data, multi_label, batch_size, num_workers)
+        data = self._embed(eval_dataset, 'segments') if self.freeze_backbone else eval_dataset
+        return self._evaluate(data, multi_label, batch_size)
+
+    def _segments(self, data):
+        """(clip index, input) for every segment of every clip: embeddings of a frozen backbone,
+        waveform segments of an AudioDataset (cut as predict cuts them), or what another
+        dataset gives."""
+        for index in range(len(data)):
+            if isinstance(data, embeddings.EmbeddingDataset):
+                rows = data.embeddings[index]
+            elif hasattr(data, 'waveform'):
+                rows = embeddings.clip_inputs(self.model, data, index, 'segments', self._clip_samples(data))
+            else:
+                rows = [np.asarray(data[index][0], dtype=np.float32)]
+            for row in rows:
+                yield index, row
 
     @paddle.no_grad()
-    def _evaluate(self, data, multi_label, batch_size, num_workers):
+    def _evaluate(self, data, multi_label, batch_size):
         """evaluate() on an audio dataset, or on an EmbeddingDataset with a frozen backbone."""
         self._net.eval()
-        losses_sum, seen, all_scores, all_targets = 0.0, 0, [], []
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers, return_list=True)
-        for inputs, target in tqdm(loader, desc='evaluate', disable=not self.is_main, leave=False):
-            logits = self._head(inputs) if self.freeze_backbone else self.model(self.model.frontend(inputs))
-            loss = self.loss_fn(logits, target)
-            losses_sum += float(loss) * inputs.shape[0]
-            seen += inputs.shape[0]
-            all_scores.append(self.model.scores(logits).numpy())
-            all_targets.append(target.numpy())
-        scores, targets = np.concatenate(all_scores), np.concatenate(all_targets)
+        model = self.model
+        net = self._head if self.freeze_backbone else (lambda waves: model(model.frontend(waves)))
+        clips, logits, scores, batch = [], [], [], []
+
+        def flush():
+            out = net(paddle.to_tensor(np.stack([row for _, row in batch])))
+            logits.append(out.numpy())
+            scores.append(model.scores(out).numpy())
+            clips.extend(index for index, _ in batch)
+            batch.clear()
+
+        for item in tqdm(self._segments(data), desc='evaluate', disable=not self.is_main, leave=False):
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        clips, logits, scores = np.asarray(clips), np.concatenate(logits), np.concatenate(scores)
+        count = np.bincount(clips, minlength=len(data))[:, None]
+        clip_logits = np.zeros((len(data), logits.shape[1]), np.float64)
+        clip_scores = np.zeros_like(clip_logits)
+        np.add.at(clip_logits, clips, logits)
+        np.add.at(clip_scores, clips, scores)
+        clip_logits, clip_scores = clip_logits / count, (clip_scores / count).astype(np.float32)
+        targets = np.stack([np.asarray(_target(data, i)) for i in range(len(data))])
+        loss = float(self.loss_fn(paddle.to_tensor(clip_logits.astype(np.float32)), paddle.to_tensor(targets)))
         if multi_label:
-            result = metrics.multilabel_metrics(targets, scores)
+            result = metrics.multilabel_metrics(targets, clip_scores)
         else:
-            result = metrics.classification_metrics(targets.astype('int64'), scores)
+            result = metrics.classification_metrics(targets.astype('int64'), clip_scores)
         self._net.train()
-        return {'loss': losses_sum / max(seen, 1), 'metrics': result}
+        return {'loss': loss, 'metrics': result}
 
     # ------------------------------------------------------------ checkpoints
     def _epoch_dirs(self):
@@ -327,7 +385,7 @@ class Trainer:
 
     def _resume(self):
         """Load the last complete epoch, if any; return the trainer state."""
-        checkpoint.recover_dir(os.path.join(self.checkpoint_dir, 'best_model'))
+        fileio.recover_dir(os.path.join(self.checkpoint_dir, 'best_model'))
         epochs = self._epoch_dirs()
         if not epochs:
             return {'epoch': 0, 'best_metric': None, 'best_epoch': None, 'history': []}
@@ -339,10 +397,23 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f'{directory} belongs to another run ({meta["model"]}, {len(meta.get("labels") or [])} classes); '
                 f'use a new checkpoint_dir or delete the old one')
+        saved_metric = state.get('compare_metrics')
+        if saved_metric is not None and state.get('best_metric') is not None and saved_metric != self.compare_metrics:
+            raise ValueError(f'{self.checkpoint_dir} chose its best model by {saved_metric!r}, not by '
+                             f'{self.compare_metrics!r}: the scores cannot be compared. Pass '
+                             f'compare_metrics={saved_metric!r} to continue this run, or use a new checkpoint_dir.')
         # Read without unpickling arbitrary objects: a damaged or hostile file is named and refused.
         self.model.set_state_dict(checkpoint.load_params(os.path.join(directory, checkpoint.PARAMS_FILE)))
-        self.optimizer.set_state_dict(self._optimizer_state(checkpoint.load_state(os.path.join(directory, OPT_FILE)),
-                                                            load=True))
+        opt_state = self._optimizer_state(checkpoint.load_state(os.path.join(directory, OPT_FILE)), load=True)
+        saved_frozen = bool(state.get('freeze_backbone', False))
+        if saved_frozen != self.freeze_backbone:
+            # The saved moments cover the parameters that were trained then: a head alone, or the
+            # whole network. Keep the schedule; the optimizer starts its moments afresh.
+            opt_state = {k: v for k, v in opt_state.items() if k == 'LR_Scheduler'}
+            logger.warning('%s was trained with freeze_backbone=%s; continuing with freeze_backbone=%s from its '
+                           'weights and learning-rate schedule, with fresh optimizer moments', directory,
+                           saved_frozen, self.freeze_backbone)
+        self.optimizer.set_state_dict(opt_state)
         logger.info('resuming from %s (epoch %d done)', directory, epoch)
         return state
 
@@ -362,14 +433,14 @@ class Trainer:
             if improved:
                 state = {**state, 'best_metric': value, 'best_epoch': epoch}
         state = {**state, 'epoch': epoch, 'compare_metrics': self.compare_metrics,
-                 'history': state['history'] + [entry]}
+                 'freeze_backbone': self.freeze_backbone, 'history': state['history'] + [entry]}
         if self.is_main:
             target = os.path.join(self.checkpoint_dir, f'epoch_{epoch}')
             try:
                 if improved:
-                    checkpoint.replace_dir(lambda tmp: self._write_model(tmp, result, epoch),
+                    fileio.replace_dir(lambda tmp: self._write_model(tmp, result, epoch),
                                            os.path.join(self.checkpoint_dir, 'best_model'))
-                checkpoint.replace_dir(lambda tmp: self._write_epoch(tmp, state), target)
+                fileio.replace_dir(lambda tmp: self._write_epoch(tmp, state), target)
             except OSError as exc:  # e.g. a full disk: say what was kept and how to go on
                 kept = self._epoch_dirs()
                 kept = f'the last complete checkpoint, {kept[-1][1]}, is kept' if kept else 'no epoch was saved yet'
@@ -384,9 +455,9 @@ class Trainer:
 
     def _write_model(self, directory, result, epoch):
         paddle.save(self.model.state_dict(), os.path.join(directory, checkpoint.PARAMS_FILE))
-        checkpoint.write_json(os.path.join(directory, checkpoint.META_FILE), self.model.meta())
+        fileio.write_json(os.path.join(directory, checkpoint.META_FILE), self.model.meta())
         if result is not None:
-            checkpoint.write_json(os.path.join(directory, 'metrics.json'),
+            fileio.write_json(os.path.join(directory, 'metrics.json'),
                                   {'epoch': epoch, 'loss': result['loss'], **result['metrics']})
             if 'confusion' in result['metrics']:
                 metrics.save_confusion_matrix(result['metrics']['confusion'], self.model.labels, directory)
@@ -395,7 +466,7 @@ class Trainer:
         self._write_model(directory, None, state['epoch'])
         paddle.save(self._optimizer_state(self.optimizer.state_dict(), load=False), os.path.join(directory, OPT_FILE))
         # trainer.json is written last: its presence marks the epoch directory complete.
-        checkpoint.write_json(os.path.join(directory, TRAINER_STATE), state)
+        fileio.write_json(os.path.join(directory, TRAINER_STATE), state)
 
     def _optimizer_state(self, state, load):
         """Rename optimizer state between Paddle's per-process parameter names (`conv2d_7.w_0`)
@@ -431,17 +502,14 @@ class Trainer:
                 shutil.rmtree(directory, ignore_errors=True)
 
 
-class _Head(paddle.nn.Layer):
-    """The classification head of a Module on its own: embedding [batch, emb_size] -> logits
-    [batch, classes], the layers Module.forward applies after the backbone (shared, not copied)."""
+def _target(data, index):
+    """The target of clip `index` without loading its audio where the dataset can say it."""
+    return data.target(index) if hasattr(data, 'target') else data[index][1]
 
-    def __init__(self, model):
-        super().__init__()
-        self.dropout = model.dropout
-        self.fc = model.fc
 
-    def forward(self, embedding):
-        return self.fc(self.dropout(embedding))
+def _shorten(labels, limit=12):
+    labels = list(labels)
+    return repr(labels) if len(labels) <= limit else repr(labels[:limit])[:-1] + f', ... ({len(labels)} labels)]'
 
 
 def _check_frozen(model, augment):

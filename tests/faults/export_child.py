@@ -13,7 +13,8 @@ import onnx
 import paddle
 
 from faultkit import fault_point, fault_spec, install_dir_faults
-from paddle_soundcls.export import export_onnx, export_static, load_module
+from paddle_soundcls import load_module
+from paddle_soundcls.export import export_onnx, export_static
 
 SPEC = fault_spec()
 

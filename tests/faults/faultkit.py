@@ -121,7 +121,7 @@ def target_of(path):
 
 
 def install_dir_faults(spec):
-    """In a child: fault points in paddle_soundcls.checkpoint's atomic writes.
+    """In a child: fault points in paddle_soundcls.fileio's atomic writes.
 
     write:<dir>/<file>   atomic_write of <file> into <dir> (or its temporary copy), before it starts
     built:<dir>          replace_dir: the new directory is complete, not yet swapped in
@@ -131,15 +131,15 @@ def install_dir_faults(spec):
     """
     import shutil
 
-    from paddle_soundcls import checkpoint
-    real_atomic_write = checkpoint.atomic_write
+    from paddle_soundcls import fileio
+    real_atomic_write = fileio.atomic_write
 
     def atomic_write(path, write):
         fault_point(f'write:{target_of(os.path.dirname(path))}/{os.path.basename(path)}', spec, path)
         return real_atomic_write(path, write)
-    checkpoint.atomic_write = atomic_write
+    fileio.atomic_write = atomic_write
 
-    real_replace_dir = checkpoint.replace_dir
+    real_replace_dir = fileio.replace_dir
 
     def replace_dir(build, target):
         name = os.path.basename(os.path.abspath(target))
@@ -148,7 +148,7 @@ def install_dir_faults(spec):
             build(tmp)
             fault_point(f'built:{name}', spec)
         return real_replace_dir(built, target)
-    checkpoint.replace_dir = replace_dir
+    fileio.replace_dir = replace_dir
 
     # replace_dir removes the previous copy with shutil.rmtree once the new one is in place;
     # the trainer removes old epochs with it too.

@@ -1,6 +1,5 @@
 """Checkpoints that do not fit, are cut short, or are hostile pickles: refused with an error
 naming the file and what to do, and a hostile file never gets to run its command."""
-import dataclasses
 import io
 import json
 import os
@@ -12,8 +11,8 @@ import paddle
 import pytest
 
 from faultkit import ROOT
-from helpers import small_module
-from paddle_soundcls import Module, Trainer, checkpoint, cli, registry, weights
+from helpers import small_module, spec_with_url
+from paddle_soundcls import Module, Trainer, checkpoint, cli, fileio, registry, weights
 from paddle_soundcls.checkpoint import CheckpointError, UnsafeCheckpointError
 from paddle_soundcls.datasets import AudioFolder
 
@@ -131,9 +130,9 @@ def test_damaged_meta_json_is_named(saved, tmp_path, damage):
 
 
 def test_damaged_pretrained_weights_in_the_cache_say_to_delete_them(server, monkeypatch):
-    from paddle_soundcls.models import ARCHITECTURES
+    from paddle_soundcls.models.panns import ARCHITECTURES
     url = server.url + '/panns_cnn6.pdparams'
-    monkeypatch.setitem(registry._MODELS, 'panns_cnn6', dataclasses.replace(registry.get_cfg('panns_cnn6'), url=url))
+    monkeypatch.setitem(registry._MODELS, 'panns_cnn6', spec_with_url('panns_cnn6', url))
     buffer = io.BytesIO()
     paddle.save(ARCHITECTURES['cnn6']().state_dict(), buffer)
     good = buffer.getvalue()
@@ -168,11 +167,11 @@ def test_hostile_pdparams_is_refused_and_never_runs(tmp_path, saved):
 
 
 def test_hostile_file_in_the_weights_cache_is_refused(tmp_path, monkeypatch):
-    cfg = registry.get_cfg('panns_cnn6')
-    monkeypatch.setitem(registry._MODELS, 'panns_cnn6', dataclasses.replace(cfg, url='http://127.0.0.1:9/x'))
+    cfg = registry.get_spec('panns_cnn6').weights
+    monkeypatch.setitem(registry._MODELS, 'panns_cnn6', spec_with_url('panns_cnn6', 'http://127.0.0.1:9/x'))
     data = hostile_pickle(tmp_path)
     with open(os.path.join(weights.cache_dir(), 'panns_cnn6.pdparams'), 'wb') as f:
-        f.write(data + b'\0' * (cfg.min_file_size - len(data)))  # the size the check expects
+        f.write(data + b'\0' * (cfg.size_range[0] - len(data)))  # the size the check expects
     with pytest.raises(UnsafeCheckpointError, match='Delete'):
         Module('panns_cnn6', task=None)
     assert not (tmp_path / MARKER).exists()
@@ -242,7 +241,7 @@ def test_crash_between_the_two_renames_without_atomic_exchange(saved, tmp_path, 
     target = tmp_path / 'best_model'
     shutil.copytree(saved / 'cnn6_2class', target)
     before = Module('panns_cnn6', load_checkpoint=str(target))
-    monkeypatch.setattr(checkpoint, '_exchange', lambda a, b: False)
+    monkeypatch.setattr(fileio, '_exchange', lambda a, b: False)
     real_replace = os.replace
 
     def replace(src, dst):

@@ -5,7 +5,6 @@ error names the URL and says what to do, and a retry succeeds once the server is
 tests/test_weights.py covers a plain fetch failing with 404/500, refused connections, a
 server that never answers, a short body and checksum mismatches; here are the rest.
 """
-import dataclasses
 import hashlib
 import io
 import os
@@ -19,6 +18,7 @@ import zipfile
 import pytest
 
 from faultkit import HERE, child_env, closed_port, kill_at_marker
+from helpers import spec_with_url
 from paddle_soundcls import registry, weights
 from paddle_soundcls.datasets import ESC50, DatasetError, esc50
 from test_datasets import make_esc50
@@ -100,7 +100,7 @@ def test_a_body_cut_short_without_content_length_fails_its_checksum(server):
 def cnn6_bytes():
     import paddle
 
-    from paddle_soundcls.models import ARCHITECTURES
+    from paddle_soundcls.models.panns import ARCHITECTURES
     paddle.seed(0)
     buffer = io.BytesIO()
     paddle.save(ARCHITECTURES['cnn6']().state_dict(), buffer)
@@ -111,7 +111,7 @@ def cnn6_bytes():
 def test_module_weights_download_fails_cleanly_then_succeeds(server, monkeypatch, cnn6_bytes, fault):
     from paddle_soundcls import Module
     url = server.url + '/panns_cnn6.pdparams'
-    monkeypatch.setitem(registry._MODELS, 'panns_cnn6', dataclasses.replace(registry.get_cfg('panns_cnn6'), url=url))
+    monkeypatch.setitem(registry._MODELS, 'panns_cnn6', spec_with_url('panns_cnn6', url))
     if fault == 'http-500':
         server.serve('/panns_cnn6.pdparams', status=500)
     elif fault == 'cut-short':

@@ -62,7 +62,7 @@ def main():
     model = calm(Module('panns_cnn6', label_map=train_set.labels, pretrained=False))
     prime_batchnorm(model, np.stack([train_set[i][0] for i in range(len(train_set))]))
     steps = args.epochs * -(-len(train_set) // 4)
-    schedule = warmup_cosine(3e-4, total_steps=steps, warmup_steps=1)
+    schedule = warmup_cosine(1e-4, total_steps=steps, warmup_steps=1)
     optimizer = paddle.optimizer.Adam(learning_rate=schedule, parameters=model.parameters())
 
     count = [0]

@@ -1,0 +1,262 @@
+"""EfficientAT's MobileNetV3 audio taggers (`mn`, Schmid et al., ICASSP 2023) in Paddle.
+
+The networks of github.com/fschmid56/EfficientAT (MIT licence), models/mn/model.py, with their
+defaults: channel squeeze-and-excitation, the `mlp` head, no dilation, strides 2-2-2-2.
+Sub-layers are numbered as theirs are, so their parameter names carry over one to one
+(`features.4.block.2.conc_se_layers.0.fc1.weight`, `classifier.5.bias`, ...); only the
+tensor layout differs (Paddle BatchNorm statistics `_mean`/`_variance`, Linear weights
+[in, out]), which `checkpoint_filter` converts.
+
+The backbone takes log-mel features [batch, frames, n_mels] from EFFICIENTAT_FRONTEND.
+Its embedding is the output of the head's first Linear + Hardswish, the layer EfficientAT
+keeps when it fine-tunes on a new task (it replaces only the last Linear, `classifier.5`).
+"""
+from functools import partial
+
+import numpy as np
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..checkpoint import CheckpointError
+from ..features.config import FrontendConfig
+from ..features.mel import window
+from ..registry import AUDIOSET_CLASSES, ModelSpec, Weights, register_model
+
+# EfficientAT's front end in evaluation mode (models/preprocess.py there, AugmentMelSTFT).
+EFFICIENTAT_FRONTEND = FrontendConfig(
+    sample_rate=32000, preemphasis=0.97, n_fft=1024, win_length=800, hop_length=320, window='hann',
+    window_periodic=False, center=True, pad_mode='reflect', power=2.0, n_mels=128, f_min=0.0, f_max=15000.0,
+    mel_banks='kaldi', mel_norm=None, htk=True, log='ln', log_offset=1e-5, shift=4.5, scale=5.0)
+
+# MobileNetV3-Large's inverted residual blocks at width 1 (the MobileNetV3 paper, table 1):
+# (input channels, kernel, expanded channels, output channels, squeeze-excitation, activation, stride)
+MOBILENET_V3_BLOCKS = [
+    (16, 3, 16, 16, False, 'relu', 1),
+    (16, 3, 64, 24, False, 'relu', 2),
+    (24, 3, 72, 24, False, 'relu', 1),
+    (24, 5, 72, 40, True, 'relu', 2),
+    (40, 5, 120, 40, True, 'relu', 1),
+    (40, 5, 120, 40, True, 'relu', 1),
+    (40, 3, 240, 80, False, 'hardswish', 2),
+    (80, 3, 200, 80, False, 'hardswish', 1),
+    (80, 3, 184, 80, False, 'hardswish', 1),
+    (80, 3, 184, 80, False, 'hardswish', 1),
+    (80, 3, 480, 112, True, 'hardswish', 1),
+    (112, 3, 672, 112, True, 'hardswish', 1),
+    (112, 5, 672, 160, True, 'hardswish', 2),
+    (160, 5, 960, 160, True, 'hardswish', 1),
+    (160, 5, 960, 160, True, 'hardswish', 1),
+]
+LAST_CHANNEL = 1280      # width of the head's hidden layer at width 1
+SE_REDUCTION = 4         # squeeze-excitation bottleneck: channels / 4
+HEAD_DROPOUT = 0.2       # EfficientAT's dropout before the last Linear
+
+WIDTHS = {'mn04': 0.4, 'mn05': 0.5, 'mn10': 1.0, 'mn20': 2.0, 'mn30': 3.0, 'mn40': 4.0}
+
+_ACTIVATIONS = {'relu': nn.ReLU, 'hardswish': nn.Hardswish}
+
+
+def make_divisible(value, divisor=8):
+    """Round a channel count to a multiple of `divisor`, never more than 10% below `value`."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _batch_norm(channels):
+    # PyTorch's BatchNorm2d(eps=0.001, momentum=0.01); Paddle's momentum weighs the old statistics.
+    return nn.BatchNorm2D(channels, momentum=0.99, epsilon=1e-3)
+
+
+def conv_bn_act(in_channels, out_channels, kernel, stride=1, groups=1, activation=None):
+    """Conv (no bias) -> BatchNorm -> activation, numbered 0, 1, 2 as torchvision's ConvNormActivation."""
+    layers = [nn.Conv2D(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2,
+                        groups=groups, bias_attr=False),
+              _batch_norm(out_channels)]
+    if activation is not None:
+        layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class SqueezeExcitation(nn.Layer):
+    """Channel squeeze-and-excitation: mean over frequency and time, two Linears, a sigmoid gate."""
+
+    def __init__(self, channels, squeeze_channels):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, squeeze_channels)
+        self.fc2 = nn.Linear(squeeze_channels, channels)
+
+    def forward(self, x):
+        scale = F.sigmoid(self.fc2(F.relu(self.fc1(x.mean(axis=[2, 3])))))
+        return x * scale.unsqueeze([2, 3])
+
+
+class ConcurrentSE(nn.Layer):
+    """EfficientAT's container of squeeze-excitation layers over several axes. Its pretrained
+    models use the channel axis alone, where aggregating the single output is the identity."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conc_se_layers = nn.LayerList([SqueezeExcitation(channels, make_divisible(channels // SE_REDUCTION))])
+
+    def forward(self, x):
+        return self.conc_se_layers[0](x)
+
+
+class InvertedResidual(nn.Layer):
+    """[1x1 expand] -> depthwise conv -> [squeeze-excitation] -> 1x1 project, + input when shapes allow."""
+
+    def __init__(self, in_channels, kernel, expanded, out_channels, use_se, activation, stride):
+        super().__init__()
+        layers = []
+        if expanded != in_channels:
+            layers.append(conv_bn_act(in_channels, expanded, 1, activation=activation))
+        layers.append(conv_bn_act(expanded, expanded, kernel, stride=stride, groups=expanded, activation=activation))
+        if use_se:
+            layers.append(ConcurrentSE(expanded))
+        layers.append(conv_bn_act(expanded, out_channels, 1))
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x):
+        out = self.block(x)
+        return out + x if self.use_residual else out
+
+
+class MobileNetV3(nn.Layer):
+    """EfficientAT's MN backbone: log-mel [batch, frames, n_mels] -> embedding -> AudioSet logits."""
+
+    def __init__(self, width_mult=1.0, audioset_head=True, num_classes=AUDIOSET_CLASSES, dropout=HEAD_DROPOUT):
+        super().__init__()
+        blocks = [(make_divisible(i * width_mult), k, make_divisible(e * width_mult),
+                   make_divisible(o * width_mult), se, act, s) for i, k, e, o, se, act, s in MOBILENET_V3_BLOCKS]
+        last_in = blocks[-1][3]
+        layers = [conv_bn_act(1, blocks[0][0], 3, stride=2, activation='hardswish')]
+        layers += [InvertedResidual(*block) for block in blocks]
+        layers.append(conv_bn_act(last_in, 6 * last_in, 1, activation='hardswish'))
+        self.features = nn.Sequential(*layers)
+        self.emb_size = make_divisible(LAST_CHANNEL * width_mult)
+        # Numbered as EfficientAT's `mlp` head: pool, flatten, Linear (2), Hardswish, Dropout, Linear (5).
+        head = [nn.AdaptiveAvgPool2D(1), nn.Flatten(1), nn.Linear(6 * last_in, self.emb_size), nn.Hardswish(),
+                nn.Dropout(dropout)]
+        if audioset_head:
+            head.append(nn.Linear(self.emb_size, num_classes))
+        self.classifier = nn.Sequential(*head)
+        self.has_audioset_head = audioset_head
+
+    def pooled_features(self, features):
+        """The last feature map averaged over frequency and time [batch, 6 * last block channels]:
+        what EfficientAT's model returns beside its logits."""
+        x = features.unsqueeze(1).transpose([0, 1, 3, 2])   # -> [batch, 1, n_mels, frames]
+        return self.features(x).mean(axis=[2, 3])
+
+    def forward_features(self, features):
+        """Log-mel [batch, frames, n_mels] -> embedding [batch, emb_size]."""
+        return self.classifier[3](self.classifier[2](self.pooled_features(features)))
+
+    def forward_head(self, embedding):
+        """Embedding -> AudioSet logits [batch, 527]."""
+        if not self.has_audioset_head:
+            raise RuntimeError('this EfficientAT backbone was built with audioset_head=False: it has no AudioSet head')
+        return self.classifier[5](self.classifier[4](embedding))
+
+    def forward(self, features):
+        return self.forward_head(self.forward_features(features))
+
+
+def build(width_mult=1.0, audioset_head=True):
+    """An EfficientAT MobileNetV3 (`mn`) at `width_mult` (0.4 for mn04, ..., 4.0 for mn40)."""
+    return MobileNetV3(width_mult, audioset_head)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+_TORCH_BN = {'running_mean': '_mean', 'running_var': '_variance'}
+
+
+def _is_linear_weight(name):
+    return name.endswith(('.fc1.weight', '.fc2.weight')) or name in ('classifier.2.weight', 'classifier.5.weight')
+
+
+def _check_frontend_buffer(name, value, source):
+    """EfficientAT's front-end buffers carry no learnt weights; they must match our front end."""
+    expected = {'mel.preemphasis_coefficient': [-EFFICIENTAT_FRONTEND.preemphasis, 1.0],
+                'mel.window': window('hann', EFFICIENTAT_FRONTEND.win_length, periodic=False)}.get(name)
+    if expected is None:
+        raise CheckpointError(f'{source}: unknown front-end tensor {name!r} in an EfficientAT checkpoint')
+    if not np.allclose(np.ravel(value), expected, atol=1e-6):
+        raise CheckpointError(f'{source}: its front-end tensor {name!r} differs from EfficientAT\'s front end '
+                              f'({EFFICIENTAT_FRONTEND.win_length}-sample symmetric Hann, pre-emphasis '
+                              f'{EFFICIENTAT_FRONTEND.preemphasis}); these weights were trained on other features')
+
+
+def checkpoint_filter(state, source):
+    """An EfficientAT `mn` state dict in PyTorch's layout (or already in ours) -> our names and shapes.
+
+    PyTorch's BatchNorm statistics are renamed (`running_mean` -> `_mean`, `running_var` ->
+    `_variance`), `num_batches_tracked` is dropped, Linear weights are transposed to [in, out],
+    and front-end buffers (`mel.*`) are checked against EFFICIENTAT_FRONTEND and dropped. Whether
+    Linear weights need transposing is told by the BatchNorm names, so a file must not mix layouts.
+    """
+    names = list(state)
+    torch_layout = any(n.endswith(('.running_mean', '.running_var', '.num_batches_tracked')) for n in names)
+    paddle_layout = any(n.endswith(('._mean', '._variance')) for n in names)
+    if torch_layout and paddle_layout:
+        raise CheckpointError(f'{source}: mixes PyTorch BatchNorm names (running_mean) with Paddle ones (_mean); '
+                              f'save it again from one framework')
+    out = {}
+    for name, value in state.items():
+        value = np.asarray(value)
+        if name.startswith('mel.'):
+            _check_frontend_buffer(name, value, source)
+            continue
+        if not name.startswith(('features.', 'classifier.')):
+            raise CheckpointError(f'{source}: {name!r} is not a parameter of an EfficientAT MobileNetV3 '
+                                  f'(whose names start with features. or classifier.); is it a checkpoint of '
+                                  f'another model family?')
+        layer, _, attr = name.rpartition('.')
+        if attr == 'num_batches_tracked':
+            continue
+        if torch_layout:
+            attr = _TORCH_BN.get(attr, attr)
+            if _is_linear_weight(name) and value.ndim == 2:
+                value = value.T
+        out[f'{layer}.{attr}'] = value
+    return out
+
+
+# --- registered models ------------------------------------------------------------------------
+
+RELEASE_URL = 'https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/'
+
+# name: (width, release file, parameters with the AudioSet head, GMACs per 10-s clip, AudioSet mAP).
+# The parameter counts are our builders' (they agree with EfficientAT's README: mn04 0.983 M, mn05
+# 1.43 M, mn10 4.88 M, mn20 17.91 M, mn30 39.09 M, mn40 68.43 M); MACs and mAP are as published there.
+PRETRAINED = {
+    'mn04': (0.4, 'mn04_as_mAP_432.pt', 983599, 0.11, 0.432),
+    'mn05': (0.5, 'mn05_as_mAP_443.pt', 1431239, 0.16, 0.443),
+    'mn10': (1.0, 'mn10_as_mAP_471.pt', 4876831, 0.54, 0.471),
+    'mn20': (2.0, 'mn20_as_mAP_478.pt', 17909287, 2.06, 0.478),
+    'mn30': (3.0, 'mn30_as_mAP_482.pt', 39086367, 4.55, 0.482),
+    'mn40': (4.0, 'mn40_as_mAP_484.pt', 68427303, 8.03, 0.484),
+    'mn40_ext': (4.0, 'mn40_as_ext_mAP_487.pt', 68427303, 8.03, 0.487),
+}
+
+
+def _register_all():
+    for short, (width, filename, params, gmacs, audioset_map) in PRETRAINED.items():
+        # A torch.save'd state dict of float32 tensors: 4 bytes per parameter, plus the BatchNorm
+        # statistics (under 400 KB even for mn40) and the framing of ~300 named tensors.
+        weights = Weights(url=RELEASE_URL + filename, filename=filename, file_format='torch',
+                          size_range=(4 * params, 4 * params + (1 << 20)), license='MIT')
+        register_model(ModelSpec(
+            name=f'efficientat_{short}', family='efficientat',
+            build=partial(build, width), frontend=EFFICIENTAT_FRONTEND,
+            emb_size=make_divisible(LAST_CHANNEL * width), checkpoint_filter=checkpoint_filter, weights=weights,
+            # The front end's reflect padding needs more than n_fft / 2 samples; every convolution is
+            # padded, so the network itself takes any clip of one frame or more.
+            min_seconds=0.1,
+            audioset_head='classifier.5', head_dropout=HEAD_DROPOUT,
+            published={'params': params, 'macs_10s': gmacs * 1e9, 'audioset_map': audioset_map, 'license': 'MIT'}))
+
+
+_register_all()

@@ -1,0 +1,185 @@
+"""`paddle-soundcls serve MODEL_OR_DIR`: the options, and starting uvicorn with them.
+
+Imports no web framework until the server starts, so the command line can list the options
+without the `serve` extra installed.
+"""
+import json
+import logging
+import os
+import socket
+
+from ..deploy import exportdir
+from ..deploy.engines import cpu_count
+from .settings import API_KEY_ENV, MAX_STREAM_MESSAGE_BYTES, MiB, ServeSettings
+
+DEFAULT_HOST = '127.0.0.1'
+DEFAULT_PORT = 8866
+CONFIG_ENV = 'PADDLE_SOUNDCLS_SERVE_CONFIG'   # how worker processes of --workers N get their settings
+SERVE_EXTRA_HINT = "paddle-soundcls serve needs the `serve` extra: pip install 'paddle_soundcls[serve]'"
+
+
+class ServeError(ValueError):
+    """A serve command line that cannot be carried out; the message says what to do."""
+
+
+def resolve_model_dir(model_or_dir):
+    """What to serve -> an export directory (one with export.json).
+
+    An export directory is served as it is, without Paddle. A checkpoint directory, or a
+    registered model name (its pretrained AudioSet tagger), is exported once into the cache
+    (`<cache>/exports`, keyed by its weights; Paddle needed) and served from there, as
+    Module.predict runs its cached export.
+    """
+    path = os.fspath(model_or_dir)
+    if exportdir.is_export_dir(path):
+        return path
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ServeError(f'{path} is a file; serve an export directory (one with {exportdir.EXPORT_FILE}), a '
+                         f'checkpoint directory or a registered model name')
+    try:
+        from ..export.onnx_cache import cached_export
+        from ..hub import load_module
+    except ImportError as exc:
+        raise ServeError(f'{path} is not an export directory (it has no {exportdir.EXPORT_FILE}); serving a '
+                         f'checkpoint or a model name exports it first, which needs PaddlePaddle ({exc}). Install '
+                         f'paddlepaddle, or serve an export directory (`paddle-soundcls export`)') from None
+    if os.path.isdir(path):
+        module = load_module(path)
+    else:
+        from ..registry import list_models
+        if path not in list_models():
+            raise ServeError(f'{path} is neither an export directory, a checkpoint directory nor a registered model '
+                             f'name ({", ".join(list_models())})')
+        module = load_module(model=path, task='tagging')
+    return cached_export(module)
+
+
+def add_serve_arguments(parser):
+    """Add the positional MODEL_OR_DIR and the serve options to an argparse parser."""
+    defaults = ServeSettings()
+    parser.add_argument('model', metavar='MODEL_OR_DIR', help='an export directory (with export.json; no Paddle '
+                        'needed), a checkpoint directory or a registered model name (exported once into the cache)')
+    parser.add_argument('--host', default=DEFAULT_HOST,
+                        help=f'address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for every '
+                             f'interface, then set --api-key)')
+    parser.add_argument('--port', type=int, default=DEFAULT_PORT, help=f'default {DEFAULT_PORT}')
+    parser.add_argument('--workers', type=int, default=1,
+                        help='server processes, each with its own model and queue (default 1)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='engine threads per worker (default: the CPUs this process may use, divided by --workers)')
+    parser.add_argument('--precision', choices=('fp32', 'int8'), default='fp32',
+                        help='fp32 (model.onnx) or int8 (model.int8.onnx) (default fp32)')
+    parser.add_argument('--max-batch', type=int, default=defaults.max_batch,
+                        help=f'most clips per engine call (default {defaults.max_batch})')
+    parser.add_argument('--max-wait-ms', type=float, default=defaults.max_wait_ms,
+                        help=f'how long a clip waits for others to batch with (default {defaults.max_wait_ms:g})')
+    parser.add_argument('--max-queue', type=int, default=defaults.max_queue,
+                        help=f'clips waiting for the engine before requests get 503 (default {defaults.max_queue})')
+    parser.add_argument('--max-body-mb', type=float, default=defaults.max_body_bytes / MiB,
+                        help=f'largest request body in MiB (default {defaults.max_body_bytes / MiB:g})')
+    parser.add_argument('--max-audio-seconds', type=float, default=defaults.max_audio_seconds,
+                        help=f'longest clip per request (default {defaults.max_audio_seconds:g})')
+    parser.add_argument('--timeout', type=float, default=defaults.timeout,
+                        help=f'seconds from a request\'s first byte to its answer, and between two messages of '
+                             f'a stream (default {defaults.timeout:g})')
+    parser.add_argument('--top-k', type=int, default=defaults.default_top_k,
+                        help=f'labels answered when a request names no top_k (default {defaults.default_top_k})')
+    parser.add_argument('--max-connections', type=int, default=256,
+                        help='open connections before new ones get 503 (default 256)')
+    parser.add_argument('--api-key', default=None,
+                        help=f'require this key (header `Authorization: Bearer KEY` or `X-API-Key: KEY`); '
+                             f'default: the environment variable {API_KEY_ENV}, else no key')
+    parser.add_argument('--cors-origin', action='append', default=[], metavar='ORIGIN',
+                        help='allow browser pages of ORIGIN (e.g. https://example.org) to call the API; '
+                             'repeat for several (default: none)')
+    parser.add_argument('--access-log', action='store_true', help='log every request (default off)')
+    return parser
+
+
+def settings_from_args(args):
+    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    return ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+                         max_body_bytes=int(args.max_body_mb * MiB), max_audio_seconds=args.max_audio_seconds,
+                         timeout=args.timeout, default_top_k=args.top_k, api_key=api_key,
+                         cors_origins=tuple(args.cors_origin))
+
+
+def _check_args(args):
+    for name in ('port', 'workers', 'max_connections'):
+        value = getattr(args, name)
+        low = 0 if name == 'port' else 1
+        if value < low or (name == 'port' and value > 65535):
+            raise ServeError(f'--{name.replace("_", "-")} must be {"0-65535" if name == "port" else "at least 1"}, '
+                             f'got {value}')
+    if args.threads is not None and args.threads < 1:
+        raise ServeError(f'--threads must be at least 1, got {args.threads}')
+    if args.max_body_mb <= 0:
+        raise ServeError(f'--max-body-mb must be positive, got {args.max_body_mb:g}')
+
+
+def check_port_free(host, port):
+    """A one-line error now, rather than uvicorn's log line and exit after the model has loaded."""
+    if port == 0:
+        return
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ServeError(f'cannot listen on {host}:{port} ({exc.strerror or exc}): choose another --port, or stop '
+                         f'the program that uses it') from None
+
+
+def build_app(model_dir, settings, threads=None, precision='fp32'):
+    from ..deploy import Predictor
+    from .app import create_app
+    return create_app(Predictor(model_dir, num_threads=threads, precision=precision), settings)
+
+
+def app_from_environment():
+    """The app of one worker process of `--workers N`, from the settings the parent left in CONFIG_ENV."""
+    config = json.loads(os.environ[CONFIG_ENV])
+    settings = dict(config['settings'], api_key=os.environ.get(API_KEY_ENV) or None)
+    settings['cors_origins'] = tuple(settings['cors_origins'])
+    return build_app(config['model_dir'], ServeSettings(**settings), config['threads'], config['precision'])
+
+
+def run_serve(args):
+    """Start the server with the options of `add_serve_arguments`; returns when it stops (0)."""
+    try:
+        import uvicorn
+        from . import app as _  # noqa: F401  (fastapi and starlette: fail here, with the hint)
+        try:
+            import python_multipart  # noqa: F401  (multipart uploads; the module's name since 0.0.13)
+        except ImportError:
+            import multipart  # noqa: F401
+    except ImportError as exc:
+        raise ServeError(f'{SERVE_EXTRA_HINT} ({exc})') from None
+    _check_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+    model_dir = resolve_model_dir(args.model)
+    check_port_free(args.host, args.port)
+    threads = args.threads or max(1, cpu_count() // args.workers)
+    options = dict(host=args.host, port=args.port, access_log=args.access_log, log_level='info',
+                   ws_max_size=MAX_STREAM_MESSAGE_BYTES, limit_concurrency=args.max_connections,
+                   timeout_keep_alive=5)
+    if args.host not in ('127.0.0.1', 'localhost', '::1') and settings.api_key is None:
+        logging.getLogger(__name__).warning('listening on %s without an API key: anyone who reaches this address '
+                                            'can use the server (set --api-key or %s)', args.host, API_KEY_ENV)
+    if args.workers == 1:
+        # Load the model before binding the port, so a bad export fails with its own message.
+        uvicorn.run(build_app(model_dir, settings, threads, args.precision), **options)
+        return 0
+    from ..deploy import Predictor
+    Predictor(model_dir, num_threads=1, precision=args.precision)  # check the export once, in the parent
+    config = {'model_dir': os.path.abspath(model_dir), 'threads': threads, 'precision': args.precision,
+              'settings': {k: v for k, v in settings.to_dict().items() if k != 'api_key'}}
+    os.environ[CONFIG_ENV] = json.dumps(config)
+    if settings.api_key is not None:
+        os.environ[API_KEY_ENV] = settings.api_key  # the workers read it from here, not from their command line
+    uvicorn.run('paddle_soundcls.serve.command:app_from_environment', factory=True, workers=args.workers, **options)
+    return 0
