@@ -46,6 +46,7 @@ def read_meta(directory):
         raise CheckpointError(f"{path}: unknown task {meta['task']!r}, expected 'sound-cls' or 'tagging'")
     meta.setdefault('multi_label', meta['task'] == 'tagging')
     meta.setdefault('clip_seconds', None)
+    meta.setdefault('events', None)
     return meta
 
 

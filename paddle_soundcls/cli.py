@@ -28,6 +28,17 @@ import warnings
 from .audio import AUDIO_EXTENSIONS, list_audio_files
 
 ENGINE_CHOICES = ('auto', 'onnxruntime', 'paddle', 'dygraph')
+EVENTS_HELP = '''When each sound happens: onset, offset, label and confidence of every event.
+
+    paddle-soundcls events exported recording.wav --csv events.csv --plot timeline.png
+    paddle-soundcls events exported archive/ --jsonl events.jsonl     # resumable over many files
+    arecord -q -f S16_LE -r 16000 -c 1 -t raw | paddle-soundcls events exported - --sample-rate 16000
+    sox -q street.wav -t raw -r 16000 -e signed -b 16 -c 1 - | paddle-soundcls events exported - --sample-rate 16000
+    ffmpeg -loglevel quiet -i rtsp://camera/stream -f s16le -ac 1 -ar 16000 - | \\
+        paddle-soundcls events exported - --sample-rate 16000 --window 2 --hop 0.5
+
+From standard input, one JSON line is printed per event start and end as they happen.
+'''
 # Third-party warnings that say nothing to our users (Paddle on import, and every training epoch).
 THIRD_PARTY_NOISE = ('No ccache found', 'When training, we now always track global mean and variance')
 PRECISION_CHOICES = ('fp32', 'int8')
@@ -55,7 +66,7 @@ def expand_inputs(inputs):
 
 
 def _runner(model_dir, engine, threads, model=None, tagging=None, precision='fp32'):
-    """(predict function, task) for a checkpoint or export directory.
+    """(predict function, the model: a Predictor or a Module) for a checkpoint or export directory.
 
     tagging: True / False to require an AudioSet tagger / a classifier, None for either.
     precision: 'fp32', or 'int8' (an export directory's model.int8.onnx, on onnxruntime).
@@ -70,9 +81,8 @@ def _runner(model_dir, engine, threads, model=None, tagging=None, precision='fp3
             engine = 'onnxruntime' if exportdir.ONNX_FILE in meta['files'] or precision == 'int8' else 'paddle'
         if precision == 'int8' and engine != 'onnxruntime':
             raise UsageError(f'--precision int8 runs on onnxruntime (model.int8.onnx), not --engine {engine}')
-        predictor = Predictor(model_dir, engine=engine, num_threads=threads, precision=precision)
-        task = predictor.task
-        run = predictor.predict
+        loaded = Predictor(model_dir, engine=engine, num_threads=threads, precision=precision)
+        run = loaded.predict
     else:
         from . import checkpoint
         if not os.path.isdir(model_dir):
@@ -89,14 +99,13 @@ def _runner(model_dir, engine, threads, model=None, tagging=None, precision='fp3
                              f'--checkpoint {model_dir} --output DIR --quantize int8 --calibration CLIPS --check '
                              f'OTHER_CLIPS`, then predict with DIR')
         from .hub import load_module
-        module = load_module(model_dir, model=model, task='tagging' if tagging else 'sound-cls')
-        task = module.task
+        loaded = load_module(model_dir, model=model, task='tagging' if tagging else 'sound-cls')
 
         def run(paths, **kwargs):
-            return module.predict(paths, engine=engine, **kwargs)
-    if tagging is True and task != 'tagging':
+            return loaded.predict(paths, engine=engine, **kwargs)
+    if tagging is True and loaded.task != 'tagging':
         raise UsageError(f'{model_dir} is a sound-cls model, not an AudioSet tagger; use `paddle-soundcls predict`')
-    return run, task
+    return run, loaded
 
 
 def _print_results(paths, results, fmt):
@@ -135,14 +144,136 @@ def _predict(args, tagging):
     else:
         run, _ = _runner(args.model_dir, args.engine, args.threads, getattr(args, 'model', None), tagging,
                          args.precision)
-    results = run(paths, batch_size=args.batch_size, topk=args.topk, window=args.window, hop=args.hop,
-                  reduce=args.reduce, threshold=args.threshold)
-    _print_results(paths, results, args.format)
+    kwargs = dict(batch_size=args.batch_size, topk=args.topk, window=args.window, hop=args.hop, reduce=args.reduce,
+                  threshold=args.threshold)
+    if args.jsonl:
+        return _to_jsonl(paths, args.jsonl, lambda some: _records(some, run(some, **kwargs)), 4 * args.batch_size)
+    _print_results(paths, run(paths, **kwargs), args.format)
+    return 0
+
+
+def _records(paths, results):
+    """predict results -> the JSON records `--format jsonl` prints, one per input."""
+    out = []
+    for path, result in zip(paths, results):
+        record = {'input': path}
+        record.update(result if isinstance(result, dict) and 'timeline' in result else {'scores': result})
+        out.append(record)
+    return out
+
+
+def _to_jsonl(paths, out_path, records_of, chunk):
+    """Process `paths` in chunks, appending one JSON line per input to `out_path` as it goes;
+    inputs already recorded there (by an earlier, perhaps killed, run) are skipped. A line cut
+    short by a kill is dropped and its input done again."""
+    done, keep = set(), []
+    if os.path.exists(out_path):
+        with open(out_path, encoding='utf-8') as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # the last line of a killed run
+                    continue
+                if line.endswith('\n') and isinstance(record, dict) and 'input' in record:
+                    done.add(record['input'])
+                    keep.append(line)
+    todo = [p for p in paths if p not in done]
+    print(f'paddle-soundcls: {len(paths) - len(todo)} of {len(paths)} inputs already in {out_path}, '
+          f'{len(todo)} to go', file=sys.stderr)
+    from . import fileio
+    fileio.atomic_write_file(out_path, lambda f: f.write(''.join(keep)), mode='w')  # without a cut line
+    from tqdm import tqdm
+    with open(out_path, 'a', encoding='utf-8') as out, tqdm(total=len(todo), unit='file', disable=len(todo) < 2) as bar:
+        for start in range(0, len(todo), chunk):
+            some = todo[start:start + chunk]
+            for record in records_of(some):
+                out.write(json.dumps(record, ensure_ascii=False) + '\n')
+            out.flush()
+            os.fsync(out.fileno())
+            bar.update(len(some))
     return 0
 
 
 def cmd_predict(args):
     return _predict(args, tagging=None)
+
+
+def cmd_events(args):
+    """When each sound happens, in files (CSV / JSON / JSON lines / a picture) or in raw PCM
+    read from standard input as it arrives."""
+    from .deploy.events import EventConfig
+    _, model = _runner(args.model_dir, 'auto', args.threads)
+    base = model.event_config or EventConfig()
+    overrides = {k: v for k, v in (('onset_threshold', args.onset_threshold),
+                                   ('offset_threshold', args.offset_threshold),
+                                   ('median_filter_seconds', args.median_filter),
+                                   ('min_duration_seconds', args.min_duration),
+                                   ('min_gap_seconds', args.min_gap)) if v is not None}
+    config = EventConfig.from_dict({**base.to_dict(), **overrides})
+    if args.inputs == ['-']:
+        return _events_from_stdin(model, args, config)
+    paths = expand_inputs(args.inputs)
+    if args.plot and len(paths) != 1:
+        raise UsageError('--plot draws one recording: give one input file')
+
+    def detect(some):
+        results = model.detect(some, window=args.window, hop=args.hop, config=config)
+        return [{'input': path, 'events': result['events']} for path, result in zip(some, results)], results
+    if args.jsonl:
+        return _to_jsonl(paths, args.jsonl, lambda some: detect(some)[0], 1)
+    records, results = detect(paths)
+    if args.csv:
+        _write_events_csv(args.csv, records)
+    if args.json:
+        from . import fileio
+        fileio.write_json(args.json, records)
+    if args.plot:
+        from .plots import plot_events
+        plot_events(args.plot, paths[0], results[0], model.labels)
+    if not (args.csv or args.json):
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _write_events_csv(path, records):
+    import csv
+    import io
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(['filename', 'onset', 'offset', 'label', 'confidence'])
+    for record in records:
+        for e in record['events']:
+            writer.writerow([record['input'], e['onset'], e['offset'], e['label'], round(e['confidence'], 4)])
+    from . import fileio
+    fileio.atomic_write_file(path, lambda f: f.write(buffer.getvalue()), mode='w')
+
+
+def _events_from_stdin(model, args, config):
+    """Raw little-endian PCM from standard input -> one JSON line per event start and end."""
+    import numpy as np
+    dtype = {'int16': '<i2', 'float32': '<f4'}[args.pcm_format]
+    if args.sample_rate is None:
+        raise UsageError('reading standard input (-) needs --sample-rate HZ (and --pcm-format, --channels if not '
+                         'int16 mono)')
+    stream = model.stream(args.sample_rate, window=args.window, hop=args.hop, config=config)
+    print(f'paddle-soundcls: listening; events are reported up to {stream.latency_seconds:.2f} s after they happen '
+          f'(plus compute)', file=sys.stderr)
+    frame_bytes = np.dtype(dtype).itemsize * args.channels
+    source, rest = sys.stdin.buffer, b''
+    chunk_bytes = max(frame_bytes, int(args.sample_rate * 0.1) * frame_bytes)  # ~0.1 s per read
+    while True:
+        data = source.read1(chunk_bytes) if hasattr(source, 'read1') else source.read(chunk_bytes)
+        if not data:
+            break
+        data, whole = rest + data, (len(rest) + len(data)) // frame_bytes * frame_bytes
+        data, rest = data[:whole], data[whole:]
+        samples = np.frombuffer(data, dtype=dtype).reshape(-1, args.channels).T
+        for event in stream.push(samples if args.channels > 1 else samples[0]):
+            print(json.dumps(event), flush=True)
+    for event in stream.close():
+        print(json.dumps(event), flush=True)
+    return 0
 
 
 def cmd_tag(args):
@@ -327,6 +458,9 @@ def _add_output_args(parser, topk):
     parser.add_argument('--precision', choices=PRECISION_CHOICES, default='fp32',
                         help="int8: an export directory's int8 model (model.int8.onnx, onnxruntime; made by "
                              '`export --quantize int8`); default fp32')
+    parser.add_argument('--jsonl', default=None, metavar='OUT',
+                        help='append one JSON line per input to OUT as it goes; a rerun skips the inputs already '
+                             'in OUT (for archives of many files: a killed job resumes where it stopped)')
 
 
 def build_parser():
@@ -348,6 +482,32 @@ def build_parser():
     p.add_argument('--model-dir', default=None, help='a tagging checkpoint or export directory instead')
     _add_output_args(p, topk=10)
     p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser('events', help='when each sound happens: events of audio files, or of raw PCM on stdin (-)',
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=EVENTS_HELP)
+    p.add_argument('model_dir', help='an export directory (no Paddle needed) or a checkpoint directory')
+    p.add_argument('inputs', nargs='+', help='audio files and/or folders, or - for raw PCM on standard input')
+    p.add_argument('--csv', default=None, metavar='FILE', help='write filename,onset,offset,label,confidence rows')
+    p.add_argument('--json', default=None, metavar='FILE', help='write the events of every input as JSON')
+    p.add_argument('--jsonl', default=None, metavar='OUT', help='append one JSON line per input as it goes; a rerun '
+                   'skips the inputs already in OUT')
+    p.add_argument('--plot', default=None, metavar='PNG', help='draw the spectrogram, the top frame scores and the '
+                   'events of one input')
+    p.add_argument('--window', type=float, default=None, help='seconds per window (default: the training clip '
+                   'length, or 10)')
+    p.add_argument('--hop', type=float, default=None, help='seconds between windows (default: half the window)')
+    for name, what in (('onset-threshold', 'score at which an event starts'),
+                       ('offset-threshold', 'score below which it ends'),
+                       ('median-filter', 'seconds of median filtering of the frame scores'),
+                       ('min-duration', 'shortest event kept, seconds'), ('min-gap', 'shorter gaps are bridged, seconds')):
+        p.add_argument(f'--{name}', type=float, default=None,
+                       help=f'{what} (default: the model\'s saved settings, else deploy.events.EventConfig)')
+    p.add_argument('--sample-rate', type=int, default=None, help='with -: the rate of the PCM on standard input')
+    p.add_argument('--pcm-format', choices=('int16', 'float32'), default='int16', help='with -: sample format '
+                   '(little-endian; default int16)')
+    p.add_argument('--channels', type=int, default=1, help='with -: interleaved channels (default 1)')
+    p.add_argument('--threads', type=int, default=None, help='CPU threads (export directories; default all)')
+    p.set_defaults(func=cmd_events)
 
     p = sub.add_parser('export', help='static graph + ONNX in one step, optionally with a parity check and int8')
     p.add_argument('--checkpoint', default=None, help='fine-tuned checkpoint directory')

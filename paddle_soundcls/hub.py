@@ -14,7 +14,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from . import checkpoint, fileio, registry, weights
+from . import audio, checkpoint, fileio, registry, weights
 from .device import set_device
 from .features.config import FrontendConfig
 from .features.logmel import LogMel
@@ -22,7 +22,7 @@ from .features.logmel import LogMel
 logger = logging.getLogger(__name__)
 
 TASKS = ('sound-cls', 'tagging')
-PARTS = ('scores', 'features', 'head')
+PARTS = ('scores', 'features', 'head', 'frames')
 
 
 def check_task(task):
@@ -65,7 +65,8 @@ def _check_clip_seconds(value):
 class _Part(nn.Layer):
     """One function of a Module as a Layer of its own (parameters shared), for export and the
     frozen-backbone trainer: 'scores' (features -> scores), 'features' (features -> embedding),
-    'head' (embedding -> logits; its parameters are the head's only)."""
+    'head' (embedding -> logits; its parameters are the head's only), 'frames' (features ->
+    frame scores [batch, frames', classes] at the network's own frame rate)."""
 
     def __init__(self, module, part):
         super().__init__()
@@ -81,7 +82,17 @@ class _Part(nn.Layer):
             return self.fc(self.dropout(x))
         if self.part == 'features':
             return self.module.forward_features(x)
+        if self.part == 'frames':
+            return self.module.frame_scores(x)
         return self.module.scores(self.module(x))
+
+
+def classification_head(spec, state):
+    """The entries of a checkpoint that are a Module's classification head: `fc.*`, except in a
+    family's own file (no `backbone.*` keys) when its own classifier is also named fc (spec.native_fc)."""
+    if spec.native_fc and not any(k.startswith('backbone.') for k in state):
+        return {}
+    return {k: v for k, v in state.items() if k.startswith('fc.')}
 
 
 def pretrained_state(spec):
@@ -188,14 +199,19 @@ class Module(nn.Layer):
             if multi_label is False:
                 raise ValueError("task='tagging' is multi-label (independent AudioSet tags); leave multi_label out")
             multi_label = True
-        if task == 'sound-cls' and labels is None and state is not None and 'fc.weight' in state:
-            labels = _labels_from(int(state['fc.weight'].shape[1]), None)
+        head = {} if state is None else classification_head(spec, state)
+        if task == 'sound-cls' and labels is None and 'fc.weight' in head:
+            labels = _labels_from(int(head['fc.weight'].shape[1]), None)
         if task == 'sound-cls' and labels is None:
             raise ValueError("task='sound-cls' needs num_class or label_map (the classes of your data)")
 
         self.name, self.spec, self.task, self.frontend_cfg = name, spec, task, frontend
         self.multi_label = bool(multi_label)
         self.clip_seconds = clip_seconds
+        # How detect() turns frame scores into events (deploy.events.EventConfig); None: the
+        # defaults. Set it to thresholds tuned on a dev set (events.tune_thresholds): it is
+        # saved with checkpoints and exports, so the runtime makes the same decisions.
+        self.event_config = None if meta is None or not meta.get('events') else _event_config(meta['events'])
         self.labels = labels if task == 'sound-cls' else registry.audioset_labels()
         self.backbone = spec.build(audioset_head=task == 'tagging')
         if task == 'sound-cls':
@@ -219,9 +235,9 @@ class Module(nn.Layer):
     # ------------------------------------------------------------------ weights
     def _module_layout(self, state, source):
         """Any accepted layout -> our names: `backbone.*` by the family's filter, `fc.*` as they are."""
-        head = {k: v for k, v in state.items() if k.startswith('fc.')}
+        head = classification_head(self.spec, state)
         trunk = {k[len('backbone.'):] if k.startswith('backbone.') else k: v
-                 for k, v in state.items() if not k.startswith('fc.')}
+                 for k, v in state.items() if k not in head}
         out = {'backbone.' + k: v for k, v in self.spec.checkpoint_filter(trunk, source).items()}
         out.update(head)
         return out
@@ -273,13 +289,19 @@ class Module(nn.Layer):
         """features: [batch, frames, n_mels] log-mel. Returns logits [batch, classes]."""
         return self.forward_head(self.forward_features(features))
 
+    def frame_scores(self, features):
+        """features [batch, frames, n_mels] -> frame scores [batch, frames', classes]: the head
+        applied to the backbone's time-resolved embeddings (before pooling over time)."""
+        return self.scores(self.forward_head(self.backbone.forward_frames(features)))
+
     def scores(self, logits):
         """Logits -> scores: independent sigmoids for multi-label models, else a softmax over classes."""
         return F.sigmoid(logits) if self.multi_label else F.softmax(logits, axis=-1)
 
     def part(self, name):
         """One function of this Module as a Layer sharing its parameters: 'scores' (features ->
-        scores), 'features' (features -> embedding) or 'head' (embedding -> logits, sound-cls)."""
+        scores), 'features' (features -> embedding), 'head' (embedding -> logits, sound-cls) or
+        'frames' (features -> frame scores)."""
         if name not in PARTS or (name == 'head' and self.task != 'sound-cls'):
             raise ValueError(f"part must be one of {PARTS} ('head' for task='sound-cls'), got {name!r}")
         return _Part(self, name)
@@ -289,13 +311,15 @@ class Module(nn.Layer):
         """What a checkpoint needs to rebuild this Module (saved as meta.json)."""
         return {'format': checkpoint.FORMAT, 'model': self.name, 'task': self.task,
                 'labels': self.labels if self.task == 'sound-cls' else None, 'multi_label': self.multi_label,
-                'clip_seconds': self.clip_seconds, 'frontend': self.frontend_cfg.to_dict()}
+                'clip_seconds': self.clip_seconds, 'frontend': self.frontend_cfg.to_dict(),
+                'events': None if self.event_config is None else self.event_config.to_dict()}
 
     def export_settings(self):
         """What an export records besides the graph (see deploy.exportdir)."""
         return {'model': self.name, 'task': self.task, 'labels': list(self.labels), 'multi_label': self.multi_label,
                 'clip_seconds': self.clip_seconds, 'min_seconds': self.min_seconds,
-                'frontend': self.frontend_cfg.to_dict()}
+                'frontend': self.frontend_cfg.to_dict(),
+                'events': None if self.event_config is None else self.event_config.to_dict()}
 
     def save(self, directory):
         """Write model.pdparams + meta.json to `directory`, replacing it only once complete.
@@ -356,10 +380,54 @@ class Module(nn.Layer):
                            batch_size, window, hop, self.clip_seconds)
         return pipeline.format_results(raw, self.labels, topk, reduce, threshold)
 
+    @paddle.no_grad()
+    def detect(self, data, sample_rate=None, window=None, hop=None, config=None, use_gpu=False):
+        """When each sound happens: frame scores and events of every input.
+
+        data, sample_rate: as for predict.
+        window, hop: seconds; long audio is scored window by window (default: the training
+            clip length, or 10 s, and half of it; see deploy.detection).
+        config: an events.EventConfig (thresholds, median filter, durations); default: the one
+            saved with the model (thresholds tuned on a dev set), else EventConfig().
+        Returns per input {'frame_hop': seconds, 'frame_scores': [frames, classes] numpy,
+        'events': [{'label', 'onset', 'offset', 'confidence'}]}; no events is an empty list.
+        """
+        from .deploy import detection, pipeline
+        sources = pipeline.as_sources(data)
+        self.eval()
+        set_device(use_gpu)
+        scorer = self.frame_scorer(window, hop)
+        cfg, config = self.frontend_cfg, config or self.event_config
+        return [detection.detect(scorer, audio.load(source, sample_rate, cfg.sample_rate, name=name), config)
+                for name, source in sources]
+
+    def stream(self, sample_rate=None, window=None, hop=None, config=None):
+        """A live stream in Paddle dygraph, as Predictor.stream: push(chunk) -> events that started or
+        ended, close() -> the rest (deploy.detection.EventStream)."""
+        from .deploy import detection
+        self.eval()
+        return detection.EventStream(self.frame_scorer(window, hop), sample_rate or self.frontend_cfg.sample_rate,
+                                     config or self.event_config)
+
+    def frame_scorer(self, window=None, hop=None):
+        """A deploy.detection.FrameScorer running this Module in Paddle dygraph."""
+        from .deploy import detection
+        net = self.part('frames')
+
+        def score_frames(waves):
+            return net(self.frontend(paddle.to_tensor(waves))).numpy()
+        window = window or self.clip_seconds or detection.DEFAULT_WINDOW
+        return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, window, hop, self.min_seconds)
+
     def to_dict(self, scores, topk=None):
         """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only."""
         from .deploy import pipeline
         return pipeline.to_dict(scores, self.labels, topk)
+
+
+def _event_config(data):
+    from .deploy.events import EventConfig
+    return EventConfig.from_dict(data)
 
 
 def load_module(checkpoint_dir=None, model=None, task='sound-cls'):

@@ -26,7 +26,7 @@ from .features.config import FrontendConfig
 _LABELS_CSV = os.path.join(os.path.dirname(__file__), 'data', 'audioset_class_labels_indices.csv')
 AUDIOSET_CLASSES = 527
 # The modules under models/ that register families, imported on first use of the registry.
-FAMILY_MODULES = ('panns', 'efficientat')
+FAMILY_MODULES = ('panns', 'efficientat', 'resnet')
 FILE_FORMATS = ('pdparams', 'torch')
 
 
@@ -59,6 +59,10 @@ class ModelSpec:
     min_seconds: float = 1.0             # shorter clips are zero-padded to this length
     audioset_head: Optional[str] = 'fc_audioset'  # parameter prefix of the AudioSet head; None: no such head
     head_dropout: float = 0.1            # dropout before a new classification head
+    # The family's own checkpoints hold a classifier of their pretraining task named `fc`, like the
+    # Module's head (paddle.vision's ImageNet ResNets): in a checkpoint without `backbone.*` keys,
+    # `fc.*` then goes to checkpoint_filter (which drops it) instead of being read as the Module's head.
+    native_fc: bool = False
     published: dict = field(default_factory=dict)  # figures for the README and tests: params, macs_10s, audioset_map
 
     @property

@@ -5,6 +5,7 @@ An export directory holds
     inference.json, inference.pdiparams   the Paddle static model (Paddle Inference)
     model.onnx                            the same network in ONNX (optional until exported)
     model.int8.onnx                       model.onnx quantized to int8 (optional; export/quantize.py)
+    model.frames.onnx                     frame scores [batch, frames', classes], for event detection
     export.json                           what a runtime needs besides the network
 
 export.json (format FORMAT):
@@ -23,6 +24,8 @@ export.json (format FORMAT):
                   'activation': 'softmax' | 'sigmoid'}: the graphs output scores, not logits
     files        {file name: {'sha256': hex, 'bytes': size}} for every file above
     onnx         {'file': 'model.onnx', 'opset': 13, 'paddle2onnx': version} once exported
+    frames       {'file': 'model.frames.onnx', 'opset': 13}: the frame-scores graph
+    events       the EventConfig.to_dict() the model was saved with (tuned thresholds), or null
     int8         once quantized: {'file': 'model.int8.onnx', 'source_sha256': sha256 of the
                  model.onnx it was made from, 'onnxruntime': version, 'method', 'per_channel',
                  'quant_format', 'activation_type', 'weight_type', 'reduce_range', 'keep_float',
@@ -46,6 +49,7 @@ STATIC_PARAMS = 'inference.pdiparams'
 STATIC_PREFIX = 'inference'      # paddle.jit.save / paddle.inference take the path without suffix
 ONNX_FILE = 'model.onnx'
 INT8_FILE = 'model.int8.onnx'
+FRAMES_FILE = 'model.frames.onnx'  # frame scores for event detection (made with model.onnx)
 INPUT_NAME = 'features'
 OUTPUT_NAME = 'scores'
 TASKS = ('sound-cls', 'tagging')
@@ -98,6 +102,7 @@ def read_export(model_dir):
     # Exports of earlier versions: the activation says it; clips were scored whole.
     meta.setdefault('multi_label', meta['output'].get('activation') == 'sigmoid')
     meta.setdefault('clip_seconds', None)
+    meta.setdefault('events', None)
     meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
     return meta
 

@@ -1,9 +1,11 @@
 """`Predictor`: run an export directory on the CPU without the training stack."""
 import os
 
+from .. import audio
 from ..features.mel import logmel
-from . import exportdir, pipeline
+from . import detection, exportdir, pipeline
 from .engines import OnnxEngine, PaddleEngine
+from .events import EventConfig
 
 ENGINES = ('onnxruntime', 'paddle')
 PRECISIONS = ('fp32', 'int8')
@@ -42,6 +44,8 @@ class Predictor:
         self.min_seconds = float(self.meta['min_seconds'])
         self.multi_label = bool(self.meta['multi_label'])
         self.clip_seconds = self.meta['clip_seconds']
+        self.event_config = EventConfig.from_dict(self.meta['events']) if self.meta['events'] else None
+        self._frames_engine, self._verify = None, verify
         if engine == 'onnxruntime':
             files = [exportdir.require_file(self.model_dir, self.meta, self._onnx_file(precision), verify)]
         else:
@@ -125,6 +129,38 @@ class Predictor:
         pipeline.check_args(batch_size, topk, window, hop, reduce, threshold)
         raw = self.scores(data, sample_rate, batch_size, window, hop)
         return pipeline.format_results(raw, self.labels, topk, reduce, threshold)
+
+    # ----- when sounds happen -----
+    def frame_scorer(self, window=None, hop=None):
+        """A detection.FrameScorer running this export's frame-scores graph (model.frames.onnx)."""
+        if self._frames_engine is None:
+            path = exportdir.require_file(self.model_dir, self.meta, exportdir.FRAMES_FILE, self._verify)
+            self._frames_engine = OnnxEngine(path, self.engine.num_threads)
+        engine = self._frames_engine
+
+        def score_frames(waveforms):
+            return engine(self.features(waveforms))
+        window = window or self.clip_seconds or detection.DEFAULT_WINDOW
+        return detection.FrameScorer(score_frames, self.frontend, self.labels, window, hop, self.min_seconds)
+
+    def detect(self, data, sample_rate=None, window=None, hop=None, config=None):
+        """When each sound happens, without Paddle; the same results as `Module.detect`.
+
+        Returns per input {'frame_hop', 'frame_scores' [frames, classes], 'events': [{'label',
+        'onset', 'offset', 'confidence'}]}; config defaults to the thresholds saved with the export.
+        """
+        sources = pipeline.as_sources(data)
+        scorer = self.frame_scorer(window, hop)
+        config = config or self.event_config
+        return [detection.detect(scorer, audio.load(source, sample_rate, self.frontend.sample_rate, name=name), config)
+                for name, source in sources]
+
+    def stream(self, sample_rate=None, window=None, hop=None, config=None):
+        """A live stream: stream.push(chunk) -> events that started or ended, stream.close() ->
+        the rest (see deploy.detection.EventStream). sample_rate: of the chunks (default the
+        model's); window, hop: seconds (shorter windows answer sooner: latency_seconds)."""
+        return detection.EventStream(self.frame_scorer(window, hop), sample_rate or self.frontend.sample_rate,
+                                     config or self.event_config)
 
     def __repr__(self):
         return (f'Predictor({self.model_dir!r}, model={self.meta["model"]}, task={self.task}, '

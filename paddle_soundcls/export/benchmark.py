@@ -1,4 +1,4 @@
-"""CPU inference speed of one model on every engine, measured in one run on the same inputs.
+"""CPU inference speed of registered models on every engine, measured in one run on the same inputs.
 
 Engines (backbone only: log-mel features in, scores out):
     paddle_dygraph            the Module in Paddle dygraph
@@ -10,6 +10,8 @@ Engines (backbone only: log-mel features in, scores out):
                               calibrated on a few generated clips) with the default settings,
                               as `Predictor(..., precision='int8')` runs it
 `default` also gets the end-to-end figure: waveforms in, numpy log-mel front end included.
+`run` measures one registered model; `run_models` several side by side, with their complexity
+(parameters, MACs) from export/complexity.py.
 
 The weights are random: speed does not depend on their values, and no download is needed.
 `run_export` measures an existing export directory instead, without Paddle.
@@ -18,6 +20,7 @@ Engines take turns within each iteration, so a burst of load from other processe
 them all alike rather than one of them; clips_per_s uses the median batch time, which a
 few slow batches do not move.
 """
+import contextlib
 import os
 import platform
 import tempfile
@@ -106,59 +109,124 @@ def run_export(model_dir, seconds=5.0, batch_size=8, iterations=5, num_threads=N
 def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_threads=None, num_classes=50):
     """Measure every engine; returns a JSON-ready dict with one entry per engine (ENGINES)
     holding clips_per_s, and 'setup' with the settings and the machine."""
+    return _measure([model], seconds, batch_size, iterations, num_threads, num_classes)[model]
+
+
+def run_models(models, seconds=5.0, batch_size=8, iterations=5, num_threads=None, num_classes=50,
+               complexity_seconds=10):
+    """Measure several registered models on every engine, side by side, in one run.
+
+    The engines of all models take turns within each iteration (as `run` does for one model), so
+    load from other processes falls on every model alike. Returns a JSON-ready dict:
+    'models': {name: what `run` returns for it, plus 'complexity' (export.complexity's report of
+    the network timed, for the benchmark clip and for `complexity_seconds`)},
+    'summary': {name: params, MACs per clip, clips/s of every engine, and speed relative to the
+    first model}, 'setup': the settings and the machine.
+    """
+    from .complexity import complexity
+    models = list(models)
+    if not models or len(set(models)) != len(models):
+        raise ValueError(f'models must be distinct registered model names, got {models!r}')
+    modules = {}
+    results = _measure(models, seconds, batch_size, iterations, num_threads, num_classes, modules)
+    lengths = sorted({float(seconds), float(complexity_seconds)})
+    reference = models[0]
+    summary = {}
+    for name in models:
+        report = complexity(modules[name], seconds=lengths)
+        results[name]['complexity'] = report
+        macs = {clip['seconds']: clip['macs'] for clip in report['clips']}
+        result = results[name]
+        row = {'params': report['params']['total'], f'macs_{complexity_seconds:g}s': macs[float(complexity_seconds)],
+               'macs_per_clip': macs[float(seconds)],
+               'clips_per_s': {engine: result[engine]['clips_per_s'] for engine in ENGINES},
+               'end_to_end_clips_per_s': result['default']['end_to_end_clips_per_s'],
+               # MACs the default engine gets through per second: how well each architecture uses the CPU.
+               'default_gmacs_per_s': round(result['default']['clips_per_s'] * macs[float(seconds)] / 1e9, 2)}
+        for engine in ('default', 'onnxruntime_int8'):
+            row[f'{engine}_vs_{reference}'] = round(
+                result[engine]['clips_per_s'] / results[reference][engine]['clips_per_s'], 2)
+        summary[name] = row
+    setup = {key: value for key, value in results[reference]['setup'].items() if key not in ('model', 'frames')}
+    setup['models'] = models
+    return {'models': results, 'summary': summary, 'setup': setup}
+
+
+def _prepare(model, seconds, batch_size, threads, num_classes, tmp):
+    """One model ready to time: its engines (ENGINES, each features -> scores), its Predictor and inputs."""
     import paddle
 
     from ..hub import Module
     from . import quantize
     from .static import export_static
-    threads = check_threads(num_threads)
-    _check_run_args(seconds, batch_size, iterations)
-    paddle.set_device('cpu')
-    paddle.base.core.set_num_threads(threads)  # dygraph's CPU kernels, to match the other engines
     module = Module(model, task='sound-cls', num_class=num_classes, pretrained=False)
     cfg = module.frontend_cfg
     rng = np.random.default_rng(0)
     waves = (0.1 * rng.standard_normal((batch_size, int(seconds * cfg.sample_rate)))).astype(np.float32)
     features = logmel(waves, cfg)
+    export_dir = os.path.join(tmp, 'export')
+    export_static(module, export_dir, opset=13)
+    predictor = Predictor(export_dir, num_threads=threads)
+    int8_path = os.path.join(tmp, exportdir.INT8_FILE)
+    reader = quantize.FeatureReader(calibration_clips(cfg.sample_rate, seconds), cfg, seconds, progress=False)
+    int8_settings = quantize.quantize_onnx(os.path.join(export_dir, exportdir.ONNX_FILE), int8_path, reader)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        export_dir = os.path.join(tmp, 'export')
-        export_static(module, export_dir, opset=13)
-        predictor = Predictor(export_dir, num_threads=threads)
-        int8_path = os.path.join(tmp, exportdir.INT8_FILE)
-        reader = quantize.FeatureReader(calibration_clips(cfg.sample_rate, seconds), cfg, seconds, progress=False)
-        int8_settings = quantize.quantize_onnx(os.path.join(export_dir, exportdir.ONNX_FILE), int8_path, reader)
+    def dygraph(x):
+        with paddle.no_grad():
+            return module.scores(module(paddle.to_tensor(x))).numpy()
 
-        def dygraph(x):
-            with paddle.no_grad():
-                return module.scores(module(paddle.to_tensor(x))).numpy()
+    runners = {
+        'paddle_dygraph': dygraph,
+        'paddle_inference_onednn': PaddleEngine(os.path.join(export_dir, exportdir.STATIC_PREFIX), threads),
+        'onnxruntime': OnnxEngine(os.path.join(export_dir, exportdir.ONNX_FILE), threads,
+                                  options=_ort_defaults(threads)),
+        'default': predictor.engine,
+        'onnxruntime_int8': OnnxEngine(int8_path, threads),
+    }
+    return {'module': module, 'runners': runners, 'predictor': predictor, 'waves': waves, 'features': features,
+            'int8_settings': int8_settings}
 
-        runners = {
-            'paddle_dygraph': dygraph,
-            'paddle_inference_onednn': PaddleEngine(os.path.join(export_dir, exportdir.STATIC_PREFIX), threads),
-            'onnxruntime': OnnxEngine(os.path.join(export_dir, exportdir.ONNX_FILE), threads,
-                                      options=_ort_defaults(threads)),
-            'default': predictor.engine,
-            'onnxruntime_int8': OnnxEngine(int8_path, threads),
-        }
-        times = {name: [] for name in runners}
-        end_to_end = []
-        for name, fn in runners.items():  # warm-up: oneDNN and onnxruntime prepare kernels on the first run
-            fn(features)
+
+def _measure(models, seconds, batch_size, iterations, num_threads, num_classes, modules=None):
+    """{model: run()'s result}: every engine of every model timed in turn within each iteration.
+    `modules`, a dict, receives each model's Module (for its complexity report)."""
+    import paddle
+    threads = check_threads(num_threads)
+    _check_run_args(seconds, batch_size, iterations)
+    paddle.set_device('cpu')
+    paddle.base.core.set_num_threads(threads)  # dygraph's CPU kernels, to match the other engines
+    with contextlib.ExitStack() as stack:
+        prepared = {model: _prepare(model, seconds, batch_size, threads, num_classes,
+                                    stack.enter_context(tempfile.TemporaryDirectory()))
+                    for model in models}
+        times = {model: {name: [] for name in ENGINES} for model in models}
+        end_to_end = {model: [] for model in models}
+        for p in prepared.values():  # warm-up: oneDNN and onnxruntime prepare kernels on the first run
+            for fn in p['runners'].values():
+                fn(p['features'])
         for _ in range(iterations):
-            for name, fn in runners.items():
+            for model, p in prepared.items():
+                for name, fn in p['runners'].items():
+                    start = time.perf_counter()
+                    fn(p['features'])
+                    times[model][name].append(time.perf_counter() - start)
                 start = time.perf_counter()
-                fn(features)
-                times[name].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            predictor.score_batch(waves)
-            end_to_end.append(time.perf_counter() - start)
+                p['predictor'].score_batch(p['waves'])
+                end_to_end[model].append(time.perf_counter() - start)
+    if modules is not None:
+        modules.update((model, p['module']) for model, p in prepared.items())
+    return {model: _engine_report(model, p, times[model], end_to_end[model], seconds, batch_size, iterations,
+                                  threads, num_classes)
+            for model, p in prepared.items()}
 
+
+def _engine_report(model, prepared, times, end_to_end, seconds, batch_size, iterations, threads, num_classes):
     result = {name: {**_clips_per_s(batch_size, times[name]), 'threads': threads} for name in ENGINES}
     result['paddle_dygraph']['engine'] = 'Paddle dygraph (the Module)'
     result['paddle_inference_onednn']['engine'] = 'paddle.inference with enable_mkldnn()'
     result['onnxruntime']['engine'] = "onnxruntime, ORT's default SessionOptions (intra_op_num_threads set)"
-    result['default']['engine'] = f'{predictor.engine_name}, Predictor default (deploy.engines.onnx_session_options)'
+    result['default']['engine'] = (f'{prepared["predictor"].engine_name}, Predictor default '
+                                   f'(deploy.engines.onnx_session_options)')
     result['default']['end_to_end_clips_per_s'] = round(batch_size / float(np.median(end_to_end)), 3)
     result['default']['speedup_vs_onnxruntime'] = round(
         result['default']['clips_per_s'] / result['onnxruntime']['clips_per_s'], 3)
@@ -166,12 +234,13 @@ def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_thread
                                             "(precision='int8')")
     result['onnxruntime_int8']['speedup_vs_default'] = round(
         result['onnxruntime_int8']['clips_per_s'] / result['default']['clips_per_s'], 3)
+    int8_settings = prepared['int8_settings']
     result['onnxruntime_int8']['quantization'] = {
         k: int8_settings[k] for k in ('method', 'per_channel', 'quant_format', 'activation_type', 'weight_type',
                                       'keep_float', 'onnxruntime')}
     result['onnxruntime_int8']['quantization']['calibration'] = f'{CALIBRATION_CLIPS} generated clips'
     result['setup'] = {'model': model, 'seconds': seconds, 'batch_size': batch_size, 'iterations': iterations,
-                       'threads': threads, 'frames': int(features.shape[1]), 'classes': num_classes,
+                       'threads': threads, 'frames': int(prepared['features'].shape[1]), 'classes': num_classes,
                        'measures': 'backbone only (log-mel features in, scores out) unless named end_to_end',
                        'weights': 'random: speed does not depend on weight values',
                        'machine': machine_info()}

@@ -14,9 +14,11 @@ How the int8 model is made (onnxruntime.quantization, nothing is downloaded or i
    another in the activation ranges.
 3. `quantize_static` writes QDQ (QuantizeLinear/DequantizeLinear) nodes: uint8 activations,
    int8 weights, one scale per output channel. The front end stays float32 outside the
-   graph; by default the stem (bn0 and the first convolution, which sees raw decibels) and
-   the head (pooling, Linear layers, softmax/sigmoid) stay float too. They cost a few
-   percent of the compute and hold most of the error; the graph output is never quantized.
+   graph; by default the stem (the first convolution, which sees the raw log-mel, and
+   whatever normalises it first, such as PANNs' bn0) and the head (what follows the last
+   convolution: pooling, Linear layers, softmax/sigmoid) stay float too. Both are found from
+   the graph (`float_nodes`), for any convolutional family. They cost a few percent of the
+   compute and hold most of the error; the graph output is never quantized.
 
 The check (`paddle_soundcls.export.parity.check_int8`) compares the int8 model with the
 float one on clips that are not calibration clips; `quantize_export` refuses (raises
@@ -164,29 +166,51 @@ class FeatureReader:
 def float_nodes(model, keep_float):
     """Names of the nodes of `model` (an onnx.ModelProto after quant_pre_process) to leave in float.
 
-    keep_float: a subset of KEEP_FLOAT_CHOICES. 'stem': every node up to and including the
-    first Conv (the transposes, bn0 and the 1-channel convolution that read raw decibels);
-    'head': every node after the last Conv (its ReLU, pooling, the Linear layers, the
-    activation).
+    keep_float: a subset of KEEP_FLOAT_CHOICES. Both parts are found from the graph's edges, so
+    they hold for any convolutional network:
+    'stem': the first convolutions (those no other Conv feeds) and every node they depend on:
+        the input's reshapes and transposes, any normalisation of the raw log-mel (PANNs' bn0),
+        and the convolution that reads it.
+    'head': every node downstream of a Conv that feeds no Conv: what follows the last
+        convolution (its activation, residual addition, pooling, the Linear layers, softmax).
     The node that writes the graph output (softmax / sigmoid scores) is always kept float,
     so scores are not rounded to 1/255.
     """
     nodes = list(model.graph.node)  # ONNX keeps nodes in topological order
-    convs = [i for i, node in enumerate(nodes) if node.op_type == 'Conv']
-    if not convs:
-        raise ValueError('the ONNX graph has no Conv node; expected a PANNs CNN')
-    keep = []
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
+    consumers = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+    parents = [{producer[name] for name in node.input if name in producer} for node in nodes]
+    children = [{j for out in node.output for j in consumers.get(out, ())} for node in nodes]
+    is_conv = [node.op_type == 'Conv' for node in nodes]
+    if not any(is_conv):
+        raise ValueError('the ONNX graph has no Conv node: the stem and head kept in float are found around the '
+                         'convolutions; quantize with keep_float=() or keep the model float')
+
+    # conv_above[i]: a Conv is node i or one of its ancestors; conv_below[i]: a Conv is one of its descendants.
+    conv_above = [False] * len(nodes)
+    for i in range(len(nodes)):
+        conv_above[i] = is_conv[i] or any(conv_above[j] for j in parents[i])
+    conv_below = [False] * len(nodes)
+    for i in reversed(range(len(nodes))):
+        conv_below[i] = any(is_conv[j] or conv_below[j] for j in children[i])
+
+    keep = set()
     if 'stem' in keep_float:
-        keep += nodes[:convs[0] + 1]
+        first = [i for i in range(len(nodes)) if is_conv[i] and not any(conv_above[j] for j in parents[i])]
+        pending = list(first)
+        while pending:
+            i = pending.pop()
+            if i not in keep:
+                keep.add(i)
+                pending.extend(parents[i])
     if 'head' in keep_float:
-        keep += nodes[convs[-1] + 1:]
+        keep.update(i for i in range(len(nodes)) if conv_above[i] and not is_conv[i] and not conv_below[i])
     outputs = {value.name for value in model.graph.output}
-    keep += [node for node in nodes if outputs & set(node.output)]
-    names = []
-    for node in keep:
-        if node.name not in names:
-            names.append(node.name)
-    return names
+    keep.update(i for i, node in enumerate(nodes) if outputs & set(node.output))
+    return [nodes[i].name for i in sorted(keep)]
 
 
 def check_settings(method, quant_format, keep_float):

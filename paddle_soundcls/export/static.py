@@ -12,6 +12,7 @@ The exporter knows nothing of how the model was built: it takes any Layer with
 `part('scores')` (the features -> scores Layer). Loading checkpoints is the Module's job.
 """
 import os
+import tempfile
 
 import paddle
 
@@ -46,12 +47,28 @@ def export_meta(model):
     }
 
 
+def write_frames_onnx(model, directory, meta, opset):
+    """The frame-scores graph (features -> [batch, frames', classes], for event detection) as
+    directory/model.frames.onnx, recorded in `meta`."""
+    import onnx
+
+    from .onnx import convert
+    with tempfile.TemporaryDirectory() as tmp:
+        save_static(model.part('frames'), meta['frontend']['n_mels'], tmp)
+        graph = convert(tmp, opset)
+    path = os.path.join(directory, exportdir.FRAMES_FILE)
+    onnx.save(graph, path)
+    meta['files'][exportdir.FRAMES_FILE] = exportdir.file_record(path)
+    meta['frames'] = {'file': exportdir.FRAMES_FILE, 'opset': opset}
+
+
 def export_static(model, output_dir, opset=None):
     """Write an export directory for `model` (a Module) at `output_dir`.
 
     Everything is built in a temporary directory next to `output_dir` and swapped in once
     complete, so an existing export is never replaced by a half-written one.
-    opset: also convert to ONNX (model.onnx) with this opset in the same step.
+    opset: also convert to ONNX (model.onnx, and model.frames.onnx for event detection) with
+        this opset in the same step.
     Returns the export.json contents.
     """
     from .onnx import write_onnx
@@ -65,6 +82,7 @@ def export_static(model, output_dir, opset=None):
             meta['files'][name] = exportdir.file_record(os.path.join(tmp, name))
         if opset is not None:
             write_onnx(tmp, meta, opset)
+            write_frames_onnx(model, tmp, meta, opset)
         fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
 
     fileio.replace_dir(build, os.fspath(output_dir))

@@ -153,8 +153,16 @@ class MobileNetV3(nn.Layer):
         """Log-mel [batch, frames, n_mels] -> embedding [batch, emb_size]."""
         return self.classifier[3](self.classifier[2](self.pooled_features(features)))
 
+    def forward_frames(self, features):
+        """Time-resolved embeddings [batch, frames', emb_size], frames' = frames / 32: the last
+        feature map averaged over frequency only, through the head's first Linear + Hardswish
+        frame by frame."""
+        x = features.unsqueeze(1).transpose([0, 1, 3, 2])   # -> [batch, 1, n_mels, frames]
+        x = self.features(x).mean(axis=2).transpose([0, 2, 1])  # [batch, frames', channels]
+        return self.classifier[3](self.classifier[2](x))
+
     def forward_head(self, embedding):
-        """Embedding -> AudioSet logits [batch, 527]."""
+        """Embedding -> AudioSet logits [batch, 527] (or [..., 527] for frame embeddings)."""
         if not self.has_audioset_head:
             raise RuntimeError('this EfficientAT backbone was built with audioset_head=False: it has no AudioSet head')
         return self.classifier[5](self.classifier[4](embedding))

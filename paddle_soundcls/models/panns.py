@@ -65,17 +65,31 @@ class PANNsBackbone(nn.Layer):
     def blocks(self):
         return [getattr(self, f'conv_block{i}') for i in range(1, self.num_blocks + 1)]
 
-    def forward_features(self, features):
-        """features: [batch, frames, n_mels] log-mel. Returns the embedding [batch, emb_size]."""
+    def _feature_map(self, features):
+        """log-mel [batch, frames, n_mels] -> the last conv block's output averaged over mel, [batch, C, frames']."""
         x = features.unsqueeze(1)                # [batch, 1, frames, n_mels]
         # bn0 normalises each mel bin: move mel bins to the channel axis and back.
         x = self.bn0(x.transpose([0, 3, 2, 1])).transpose([0, 3, 2, 1])
         for block, pool in zip(self.blocks(), self.pool_sizes):
             x = F.dropout(block(x, pool), p=0.2, training=self.training)
-        x = x.mean(axis=3)                       # over mel
+        return x.mean(axis=3)
+
+    def forward_features(self, features):
+        """features: [batch, frames, n_mels] log-mel. Returns the embedding [batch, emb_size]."""
+        x = self._feature_map(features)
         x = x.max(axis=2) + x.mean(axis=2)       # over time
         x = F.dropout(x, p=0.5, training=self.training)
         return F.relu(self.fc1(x))
+
+    def forward_frames(self, features):
+        """Time-resolved embeddings [batch, frames', emb_size], frames' = frames / 2**(pooling
+        steps): the feature map before pooling over time, smoothed over three frames by max +
+        mean (the clip-level pooling, made local) and passed through fc1 frame by frame, as
+        PANNs' decision-level models do."""
+        x = self._feature_map(features)
+        x = F.max_pool1d(x, 3, stride=1, padding=1) + F.avg_pool1d(x, 3, stride=1, padding=1, exclusive=False)
+        x = F.dropout(x, p=0.5, training=self.training)
+        return F.relu(self.fc1(x.transpose([0, 2, 1])))
 
     def forward_head(self, embedding):
         """AudioSet logits [batch, 527] from the embedding."""

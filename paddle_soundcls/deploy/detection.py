@@ -1,0 +1,196 @@
+"""When sounds happen: frame scores of recordings of any length and of live streams, and the
+events in them (see events.py for how frame scores become events). Paddle-free.
+
+The network scores windows of `window` seconds every `hop` seconds. Each window gives frame
+scores at the network's own rate (a frame per 2**k front-end frames), interpolated to the
+front end's frame rate (10 ms for the 32 kHz models); of each window the frames of its
+central `hop` seconds are kept (the first window keeps its start; the last window is what
+remains of the audio and keeps its end), where the network sees context on both sides. Offline detection is a stream fed the whole
+recording at once, so a live stream gives exactly the frames, and so the events, of offline
+detection of the same audio, whatever the sizes of its chunks.
+
+Latency of a stream: a frame is reported once the window that keeps it is complete: at most
+hop + (window - hop) / 2 seconds after it was pushed, plus the compute of one window, plus
+half the median filter of the event decisions (EventTracker.delay_seconds).
+"""
+import numpy as np
+
+from .. import audio
+from .events import EventTracker, detect_events
+
+# Seconds per window when a model records no training clip length: the length of the
+# AudioSet clips the pretrained taggers learnt from.
+DEFAULT_WINDOW = 10.0
+
+
+def upsample(frame_scores, num_frames):
+    """[frames', classes] scores of a window -> [num_frames, classes] at the front end's frame
+    rate, by linear interpolation between the centres of the network's frames."""
+    coarse = np.asarray(frame_scores, dtype=np.float32)
+    if len(coarse) == num_frames:
+        return coarse
+    centres = (np.arange(len(coarse)) + 0.5) * num_frames / len(coarse) - 0.5
+    fine = np.arange(num_frames)
+    return np.stack([np.interp(fine, centres, coarse[:, c]) for c in range(coarse.shape[1])], axis=1).astype(
+        np.float32)
+
+
+class FrameScorer:
+    """Frame scores of audio of any length, window by window.
+
+    score_frames: waveforms float32 [batch, samples] -> frame scores [batch, frames', classes]
+        (numpy), the network's frames for each window.
+    frontend: the model's FrontendConfig (sample rate, hop length, frames per window).
+    window, hop: seconds; rounded to whole front-end frames.
+    min_seconds: the network's shortest input (shorter windows are zero-padded).
+    """
+
+    def __init__(self, score_frames, frontend, labels, window=10.0, hop=None, min_seconds=1.0):
+        hop = window / 2 if hop is None else hop
+        for name, value in (('window', window), ('hop', hop)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f'{name} must be a positive number of seconds, got {value!r}')
+        if hop > window:
+            raise ValueError(f'hop ({hop} s) must not be longer than window ({window} s): audio between windows '
+                             f'would never be scored')
+        self.score_frames, self.frontend, self.labels = score_frames, frontend, list(labels)
+        self.frame_samples = frontend.hop_length
+        self.frame_seconds = frontend.hop_length / frontend.sample_rate
+        self.window_frames = max(1, round(window * frontend.sample_rate / self.frame_samples))
+        self.hop_frames = max(1, min(self.window_frames, round(hop * frontend.sample_rate / self.frame_samples)))
+        self.margin_frames = (self.window_frames - self.hop_frames) // 2
+        self.min_samples = int(round(min_seconds * frontend.sample_rate))
+
+    @property
+    def latency_seconds(self):
+        """Longest wait of a pushed sample for its frame scores, compute not included."""
+        return (self.window_frames - self.margin_frames) * self.frame_seconds
+
+    def window_scores(self, segment):
+        """Frame scores [frames, classes] of one window of samples, at the front end's frame rate
+        (one frame per hop_length samples, frame i starting at sample i * hop_length)."""
+        num_frames = max(1, len(segment) // self.frame_samples)
+        padded = audio_pad(segment, max(self.min_samples, len(segment)))
+        coarse = np.asarray(self.score_frames(padded[None]))[0]
+        covered = max(1, int(round(len(coarse) * len(segment) / len(padded))))  # the padding's frames go
+        return upsample(coarse[:covered], num_frames)
+
+
+def audio_pad(wave, length):
+    return wave if len(wave) >= length else np.pad(wave, (0, length - len(wave)))
+
+
+class FrameStream:
+    """Frame scores of a live stream: push(samples) -> the new frames' scores [frames, classes],
+    close() -> the rest. Memory: one window of samples."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        self.buffer = np.zeros(0, dtype=np.float32)
+        self.buffer_start = 0      # global frame index of buffer[0]
+        self.next_window = 0       # global frame index where the next window starts
+        self.emitted = 0           # global frames reported so far
+        self.closed = False
+
+    def push(self, samples):
+        if self.closed:
+            raise ValueError('the stream is closed; start a new one')
+        self.buffer = np.concatenate([self.buffer, np.asarray(samples, dtype=np.float32)])
+        s = self.scorer
+        out = []
+        while (self.next_window + s.window_frames - self.buffer_start) * s.frame_samples <= len(self.buffer):
+            out.append(self._window(final=False))
+        return _stack(out, len(s.labels))
+
+    def close(self):
+        """Score what is left (the last window ends at the end of the audio) and end the stream."""
+        if self.closed:
+            return _stack([], len(self.scorer.labels))
+        self.closed = True
+        total = self.buffer_start + len(self.buffer) // self.scorer.frame_samples
+        if total <= self.emitted:
+            return _stack([], len(self.scorer.labels))
+        return self._window(final=True)
+
+    def _window(self, final):
+        s = self.scorer
+        offset = (self.next_window - self.buffer_start) * s.frame_samples
+        segment = self.buffer[offset:offset + s.window_frames * s.frame_samples]
+        scores = s.window_scores(segment)
+        keep_end = len(scores) if final else s.margin_frames + s.hop_frames
+        keep_start = self.emitted - self.next_window
+        kept = scores[keep_start:keep_end]
+        self.emitted += len(kept)
+        self.next_window += s.hop_frames
+        # Drop the samples no later window reads.
+        drop = (self.next_window - self.buffer_start) * s.frame_samples
+        self.buffer, self.buffer_start = self.buffer[drop:], self.next_window
+        return kept
+
+
+def _stack(parts, num_classes):
+    parts = [p for p in parts if len(p)]
+    return np.concatenate(parts) if parts else np.zeros((0, num_classes), dtype=np.float32)
+
+
+class EventStream:
+    """A live stream of audio at any sample rate -> events as they start and end.
+
+    push(chunk): a numpy chunk of samples ([samples] or [channels, samples], float or integer
+    PCM, at `sample_rate`) -> the events that started or ended: dicts with 'type' ('start' or
+    'end'), 'label', 'onset', 'confidence' (and 'offset' for ends), times in seconds from the
+    start of the stream. close(): flushes the last window and ends every open event. A bad
+    chunk raises a ValueError naming the problem and leaves the stream as it was.
+    """
+
+    def __init__(self, scorer, sample_rate, config=None):
+        self.sample_rate = audio.check_sample_rate(sample_rate, 'sample_rate')
+        self.target_sr = scorer.frontend.sample_rate
+        self.frames = FrameStream(scorer)
+        self.tracker = EventTracker(scorer.labels, scorer.frame_seconds, config)
+        self.pending = np.zeros(0, dtype=np.float32)  # input not yet resampled (see push)
+        self.closed = False
+
+    @property
+    def latency_seconds(self):
+        return self.frames.scorer.latency_seconds + self.tracker.delay_seconds
+
+    def push(self, chunk):
+        if self.closed:
+            raise ValueError('push after close: the stream is closed; start a new one with stream()')
+        wave = audio.to_mono(chunk, 'chunk')
+        if wave.size:
+            audio.check_waveform(wave, 'chunk')
+        # Resample in one piece per push: a resampler restarted at every chunk edge would
+        # click; blocks of a second keep the error of edge effects away from the frames.
+        if self.sample_rate != self.target_sr:
+            self.pending = np.concatenate([self.pending, wave])
+            whole = len(self.pending) // self.sample_rate * self.sample_rate
+            if whole == 0:
+                return []
+            wave, self.pending = audio.resample(self.pending[:whole], self.sample_rate, self.target_sr), \
+                self.pending[whole:]
+        return self.tracker.push(self.frames.push(wave))
+
+    def close(self):
+        if self.closed:
+            return []
+        self.closed = True
+        events = []
+        if len(self.pending):
+            events += self.tracker.push(self.frames.push(audio.resample(self.pending, self.sample_rate,
+                                                                        self.target_sr)))
+        events += self.tracker.push(self.frames.close())
+        return events + self.tracker.close()
+
+
+def detect(scorer, wave, config=None):
+    """Frame scores and events of one recording at the model's rate.
+
+    Returns {'frame_hop': seconds, 'frame_scores': [frames, classes], 'events': [...]}.
+    """
+    stream = FrameStream(scorer)
+    scores = _stack([stream.push(wave), stream.close()], len(scorer.labels))
+    events = detect_events(scores, scorer.frame_seconds, scorer.labels, config) if len(scores) else []
+    return {'frame_hop': scorer.frame_seconds, 'frame_scores': scores, 'events': events}
+

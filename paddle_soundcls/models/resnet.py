@@ -1,0 +1,162 @@
+"""ResNet-18 and ResNet-34 from paddle.vision.models on log-mel: ImageNet networks as audio backbones.
+
+The recipe of the GTZAN music-genre experiments: an ImageNet-pretrained ResNet reads the
+log-mel spectrogram as a one-channel image. Three things are adapted, nothing else:
+- the first convolution takes one input channel instead of three (RGB);
+- the log-mel (PANNs front end, FrontendConfig() defaults: 32 kHz, 64 mel bins, dB) is
+  standardised by fixed constants to the scale of the ImageNet-normalised pixels the weights
+  were trained on, and laid out as [batch, 1, n_mels, frames];
+- the ImageNet classifier `fc` is removed: the embedding is the 512-d output of the last
+  residual stage averaged over frequency and time (paddle.vision's global average pooling).
+
+Only the backbone is pretrained (on ImageNet images, paddle.vision's own weights); there is no
+AudioSet head, so these models are fine-tuned with a new head (task='sound-cls').
+Parameter names are paddle.vision's (`conv1.weight`, `bn1._mean`, `layer3.1.conv2.weight`,
+...), so its state dicts load through `checkpoint_filter` with two changes: conv1 reduced to
+one input channel and `fc.*` dropped.
+"""
+import functools
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+from paddle.vision.models.resnet import BasicBlock, ResNet, model_urls
+
+from ..checkpoint import CheckpointError
+from ..features.config import FrontendConfig
+from ..registry import ModelSpec, Weights, register_model
+
+EMB_SIZE = 512   # channels of the last residual stage of ResNet-18/34 (BasicBlock, expansion 1)
+
+# PANNs log-mel values are 10*log10 of mel power: for recordings at ordinary levels most of
+# them lie between about -80 and 0 dB (noise at -20 dBFS gives about -10 dB, digital silence
+# the floor of -100 dB). (x + 40) / 20 maps that range to about [-2, 2], the range of ImageNet
+# pixels after paddle.vision's mean/std normalisation, so the pretrained conv1 and bn1 see
+# inputs of the scale they were trained on. The constants are a fixed part of the network
+# (like conv1's shape), not learnt; fine-tuning adapts the BatchNorms to the data.
+LOGMEL_MEAN_DB = -40.0
+LOGMEL_STD_DB = 20.0
+
+
+class ResNetOnMel(ResNet):
+    """paddle.vision's ResNet with BasicBlocks (depth 18 or 34), one input channel, no classifier.
+
+    forward_features(log-mel [batch, frames, n_mels]) -> embedding [batch, 512].
+    """
+
+    def __init__(self, depth):
+        super().__init__(BasicBlock, depth, num_classes=0, with_pool=False)  # num_classes=0: no fc
+        # The one-channel stem replaces the RGB one (built by the parent, then dropped here), with
+        # the same kernel, stride and padding so ImageNet's summed kernels fit it.
+        self.conv1 = nn.Conv2D(1, 64, kernel_size=7, stride=2, padding=3, bias_attr=False)
+        self.depth = depth
+        self.emb_size = EMB_SIZE
+
+    def feature_map(self, features):
+        """log-mel [batch, frames, n_mels] -> the last stage's output [batch, 512, n_mels / 32, frames / 32]."""
+        x = (features - LOGMEL_MEAN_DB) / LOGMEL_STD_DB
+        # Frequency as the image height and time as its width: the spectrogram as it is drawn,
+        # the layout the GTZAN recipes feed to ImageNet networks (and EfficientAT uses). The
+        # embedding is pooled over both axes, so nothing downstream depends on the choice.
+        x = x.unsqueeze(1).transpose([0, 1, 3, 2])      # [batch, 1, n_mels, frames]
+        return super().forward(x)                        # the ImageNet trunk without pooling and fc
+
+    def forward_features(self, features):
+        """log-mel [batch, frames, n_mels] -> embedding [batch, 512]: global average pooling."""
+        return self.feature_map(features).mean(axis=[2, 3])
+
+    def forward_frames(self, features):
+        """Time-resolved embeddings [batch, frames / 32, 512]: the last stage averaged over frequency
+        only. Their mean over time is forward_features."""
+        return self.feature_map(features).mean(axis=2).transpose([0, 2, 1])
+
+    def forward_head(self, embedding):
+        raise RuntimeError(f'resnet{self.depth}_mel has no AudioSet head: only its backbone is pretrained '
+                           f"(on ImageNet). Use Module(..., task='sound-cls', num_class=...) for a new head.")
+
+    def forward(self, features):
+        return self.forward_features(features)
+
+
+def build(depth, audioset_head=False):
+    """A ResNetOnMel of `depth` (18 or 34). There is no AudioSet head to build."""
+    if audioset_head:
+        raise ValueError(f'resnet{depth}_mel has no AudioSet head (only its backbone is pretrained, on ImageNet); '
+                         f'build it with audioset_head=False')
+    return ResNetOnMel(depth)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def parameter_names(depth):
+    """The state-dict names of ResNetOnMel(depth), read from a network built without weights."""
+    with paddle.LazyGuard():
+        return frozenset(ResNetOnMel(depth).state_dict())
+
+
+def checkpoint_filter(state, source, depth):
+    """A ResNet-`depth` state dict -> ResNetOnMel's names and shapes.
+
+    Accepted: paddle.vision's own (`resnet18(pretrained=True)`'s ImageNet file, or any
+    `paddle.vision.models.resnet18().state_dict()`) and ours. Both use paddle.vision's names;
+    - conv1.weight [64, 3, 7, 7] (RGB) becomes [64, 1, 7, 7], the sum of its three input-channel
+      kernels: a grey image is the same in R, G and B, and the RGB convolution of such an image
+      is exactly the one-channel convolution with the summed kernel, so the pretrained stem
+      responds to a spectrogram as it would to the same picture in grey. This is the usual way
+      of moving ImageNet weights to one channel;
+    - fc.* (the 1000 ImageNet classes) is dropped;
+    - everything else is kept as it is.
+    (Our `backbone.*` prefix is removed by the Module before this.) A name that is not a
+    parameter of ResNet-`depth` is refused, naming the source and the key.
+    """
+    own = parameter_names(depth)
+    out = {}
+    for key, value in state.items():
+        if key.startswith('fc.'):
+            continue
+        if key not in own:
+            raise CheckpointError(
+                f'{source}: {key!r} is not a parameter of ResNet-{depth} (paddle.vision names: conv1.*, bn1.*, '
+                f'layer1.* to layer4.*, fc.*); is it a checkpoint of another model or of another depth?')
+        value = np.asarray(value)
+        if key == 'conv1.weight' and value.ndim == 4 and value.shape[1] == 3:
+            value = value.sum(axis=1, keepdims=True)
+        out[key] = value
+    return out
+
+
+# --- registered models ------------------------------------------------------------------------
+
+# name: (depth, learnt parameters, MACs per 10-s clip). The parameters are paddle.vision's
+# (11,689,512 and 21,797,672) minus its fc (512 x 1000 + 1000) and minus two of conv1's three
+# input channels (2 x 64 x 7 x 7); BatchNorm running statistics are not counted. The MACs are
+# counted by export/complexity.py on the log-mel of a 10-s clip (1001 frames x 64 mel bins):
+# Conv and Linear layers, front end excluded.
+ARCHITECTURES = {
+    'resnet18_mel': (18, 11170240, 2.24e9),
+    'resnet34_mel': (34, 21278400, 4.62e9),
+}
+
+
+def _register_all():
+    for name, (depth, params, macs_10s) in ARCHITECTURES.items():
+        url, md5 = model_urls[f'resnet{depth}']
+        register_model(ModelSpec(
+            name=name, family='resnet', build=functools.partial(build, depth),
+            frontend=FrontendConfig(), emb_size=EMB_SIZE,
+            checkpoint_filter=functools.partial(checkpoint_filter, depth=depth),
+            # paddle.vision's own ImageNet file, fetched into our cache under its own name and checked
+            # against the md5 paddle.vision publishes for it (paddle.vision.models.resnet.model_urls).
+            weights=Weights(url=url, filename=f'resnet{depth}.pdparams', file_format='pdparams', md5=md5,
+                            license='Apache-2.0'),
+            # Every convolution and the max pooling are padded, so the network takes any clip of one
+            # frame or more; the front end's reflect padding needs more than n_fft / 2 samples.
+            min_seconds=0.1,
+            audioset_head=None,
+            native_fc=True,  # paddle.vision's files hold its ImageNet classifier as fc.*
+            published={'params': params, 'macs_10s': macs_10s, 'license': 'Apache-2.0',
+                       'pretrained': 'backbone only, on ImageNet-1k (paddle.vision); no AudioSet head'}))
+
+
+_register_all()

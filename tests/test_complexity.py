@@ -1,0 +1,148 @@
+"""The complexity report against published figures and hand counts, the budget check and its command line."""
+import argparse
+import dataclasses
+import json
+
+import paddle.nn as nn
+import pytest
+
+from paddle_soundcls import registry
+from paddle_soundcls.export.complexity import (add_complexity_arguments, check_budget, complexity,
+                                               run_complexity)
+from paddle_soundcls.features.config import FrontendConfig
+
+
+def close(value, published, rel=0.05):
+    return abs(value - published) <= rel * published
+
+
+def clip(report, seconds):
+    return next(c for c in report['clips'] if c['seconds'] == seconds)
+
+
+# EfficientAT's README (github.com/fschmid56/EfficientAT): parameters and GMACs per 10-s clip.
+@pytest.mark.parametrize('name, params, macs_10s', [('efficientat_mn04', 0.983e6, 0.11e9),
+                                                    ('efficientat_mn10', 4.88e6, 0.54e9)])
+def test_efficientat_matches_its_readme(name, params, macs_10s):
+    report = complexity(name, seconds=(10,))
+    assert report['task'] == 'tagging' and report['classes'] == 527
+    assert close(report['params']['total'], params), report['params']
+    assert close(clip(report, 10)['macs'], macs_10s), clip(report, 10)
+    assert clip(report, 10)['frames'] == 1000   # EfficientAT counts on its 128 x 1000 mel input
+
+
+def test_cnn14_matches_the_published_figures():
+    # PANNs paper: 80.8 M parameters; DESIGN.md: about 21 GMACs per 10-s clip. The convolutions
+    # alone on the 1001 x 64 log-mel come to 20.0 G (e.g. block 1's second convolution:
+    # 64 * 64 * 9 * 1001 * 64 = 2.36 G; each later block 3.54 G), 4.6% under the rounded 21 G.
+    report = complexity('panns_cnn14', seconds=(10,))
+    assert close(report['params']['total'], 80.8e6, rel=0.001), report['params']
+    assert close(clip(report, 10)['macs'], 21e9), clip(report, 10)
+    assert clip(report, 10)['frames'] == 1001
+    assert report['params']['backbone'] + 2048 * 527 + 527 == report['params']['total']
+
+
+class Tiny(nn.Layer):
+    """log-mel [batch, frames, n_mels] -> Conv2D 3x3 (1 -> 4, bias) -> depthwise Conv2D 3x3 stride 2
+    (no bias) -> mean -> Linear(4 -> 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2D(1, 4, 3, padding=1)
+        self.depthwise = nn.Conv2D(4, 4, 3, stride=2, padding=1, groups=4, bias_attr=False)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, features):
+        x = self.depthwise(self.conv(features.unsqueeze(1)))
+        return self.fc(x.mean(axis=[2, 3]))
+
+
+def test_a_hand_counted_network():
+    frontend = FrontendConfig(n_mels=8)
+    report = complexity(Tiny(), seconds=(1, 2), frontend=frontend)
+    for seconds in (1, 2):
+        frames = 1 + int(seconds * 32000) // 320              # centred STFT frames, hop 320
+        out_t, out_f = (frames - 1) // 2 + 1, (8 - 1) // 2 + 1  # 3x3, stride 2, padding 1
+        conv = frames * 8 * 4 * (1 * 9 + 1)                     # every output: 9 weights + the bias
+        depthwise = out_t * out_f * 4 * 9                      # one input channel per group
+        linear = 4 * 3 + 3
+        figures = clip(report, seconds)
+        assert figures['frames'] == frames
+        assert (figures['macs_conv'], figures['macs_linear']) == (conv + depthwise, linear)
+        assert figures['macs'] == conv + depthwise + linear
+        # The larger input + output of one layer: the first convolution's (1 + 4 channels) or the
+        # depthwise one's (4 channels in, a quarter of the map out, rounded up).
+        peak = max(frames * 8 * (1 + 4), frames * 8 * 4 + out_t * out_f * 4)
+        assert figures['peak_activation']['elements'] == peak
+        assert figures['peak_activation']['fp32_kB'] == peak * 4 / 1000
+    params = 4 * 9 + 4 + 4 * 9 + 4 * 3 + 3
+    assert report['params']['total'] == params
+    assert report['param_memory']['fp16'] == {'bytes': 2 * params, 'kB': 2 * params / 1000}
+    assert report['uncounted_layers'] == []
+    json.dumps(report)
+
+
+def test_a_layer_needs_its_front_end_and_clips_their_minimum():
+    with pytest.raises(ValueError, match='frontend=FrontendConfig'):
+        complexity(Tiny())
+    with pytest.raises(ValueError, match='at least 1 s'):
+        complexity('panns_cnn6', seconds=(0.5,))
+    with pytest.raises(ValueError, match='seconds'):
+        complexity('panns_cnn6', seconds=(0,))
+
+
+def test_macs_grow_linearly_with_the_clip():
+    # Fully convolutional with global pooling: convolution MACs grow with the frames, the Linear
+    # layers' do not. Feature maps are rounded at every stride-2 layer, which weighs at 1 s
+    # (EfficientAT's last map has 4 frames for 100 input frames, 32 for 1000) and fades with length.
+    for name in ('efficientat_mn04', 'panns_cnn6'):
+        clips = complexity(name, seconds=(1, 5, 10, 20) if name.startswith('eff') else (1, 5, 10))['clips']
+        per_second = [c['macs_conv'] / c['seconds'] for c in clips]
+        assert len({c['macs_linear'] for c in clips}) == 1
+        assert all(close(rate, per_second[-1], rel=0.02) for rate in per_second[1:]), per_second
+        assert close(per_second[0], per_second[-1], rel=0.12), per_second
+
+
+def test_budget_check_refuses_with_the_figures():
+    report = complexity('efficientat_mn04', seconds=(1,))
+    with pytest.raises(ValueError) as exc:
+        check_budget(report, max_params=128_000)
+    message = str(exc.value)
+    for text in ('efficientat_mn04', '983,599 parameters', '128,000', '1,967.2 kB at fp16', '983.6 kB at int8',
+                 'DCASE rule allows 128 kB'):
+        assert text in message, message
+    # 12.8 M MACs per second: under DCASE's 30 M, over 10 M.
+    assert check_budget(report, max_macs_per_second=30e6) is report
+    with pytest.raises(ValueError, match=r'efficientat_mn04 is over budget: 12.8 M.*10 M'):
+        check_budget(report, max_macs_per_second=10e6)
+    tiny = complexity(Tiny(), seconds=(1,), frontend=FrontendConfig(n_mels=8))
+    assert check_budget(tiny, max_params=128_000, max_macs_per_second=30e6) is tiny
+
+
+def test_family_without_an_audioset_head_gets_a_10_class_head(monkeypatch):
+    spec = dataclasses.replace(registry.get_spec('efficientat_mn04'), name='headless', audioset_head=None)
+    monkeypatch.setitem(registry._MODELS, 'headless', spec)
+    report = complexity('headless', seconds=(1,))
+    assert report['task'] == 'sound-cls' and report['classes'] == 10
+    assert 'no AudioSet head' in report['head']
+    assert report['params']['head'] == 512 * 10 + 10
+
+
+def test_command_line(capsys):
+    parser = add_complexity_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(['efficientat_mn04', '--seconds', '1', '--json', '--budget-params', '1000000'])
+    assert run_complexity(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report['model'] == 'efficientat_mn04' and report['clips'][0]['seconds'] == 1
+    args = parser.parse_args(['efficientat_mn04', '--seconds', '1', '--budget-params', '128000',
+                              '--budget-macs', '30e6'])
+    assert run_complexity(args) == 1
+    out, err = capsys.readouterr()
+    assert 'efficientat_mn04' in out and '12.8 M' in out
+    assert 'efficientat_mn04 is over budget: 983,599 parameters' in err and 'MACs' not in err
+
+
+def test_hooks_are_removed():
+    network = Tiny()
+    complexity(network, seconds=(1,), frontend=FrontendConfig(n_mels=8))
+    assert not network.conv._forward_post_hooks and not network.fc._forward_post_hooks

@@ -1,0 +1,273 @@
+"""When sounds happen: Module.detect, Predictor.detect and Predictor.stream on recordings with
+known events, streaming equal to offline detection, silence, saved thresholds, bad chunks."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import paddle
+import pytest
+import soundfile as sf
+
+from helpers import BLOCK_PADDLE
+from paddle_soundcls import Module
+from paddle_soundcls.deploy import Predictor
+from paddle_soundcls.deploy.event_metrics import event_based_metrics
+from paddle_soundcls.deploy.events import EventConfig
+from paddle_soundcls.export import export_static
+from signals import chirp, noise
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SR = 32000
+EVENTS = [(2.0, 3.5), (6.3, 6.9), (9.0, 12.0), (15.2, 16.0)]   # seconds, clearly audible chirps
+
+
+def loudness_detector():
+    """CNN6 with weights set so that 'event' scores loud sound, frame by frame: every
+    convolution averages, bn0 subtracts a -30 dB floor (quiet noise -> zero), fc1 averages the
+    channels, and the head maps the frame embedding to P(event) = sigmoid(8 e / e_loud - 4)."""
+    m = Module('panns_cnn6', task='sound-cls', label_map=['background', 'event'], multi_label=True,
+               pretrained=False, seed=0)
+    state = {}
+    for key, value in m.state_dict().items():
+        shape = list(value.shape)
+        if key.endswith('conv1.weight'):
+            v = np.full(shape, 1.0 / np.prod(shape[1:]))
+        elif key.endswith('_variance') or key.endswith('bn0.weight') or '.bn1.weight' in key:
+            v = np.ones(shape)
+        elif key == 'backbone.bn0._mean':
+            v = np.full(shape, -30.0)
+        elif key == 'backbone.fc1.weight':
+            v = np.full(shape, 1.0 / shape[0])
+        elif key.startswith('backbone.'):
+            v = np.zeros(shape)
+        else:
+            continue
+        state[key] = v.astype('float32')
+    m.set_state_dict(state)
+    m.eval()
+    loud = chirp(500, 3000, 3.0, amp=0.5) + noise(3.0, amp=0.003, seed=9)
+    with paddle.no_grad():
+        frames = m.backbone.forward_frames(m.frontend(paddle.to_tensor(loud[None])))
+    e_loud = float(frames.numpy()[0, 2:-2].mean())
+    assert e_loud > 0
+    fc_w = np.zeros([512, 2], 'float32')
+    fc_w[:, 1] = 8.0 / (512 * e_loud)
+    m.set_state_dict({'fc.weight': fc_w, 'fc.bias': np.array([-4.0, -4.0], 'float32')})
+    return m
+
+
+def recording(seconds=18.0):
+    wave = noise(seconds, amp=0.003, seed=3)
+    for onset, offset in EVENTS:
+        if offset <= seconds:
+            wave[int(onset * SR):int(offset * SR)] += chirp(400, 4000, offset - onset, amp=0.5)
+    return wave
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp('detection')
+    model = loudness_detector()
+    export_static(model, root / 'export', opset=13)
+    sf.write(root / 'scene.wav', recording(), SR)
+    return root, model
+
+
+def found(result, label='event'):
+    return [(e['onset'], e['offset']) for e in result['events'] if e['label'] == label]
+
+
+def test_detected_events_match_the_known_times(setup):
+    root, model = setup
+    # The averaging network smears loudness over its receptive field (~0.2 s either side):
+    # a high onset threshold puts onsets where the sound is, the offset threshold its end.
+    config = EventConfig(onset_threshold=0.9, offset_threshold=0.5, median_filter_seconds=0.05)
+    [offline] = model.detect([str(root / 'scene.wav')], window=4.0, hop=2.0, config=config)
+    assert offline['frame_hop'] == 0.01 and offline['frame_scores'].shape[1] == 2
+    events = found(offline)
+    assert len(events) == len(EVENTS), events
+    for (onset, offset), (ref_on, ref_off) in zip(events, EVENTS):
+        assert abs(onset - ref_on) <= 0.2 and abs(offset - ref_off) <= max(0.2, 0.2 * (ref_off - ref_on))
+    metrics = event_based_metrics({'scene': [(a, b, 'event') for a, b in EVENTS]},
+                                  {'scene': [(a, b, 'event') for a, b in events]}, labels=['background', 'event'])
+    assert metrics['micro']['f1'] == 1.0
+    # The runtime gives the same frame scores and events from model.frames.onnx.
+    [runtime] = Predictor(root / 'export').detect([str(root / 'scene.wav')], window=4.0, hop=2.0, config=config)
+    np.testing.assert_allclose(runtime['frame_scores'], offline['frame_scores'], atol=1e-4)
+    assert found(runtime) == events
+
+
+def test_silence_gives_no_event(setup):
+    root, model = setup
+    [result] = Predictor(root / 'export').detect([noise(6.0, amp=0.003, seed=4)], SR, window=4.0)
+    assert result['events'] == []
+    [result] = model.detect([np.zeros(3 * SR, 'float32')], SR, window=4.0)
+    assert result['events'] == []
+
+
+def test_stream_reports_the_events_of_offline_detection_once(setup):
+    root, _ = setup
+    predictor = Predictor(root / 'export')
+    wave = recording()
+    [offline] = predictor.detect([wave], SR, window=4.0, hop=2.0)
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        stream = predictor.stream(SR, window=4.0, hop=2.0)
+        reports, start = [], 0
+        while start < len(wave):
+            size = int(rng.integers(100, 3 * SR)) if trial else SR // 10
+            reports += stream.push(wave[start:start + size])
+            start += size
+        reports += stream.close()
+        starts = [r for r in reports if r['type'] == 'start']
+        ends = [r for r in reports if r['type'] == 'end']
+        assert [(r['label'], r['onset']) for r in starts] == [(e['label'], e['onset']) for e in offline['events']]
+        assert [(r['label'], r['onset'], r['offset']) for r in ends] == [
+            (e['label'], e['onset'], e['offset']) for e in offline['events']]
+    # Latency: one hop plus half the overlap of windows, plus half the median filter.
+    assert stream.latency_seconds == pytest.approx(2.0 + 1.0 + 0.05, abs=0.011)
+    assert stream.close() == []
+    with pytest.raises(ValueError, match='closed'):
+        stream.push(wave[:100])
+
+
+def test_bad_chunks_are_refused_and_leave_the_stream_intact(setup):
+    root, _ = setup
+    predictor = Predictor(root / 'export')
+    wave = recording(8.0)
+    clean = predictor.stream(SR, window=4.0)
+    good = clean.push(wave) + clean.close()
+    stream = predictor.stream(SR, window=4.0)
+    reports = stream.push(wave[:SR])
+    bad = wave[:100].copy()
+    bad[5] = np.nan
+    for chunk, match in ((bad, 'NaN'), (np.array(['a', 'b']), 'numeric'), (np.zeros((2, 2, 2), 'float32'), 'shape')):
+        with pytest.raises(ValueError, match=match):
+            stream.push(chunk)
+    reports += stream.push(wave[SR:]) + stream.close()
+    assert reports == good
+    with pytest.raises(ValueError, match='sample_rate'):
+        predictor.stream(1)
+
+
+def test_other_rates_and_int16_chunks(setup):
+    root, _ = setup
+    predictor = Predictor(root / 'export')
+    wave = recording(12.0)
+    [reference] = predictor.detect([wave], SR, window=4.0)
+    import math
+    from paddle_soundcls import audio
+    at16k = audio.resample(wave, SR, 16000)
+    pcm = np.round(np.clip(at16k, -1, 1) * 32767).astype(np.int16)
+    stream = predictor.stream(16000, window=4.0)
+    reports = []
+    for start in range(0, len(pcm), 5000):
+        reports += stream.push(pcm[start:start + 5000])
+    reports += stream.close()
+    ends = [(r['onset'], r['offset']) for r in reports if r['type'] == 'end']
+    assert len(ends) == len(found(reference))
+    for (a, b), (c, d) in zip(ends, found(reference)):
+        assert math.isclose(a, c, abs_tol=0.05) and math.isclose(b, d, abs_tol=0.05)
+
+
+def test_tuned_thresholds_travel_with_the_checkpoint_and_export(setup, tmp_path):
+    _, model = setup
+    model.event_config = EventConfig(onset_threshold=[0.9, 0.6], offset_threshold=[0.5, 0.4])
+    try:
+        model.save(str(tmp_path / 'ckpt'))
+        export_static(model, tmp_path / 'export', opset=13)
+    finally:
+        model.event_config = None
+    restored = Module('panns_cnn6', load_checkpoint=str(tmp_path / 'ckpt'))
+    assert restored.event_config == EventConfig(onset_threshold=[0.9, 0.6], offset_threshold=[0.5, 0.4])
+    meta = json.loads((tmp_path / 'export' / 'export.json').read_text())
+    assert meta['events']['onset_threshold'] == [0.9, 0.6]
+    assert Predictor(tmp_path / 'export').event_config == restored.event_config
+
+
+def test_detection_runs_without_paddle(setup):
+    root, _ = setup
+    code = BLOCK_PADDLE + textwrap.dedent(f'''
+        from paddle_soundcls.deploy import Predictor
+        p = Predictor({str(root / 'export')!r})
+        [r] = p.detect([{str(root / 'scene.wav')!r}], window=4.0)
+        s = p.stream(window=4.0)
+        import soundfile as sf
+        wave, _ = sf.read({str(root / 'scene.wav')!r}, dtype='float32')
+        reports = s.push(wave) + s.close()
+        assert not any(m == 'paddle' or m.startswith('paddle.') for m in sys.modules)
+        print(json.dumps({{'events': len(r['events']), 'reports': len(reports)}}))
+    ''')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out['events'] == len(EVENTS) and out['reports'] == 2 * len(EVENTS)
+
+
+def cli(*args, stdin=None, block_paddle=True):
+    """paddle-soundcls ARGS in a subprocess (Paddle unimportable unless block_paddle=False)."""
+    code = (BLOCK_PADDLE if block_paddle else 'import sys\n') + 'from paddle_soundcls.cli import main\nsys.exit(main(sys.argv[1:]))\n'
+    return subprocess.run([sys.executable, '-c', code] + [str(a) for a in args], input=stdin, capture_output=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+
+
+def test_events_command_writes_csv_json_and_a_picture(setup, tmp_path):
+    root, _ = setup
+    export, scene = root / 'export', root / 'scene.wav'
+    thresholds = ['--onset-threshold', '0.9', '--offset-threshold', '0.5', '--median-filter', '0.05']
+    proc = cli('events', export, scene, '--window', '4', '--csv', tmp_path / 'e.csv', '--json', tmp_path / 'e.json',
+               '--plot', tmp_path / 'timeline.png', *thresholds)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / 'e.csv')))
+    assert [(float(r['onset']), float(r['offset'])) for r in rows if r['label'] == 'event'] == found(
+        Predictor(export).detect([str(scene)], window=4.0, config=EventConfig(
+            onset_threshold=0.9, offset_threshold=0.5, median_filter_seconds=0.05))[0])
+    assert len(rows) >= len(EVENTS) and rows[0]['filename'] == str(scene)
+    assert json.loads((tmp_path / 'e.json').read_text())[0]['input'] == str(scene)
+    assert (tmp_path / 'timeline.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    proc = cli('events', export, scene, scene, '--plot', tmp_path / 'x.png')
+    assert proc.returncode == 2 and b'one input' in proc.stderr
+
+
+def test_events_from_standard_input_as_they_happen(setup):
+    root, _ = setup
+    wave = recording(12.0)
+    pcm = np.round(np.clip(wave, -1, 1) * 32767).astype('<i2')
+    proc = cli('events', root / 'export', '-', '--sample-rate', SR, '--window', '4', stdin=pcm.tobytes())
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    reports = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    stream = Predictor(root / 'export').stream(SR, window=4.0)
+    expected = stream.push(pcm.astype(np.float32) / 32768) + stream.close()
+    assert [(r['type'], r['label'], r['onset']) for r in reports] == [
+        (r['type'], r['label'], r['onset']) for r in expected]
+    assert sum(r['type'] == 'end' for r in reports) == 3
+    assert b'listening' in proc.stderr
+    proc = cli('events', root / 'export', '-', stdin=b'')
+    assert proc.returncode == 2 and b'--sample-rate' in proc.stderr
+
+
+def test_jsonl_output_resumes_where_a_killed_job_stopped(setup, tmp_path):
+    root, _ = setup
+    folder = tmp_path / 'archive'
+    folder.mkdir()
+    for i in range(3):
+        sf.write(folder / f'{i}.wav', recording(4.0 + i), SR)
+    out = tmp_path / 'out.jsonl'
+    proc = cli('predict', root / 'export', folder, '--jsonl', out, '--batch-size', '1')
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)['input'] for line in lines] == [str(folder / f'{i}.wav') for i in range(3)]
+    # A job killed while writing its second line: the rerun keeps the first, does the rest.
+    out.write_text(lines[0] + '\n' + lines[1][:20])
+    proc = cli('predict', root / 'export', folder, '--jsonl', out, '--batch-size', '1')
+    assert proc.returncode == 0 and b'1 of 3 inputs already' in proc.stderr
+    assert out.read_text().splitlines() == lines
+    proc = cli('events', root / 'export', folder, '--jsonl', tmp_path / 'events.jsonl', '--window', '4')
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    records = [json.loads(line) for line in (tmp_path / 'events.jsonl').read_text().splitlines()]
+    assert len(records) == 3 and all('events' in r for r in records)
