@@ -45,23 +45,26 @@ def build_parser():
     return parser
 
 
+# Table columns: (engine in the JSON, heading)
+COLUMNS = (('paddle_dygraph', 'dygraph'), ('paddle_inference_onednn', 'Paddle Inf.'), ('onnxruntime', 'ORT'),
+           ('default', 'default'), ('onnxruntime_int8', 'int8'))
+
+
 def print_table(result):
     """The --models summary as text: one row per model."""
     setup = result['setup']
-    print(f'{setup["seconds"]:g}-s clips, batch {setup["batch_size"]}, {setup["threads"]} threads, '
-          f'{setup["machine"]["cpu"]}; clips/s (features in, scores out), '
-          f'random weights, a sound-cls head with {setup["classes"]} classes')
     reference = setup['models'][0]
-    header = ['model', 'params', 'MACs/10 s', 'dygraph', 'Paddle Inf.', 'ORT', 'default', 'int8',
-              f'default vs {reference}']
-    rows = [header]
+    print(f'clips/s, {setup["seconds"]:g}-s clips, batch {setup["batch_size"]}, {setup["threads"]} threads, '
+          f'{setup["machine"]["cpu"]}; features in, scores out; random weights, a sound-cls head with '
+          f'{setup["classes"]} classes')
+    rows = [['model', 'params', 'MACs/10 s', *(heading for _, heading in COLUMNS),
+             f'default vs {reference}', f'int8 vs {reference}']]
     for name, row in result['summary'].items():
-        speeds = row['clips_per_s']
+        relative = row[f'clips_per_s_vs_{reference}']
         rows.append([name, f'{row["params"] / 1e6:.2f} M', f'{row["macs_10s"] / 1e9:.3g} G',
-                     *(f'{speeds[engine]:.1f}' for engine in ('paddle_dygraph', 'paddle_inference_onednn',
-                                                              'onnxruntime', 'default', 'onnxruntime_int8')),
-                     f'{row[f"default_vs_{reference}"]:.2f}x'])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+                     *(f'{row["clips_per_s"][engine]:.1f}' for engine, _ in COLUMNS),
+                     f'{relative["default"]:.2f}x', f'{relative["onnxruntime_int8"]:.2f}x'])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print('  '.join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))))
 

@@ -130,6 +130,12 @@ def atomic_write_file(path, write, mode='wb'):
     atomic_write(path, fill)
 
 
+def write_npy(path, array):
+    """One numpy array as a .npy file (through an open file: np.save would add '.npy' to a name)."""
+    import numpy as np
+    atomic_write_file(path, lambda f: np.save(f, array), mode='wb')
+
+
 def write_json(path, data):
     atomic_write_file(path, lambda f: json.dump(data, f, indent=2, ensure_ascii=False), mode='w')
 

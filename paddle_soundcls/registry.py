@@ -10,8 +10,10 @@ Predictor, command line, benchmarks, tests) works from the spec alone.
 The backbone a spec builds is a paddle Layer with:
     emb_size                     int
     forward_features(features)   log-mel [batch, frames, n_mels] -> embedding [batch, emb_size]
-    forward_head(embedding)      -> AudioSet logits [batch, 527]; only when built with
-                                 audioset_head=True (its parameters start with spec.audioset_head)
+    forward_frames(features)     -> time-resolved embeddings [batch, frames', emb_size] (the
+                                 feature map before pooling over time; event detection)
+    forward_head(embedding)      -> AudioSet logits [batch, 527] (also on [..., emb_size]); only
+                                 when built with audioset_head=True (parameters start with spec.audioset_head)
 
 This module is Paddle-free; the families (which import Paddle) are registered on first use.
 """
@@ -26,7 +28,7 @@ from .features.config import FrontendConfig
 _LABELS_CSV = os.path.join(os.path.dirname(__file__), 'data', 'audioset_class_labels_indices.csv')
 AUDIOSET_CLASSES = 527
 # The modules under models/ that register families, imported on first use of the registry.
-FAMILY_MODULES = ('panns', 'efficientat', 'resnet')
+FAMILY_MODULES = ('panns', 'efficientat', 'resnet', 'cpmobile')
 FILE_FORMATS = ('pdparams', 'torch')
 
 

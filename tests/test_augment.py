@@ -176,3 +176,66 @@ def test_mixup_needs_float_targets():
         augment.mixup(feats_batch(), paddle.to_tensor([0, 1, 2, 3]), 0.4, rng())
     with pytest.raises(ValueError, match='targets'):
         augment.apply_features(AugmentConfig(mixup_alpha=0.4), feats_batch(), None, rng())
+
+
+# ----- Freq-MixStyle, impulse responses, supervised contrastive loss -----
+
+def test_freq_mixstyle_mixes_per_frequency_statistics():
+    from paddle_soundcls.training.augment import freq_mixstyle
+    x = np.random.default_rng(0).normal(3.0, 2.0, (4, 50, 8)).astype('float32')
+    x[1] = x[1] * 5 - 20                     # another "device": other level and spread
+    out = freq_mixstyle(paddle.to_tensor(x), 0.3, np.random.default_rng(7)).numpy()
+    rng = np.random.default_rng(7)
+    lam, perm = rng.beta(0.3, 0.3, size=(4, 1, 1)), rng.permutation(4)
+    mu, sigma = x.mean(axis=1, keepdims=True), np.sqrt(x.var(axis=1, keepdims=True) + 1e-6)
+    expected = (x - mu) / sigma * (lam * sigma + (1 - lam) * sigma[perm]) + lam * mu + (1 - lam) * mu[perm]
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_impulse_responses_convolve_and_keep_the_level(tmp_path):
+    import soundfile as sf
+    from paddle_soundcls.training.augment import convolve_impulse_responses, load_impulse_responses
+    ir = np.zeros(800, 'float32')
+    ir[0], ir[400] = 1.0, 0.5                # direct sound and one echo 12.5 ms later
+    sf.write(tmp_path / 'device.wav', ir, 32000)
+    (tmp_path / 'notes.txt').write_text('not audio')
+    [loaded] = load_impulse_responses(str(tmp_path), 32000)
+    np.testing.assert_allclose(loaded, ir / np.sqrt(np.sum(ir ** 2)), atol=1e-4)
+    waves = np.random.default_rng(1).normal(0, 0.1, (2, 4000)).astype('float32')
+    out = convolve_impulse_responses(paddle.to_tensor(waves), [loaded], 1.0, np.random.default_rng(0)).numpy()
+    for i in range(2):
+        wet = np.convolve(waves[i], loaded)[:4000]
+        np.testing.assert_allclose(out[i], wet * np.abs(waves[i]).max() / np.abs(wet).max(), atol=1e-4)
+    untouched = convolve_impulse_responses(paddle.to_tensor(waves), [loaded], 0.0, np.random.default_rng(0))
+    np.testing.assert_array_equal(untouched.numpy(), waves)
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'readme.txt').write_text('x')
+    from paddle_soundcls import Module, Trainer
+    model = Module('panns_cnn6', num_class=2, pretrained=False)
+    with pytest.raises(ValueError, match=f'{empty}.*no readable audio'):
+        Trainer(model, paddle.optimizer.Adam(parameters=model.parameters()),
+                augment=AugmentConfig(impulse_responses=str(empty), impulse_response_p=0.5))
+    with pytest.raises(ValueError, match='go together'):
+        AugmentConfig(impulse_responses=str(tmp_path))
+
+
+def test_supcon_loss_is_the_formula():
+    from paddle_soundcls.training.losses import SupConLoss
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(6, 5))
+    labels = np.array([0, 1, 0, 2, 1, 0])
+    tau = 0.2
+    got = float(SupConLoss(tau)(paddle.to_tensor(z, 'float32'), paddle.to_tensor(labels)))
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    sim = zn @ zn.T / tau
+    total, anchors = 0.0, 0
+    for i in range(6):
+        others = [a for a in range(6) if a != i]
+        positives = [p for p in others if labels[p] == labels[i]]
+        if not positives:
+            continue                          # class 2 has one sample: no positive, left out
+        log_denominator = np.log(np.sum(np.exp(sim[i, others])))
+        total += -np.mean([sim[i, p] - log_denominator for p in positives])
+        anchors += 1
+    assert got == pytest.approx(total / anchors, rel=1e-5)

@@ -60,7 +60,7 @@ def workdir(tmp_path_factory):
 def test_export_with_parity_check(workdir):
     summary = json.loads((workdir / 'export_summary.json').read_text())
     assert summary['model'] == 'panns_cnn6' and summary['task'] == 'sound-cls' and summary['classes'] == 3
-    assert set(summary['files']) == {'inference.json', 'inference.pdiparams', 'model.onnx'}
+    assert set(summary['files']) == {'inference.json', 'inference.pdiparams', 'model.onnx', 'model.frames.onnx'}
     parity = summary['parity']
     assert parity['passed'] and parity['clips'] == 3 and parity['top1_agreement'] == 1.0
     assert parity['accuracy_paddle'] == parity['accuracy_onnxruntime']

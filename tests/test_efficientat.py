@@ -172,3 +172,42 @@ def test_checkpoint_of_another_width_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r'mn10\.pdparams.*features\.0\.0\.weight: checkpoint \[16, 1, 3, 3\] '
                                               r'vs model \[8, 1, 3, 3\]'):
         Module(name='efficientat_mn04', task=None, pretrained=False, load_checkpoint=path)
+
+
+def test_pretrained_release_file_is_downloaded_converted_and_cached(monkeypatch):
+    """pretrained=True: the PyTorch release file comes from its URL (a local server here), is read
+    without PyTorch, mapped by the family's filter and kept converted in the cache; offline, the
+    cache alone serves it; with neither, the error names the URL and the cache path."""
+    import dataclasses
+    from functools import partial
+
+    from test_weights import Server, closed_port
+
+    from paddle_soundcls import Module, weights
+    from paddle_soundcls.registry import Weights
+    data = open(REF_PT, 'rb').read()
+    server = Server()
+    url = server.serve('/mn_tiny.pt', data)
+    spec = dataclasses.replace(registry.get_spec('efficientat_mn04'), build=partial(build, REF_WIDTH),
+                               emb_size=efficientat.make_divisible(efficientat.LAST_CHANNEL * REF_WIDTH),
+                               weights=Weights(url=url, filename='mn_tiny.pt', file_format='torch',
+                                               size_range=(len(data), len(data)), license='MIT'))
+    monkeypatch.setitem(registry._MODELS, 'efficientat_mn04', spec)
+    try:
+        model = Module('efficientat_mn04', num_class=3)
+    finally:
+        server.close()
+    expected = checkpoint_filter(load_state_dict(REF_PT), REF_PT)
+    for key, value in model.backbone.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), expected[key], err_msg=key)
+    cache = weights.cache_dir()
+    assert sorted(os.listdir(cache)) == ['efficientat_mn04.converted.pdparams', 'mn_tiny.pt']
+    again = Module('efficientat_mn04', num_class=3)  # the server is gone: the cache serves it
+    np.testing.assert_array_equal(again.backbone.features[0][0].weight.numpy(), expected['features.0.0.weight'])
+    for name in os.listdir(cache):
+        os.remove(os.path.join(cache, name))
+    offline = f'http://127.0.0.1:{closed_port()}/mn_tiny.pt'
+    monkeypatch.setitem(registry._MODELS, 'efficientat_mn04',
+                        dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, url=offline)))
+    with pytest.raises(weights.DownloadError, match=r'(?s)mn_tiny.pt.*' + os.path.join(cache, 'mn_tiny.pt')):
+        Module('efficientat_mn04', num_class=3)

@@ -65,7 +65,8 @@ def test_export_small_models_both_tasks(tmp_path, name, task):
     module = random_module(name, task)
     out = tmp_path / 'export'
     meta = export_static(module, out, opset=13)
-    assert sorted(os.listdir(out)) == ['export.json', 'inference.json', 'inference.pdiparams', 'model.onnx']
+    assert sorted(os.listdir(out)) == ['export.json', 'inference.json', 'inference.pdiparams', 'model.frames.onnx',
+                                      'model.onnx']
     check_export_matches(module, str(out))
 
     saved = exportdir.read_export(out)

@@ -558,3 +558,40 @@ def test_several_workers(export_dir):
         responses = concurrent_posts(base, 6)
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
     assert process.returncode == 0, process.stderr.read()[-3000:]
+
+
+# Event detection ---------------------------------------------------------------------------
+
+def test_events_endpoint_answers_the_predictors_events(url, predictor, tmp_path):
+    sr = 16000
+    wave = np.concatenate([tone(1.0, sr, 300.0, amp=0.001), tone(1.5, sr, 1200.0), tone(1.0, sr, 300.0, amp=0.001)])
+    data = audio_bytes(wave, sr)
+    response = post_wav(url, data=data, path='/v1/events', params={'window': 2.0, 'hop': 1.0})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body['model'] == 'panns_cnn6' and body['duration'] == pytest.approx(3.5) and body['frame_hop'] == 0.01
+    (tmp_path / 'clip.wav').write_bytes(data)
+    [expected] = predictor.detect([str(tmp_path / 'clip.wav')], window=2.0, hop=1.0)
+    assert body['events'] == json.loads(json.dumps(expected['events']))
+    bad = post_wav(url, data=data, path='/v1/events', params={'window': 0})
+    assert bad.status_code == 400 and bad.json()['error']['field'] == 'window'
+    assert post_wav(url, data=b'', path='/v1/events').status_code == 400
+
+
+def test_stream_events_mode_reports_each_event_once(url, predictor):
+    sr = 16000
+    quiet, loud = tone(1.0, sr, 300.0, amp=0.001), tone(2.0, sr, 1500.0, amp=0.5)
+    pcm = (np.concatenate([quiet, loud, quiet]) * 32767).astype('<i2').tobytes()
+    options = {'onset_threshold': 0.5, 'offset_threshold': 0.5, 'median_filter_seconds': 0.0,
+               'min_duration_seconds': 0.0, 'min_gap_seconds': 0.0}
+    messages = stream(url, {'sample_rate': sr, 'window': 0.5, 'hop': 0.5, 'mode': 'events', 'options': options},
+                      [pcm[i:i + 8000] for i in range(0, len(pcm), 8000)])
+    assert messages[0]['type'] == 'ready' and messages[-1]['type'] == 'end'
+    reports = messages[1:-1]
+    starts = [m for m in reports if m['type'] == 'start']
+    ends = [m for m in reports if m['type'] == 'end']
+    assert len(starts) == len(ends) >= 1
+    # The same decisions on the windows' scores offline: one start and one end per event.
+    assert sorted((m['label'], m['onset']) for m in starts) == sorted((m['label'], m['onset']) for m in ends)
+    bad = stream(url, {'sample_rate': sr, 'mode': 'events', 'options': {'onset_threshold': 7}}, [], end=False)
+    assert bad[-1]['type'] == 'error' and 'onset_threshold' in bad[-1]['error']['message']

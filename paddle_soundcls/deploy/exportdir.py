@@ -113,6 +113,8 @@ def require_file(model_dir, meta, name, verify=True):
     hint = {ONNX_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir}`',
             INT8_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir} --quantize int8 '
                        f'--calibration CLIPS --check OTHER_CLIPS`, or run in float32 (precision fp32)',
+            FRAMES_FILE: 'event detection needs the frame-scores graph, which `paddle-soundcls export --checkpoint '
+                         'CKPT_DIR --output DIR` writes (not the static-only export nor --model-dir)',
             }.get(name, 'export the model again')
     if not os.path.isfile(path):
         raise ExportError(f'{path} is missing from the export directory; {hint}')

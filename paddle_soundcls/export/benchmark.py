@@ -16,9 +16,10 @@ Engines (backbone only: log-mel features in, scores out):
 The weights are random: speed does not depend on their values, and no download is needed.
 `run_export` measures an existing export directory instead, without Paddle.
 (int8 answers do depend on them: see the int8 check in export/parity.py, not this file.)
-Engines take turns within each iteration, so a burst of load from other processes slows
-them all alike rather than one of them; clips_per_s uses the median batch time, which a
-few slow batches do not move.
+Engines take turns within each iteration, in a new order each time, so a burst of load from
+other processes slows them all alike rather than one of them, and no engine always runs
+while the previous one's threads are still spinning; clips_per_s uses the median batch
+time, which a few slow batches do not move.
 """
 import contextlib
 import os
@@ -34,6 +35,7 @@ from ..features.mel import logmel
 
 ENGINES = ('paddle_dygraph', 'paddle_inference_onednn', 'onnxruntime', 'default', 'onnxruntime_int8')
 CALIBRATION_CLIPS = 8
+END_TO_END = 'end_to_end'  # the default engine with the numpy front end: waveforms in, scores out
 
 
 def machine_info():
@@ -120,8 +122,8 @@ def run_models(models, seconds=5.0, batch_size=8, iterations=5, num_threads=None
     load from other processes falls on every model alike. Returns a JSON-ready dict:
     'models': {name: what `run` returns for it, plus 'complexity' (export.complexity's report of
     the network timed, for the benchmark clip and for `complexity_seconds`)},
-    'summary': {name: params, MACs per clip, clips/s of every engine, and speed relative to the
-    first model}, 'setup': the settings and the machine.
+    'summary': {name: params, MACs per clip and per `complexity_seconds`, clips/s of every engine,
+    and each engine's clips/s relative to the first model's}, 'setup': the settings and the machine.
     """
     from .complexity import complexity
     models = list(models)
@@ -143,12 +145,14 @@ def run_models(models, seconds=5.0, batch_size=8, iterations=5, num_threads=None
                'end_to_end_clips_per_s': result['default']['end_to_end_clips_per_s'],
                # MACs the default engine gets through per second: how well each architecture uses the CPU.
                'default_gmacs_per_s': round(result['default']['clips_per_s'] * macs[float(seconds)] / 1e9, 2)}
-        for engine in ('default', 'onnxruntime_int8'):
-            row[f'{engine}_vs_{reference}'] = round(
-                result[engine]['clips_per_s'] / results[reference][engine]['clips_per_s'], 2)
+        row[f'clips_per_s_vs_{reference}'] = {
+            engine: round(result[engine]['clips_per_s'] / results[reference][engine]['clips_per_s'], 2)
+            for engine in ENGINES}
         summary[name] = row
     setup = {key: value for key, value in results[reference]['setup'].items() if key not in ('model', 'frames')}
     setup['models'] = models
+    setup['complexity'] = (f'of the network timed (a sound-cls head with {num_classes} classes; export/complexity.py): '
+                           f'parameters, and MACs on the log-mel input of one clip, front end excluded')
     return {'models': results, 'summary': summary, 'setup': setup}
 
 
@@ -199,24 +203,25 @@ def _measure(models, seconds, batch_size, iterations, num_threads, num_classes, 
         prepared = {model: _prepare(model, seconds, batch_size, threads, num_classes,
                                     stack.enter_context(tempfile.TemporaryDirectory()))
                     for model in models}
-        times = {model: {name: [] for name in ENGINES} for model in models}
-        end_to_end = {model: [] for model in models}
-        for p in prepared.values():  # warm-up: oneDNN and onnxruntime prepare kernels on the first run
-            for fn in p['runners'].values():
-                fn(p['features'])
+        # One timed call per (model, engine), plus each model's end-to-end call (waveforms in).
+        calls = [(model, name, fn, p['features']) for model, p in prepared.items() for name, fn in p['runners'].items()]
+        calls += [(model, END_TO_END, p['predictor'].score_batch, p['waves']) for model, p in prepared.items()]
+        times = {model: {name: [] for name in ENGINES + (END_TO_END,)} for model in models}
+        for _, _, fn, x in calls:  # warm-up: oneDNN and onnxruntime prepare kernels on the first run
+            fn(x)
+        order = np.random.default_rng(0)
         for _ in range(iterations):
-            for model, p in prepared.items():
-                for name, fn in p['runners'].items():
-                    start = time.perf_counter()
-                    fn(p['features'])
-                    times[model][name].append(time.perf_counter() - start)
+            # A new order every iteration: onnxruntime's and OpenMP's threads spin for a moment
+            # after a run and slow whatever runs next, so no call always follows the same one.
+            for i in order.permutation(len(calls)):
+                model, name, fn, x = calls[i]
                 start = time.perf_counter()
-                p['predictor'].score_batch(p['waves'])
-                end_to_end[model].append(time.perf_counter() - start)
+                fn(x)
+                times[model][name].append(time.perf_counter() - start)
     if modules is not None:
         modules.update((model, p['module']) for model, p in prepared.items())
-    return {model: _engine_report(model, p, times[model], end_to_end[model], seconds, batch_size, iterations,
-                                  threads, num_classes)
+    return {model: _engine_report(model, p, times[model], times[model][END_TO_END], seconds, batch_size,
+                                  iterations, threads, num_classes)
             for model, p in prepared.items()}
 
 

@@ -11,7 +11,8 @@ clip: the front end is excluded, as the DCASE low-complexity rules count them. T
 one forward pass of the real network with forward post-hooks on its layers, so they hold for
 any registered family without knowing its architecture.
 
-What is counted (torchinfo's "mult-adds" and EfficientAT's helpers/flop_count.py count the same):
+What is counted (convolutions and Linear layers as torchinfo's "mult-adds" and EfficientAT's
+helpers/flop_count.py count them):
 - MACs: every Conv1D / Conv2D / Conv3D (grouped and depthwise ones with their in_channels /
   groups inputs per output) and every Linear (applied to every row of its input), each bias
   counted as one MAC per output value. BatchNorm is not counted: at inference it is folded
@@ -30,6 +31,7 @@ What is counted (torchinfo's "mult-adds" and EfficientAT's helpers/flop_count.py
 """
 import json
 import sys
+import textwrap
 
 import numpy as np
 
@@ -58,6 +60,13 @@ def _check_seconds(seconds):
     if not seconds or any(not s > 0 for s in seconds):
         raise ValueError(f'seconds must be positive clip lengths, got {seconds!r}')
     return seconds
+
+
+def _check_min_seconds(name, seconds, min_seconds):
+    too_short = [s for s in seconds if s < min_seconds]
+    if too_short:
+        raise ValueError(f'{name} takes clips of at least {min_seconds:g} s (shorter ones are zero-padded to it); '
+                         f'seconds {too_short} are shorter: count {min_seconds:g} s instead')
 
 
 def _kb(num_bytes):
@@ -198,6 +207,7 @@ def complexity(name_or_module, seconds=DEFAULT_SECONDS, task=None, num_class=Non
     seconds = _check_seconds(seconds)
     spec = None
     if isinstance(name_or_module, str):
+        _check_min_seconds(name_or_module, seconds, registry.get_spec(name_or_module).min_seconds)
         module = _module_for(name_or_module, task, num_class)
     elif isinstance(name_or_module, nn.Layer):
         module = name_or_module
@@ -228,11 +238,7 @@ def complexity(name_or_module, seconds=DEFAULT_SECONDS, task=None, num_class=Non
         total, statistics = _count_parameters(module)
         backbone, min_seconds = None, 0.0
 
-    too_short = [s for s in seconds if s < min_seconds]
-    if too_short:
-        raise ValueError(f'{name} takes clips of at least {min_seconds:g} s (shorter ones are zero-padded to it); '
-                         f'seconds {too_short} are shorter: count {min_seconds:g} s instead')
-
+    _check_min_seconds(name, seconds, min_seconds)
     was_training = module.training
     module.eval()
     clips, uncounted = [], []
@@ -243,7 +249,8 @@ def complexity(name_or_module, seconds=DEFAULT_SECONDS, task=None, num_class=Non
             figures, uncounted = _measure_clip(module, frames, frontend.n_mels)
             clips.append({'seconds': s, 'samples': samples, 'frames': frames, **figures})
     finally:
-        module.train() if was_training else module.eval()
+        if was_training:
+            module.train()
 
     report = {
         'model': name, 'task': task, 'classes': classes, 'head': head,
@@ -258,7 +265,7 @@ def complexity(name_or_module, seconds=DEFAULT_SECONDS, task=None, num_class=Non
         'uncounted_layers': uncounted,
     }
     if spec is not None:
-        report['published'] = {k: spec.published[k] for k in ('params', 'macs_10s') if k in spec.published}
+        report['published'] = {k: v for k, v in spec.published.items() if k == 'params' or k.startswith('macs')}
     return report
 
 
@@ -331,7 +338,7 @@ def add_complexity_arguments(parser):
 
 def format_table(reports):
     """The reports as a text table: one row per model and clip length."""
-    rows = [('model', 'head', 'params', 'backbone', 'fp16 kB', 'int8 kB', 'seconds', 'frames', 'MACs',
+    rows = [('model', 'task', 'params', 'backbone', 'fp16 kB', 'int8 kB', 'seconds', 'frames', 'MACs',
              'peak act. fp32 kB')]
     for r in reports:
         for i, clip in enumerate(r['clips']):
@@ -347,7 +354,7 @@ def format_table(reports):
     lines = ['  '.join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
     notes = sorted({r['head'] for r in reports if r['task'] == 'sound-cls'})
-    return '\n'.join(lines + [f'sound-cls: {note}' for note in notes] + ['Counting: ' + COUNTING])
+    return '\n'.join(lines + [f'sound-cls: {note}' for note in notes] + textwrap.wrap('Counting: ' + COUNTING, 100))
 
 
 def run_complexity(args):

@@ -231,6 +231,37 @@ def create_app(predictor, settings=None):
         """The audio as raw bytes (`Content-Type: audio/wav`, `audio/flac`, ... or
         `application/octet-stream`), as a multipart upload (field `file`), or as JSON
         `{"inputs": base64, "parameters": {"top_k": 5}}`. Answers the best labels, best first."""
+        data, field, top_k = await read_audio_body(request, top_k)
+        top_k = check_top_k(settings.default_top_k if top_k is None else top_k, 'top_k', len(labels))
+        scores, duration = await classify_bytes(request, data, field)
+        results = [{'label': label, 'score': score} for label, score in list(scores.items())[:top_k]]
+        return {'model': model_name, 'duration': round(duration, 6), 'results': results}
+
+    @app.post('/v1/events', responses=ERROR_RESPONSES, openapi_extra=CLASSIFY_BODY,
+              summary='When each sound happens in one audio clip')
+    async def events(request: Request,
+                     window: Optional[float] = Query(None, gt=0, le=60, description='seconds per window (default: '
+                                                                                    "the model's clip length, or 10)"),
+                     hop: Optional[float] = Query(None, gt=0, le=60, description='seconds between windows '
+                                                                                 '(default: half the window)')):
+        """The audio in the forms /v1/classify takes. Answers the events, each with its onset and
+        offset in seconds, its label and its confidence, by onset; none is an empty list. The
+        decisions (thresholds, median filter) are those saved with the export."""
+        data, field, _ = await read_audio_body(request, None)
+        wave, duration = await run_in_threadpool(decode_audio, data, model_rate, settings.max_audio_seconds, field)
+        try:
+            [result] = await asyncio.wait_for(run_in_threadpool(predictor.detect, [wave], model_rate, window, hop),
+                                              remaining_time(request, settings))
+        except asyncio.TimeoutError:
+            raise ApiError(504, 'timeout', f'no answer within {settings.timeout:g} s (--timeout): the server is '
+                                           f'overloaded; retry later', headers={'Retry-After': '1'}) from None
+        except ValueError as exc:  # window / hop the detector cannot use
+            raise ApiError(400, 'invalid_parameter', str(exc), 'window') from None
+        return {'model': model_name, 'duration': round(duration, 6), 'frame_hop': result['frame_hop'],
+                'events': result['events']}
+
+    async def read_audio_body(request, top_k):
+        """(audio bytes, the field they came in, top_k) of a request in any of the accepted forms."""
         content_type = request.headers.get('content-type', '')
         media = content_type.split(';')[0].strip().lower()
         body = await request.body()
@@ -246,10 +277,7 @@ def create_app(predictor, settings=None):
                            f'bytes with `Content-Type: audio/wav` (or audio/flac, application/octet-stream, ...), '
                            f'as multipart/form-data with a field "file", or as application/json '
                            f'{{"inputs": base64, "parameters": {{"top_k": 5}}}}')
-        top_k = check_top_k(settings.default_top_k if top_k is None else top_k, 'top_k', len(labels))
-        scores, duration = await classify_bytes(request, data, field)
-        results = [{'label': label, 'score': score} for label, score in list(scores.items())[:top_k]]
-        return {'model': model_name, 'duration': round(duration, 6), 'results': results}
+        return data, field, top_k
 
     async def read_multipart(request, top_k):
         try:

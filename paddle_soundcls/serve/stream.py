@@ -21,8 +21,8 @@ is not JSON). A window refused because the server is busy gets an error message 
 
 Modes are pluggable: `register_stream_mode(name, factory)`; factory(config, labels, meta) gives an
 object with `on_window(start, end, scores) -> [messages]` and `on_end() -> [messages]`, where
-scores is an OrderedDict(label -> score) of one window, best first. 'scores' (clip-level scores of
-each window) is built in; event detection plugs in here as another mode.
+scores is an OrderedDict(label -> score) of one window, best first. Built in: 'scores' (the
+scores of each window) and 'events' (events as they start and end, from the windows' scores).
 """
 import asyncio
 import json
@@ -71,7 +71,32 @@ class ClipScores:
         return []
 
 
-STREAM_MODES = {'scores': ClipScores}
+class WindowEvents:
+    """Mode 'events': events as they start and end, decided on the windows' scores (one score per
+    label every `hop` seconds, so times are on the hop's grid): {"type": "start" | "end", "label",
+    "onset", ("offset"), "confidence"}. The thresholds are the export's saved ones, or
+    `options` of the start message (deploy.events.EventConfig fields)."""
+
+    def __init__(self, config, labels, meta):
+        from ..deploy.events import EventConfig, EventTracker
+        settings = {**(meta.get('events') or {}), **config.options}
+        try:
+            event_config = EventConfig.from_dict(settings) if settings else None
+        except (TypeError, ValueError) as exc:
+            raise StreamError('bad_start', f'options: {exc}', CLOSE_POLICY) from None
+        self.labels = list(labels)
+        self.tracker = EventTracker(self.labels, config.hop, event_config)
+        self.hop = config.hop
+
+    def on_window(self, start, end, scores):
+        row = np.array([[scores[label] for label in self.labels]], dtype=np.float32)
+        return [{**report} for report in self.tracker.push(row)]
+
+    def on_end(self):
+        return self.tracker.close()
+
+
+STREAM_MODES = {'scores': ClipScores, 'events': WindowEvents}
 
 
 def register_stream_mode(name, factory):

@@ -6,6 +6,7 @@ run is reproducible, and a resumed run draws the same numbers, without saving an
 """
 import math
 import numbers
+import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -22,10 +23,17 @@ class AugmentConfig:
     Waveform level (`apply`):
         gain_db: random gain, uniform in [-gain_db, +gain_db] dB per clip (0 = off).
         noise_snr_db: add white Gaussian noise at this signal-to-noise ratio per clip (None = off).
+        impulse_responses: a folder of impulse responses (audio files, e.g. of recording
+            devices or rooms); each clip is convolved with a random one with probability
+            impulse_response_p, and keeps its peak level (None = off).
     Feature level (`apply_features`):
         time_masks, time_mask_width: number of time masks and their maximum width in frames.
         freq_masks, freq_mask_width: number of frequency masks and their maximum width in mel bins.
         mixup_alpha: mixup with lambda ~ Beta(alpha, alpha) (0 = off).
+        freq_mixstyle_p, freq_mixstyle_alpha: with probability p per batch, Freq-MixStyle
+            (Schmid et al., DCASE 2022/2024 baselines): each clip's per-frequency mean and
+            standard deviation over time are mixed with those of a random partner,
+            lambda ~ Beta(alpha, alpha) per clip; it simulates other recording devices.
     """
     time_masks: int = 0
     time_mask_width: int = 0
@@ -34,6 +42,10 @@ class AugmentConfig:
     mixup_alpha: float = 0.0
     gain_db: float = 0.0
     noise_snr_db: Optional[float] = None
+    impulse_responses: Optional[str] = None
+    impulse_response_p: float = 0.0
+    freq_mixstyle_p: float = 0.0
+    freq_mixstyle_alpha: float = 0.3
 
     def __post_init__(self):
         for name in ('time_masks', 'time_mask_width', 'freq_masks', 'freq_mask_width'):
@@ -47,6 +59,14 @@ class AugmentConfig:
             value = getattr(self, name)
             if not _is_number(value) or not math.isfinite(value) or value < 0:
                 raise ValueError(f'AugmentConfig.{name} must be a finite number >= 0, got {value!r}')
+        for name in ('impulse_response_p', 'freq_mixstyle_p'):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f'AugmentConfig.{name} must be a probability in [0, 1], got {value!r}')
+        if not _is_number(self.freq_mixstyle_alpha) or not self.freq_mixstyle_alpha > 0:
+            raise ValueError(f'AugmentConfig.freq_mixstyle_alpha must be > 0, got {self.freq_mixstyle_alpha!r}')
+        if (self.impulse_responses is None) != (self.impulse_response_p == 0):
+            raise ValueError('AugmentConfig.impulse_responses (a folder) and impulse_response_p > 0 go together')
         if self.noise_snr_db is not None and (not _is_number(self.noise_snr_db)
                                               or not math.isfinite(self.noise_snr_db)):
             raise ValueError(f'AugmentConfig.noise_snr_db must be a finite number of dB or None, '
@@ -55,12 +75,12 @@ class AugmentConfig:
     @property
     def changes_audio(self):
         """True when a waveform-level augmentation (gain or noise) is on."""
-        return self.gain_db > 0 or self.noise_snr_db is not None
+        return self.gain_db > 0 or self.noise_snr_db is not None or self.impulse_response_p > 0
 
     @property
     def enabled(self):
         """True when any augmentation is on."""
-        return (self.changes_audio or self.mixup_alpha > 0
+        return (self.changes_audio or self.mixup_alpha > 0 or self.freq_mixstyle_p > 0
                 or self.time_masks > 0 or self.freq_masks > 0)
 
     def to_dict(self):
@@ -203,9 +223,73 @@ def mixup(feats, targets, alpha, rng):
     return mixed_feats, mixed_targets
 
 
-def apply(cfg, waves, rng):
-    """The waveform augmentations of `cfg` (gain, then noise) on a batch [B, N]."""
+def load_impulse_responses(folder, sample_rate):
+    """The impulse responses in `folder` (audio files, any rate), mono float32 at `sample_rate`,
+    each scaled to unit energy. An error names the folder when it holds no readable audio."""
+    from .. import audio
+    key = (os.path.abspath(folder), sample_rate)
+    if key not in _IMPULSE_RESPONSES:
+        if not os.path.isdir(folder):
+            raise ValueError(f'impulse_responses: no such folder: {folder}')
+        responses = []
+        for path in audio.list_audio_files(folder):
+            try:
+                ir = audio.load(path, None, sample_rate)
+            except audio.AudioError:
+                continue
+            energy = float(np.sqrt(np.sum(ir.astype(np.float64) ** 2)))
+            if energy > 0:
+                responses.append((ir / energy).astype(np.float32))
+        if not responses:
+            raise ValueError(f'impulse_responses: {folder} holds no readable audio files '
+                             f'({", ".join(audio.AUDIO_EXTENSIONS)}) to use as impulse responses')
+        _IMPULSE_RESPONSES[key] = responses
+    return _IMPULSE_RESPONSES[key]
+
+
+_IMPULSE_RESPONSES = {}
+
+
+def convolve_impulse_responses(waves, responses, p, rng):
+    """Each clip of [B, N], with probability p, convolved with a random response (the first N
+    samples of the result, FFT convolution), scaled back to its own peak level."""
+    chosen = [(i, int(rng.integers(len(responses)))) for i in range(waves.shape[0]) if rng.random() < p]
+    if not chosen:
+        return waves
+    x = waves.numpy().astype(np.float64)
+    n = x.shape[1]
+    for i, r in chosen:
+        ir = responses[r].astype(np.float64)
+        size = 1 << int(np.ceil(np.log2(n + len(ir) - 1)))
+        wet = np.fft.irfft(np.fft.rfft(x[i], size) * np.fft.rfft(ir, size), size)[:n]
+        peak, wet_peak = np.abs(x[i]).max(), np.abs(wet).max()
+        x[i] = wet * (peak / wet_peak) if wet_peak > 0 else wet
+    return paddle.to_tensor(x.astype(np.float32), place=waves.place)
+
+
+def freq_mixstyle(feats, alpha, rng, eps=1e-6):
+    """Freq-MixStyle on [B, T, F] features: normalise each clip's every frequency by its mean
+    and standard deviation over time, then restore them mixed with a random partner's:
+    mu = lam * mu + (1 - lam) * mu[perm], likewise sigma, lam ~ Beta(alpha, alpha) per clip."""
+    lam = paddle.to_tensor(rng.beta(alpha, alpha, size=(feats.shape[0], 1, 1)).astype(np.float32), place=feats.place)
+    perm = paddle.to_tensor(rng.permutation(feats.shape[0]), place=feats.place)
+    mu = feats.mean(axis=1, keepdim=True)
+    sigma = (feats.var(axis=1, keepdim=True) + eps).sqrt()
+    normed = (feats - mu) / sigma
+    mu_mix = lam * mu + (1 - lam) * paddle.index_select(mu, perm)
+    sigma_mix = lam * sigma + (1 - lam) * paddle.index_select(sigma, perm)
+    return normed * sigma_mix + mu_mix
+
+
+def apply(cfg, waves, rng, sample_rate=None):
+    """The waveform augmentations of `cfg` (impulse responses, gain, then noise) on a batch [B, N]
+    at `sample_rate` (needed for impulse responses)."""
     _check_rng(rng)
+    if cfg.impulse_response_p > 0:
+        if sample_rate is None:
+            raise ValueError('impulse responses need the sample rate of the waveforms')
+        responses = load_impulse_responses(cfg.impulse_responses, sample_rate)
+        waves = convolve_impulse_responses(waves, responses, cfg.impulse_response_p, rng)
     if cfg.gain_db > 0:
         waves = random_gain(waves, cfg.gain_db, rng)
     if cfg.noise_snr_db is not None:
@@ -227,6 +311,8 @@ def apply_features(cfg, feats, targets, rng):
         (feats, targets).
     """
     _check_rng(rng)
+    if cfg.freq_mixstyle_p > 0 and rng.random() < cfg.freq_mixstyle_p:
+        feats = freq_mixstyle(feats, cfg.freq_mixstyle_alpha, rng)
     if cfg.mixup_alpha > 0:
         feats, targets = mixup(feats, targets, cfg.mixup_alpha, rng)
     feats = spec_augment(feats, cfg.time_masks, cfg.time_mask_width, cfg.freq_masks, cfg.freq_mask_width, rng)

@@ -113,13 +113,6 @@ class EmbeddingDataset(paddle.io.Dataset):
         return self.targets[index]
 
 
-def _save(path, embedding):
-    def write(tmp):
-        with open(tmp, 'wb') as f:  # a file object: np.save would append '.npy' to a name
-            np.save(f, embedding)
-    fileio.atomic_write(path, write)
-
-
 def clip_inputs(module, dataset, index, cut, clip_samples):
     """The waveform segments [segments, samples] of clip `index`, cut as `cut` says (see module docstring)."""
     wave = dataset.waveform(index)
@@ -194,6 +187,6 @@ def _compute(module, dataset, indices, files, batch_size, cut, clip_samples):
             rows = engine(logmel(np.concatenate(segments), module.frontend_cfg))
             offset = 0
             for i, s in zip(batch, segments):
-                _save(files[i], np.asarray(rows[offset:offset + len(s)], dtype=np.float32))
+                fileio.write_npy(files[i], np.asarray(rows[offset:offset + len(s)], dtype=np.float32))
                 offset += len(s)
             bar.update(len(batch))

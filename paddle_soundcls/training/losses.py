@@ -201,3 +201,71 @@ def build_loss(name, class_counts=None, label_smoothing=0.0, beta=0.999, gamma=2
     if name in ('focal', 'class_balanced_focal'):
         return FocalLoss(gamma, weights)
     return BCEWithLogitsLoss()
+
+
+class DistillationLoss(nn.Layer):
+    """Knowledge distillation: (1 - kd_lambda) * the task loss + kd_lambda * T^2 * the distance
+    between the student's and the teacher's outputs at temperature T (Hinton et al., 2015).
+
+    Single-label: KL(softmax(t / T) || softmax(s / T)). Multi-label: binary cross-entropy of
+    sigmoid(s / T) against sigmoid(t / T), class by class (EfficientAT's form). T^2 keeps the
+    gradients of the soft part at the scale of the hard part's as T changes.
+
+    forward(logits, target, teacher_logits): target as the task loss takes it.
+    """
+
+    def __init__(self, task_loss, kd_lambda=0.5, temperature=2.0, multi_label=False):
+        super().__init__()
+        if isinstance(kd_lambda, bool) or not isinstance(kd_lambda, (int, float)) or not 0.0 <= kd_lambda <= 1.0:
+            raise ValueError(f'kd_lambda must be a number in [0, 1], got {kd_lambda!r}')
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f'kd_temperature must be a positive number, got {temperature!r}')
+        self.task_loss, self.kd_lambda, self.temperature = task_loss, float(kd_lambda), float(temperature)
+        self.multi_label = multi_label
+
+    def soft_loss(self, logits, teacher_logits):
+        t = self.temperature
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits / t, F.sigmoid(teacher_logits / t)) * t * t
+        teacher = F.softmax(teacher_logits / t, axis=-1)
+        log_ratio = paddle.log(paddle.clip(teacher, min=1e-12)) - F.log_softmax(logits / t, axis=-1)
+        return (teacher * log_ratio).sum(axis=-1).mean() * t * t
+
+    def forward(self, logits, target, teacher_logits):
+        hard = self.task_loss(logits, target)
+        if self.kd_lambda == 0:
+            return hard
+        return (1 - self.kd_lambda) * hard + self.kd_lambda * self.soft_loss(logits, teacher_logits.astype(logits.dtype))
+
+
+class SupConLoss(nn.Layer):
+    """Supervised contrastive loss (Khosla et al., NeurIPS 2020, L_out):
+
+        L = mean_i  -1/|P(i)| sum_{p in P(i)} log( exp(z_i . z_p / tau) / sum_{a != i} exp(z_i . z_a / tau) )
+
+    over the L2-normalised embeddings z of a batch (two views of each clip, concatenated), P(i)
+    the other samples with i's label. Anchors without positives are left out.
+
+    forward(embeddings [n, d], labels [n] class indices) -> scalar.
+    """
+
+    def __init__(self, temperature=0.1):
+        super().__init__()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f'supcon_temperature must be a positive number, got {temperature!r}')
+        self.temperature = float(temperature)
+
+    def forward(self, embeddings, labels):
+        z = F.normalize(embeddings.astype('float32'), axis=1)
+        n = z.shape[0]
+        similarity = paddle.matmul(z, z, transpose_y=True) / self.temperature
+        self_mask = paddle.eye(n, dtype='float32')
+        labels = labels.reshape([-1, 1]).astype('int64')
+        positive = (labels == labels.T).astype('float32') - self_mask
+        # log-softmax over every other sample; the diagonal is excluded by a large negative value.
+        logits = similarity - self_mask * 1e9
+        log_prob = logits - paddle.logsumexp(logits, axis=1, keepdim=True)
+        counts = positive.sum(axis=1)
+        has_positive = (counts > 0).astype('float32')
+        mean_log_prob = (positive * log_prob).sum(axis=1) / paddle.clip(counts, min=1.0)
+        return -(mean_log_prob * has_positive).sum() / paddle.clip(has_positive.sum(), min=1.0)

@@ -34,6 +34,7 @@ from ..device import set_device
 from . import augment as augment_lib
 from . import embeddings, losses, metrics
 from .schedules import steps_per_epoch
+from .teacher import Teacher, teacher_logits
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,24 @@ class Trainer:
             and the mode is recorded: a run continued with the other mode keeps the weights and
             the learning-rate schedule and starts the optimizer's moments afresh.
         embedding_cache: the embedding cache folder (default `<cache_dir()>/embeddings`).
+        teacher: knowledge distillation from a Module, a checkpoint directory, an export
+            directory, or a list of them (an ensemble: the mean of their logits). The teacher
+            scores every training clip whole, once (cached under `teacher_cache`, default
+            `<cache_dir()>/teachers`, keyed by file content and teacher weights); the student
+            learns from (1 - kd_lambda) * its loss + kd_lambda * kd_temperature^2 * the distance
+            to the teacher's outputs at that temperature (losses.DistillationLoss). With mixup
+            the teacher's outputs are mixed with the same coefficient. Its labels must be the data's.
+        supcon_weight: > 0 adds the supervised contrastive loss (losses.SupConLoss, Khosla et al.
+            2020) on the embeddings of two augmented views of every clip, times this weight, to
+            the loss of the first view (single-label data, full fine-tuning, augmentation on).
     """
 
     def __init__(self, model, optimizer, use_gpu=False, use_vdl=True, checkpoint_dir=None, compare_metrics=None,
                  loss=None, label_smoothing=0.0, augment=None, seed=0, keep_last=3, skip_bad_files=False,
-                 freeze_backbone=False, embedding_cache=None):
+                 freeze_backbone=False, embedding_cache=None, teacher=None, kd_lambda=0.5, kd_temperature=2.0,
+                 teacher_cache=None, supcon_weight=0.0, supcon_temperature=0.1):
         set_device(use_gpu)
+        losses.DistillationLoss(None, kd_lambda, kd_temperature)  # checks the two settings before any work
         if compare_metrics is not None and compare_metrics not in ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS:
             raise ValueError(f'compare_metrics must be one of {["loss", *SINGLE_LABEL_METRICS, *MULTI_LABEL_METRICS]}, '
                              f'got {compare_metrics!r}')
@@ -99,6 +112,17 @@ class Trainer:
         self.skip_bad_files = skip_bad_files
         self.freeze_backbone = freeze_backbone
         self.embedding_cache = embedding_cache
+        self.teacher = None if teacher is None else Teacher(teacher)
+        if not (isinstance(supcon_weight, (int, float)) and supcon_weight >= 0) or isinstance(supcon_weight, bool):
+            raise ValueError(f'supcon_weight must be a number >= 0, got {supcon_weight!r}')
+        if supcon_weight > 0 and (freeze_backbone or not self.augment.enabled):
+            raise ValueError('supcon_weight > 0 contrasts two augmented views of each clip: it needs augmentation '
+                             '(augment=AugmentConfig(...)) and the whole network training (freeze_backbone=False)')
+        self.supcon_weight = supcon_weight
+        self.supcon = losses.SupConLoss(supcon_temperature) if supcon_weight > 0 else None
+        self.kd_lambda, self.kd_temperature, self.teacher_cache = kd_lambda, kd_temperature, teacher_cache
+        if self.augment.impulse_responses is not None:  # a folder without audio fails here, before any work
+            augment_lib.load_impulse_responses(self.augment.impulse_responses, model.frontend_cfg.sample_rate)
         if freeze_backbone:
             _check_frozen(model, self.augment)
             model.backbone.eval()
@@ -198,6 +222,8 @@ class Trainer:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{arg} must be a positive int, got {value!r}')
         multi_label = self._prepare(train_dataset, 'train')
+        if self.supcon is not None and self.world_size > 1:
+            raise ValueError('supcon_weight > 0 runs in one process; drop it for data-parallel training')
         if eval_dataset is not None:
             self._prepare(eval_dataset, 'eval')
         duration = getattr(train_dataset, 'duration', None)
@@ -215,6 +241,9 @@ class Trainer:
         if self.freeze_backbone:  # after the resume, which may have loaded other backbone weights
             train_data = self._embed(train_dataset, 'center')
             eval_data = None if eval_dataset is None else self._embed(eval_dataset, 'segments')
+        if self.teacher is not None:
+            train_data = WithTeacher(train_data, teacher_logits(self.teacher, train_dataset, self.teacher_cache,
+                                                                progress=self.is_main))
         for epoch in range(start, epochs + 1):
             train_stats = self._train_epoch(train_data, epoch, batch_size, num_workers, log_interval,
                                             num_steps, multi_label, epochs)
@@ -238,12 +267,17 @@ class Trainer:
         total_loss, total_correct, total_seen = 0.0, 0, 0
         bar = tqdm(self._loader(dataset, batch_size, num_workers, shuffle=True, epoch=epoch), total=num_steps,
                    desc=f'epoch {epoch}/{epochs}', disable=not self.is_main, leave=False, dynamic_ncols=True)
-        for step, (inputs, target) in enumerate(bar, start=1):
+        for step, (inputs, target, *teacher) in enumerate(bar, start=1):
             rng = np.random.default_rng((self.seed, epoch, step, self.rank))
+            teacher = teacher[0] if teacher else None
+            waves = inputs
             if not self.freeze_backbone:  # waveforms -> augmented features; embeddings go in as they are
-                inputs, target = self._features(inputs, target, multi_label, rng)
-            logits = self._net(inputs)
-            loss = self.loss_fn(logits, target)
+                inputs, target, teacher = self._features(inputs, target, multi_label, rng, teacher)
+            if self.supcon is None:
+                logits = self._net(inputs)
+                loss = self.loss_fn(logits, target) if teacher is None else self._kd_loss(logits, target, teacher)
+            else:
+                logits, loss = self._supcon_step(waves, inputs, target, teacher, multi_label, epoch, step)
             loss_value = float(loss)
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
@@ -281,17 +315,41 @@ class Trainer:
             self._scalar(f'train/epoch_{name}', value, epoch)
         return stats
 
-    def _features(self, waves, target, multi_label, rng):
-        """A training batch of waveforms -> (augmented features, loss target): class indices, or
-        float [batch, classes] targets for multi-label data and mixup."""
+    def _features(self, waves, target, multi_label, rng, teacher=None):
+        """A training batch of waveforms -> (augmented features, loss target, teacher logits): the
+        target as class indices, or float [batch, classes] for multi-label data and mixup; the
+        teacher's logits (or None) mixed with the same mixup coefficients as the targets."""
         if self.augment.changes_audio:
-            waves = augment_lib.apply(self.augment, waves, rng)
+            waves = augment_lib.apply(self.augment, waves, rng, self.model.frontend_cfg.sample_rate)
         feats = self.model.frontend(waves)
-        soft = None
-        if self.augment.mixup_alpha > 0 and not multi_label:
-            soft = paddle.nn.functional.one_hot(target.astype('int64'), self.model.num_class)
-        feats, soft_or_multi = augment_lib.apply_features(self.augment, feats, target if multi_label else soft, rng)
-        return feats, soft_or_multi if (multi_label or soft is not None) else target
+        if self.augment.mixup_alpha <= 0:
+            feats, _ = augment_lib.apply_features(self.augment, feats, None, rng)
+            return feats, target, teacher
+        soft = target if multi_label else paddle.nn.functional.one_hot(target.astype('int64'), self.model.num_class)
+        classes = soft.shape[1]
+        joint = soft if teacher is None else paddle.concat([soft.astype('float32'), teacher.astype('float32')], axis=1)
+        feats, joint = augment_lib.apply_features(self.augment, feats, joint, rng)
+        return feats, joint[:, :classes], None if teacher is None else joint[:, classes:]
+
+    def _supcon_step(self, waves, feats, target, teacher, multi_label, epoch, step):
+        """The task loss on the first view plus supcon_weight * SupCon on both views' embeddings."""
+        if multi_label:
+            raise ValueError('supcon_weight > 0 needs single-label data (SupCon contrasts clips by their class)')
+        # The second view: the same clips through another draw of the augmentations.
+        other = np.random.default_rng((self.seed, epoch, step, self.rank, 1))
+        labels = target.argmax(axis=-1) if target.ndim == 2 else target
+        second, _, _ = self._features(waves, labels, False, other)
+        net = self.model
+        embeddings = net.forward_features(paddle.concat([feats, second]))
+        first = embeddings[:feats.shape[0]]
+        logits = net.forward_head(first)
+        loss = self.loss_fn(logits, target) if teacher is None else self._kd_loss(logits, target, teacher)
+        loss = loss + self.supcon_weight * self.supcon(embeddings, paddle.concat([labels, labels]))
+        return logits, loss
+
+    def _kd_loss(self, logits, target, teacher):
+        return losses.DistillationLoss(self.loss_fn, self.kd_lambda, self.kd_temperature,
+                                       self.model.multi_label)(logits, target, teacher)
 
     def _embed(self, dataset, cut):
         """The cached backbone embeddings of `dataset` (computed where missing)."""
@@ -502,6 +560,24 @@ class Trainer:
                 shutil.rmtree(directory, ignore_errors=True)
 
 
+class WithTeacher(paddle.io.Dataset):
+    """A training dataset's items with the teacher's logits of the clip appended."""
+
+    def __init__(self, dataset, logits):
+        super().__init__()
+        self.dataset, self.logits = dataset, logits
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return (*self.dataset[index], self.logits[index])
+
+    def set_epoch(self, epoch):
+        if hasattr(self.dataset, 'set_epoch'):
+            self.dataset.set_epoch(epoch)
+
+
 def _target(data, index):
     """The target of clip `index` without loading its audio where the dataset can say it."""
     return data.target(index) if hasattr(data, 'target') else data[index][1]
@@ -518,7 +594,8 @@ def _check_frozen(model, augment):
         raise ValueError('freeze_backbone=True trains a classification head (dropout + fc) on cached embeddings; '
                          "build the Module with task='sound-cls' (the AudioSet tagging layer is part of the backbone)")
     if augment.enabled:
-        on = [name for name, value in augment.to_dict().items() if value not in (0, 0.0, None)]
+        defaults = augment_lib.AugmentConfig().to_dict()
+        on = [name for name, value in augment.to_dict().items() if value != defaults[name]]
         raise ValueError(f'freeze_backbone=True trains on embeddings computed once per clip, so augmentation of the '
                          f'audio or features cannot apply (on: {", ".join(on)}). Turn it off (augment=None) or '
                          f'train the whole network with freeze_backbone=False.')

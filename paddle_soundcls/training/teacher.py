@@ -1,0 +1,130 @@
+"""Teachers for knowledge distillation: their outputs on a dataset's clips, computed once and cached.
+
+A teacher is a Module, a checkpoint directory, an export directory, or a list of them (an
+ensemble: the mean of their logits). Each clip is scored as `predict` scores it (the whole
+clip: padded to the teacher's training clip length, or the mean over windows of it), so the
+teacher sees every clip whole while the student trains on random crops of it; the teacher's
+targets are therefore clip-level, the same for every crop of a clip.
+
+Outputs are stored as logits: the scores predict gives turned back (log p for a softmax, whose
+softmax at any temperature they reproduce; log(p / (1 - p)) for sigmoids), so Modules,
+checkpoints and exports are one kind of teacher. Layout of the cache
+(`<cache_dir()>/teachers` by default):
+
+    <teacher key>/teacher.json      what the outputs below depend on (for people reading the cache)
+    <teacher key>/<sha256>.npy      the teacher's logits (float32 [classes]) for the file with that content
+
+The key hashes every member's identity (its weights digest, or the sha256 of an export's
+files), labels, front end and clip length; a clip is found by the sha256 of its file, so an
+edited file or other teacher weights are never served stale outputs. Each output is written
+as soon as it is computed, so an interrupted pass resumes where it stopped.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from .. import fileio, weights
+
+FORMAT = 1
+CLIPS_PER_CALL = 16
+_EPS = 1e-7  # scores are clipped away from 0 and 1 before the log
+
+
+def cache_root():
+    return os.path.join(weights.cache_dir(), 'teachers')
+
+
+class Teacher:
+    """One or several teacher models with the same labels: scores(paths) -> [clips, classes]."""
+
+    def __init__(self, spec):
+        members = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+        if not members:
+            raise ValueError('teacher: an empty list; give a Module, a checkpoint directory or an export directory')
+        self.members = [_load(member) for member in members]
+        first = self.members[0]
+        for other in self.members[1:]:
+            if other['labels'] != first['labels'] or other['multi_label'] != first['multi_label']:
+                raise ValueError(f'the teachers of an ensemble must share their labels and multi_label setting: '
+                                 f'{first["name"]} has {first["labels"][:5]}..., {other["name"]} '
+                                 f'{other["labels"][:5]}...')
+        self.labels, self.multi_label = first['labels'], first['multi_label']
+
+    def key(self):
+        info = {'format': FORMAT, 'members': [m['identity'] for m in self.members], 'labels': self.labels,
+                'multi_label': self.multi_label}
+        return info, hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:24]
+
+    def logits(self, paths):
+        """Mean over the members of their logits on the clips `paths` [clips, classes]."""
+        out = []
+        for member in self.members:
+            scores = member['predict'](paths)
+            scores = np.clip(np.asarray([[s[label] for label in self.labels] for s in scores], np.float64),
+                             _EPS, 1 - _EPS)
+            out.append(np.log(scores / (1 - scores)) if self.multi_label else np.log(scores))
+        return np.mean(out, axis=0).astype(np.float32)
+
+
+def _load(spec):
+    """A member: {'name', 'labels', 'multi_label', 'identity', 'predict'}."""
+    from ..deploy import exportdir
+    if hasattr(spec, 'predict') and hasattr(spec, 'state_dict'):   # a Module
+        return _module_member(spec, 'Module')
+    path = os.fspath(spec)
+    if exportdir.is_export_dir(path):
+        from ..deploy import Predictor
+        predictor = Predictor(path)
+        files = {name: record['sha256'] for name, record in predictor.meta['files'].items()}
+        return {'name': path, 'labels': list(predictor.labels), 'multi_label': predictor.multi_label,
+                'identity': {'export': files, 'clip_seconds': predictor.clip_seconds},
+                'predict': lambda paths: predictor.predict(paths, batch_size=8)}
+    if os.path.isdir(path):
+        from ..hub import load_module
+        return _module_member(load_module(path), path)
+    raise ValueError(f'teacher {spec!r}: expected a Module, a checkpoint directory (with meta.json) or an export '
+                     f'directory (with export.json)')
+
+
+def _module_member(module, name):
+    from ..export.onnx_cache import weights_digest
+    module.eval()
+    return {'name': f'{name} ({module.name})', 'labels': list(module.labels), 'multi_label': module.multi_label,
+            'identity': {'model': module.name, 'weights': weights_digest(module), 'clip_seconds': module.clip_seconds,
+                         'frontend': module.frontend_cfg.to_dict()},
+            'predict': lambda paths: module.predict(paths, batch_size=8)}
+
+
+def teacher_logits(teacher, dataset, root=None, progress=True):
+    """The teacher's logits for every clip of `dataset` [clips, classes], from the cache,
+    computing what is missing. The dataset must be an AudioDataset (files and labels)."""
+    items = getattr(dataset, 'items', None)
+    if items is None:
+        raise TypeError(f'distillation caches the teacher\'s outputs per audio file, so it needs a paddle_soundcls '
+                        f'AudioDataset (items of (path, label)); got {type(dataset).__name__}')
+    if list(dataset.labels) != list(teacher.labels):
+        raise ValueError(f'the teacher\'s labels differ from the data\'s, in names or in order:\n'
+                         f'  teacher: {teacher.labels[:12]}{" ..." if len(teacher.labels) > 12 else ""}\n'
+                         f'  data:    {list(dataset.labels)[:12]}{" ..." if len(dataset.labels) > 12 else ""}\n'
+                         f'Distil from a teacher trained on these classes (label_map=dataset.labels).')
+    if bool(getattr(dataset, 'multi_label', False)) != teacher.multi_label:
+        raise ValueError(f'the teacher is {"multi" if teacher.multi_label else "single"}-label but the data is '
+                         f'not; use a teacher trained on data of the same kind')
+    info, key = teacher.key()
+    folder = os.path.join(root or cache_root(), key)
+    if not os.path.isfile(os.path.join(folder, 'teacher.json')):
+        fileio.write_json(os.path.join(folder, 'teacher.json'), info)
+    paths = [path for path, _ in items]
+    files = [os.path.join(folder, weights.file_digest(path, 'sha256') + '.npy') for path in paths]
+    todo = sorted({file: i for i, file in enumerate(files) if not os.path.isfile(file)}.values())
+    with tqdm(total=len(todo), desc='Teacher outputs', unit='clip', disable=not progress or not todo) as bar:
+        for start in range(0, len(todo), CLIPS_PER_CALL):
+            batch = todo[start:start + CLIPS_PER_CALL]
+            for i, row in zip(batch, teacher.logits([paths[i] for i in batch])):
+                fileio.write_npy(files[i], row)
+            bar.update(len(batch))
+    return np.stack([np.load(file) for file in files])
+
