@@ -530,6 +530,11 @@ def build_parser():
     add_convert_args(p)
     p.set_defaults(func=cmd_convert)
 
+    from .export.complexity import add_complexity_arguments, run_complexity
+    p = sub.add_parser('complexity', help='parameters, parameter memory, MACs and activation memory of models')
+    add_complexity_arguments(p)
+    p.set_defaults(func=run_complexity)
+
     p = sub.add_parser('benchmark', help='clips/s of an export directory, or of every engine for a model')
     add_benchmark_args(p)
     p.set_defaults(func=cmd_benchmark)

@@ -401,6 +401,30 @@ class Module(nn.Layer):
         return [detection.detect(scorer, audio.load(source, sample_rate, cfg.sample_rate, name=name), config)
                 for name, source in sources]
 
+    def tune_event_thresholds(self, audio_files, strong_labels, window=None, hop=None, base_config=None):
+        """Per-class event thresholds with the best event F1 on labelled dev recordings; they
+        become this Module's event_config (saved with checkpoints and exports) and are returned.
+
+        audio_files: the dev recordings. strong_labels: a CSV of filename,onset,offset,label (the
+        DESED / URBAN-SED layout; file names as in audio_files, or their base names) or the dict
+        datasets.strong.read_strong_labels gives. base_config: median filter and durations.
+        """
+        import os
+
+        from .datasets.strong import read_strong_labels
+        from .deploy.events import tune_thresholds
+        truth = strong_labels if isinstance(strong_labels, dict) else read_strong_labels(strong_labels, self.labels)
+        files = [os.fspath(f) for f in audio_files]
+        missing = [f for f in files if f not in truth and os.path.basename(f) not in truth]
+        if missing:
+            raise ValueError(f'strong_labels lists no events for {len(missing)} dev recordings, e.g. {missing[:3]}; '
+                             f'give every dev file a row (a file without events: filename with empty times)')
+        results = self.detect(files, window=window, hop=hop, config=base_config)
+        references = [truth.get(f, truth.get(os.path.basename(f))) for f in files]
+        self.event_config = tune_thresholds([r['frame_scores'] for r in results], results[0]['frame_hop'], references,
+                                            self.labels, base_config)
+        return self.event_config
+
     def stream(self, sample_rate=None, window=None, hop=None, config=None):
         """A live stream in Paddle dygraph, as Predictor.stream: push(chunk) -> events that started or
         ended, close() -> the rest (deploy.detection.EventStream)."""

@@ -16,14 +16,17 @@ p.add_argument('--init')
 p.add_argument('--ckpt')
 p.add_argument('--batch-size', type=int)
 p.add_argument('--out')
+p.add_argument('--full', action='store_true', help='train the whole network (backbone not frozen), one epoch')
 args = p.parse_args()
 
 model = Module('panns_cnn6', load_checkpoint=args.init)
 model.dropout.p = 0.0  # no per-process randomness, so 1 and 2 processes can agree exactly
 optimizer = paddle.optimizer.SGD(learning_rate=0.05, parameters=model.parameters())
 dataset = AudioFolder(args.data, mode='train', duration=1.0)
-trainer = Trainer(model, optimizer, checkpoint_dir=args.ckpt, freeze_backbone=True)
-state = trainer.train(dataset, epochs=2, batch_size=args.batch_size, log_interval=1)
+trainer = Trainer(model, optimizer, checkpoint_dir=args.ckpt, freeze_backbone=not args.full)
+state = trainer.train(dataset, epochs=1 if args.full else 2, batch_size=args.batch_size, log_interval=1)
 out = f'{args.out}.rank{dist.get_rank()}.npz'
+# Learnt weights (BatchNorm's running statistics are per process by design).
+kept = ('fc.',) if not args.full else ('fc.', 'backbone.conv_block1.conv1.weight', 'backbone.fc1.weight')
 np.savez(out, world_size=dist.get_world_size(), **{k: v.numpy() for k, v in model.state_dict().items()
-                                                   if k.startswith('fc.')})
+                                                   if k.startswith(kept)})

@@ -271,3 +271,28 @@ def test_jsonl_output_resumes_where_a_killed_job_stopped(setup, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     records = [json.loads(line) for line in (tmp_path / 'events.jsonl').read_text().splitlines()]
     assert len(records) == 3 and all('events' in r for r in records)
+
+
+def test_thresholds_tuned_on_a_labelled_dev_set_find_the_events(setup, tmp_path):
+    _, model = setup
+    import csv
+    rows = [{'filename': 'scene.wav', 'onset': a, 'offset': b, 'label': 'event'} for a, b in EVENTS]
+    with open(tmp_path / 'dev.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, ['filename', 'onset', 'offset', 'label'])
+        writer.writeheader()
+        writer.writerows(rows)
+    sf.write(tmp_path / 'scene.wav', recording(), SR)
+    base = EventConfig(median_filter_seconds=0.05)
+    try:
+        tuned = model.tune_event_thresholds([str(tmp_path / 'scene.wav')], str(tmp_path / 'dev.csv'), window=4.0,
+                                            base_config=base)
+        assert model.event_config is tuned and tuned.median_filter_seconds == 0.05
+        [result] = model.detect([str(tmp_path / 'scene.wav')], window=4.0)   # the tuned thresholds by default
+        metrics = event_based_metrics({'scene': [(a, b, 'event') for a, b in EVENTS]},
+                                      {'scene': [(e['onset'], e['offset'], e['label']) for e in result['events']]},
+                                      labels=['background', 'event'])
+        assert metrics['classes']['event']['f1'] == 1.0
+        with pytest.raises(ValueError, match='no events for 1 dev recordings'):
+            model.tune_event_thresholds([str(tmp_path / 'other.wav')], str(tmp_path / 'dev.csv'))
+    finally:
+        model.event_config = None

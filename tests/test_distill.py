@@ -174,3 +174,13 @@ def test_the_recipe_augmentations_and_supcon_train_and_resume_exactly(data, tmp_
     with pytest.raises(ValueError, match='needs augmentation'):
         model = small()
         Trainer(model, paddle.optimizer.Adam(parameters=model.parameters()), supcon_weight=0.5)
+
+
+def test_a_model_over_its_complexity_budget_is_refused_before_training():
+    model = Module('cpmobile', num_class=10, pretrained=False, seed=0)
+    optimizer = paddle.optimizer.Adam(parameters=model.parameters())
+    with pytest.raises(ValueError, match=r'cpmobile.*61,138 parameters > the limit of 50,000.*128 kB'):
+        Trainer(model, optimizer, max_params=50_000)
+    with pytest.raises(ValueError, match=r'cpmobile.*MACs per second.*> the limit of 20 M'):
+        Trainer(model, optimizer, max_macs_per_second=20e6)
+    Trainer(model, optimizer, max_params=64_000, max_macs_per_second=30e6)  # the DCASE 2024 task 1 limits

@@ -81,6 +81,19 @@ def test_page_classifies_an_uploaded_wav(url, browser, tmp_path):
     assert all('width' in style for style in widths)
     assert 'tone.wav' in browser.find_element(By.ID, 'status').text
     assert not browser.find_element(By.ID, 'error').is_displayed()
+    # The timeline: the events /v1/events finds, one track per label, or "nothing detected".
+    events = httpx.post(url + '/v1/events', content=clip.read_bytes(), headers={'content-type': 'audio/wav'},
+                        timeout=30).json()['events']
+    wait.until(lambda d: d.find_element(By.ID, 'timeline-status').text)
+    if events:
+        bars = browser.find_elements(By.CSS_SELECTOR, '#timeline .event')
+        assert len(bars) == len(events)
+        assert sorted(b.get_attribute('title').split(':')[0] for b in bars) == sorted(e['label'] for e in events)
+        assert f'{len(events)} events' in browser.find_element(By.ID, 'timeline-status').text
+    else:
+        assert 'Nothing detected' in browser.find_element(By.ID, 'timeline-status').text
+    browser.save_screenshot(str(tmp_path / 'page.png'))
+    assert (tmp_path / 'page.png').stat().st_size > 1000
 
     # A file that is not audio: the server's message is shown, and no stale results.
     text = tmp_path / 'notes.wav'

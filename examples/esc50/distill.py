@@ -18,7 +18,6 @@ from paddle_soundcls.cli import silence_third_party_noise
 
 silence_third_party_noise()
 
-import paddle  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train import build_optimizer  # noqa: E402

@@ -82,6 +82,9 @@ class Trainer:
             learns from (1 - kd_lambda) * its loss + kd_lambda * kd_temperature^2 * the distance
             to the teacher's outputs at that temperature (losses.DistillationLoss). With mixup
             the teacher's outputs are mixed with the same coefficient. Its labels must be the data's.
+        max_params, max_macs_per_second: a complexity budget (e.g. DCASE task 1: 128 kB of
+            parameters, 30 M MACs per second of audio): a model over it is refused before the
+            first step, naming the figures (export.complexity.check_budget).
         supcon_weight: > 0 adds the supervised contrastive loss (losses.SupConLoss, Khosla et al.
             2020) on the embeddings of two augmented views of every clip, times this weight, to
             the loss of the first view (single-label data, full fine-tuning, augmentation on).
@@ -90,7 +93,8 @@ class Trainer:
     def __init__(self, model, optimizer, use_gpu=False, use_vdl=True, checkpoint_dir=None, compare_metrics=None,
                  loss=None, label_smoothing=0.0, augment=None, seed=0, keep_last=3, skip_bad_files=False,
                  freeze_backbone=False, embedding_cache=None, teacher=None, kd_lambda=0.5, kd_temperature=2.0,
-                 teacher_cache=None, supcon_weight=0.0, supcon_temperature=0.1):
+                 teacher_cache=None, supcon_weight=0.0, supcon_temperature=0.1, max_params=None,
+                 max_macs_per_second=None):
         set_device(use_gpu)
         losses.DistillationLoss(None, kd_lambda, kd_temperature)  # checks the two settings before any work
         if compare_metrics is not None and compare_metrics not in ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS:
@@ -99,6 +103,12 @@ class Trainer:
         if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
             raise ValueError(f'keep_last must be a positive int (epoch_N directories kept for resuming) or None '
                              f'(keep all), got {keep_last!r}')
+        if max_params is not None or max_macs_per_second is not None:
+            from ..export.complexity import check_budget, complexity
+            report = check_budget(complexity(model, seconds=(1,)), max_params, max_macs_per_second)
+            logger.info('%s: %d parameters (%.1f kB at fp16), %d MACs per second of audio: within the budget',
+                        model.name, report['params']['total'], report['param_memory']['fp16']['kB'],
+                        report['macs_per_second'])
         self.model = model
         self.optimizer = optimizer
         self.use_vdl = use_vdl

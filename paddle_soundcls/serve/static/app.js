@@ -93,10 +93,58 @@ async function classify(blob, name) {
     const body = await response.json();
     showResults(body.results);
     showStatus(`${name}: ${body.duration.toFixed(2)} s of audio, ${body.model}`);
+    await showTimeline(blob, type, body.duration);
   } catch (err) {
     showStatus('');
     showError(`The server did not answer: ${err.message}`);
   }
+}
+
+// When each sound happens: /v1/events, drawn as one track per label on the clip's time axis.
+async function showTimeline(blob, type, duration) {
+  const area = $('timeline');
+  area.replaceChildren();
+  area.hidden = true;
+  $('timeline-title').hidden = true;
+  $('timeline-status').textContent = '';
+  const response = await fetch('v1/events', {method: 'POST', body: blob, headers: apiHeaders({'Content-Type': type})});
+  if (!response.ok) {
+    return;  // a server without event detection: the labels above are the answer
+  }
+  const body = await response.json();
+  $('timeline-title').hidden = false;
+  if (!body.events.length) {
+    $('timeline-status').textContent = 'Nothing detected: no sound reached its threshold.';
+    return;
+  }
+  const labels = [...new Set(body.events.map((e) => e.label))];
+  for (const label of labels) {
+    const track = document.createElement('div');
+    track.className = 'track';
+    const name = document.createElement('span');
+    name.className = 'name';
+    name.textContent = label;
+    track.append(name);
+    for (const event of body.events.filter((e) => e.label === label)) {
+      const bar = document.createElement('div');
+      bar.className = 'event';
+      bar.style.left = `${(event.onset / duration) * 100}%`;
+      bar.style.width = `${Math.max(0.5, ((event.offset - event.onset) / duration) * 100)}%`;
+      bar.title = `${label}: ${event.onset.toFixed(2)}-${event.offset.toFixed(2)} s (${event.confidence.toFixed(2)})`;
+      track.append(bar);
+    }
+    area.append(track);
+  }
+  const axis = document.createElement('div');
+  axis.className = 'axis';
+  for (const t of [0, duration / 2, duration]) {
+    const tick = document.createElement('span');
+    tick.textContent = `${t.toFixed(1)} s`;
+    axis.append(tick);
+  }
+  area.append(axis);
+  area.hidden = false;
+  $('timeline-status').textContent = `${body.events.length} events`;
 }
 
 // Microphone ---------------------------------------------------------------------------
