@@ -499,7 +499,8 @@ def build_parser():
     for name, what in (('onset-threshold', 'score at which an event starts'),
                        ('offset-threshold', 'score below which it ends'),
                        ('median-filter', 'seconds of median filtering of the frame scores'),
-                       ('min-duration', 'shortest event kept, seconds'), ('min-gap', 'shorter gaps are bridged, seconds')):
+                       ('min-duration', 'shortest event kept, seconds'),
+                       ('min-gap', 'shorter gaps are bridged, seconds')):
         p.add_argument(f'--{name}', type=float, default=None,
                        help=f'{what} (default: the model\'s saved settings, else deploy.events.EventConfig)')
     p.add_argument('--sample-rate', type=int, default=None, help='with -: the rate of the PCM on standard input')
@@ -526,23 +527,20 @@ def build_parser():
     add_quantize_args(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser('convert', help='a PyTorch PANNs checkpoint to a Paddle .pdparams file (no PyTorch needed)')
-    add_convert_args(p)
-    p.set_defaults(func=cmd_convert)
-
     from .export.complexity import add_complexity_arguments, run_complexity
-    p = sub.add_parser('complexity', help='parameters, parameter memory, MACs and activation memory of models')
-    add_complexity_arguments(p)
-    p.set_defaults(func=run_complexity)
-
-    p = sub.add_parser('benchmark', help='clips/s of an export directory, or of every engine for a model')
-    add_benchmark_args(p)
-    p.set_defaults(func=cmd_benchmark)
-
     from .serve import add_serve_arguments, run_serve
-    p = sub.add_parser('serve', help='an HTTP API and a web page for a model (export directories need no Paddle)')
-    add_serve_arguments(p)
-    p.set_defaults(func=run_serve)
+    for name, text, add_arguments, func in (
+            ('convert', 'a PyTorch PANNs checkpoint to a Paddle .pdparams file (no PyTorch needed)', add_convert_args,
+             cmd_convert),
+            ('complexity', 'parameters, parameter memory, MACs and activation memory of models',
+             add_complexity_arguments, run_complexity),
+            ('benchmark', 'clips/s of an export directory, or of every engine for a model', add_benchmark_args,
+             cmd_benchmark),
+            ('serve', 'an HTTP API and a web page for a model (export directories need no Paddle)',
+             add_serve_arguments, run_serve)):
+        p = sub.add_parser(name, help=text)
+        add_arguments(p)
+        p.set_defaults(func=func)
     return parser
 
 

@@ -56,3 +56,30 @@ def spec_with_url(name, url):
     from paddle_soundcls import registry
     spec = registry.get_spec(name)
     return dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, url=url))
+
+
+def loudness_weights(module):
+    """Set a CNN6 Module's backbone so that its embedding measures loudness: every convolution
+    averages its inputs, batch norms pass values through, bn0 subtracts a -30 dB floor (quiet
+    noise gives an all-zero embedding, loud sound a positive one) and fc1 averages the channels.
+    The head is left to the caller. Returns the module in eval mode."""
+    import numpy as np
+    state = {}
+    for key, value in module.state_dict().items():
+        shape = list(value.shape)
+        if key.endswith('conv1.weight'):
+            v = np.full(shape, 1.0 / np.prod(shape[1:]))
+        elif key.endswith('_variance') or key.endswith('bn0.weight') or '.bn1.weight' in key:
+            v = np.ones(shape)
+        elif key == 'backbone.bn0._mean':
+            v = np.full(shape, -30.0)
+        elif key == 'backbone.fc1.weight':
+            v = np.full(shape, 1.0 / shape[0])
+        elif key.startswith('backbone.'):
+            v = np.zeros(shape)
+        else:
+            continue
+        state[key] = v.astype('float32')
+    module.set_state_dict(state)
+    module.eval()
+    return module

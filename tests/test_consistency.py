@@ -210,6 +210,7 @@ def test_example_schedule_counts_the_processes(monkeypatch):
     monkeypatch.setattr(paddle.distributed, 'get_world_size', lambda: 2)
     assert steps_per_epoch(100, 8) == 7 and steps_per_epoch(100, 8, world_size=1) == 13
     args = example.parse_args(['--scheduler', 'warmup_cosine', '--epochs', '3', '--batch-size', '8',
+                               '--warmup-steps', '2',
                                '--learning-rate', '0.01'])
     model = small()
     optimizer = example.build_optimizer(args, model, 100)

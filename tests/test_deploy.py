@@ -11,7 +11,7 @@ import paddle
 import pytest
 import soundfile as sf
 
-from helpers import BLOCK_PADDLE
+from helpers import BLOCK_PADDLE, loudness_weights
 from paddle_soundcls.audio import AudioError
 from paddle_soundcls.deploy import ExportError, Predictor, pipeline
 from paddle_soundcls.export import export_static
@@ -215,25 +215,7 @@ def event_module():
     a -30 dB threshold: quiet noise gives an all-zero embedding, a loud tone a positive one,
     growing with how much of the window it fills. The head turns that into P(event).
     """
-    m = Module('panns_cnn6', task='sound-cls', label_map=['background', 'event'], pretrained=False)
-    state = {}
-    for key, value in m.state_dict().items():
-        shape = list(value.shape)
-        if key.endswith('conv1.weight'):
-            v = np.full(shape, 1.0 / np.prod(shape[1:]))
-        elif key.endswith('_variance') or key.endswith('bn0.weight') or '.bn1.weight' in key:
-            v = np.ones(shape)
-        elif key == 'backbone.bn0._mean':
-            v = np.full(shape, -30.0)
-        elif key == 'backbone.fc1.weight':
-            v = np.full(shape, 1.0 / shape[0])
-        elif key.startswith('backbone.') and not key.startswith('backbone.fc_audioset'):
-            v = np.zeros(shape)
-        else:
-            continue
-        state[key] = v.astype('float32')
-    m.set_state_dict(state)
-    m.eval()
+    m = loudness_weights(Module('panns_cnn6', task='sound-cls', label_map=['background', 'event'], pretrained=False))
     # Calibrate the head on a 5-s window holding the whole event:
     # logit(event) - logit(background) = 6 e / e_full - 3.
     window = quiet_noise(5.0)

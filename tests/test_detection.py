@@ -11,7 +11,7 @@ import paddle
 import pytest
 import soundfile as sf
 
-from helpers import BLOCK_PADDLE
+from helpers import BLOCK_PADDLE, loudness_weights
 from paddle_soundcls import Module
 from paddle_soundcls.deploy import Predictor
 from paddle_soundcls.deploy.event_metrics import event_based_metrics
@@ -28,26 +28,8 @@ def loudness_detector():
     """CNN6 with weights set so that 'event' scores loud sound, frame by frame: every
     convolution averages, bn0 subtracts a -30 dB floor (quiet noise -> zero), fc1 averages the
     channels, and the head maps the frame embedding to P(event) = sigmoid(8 e / e_loud - 4)."""
-    m = Module('panns_cnn6', task='sound-cls', label_map=['background', 'event'], multi_label=True,
-               pretrained=False, seed=0)
-    state = {}
-    for key, value in m.state_dict().items():
-        shape = list(value.shape)
-        if key.endswith('conv1.weight'):
-            v = np.full(shape, 1.0 / np.prod(shape[1:]))
-        elif key.endswith('_variance') or key.endswith('bn0.weight') or '.bn1.weight' in key:
-            v = np.ones(shape)
-        elif key == 'backbone.bn0._mean':
-            v = np.full(shape, -30.0)
-        elif key == 'backbone.fc1.weight':
-            v = np.full(shape, 1.0 / shape[0])
-        elif key.startswith('backbone.'):
-            v = np.zeros(shape)
-        else:
-            continue
-        state[key] = v.astype('float32')
-    m.set_state_dict(state)
-    m.eval()
+    m = loudness_weights(Module('panns_cnn6', task='sound-cls', label_map=['background', 'event'], multi_label=True,
+                                pretrained=False, seed=0))
     loud = chirp(500, 3000, 3.0, amp=0.5) + noise(3.0, amp=0.003, seed=9)
     with paddle.no_grad():
         frames = m.backbone.forward_frames(m.frontend(paddle.to_tensor(loud[None])))
@@ -210,7 +192,8 @@ def test_detection_runs_without_paddle(setup):
 
 def cli(*args, stdin=None, block_paddle=True):
     """paddle-soundcls ARGS in a subprocess (Paddle unimportable unless block_paddle=False)."""
-    code = (BLOCK_PADDLE if block_paddle else 'import sys\n') + 'from paddle_soundcls.cli import main\nsys.exit(main(sys.argv[1:]))\n'
+    code = ((BLOCK_PADDLE if block_paddle else 'import sys\n')
+            + 'from paddle_soundcls.cli import main\nsys.exit(main(sys.argv[1:]))\n')
     return subprocess.run([sys.executable, '-c', code] + [str(a) for a in args], input=stdin, capture_output=True,
                           timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
 

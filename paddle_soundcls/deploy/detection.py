@@ -5,9 +5,10 @@ The network scores windows of `window` seconds every `hop` seconds. Each window 
 scores at the network's own rate (a frame per 2**k front-end frames), interpolated to the
 front end's frame rate (10 ms for the 32 kHz models); of each window the frames of its
 central `hop` seconds are kept (the first window keeps its start; the last window is what
-remains of the audio and keeps its end), where the network sees context on both sides. Offline detection is a stream fed the whole
-recording at once, so a live stream gives exactly the frames, and so the events, of offline
-detection of the same audio, whatever the sizes of its chunks.
+remains of the audio and keeps its end), where the network sees context on both sides.
+Offline detection is a stream fed the whole recording at once, so a live stream gives exactly
+the frames, and so the events, of offline detection of the same audio, whatever the sizes of
+its chunks.
 
 Latency of a stream: a frame is reported once the window that keeps it is complete: at most
 hop + (window - hop) / 2 seconds after it was pushed, plus the compute of one window, plus

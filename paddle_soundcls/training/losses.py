@@ -235,7 +235,8 @@ class DistillationLoss(nn.Layer):
         hard = self.task_loss(logits, target)
         if self.kd_lambda == 0:
             return hard
-        return (1 - self.kd_lambda) * hard + self.kd_lambda * self.soft_loss(logits, teacher_logits.astype(logits.dtype))
+        soft = self.soft_loss(logits, teacher_logits.astype(logits.dtype))
+        return (1 - self.kd_lambda) * hard + self.kd_lambda * soft
 
 
 class SupConLoss(nn.Layer):

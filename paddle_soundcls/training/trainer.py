@@ -97,7 +97,8 @@ class Trainer:
                  max_macs_per_second=None):
         set_device(use_gpu)
         losses.DistillationLoss(None, kd_lambda, kd_temperature)  # checks the two settings before any work
-        if compare_metrics is not None and compare_metrics not in ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS:
+        known_metrics = ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS
+        if compare_metrics is not None and compare_metrics not in known_metrics:
             raise ValueError(f'compare_metrics must be one of {["loss", *SINGLE_LABEL_METRICS, *MULTI_LABEL_METRICS]}, '
                              f'got {compare_metrics!r}')
         if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
