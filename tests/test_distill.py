@@ -184,3 +184,16 @@ def test_a_model_over_its_complexity_budget_is_refused_before_training():
     with pytest.raises(ValueError, match=r'cpmobile.*MACs per second.*> the limit of 20 M'):
         Trainer(model, optimizer, max_macs_per_second=20e6)
     Trainer(model, optimizer, max_params=64_000, max_macs_per_second=30e6)  # the DCASE 2024 task 1 limits
+
+
+def test_the_example_refuses_a_model_over_budget(tmp_path):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, 'examples', 'esc50', 'train.py'), '--demo', '--model',
+                           'panns_cnn6', '--max-params', '64000', '--max-macs', '30e6',
+                           '--checkpoint-dir', str(tmp_path / 'ckpt')],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=repo, PADDLE_SOUNDCLS_HOME=str(tmp_path / 'home')))
+    assert proc.returncode == 2 and 'panns_cnn6 is over budget' in proc.stderr and '64,000' in proc.stderr
+    assert not (tmp_path / 'ckpt').exists()   # refused before the first step

@@ -64,6 +64,16 @@ def parse_args(argv=None):
     p.add_argument('--spec-augment', action='store_true', help='2 time masks (<=40 frames), 2 mel masks (<=8 bins)')
     p.add_argument('--gain-db', type=float, default=0.0, help='random gain of up to +/- this many dB')
     p.add_argument('--noise-snr-db', type=float, default=None, help='add white noise at this SNR')
+    p.add_argument('--freq-mixstyle', type=float, default=0.0, metavar='P',
+                   help='Freq-MixStyle on a batch with probability P (alpha 0.3): simulates other devices')
+    p.add_argument('--impulse-responses', default=None, metavar='DIR',
+                   help='convolve clips with the impulse responses (audio files) in DIR, half of them')
+    p.add_argument('--supcon', type=float, default=0.0, metavar='W',
+                   help='add W x the supervised contrastive loss of two augmented views (needs augmentation)')
+    p.add_argument('--max-params', type=float, default=None,
+                   help='refuse a model with more parameters (DCASE task 1: 64000, i.e. 128 kB at fp16)')
+    p.add_argument('--max-macs', type=float, default=None,
+                   help='refuse a model with more multiply-accumulates per second of audio (DCASE task 1: 30e6)')
     p.add_argument('--skip-bad-files', action='store_true', help='drop unreadable clips instead of stopping')
     p.add_argument('--freeze-backbone', action='store_true',
                    help='train only the head, on backbone embeddings computed once per clip (centre crops) and '
@@ -89,10 +99,13 @@ def train_fold(args, fold, checkpoint_dir):
     optimizer = build_optimizer(args, model, len(train_set))
     augment = AugmentConfig(time_masks=2 if args.spec_augment else 0, time_mask_width=40 if args.spec_augment else 0,
                             freq_masks=2 if args.spec_augment else 0, freq_mask_width=8 if args.spec_augment else 0,
-                            mixup_alpha=args.mixup, gain_db=args.gain_db, noise_snr_db=args.noise_snr_db)
+                            mixup_alpha=args.mixup, gain_db=args.gain_db, noise_snr_db=args.noise_snr_db,
+                            freq_mixstyle_p=args.freq_mixstyle, impulse_responses=args.impulse_responses,
+                            impulse_response_p=0.5 if args.impulse_responses else 0.0)
     trainer = Trainer(model, optimizer, use_gpu=args.device == 'gpu', checkpoint_dir=checkpoint_dir,
                       compare_metrics='acc', loss=args.loss, label_smoothing=args.label_smoothing, augment=augment,
-                      seed=args.seed, skip_bad_files=args.skip_bad_files, freeze_backbone=args.freeze_backbone)
+                      seed=args.seed, skip_bad_files=args.skip_bad_files, freeze_backbone=args.freeze_backbone,
+                      supcon_weight=args.supcon, max_params=args.max_params, max_macs_per_second=args.max_macs)
     state = trainer.train(train_set, epochs=args.epochs, batch_size=args.batch_size, num_workers=args.num_workers,
                           eval_dataset=dev_set, save_interval=1)
     print(f'fold {fold}: best dev accuracy {state["best_metric"]:.4f} at epoch {state["best_epoch"]}; '
