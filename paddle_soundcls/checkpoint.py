@@ -47,6 +47,7 @@ def read_meta(directory):
     meta.setdefault('multi_label', meta['task'] == 'tagging')
     meta.setdefault('clip_seconds', None)
     meta.setdefault('events', None)
+    meta.setdefault('pooling', 'embedding')
     return meta
 
 

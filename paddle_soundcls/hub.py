@@ -22,6 +22,12 @@ from .features.logmel import LogMel
 logger = logging.getLogger(__name__)
 
 TASKS = ('sound-cls', 'tagging')
+# How clip scores come from the network: 'embedding' pools the feature map over time before the
+# head (the pretrained models); 'max' and 'linear_softmax' apply the head frame by frame and pool
+# its outputs (decision-level pooling), so training with clip labels (weak labels) also trains
+# the frame scores event detection uses.
+POOLINGS = ('embedding', 'max', 'linear_softmax')
+_PROB_EPS = 1e-6
 PARTS = ('scores', 'features', 'head', 'frames')
 
 
@@ -139,12 +145,17 @@ class Module(nn.Layer):
             mean over consecutive windows of it; None scores every clip whole.
         seed: seeds the initial weights that are not loaded (the new head; everything with
             pretrained=False), so two runs start from the same network.
+        pooling: 'embedding' (default: the clip embedding goes through the head), or
+            decision-level pooling of the head's frame-by-frame outputs: 'max' (the largest
+            frame logit of each class) or 'linear_softmax' (sum p^2 / sum p over frames of the
+            frame probabilities, multi-label models; Wang et al., 2019). With decision-level
+            pooling, fine-tuning on clip labels trains the frame scores of detect() directly.
 
     forward(features [batch, frames, n_mels]) -> logits [batch, classes].
     """
 
     def __init__(self, name, task='sound-cls', num_class=None, label_map=None, load_checkpoint=None,
-                 pretrained=True, multi_label=None, clip_seconds=None, seed=None, **kwargs):
+                 pretrained=True, multi_label=None, clip_seconds=None, seed=None, pooling=None, **kwargs):
         super().__init__()
         if kwargs:
             raise TypeError(f'Module() got unexpected arguments: {sorted(kwargs)}')
@@ -184,6 +195,10 @@ class Module(nn.Layer):
                 raise checkpoint.CheckpointError(f'{source} was trained with multi_label={meta["multi_label"]}; '
                                                  f'leave multi_label out to use it')
             clip_seconds = meta['clip_seconds'] if clip_seconds is None else clip_seconds
+            if pooling is not None and pooling != meta['pooling']:
+                raise checkpoint.CheckpointError(f'{source} was trained with pooling={meta["pooling"]!r}; leave '
+                                                 f'pooling out to use it')
+            pooling = meta['pooling']
             frontend = FrontendConfig.from_dict(meta['frontend'])
             if frontend != spec.frontend:
                 raise checkpoint.CheckpointError(f'{source} records front-end settings {meta["frontend"]} that are '
@@ -205,6 +220,13 @@ class Module(nn.Layer):
         if task == 'sound-cls' and labels is None:
             raise ValueError("task='sound-cls' needs num_class or label_map (the classes of your data)")
 
+        pooling = 'embedding' if pooling is None else pooling
+        if pooling not in POOLINGS:
+            raise ValueError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
+        if pooling == 'linear_softmax' and not multi_label:
+            raise ValueError("pooling='linear_softmax' pools independent class probabilities: it needs "
+                             "multi_label=True (or task='tagging'); use pooling='max' for single-label models")
+        self.pooling = pooling
         self.name, self.spec, self.task, self.frontend_cfg = name, spec, task, frontend
         self.multi_label = bool(multi_label)
         self.clip_seconds = clip_seconds
@@ -287,12 +309,24 @@ class Module(nn.Layer):
 
     def forward(self, features):
         """features: [batch, frames, n_mels] log-mel. Returns logits [batch, classes]."""
-        return self.forward_head(self.forward_features(features))
+        if self.pooling == 'embedding':
+            return self.forward_head(self.forward_features(features))
+        frame_logits = self.frame_logits(features)
+        if self.pooling == 'max':
+            return frame_logits.max(axis=1)
+        probabilities = F.sigmoid(frame_logits)
+        pooled = (probabilities * probabilities).sum(axis=1) / paddle.clip(probabilities.sum(axis=1), min=_PROB_EPS)
+        pooled = paddle.clip(pooled, _PROB_EPS, 1 - _PROB_EPS)
+        return paddle.log(pooled / (1 - pooled))  # the logit of the pooled probability
+
+    def frame_logits(self, features):
+        """features [batch, frames, n_mels] -> frame logits [batch, frames', classes]: the head
+        applied to the backbone's time-resolved embeddings (before pooling over time)."""
+        return self.forward_head(self.backbone.forward_frames(features))
 
     def frame_scores(self, features):
-        """features [batch, frames, n_mels] -> frame scores [batch, frames', classes]: the head
-        applied to the backbone's time-resolved embeddings (before pooling over time)."""
-        return self.scores(self.forward_head(self.backbone.forward_frames(features)))
+        """features [batch, frames, n_mels] -> frame scores [batch, frames', classes]."""
+        return self.scores(self.frame_logits(features))
 
     def scores(self, logits):
         """Logits -> scores: independent sigmoids for multi-label models, else a softmax over classes."""
@@ -311,13 +345,13 @@ class Module(nn.Layer):
         """What a checkpoint needs to rebuild this Module (saved as meta.json)."""
         return {'format': checkpoint.FORMAT, 'model': self.name, 'task': self.task,
                 'labels': self.labels if self.task == 'sound-cls' else None, 'multi_label': self.multi_label,
-                'clip_seconds': self.clip_seconds, 'frontend': self.frontend_cfg.to_dict(),
+                'clip_seconds': self.clip_seconds, 'pooling': self.pooling, 'frontend': self.frontend_cfg.to_dict(),
                 'events': None if self.event_config is None else self.event_config.to_dict()}
 
     def export_settings(self):
         """What an export records besides the graph (see deploy.exportdir)."""
         return {'model': self.name, 'task': self.task, 'labels': list(self.labels), 'multi_label': self.multi_label,
-                'clip_seconds': self.clip_seconds, 'min_seconds': self.min_seconds,
+                'clip_seconds': self.clip_seconds, 'min_seconds': self.min_seconds, 'pooling': self.pooling,
                 'frontend': self.frontend_cfg.to_dict(),
                 'events': None if self.event_config is None else self.event_config.to_dict()}
 

@@ -279,3 +279,29 @@ def test_thresholds_tuned_on_a_labelled_dev_set_find_the_events(setup, tmp_path)
             model.tune_event_thresholds([str(tmp_path / 'other.wav')], str(tmp_path / 'dev.csv'))
     finally:
         model.event_config = None
+
+
+# ----- decision-level pooling: clip labels train the frame scores -----
+
+def test_decision_level_pooling_is_the_pooled_frame_scores(tmp_path):
+    waves = np.stack([recording(4.0)[:4 * SR], noise(4.0, amp=0.05, seed=5)])
+    for pooling in ('max', 'linear_softmax'):
+        model = Module('panns_cnn6', label_map=['a', 'b', 'c'], multi_label=True, pooling=pooling, pretrained=False,
+                       seed=0)
+        model.eval()
+        with paddle.no_grad():
+            features = model.frontend(paddle.to_tensor(waves))
+            frames = model.frame_scores(features).numpy()        # [batch, frames', classes]
+            clip = model.scores(model(features)).numpy()
+        expected = frames.max(axis=1) if pooling == 'max' else (frames ** 2).sum(axis=1) / frames.sum(axis=1)
+        np.testing.assert_allclose(clip, expected, rtol=1e-4, atol=1e-6)
+        model.save(str(tmp_path / pooling))
+        assert Module('panns_cnn6', load_checkpoint=str(tmp_path / pooling)).pooling == pooling
+        export_static(model, tmp_path / f'{pooling}_export', opset=13)
+        a = model.predict([waves[0]], SR, engine='dygraph')[0]
+        b = Predictor(tmp_path / f'{pooling}_export').predict([waves[0]], SR)[0]
+        np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], atol=1e-4)
+    with pytest.raises(ValueError, match="multi_label=True"):
+        Module('panns_cnn6', num_class=3, pooling='linear_softmax', pretrained=False)
+    with pytest.raises(ValueError, match='pooling must be one of'):
+        Module('panns_cnn6', num_class=3, pooling='mean', pretrained=False)

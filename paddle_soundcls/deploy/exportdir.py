@@ -103,6 +103,7 @@ def read_export(model_dir):
     meta.setdefault('multi_label', meta['output'].get('activation') == 'sigmoid')
     meta.setdefault('clip_seconds', None)
     meta.setdefault('events', None)
+    meta.setdefault('pooling', 'embedding')
     meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
     return meta
 

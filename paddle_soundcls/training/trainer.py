@@ -126,6 +126,8 @@ class Trainer:
         self.teacher = None if teacher is None else Teacher(teacher)
         if not (isinstance(supcon_weight, (int, float)) and supcon_weight >= 0) or isinstance(supcon_weight, bool):
             raise ValueError(f'supcon_weight must be a number >= 0, got {supcon_weight!r}')
+        if supcon_weight > 0 and getattr(model, 'pooling', 'embedding') != 'embedding':
+            raise ValueError("supcon_weight > 0 contrasts clip embeddings: it goes with pooling='embedding'")
         if supcon_weight > 0 and (freeze_backbone or not self.augment.enabled):
             raise ValueError('supcon_weight > 0 contrasts two augmented views of each clip: it needs augmentation '
                              '(augment=AugmentConfig(...)) and the whole network training (freeze_backbone=False)')
@@ -604,6 +606,10 @@ def _check_frozen(model, augment):
     if model.task != 'sound-cls':
         raise ValueError('freeze_backbone=True trains a classification head (dropout + fc) on cached embeddings; '
                          "build the Module with task='sound-cls' (the AudioSet tagging layer is part of the backbone)")
+    if model.pooling != 'embedding':
+        raise ValueError(f'freeze_backbone=True trains the head on cached clip embeddings, not frame by frame: '
+                         f"build the Module with pooling='embedding' (it has pooling={model.pooling!r}), or train "
+                         f'the whole network')
     if augment.enabled:
         defaults = augment_lib.AugmentConfig().to_dict()
         on = [name for name, value in augment.to_dict().items() if value != defaults[name]]
