@@ -240,12 +240,20 @@ def load(source, sample_rate, target_sr, name=None):
     return resample(wave, sr, target_sr)
 
 
+def crop_offset(num_samples, length, rng=None):
+    """Where fix_length crops a clip of num_samples to `length`: the centre, or a random place
+    drawn from the np.random.Generator `rng`; 0 when the clip is not longer."""
+    if num_samples <= length:
+        return 0
+    return int(rng.integers(0, num_samples - length + 1)) if rng is not None else (num_samples - length) // 2
+
+
 def fix_length(wave, length, rng=None):
     """Crop or zero-pad to `length` samples: a centred crop, or a random one drawn from the
     np.random.Generator `rng` (training)."""
     n = len(wave)
     if n > length:
-        offset = int(rng.integers(0, n - length + 1)) if rng is not None else (n - length) // 2
+        offset = crop_offset(n, length, rng)
         return wave[offset:offset + length]
     if n < length:
         return np.pad(wave, (0, length - n))

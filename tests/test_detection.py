@@ -305,3 +305,64 @@ def test_decision_level_pooling_is_the_pooled_frame_scores(tmp_path):
         Module('panns_cnn6', num_class=3, pooling='linear_softmax', pretrained=False)
     with pytest.raises(ValueError, match='pooling must be one of'):
         Module('panns_cnn6', num_class=3, pooling='mean', pretrained=False)
+
+
+# ----- training with event times (strong labels) -----
+
+def strong_set(root, mode='train', duration=2.0):
+    from paddle_soundcls.datasets import StrongLabelDataset
+    import csv
+    root.mkdir(exist_ok=True)
+    rows = []
+    for i in range(4):
+        wave = noise(3.0, amp=0.01, seed=60 + i)
+        onset = 0.5 + 0.4 * i
+        wave[int(onset * SR):int((onset + 0.6) * SR)] += chirp(700, 2500, 0.6, amp=0.5)
+        sf.write(root / f'{i}.wav', wave, SR)
+        rows.append({'filename': f'{i}.wav', 'onset': onset, 'offset': onset + 0.6, 'label': 'chirp'})
+    with open(root / 'events.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, ['filename', 'onset', 'offset', 'label'])
+        writer.writeheader()
+        writer.writerows(rows)
+    return StrongLabelDataset(str(root / 'events.csv'), mode=mode, duration=duration, labels=['chirp', 'siren'])
+
+
+def test_strong_label_targets_follow_the_crop(tmp_path):
+    from paddle_soundcls.datasets.strong import frame_targets
+    dev = strong_set(tmp_path / 'data', mode='dev')
+    wave, targets = dev[0]
+    assert wave.shape == (2 * SR,) and targets.shape == (200, 2)
+    # The centre crop of a 3-s clip to 2 s starts at 0.5 s: the event at 0.5-1.1 s is at 0-0.6 s.
+    np.testing.assert_array_equal(targets, frame_targets([(0.0, 0.6, 'chirp')], 200, 0.01, ['chirp', 'siren']))
+    np.testing.assert_array_equal(dev.target(0), [1.0, 0.0])
+    train = strong_set(tmp_path / 'data')
+    for epoch in (0, 1, 2):
+        train.set_epoch(epoch)
+        for i in range(4):
+            wave, targets = train[i]
+            full = sf.read(tmp_path / 'data' / f'{i}.wav', dtype='float32')[0]
+            start = int(np.argmax(np.all(np.isclose(np.lib.stride_tricks.sliding_window_view(full, 64)[:, :],
+                                                    wave[:64]), axis=1)))
+            onset = 0.5 + 0.4 * i - start / SR
+            expected = frame_targets([(onset, onset + 0.6, 'chirp')], 200, 0.01, ['chirp', 'siren'],
+                                     frame_offset_seconds=0.0)
+            np.testing.assert_array_equal(targets, expected)
+
+
+def test_training_on_event_times_runs_on_the_frame_logits(tmp_path):
+    from paddle_soundcls import Trainer
+    from paddle_soundcls.training import AugmentConfig
+    data = strong_set(tmp_path / 'data')
+    model = Module('panns_cnn6', label_map=data.labels, multi_label=True, pretrained=False, seed=0)
+    trainer = Trainer(model, paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters()), use_vdl=False,
+                      checkpoint_dir=str(tmp_path / 'ckpt'), seed=1)
+    state = trainer.train(data, epochs=3, batch_size=4, eval_dataset=strong_set(tmp_path / 'data', mode='dev'))
+    losses = [h['train']['loss'] for h in state['history']]
+    assert losses[-1] < losses[0] and 'mAP' in state['history'][-1]['eval']
+    single = Module('panns_cnn6', label_map=data.labels, pretrained=False)
+    with pytest.raises(ValueError, match='multi_label=True'):
+        Trainer(single, paddle.optimizer.Adam(parameters=single.parameters()), use_vdl=False,
+                checkpoint_dir=str(tmp_path / 'x')).train(data, epochs=1)
+    with pytest.raises(ValueError, match='mixup'):
+        Trainer(model, paddle.optimizer.Adam(parameters=model.parameters()), use_vdl=False,
+                checkpoint_dir=str(tmp_path / 'y'), augment=AugmentConfig(mixup_alpha=0.2)).train(data, epochs=1)

@@ -4,7 +4,10 @@ from .demo import make_demo_dataset
 from .esc50 import ESC50
 from .folder import AudioFolder, CSVDataset
 from .gtzan import GTZAN
+from .scenes import make_scenes
+from .sed import StrongLabelDataset
+from .strong import read_strong_labels
 from .urbansound8k import UrbanSound8K
 
-__all__ = ['AudioDataset', 'AudioFolder', 'CSVDataset', 'DatasetError', 'ESC50', 'GTZAN', 'UrbanSound8K',
-           'make_demo_dataset']
+__all__ = ['AudioDataset', 'AudioFolder', 'CSVDataset', 'DatasetError', 'ESC50', 'GTZAN', 'StrongLabelDataset',
+           'UrbanSound8K', 'make_demo_dataset', 'make_scenes', 'read_strong_labels']

@@ -25,6 +25,7 @@ import shutil
 
 import numpy as np
 import paddle
+import paddle.nn.functional as F
 import paddle.distributed as dist
 from paddle.io import DataLoader, DistributedBatchSampler
 from tqdm import tqdm
@@ -177,6 +178,18 @@ class Trainer:
             raise ValueError(f'the {role} dataset is {"multi" if multi_label else "single"}-label but {model.name} '
                              f'was built with multi_label={model.multi_label}: scores would be '
                              f'{"a softmax" if multi_label else "independent sigmoids"}. Use {fix}.')
+        if getattr(dataset, 'strong', False):
+            if not model.multi_label:
+                raise ValueError(f'the {role} dataset has event times (strong labels): train a multi-label model on '
+                                 f'it (Module(..., multi_label=True)), whose frame scores are independent sigmoids')
+            if role == 'train' and (self.augment.mixup_alpha > 0 or self.freeze_backbone or self.teacher is not None
+                                    or self.supcon is not None):
+                raise ValueError('training on event times (strong labels) trains frame by frame: mixup, a frozen '
+                                 'backbone, a teacher and supcon_weight do not apply; turn them off')
+            hop = model.frontend_cfg.hop_length / model.frontend_cfg.sample_rate
+            if abs(dataset.frame_hop_seconds - hop) > 1e-9:
+                raise ValueError(f'the {role} dataset has frame targets every {dataset.frame_hop_seconds} s but '
+                                 f'{model.name} makes frames every {hop} s; create it with frame_hop_seconds={hop}')
         if id(dataset) not in self._checked and hasattr(dataset, 'check_files'):
             dataset.check_files(skip_bad=self.skip_bad_files)
             self._checked.add(id(dataset))
@@ -286,7 +299,9 @@ class Trainer:
             waves = inputs
             if not self.freeze_backbone:  # waveforms -> augmented features; embeddings go in as they are
                 inputs, target, teacher = self._features(inputs, target, multi_label, rng, teacher)
-            if self.supcon is None:
+            if getattr(dataset, 'strong', False):
+                logits, loss = self._strong_step(inputs, target)
+            elif self.supcon is None:
                 logits = self._net(inputs)
                 loss = self.loss_fn(logits, target) if teacher is None else self._kd_loss(logits, target, teacher)
             else:
@@ -359,6 +374,15 @@ class Trainer:
         loss = self.loss_fn(logits, target) if teacher is None else self._kd_loss(logits, target, teacher)
         loss = loss + self.supcon_weight * self.supcon(embeddings, paddle.concat([labels, labels]))
         return logits, loss
+
+    def _strong_step(self, feats, frame_targets):
+        """Clip logits (for the progress figures) and the loss of the frame logits against event
+        targets [batch, frames, classes], pooled to the network's frames by their maximum."""
+        frame_logits = self.model.frame_logits(feats)                       # [batch, frames', classes]
+        targets = F.adaptive_max_pool1d(frame_targets.astype('float32').transpose([0, 2, 1]),
+                                        frame_logits.shape[1]).transpose([0, 2, 1])
+        loss = F.binary_cross_entropy_with_logits(frame_logits, targets)
+        return frame_logits.max(axis=1), loss
 
     def _kd_loss(self, logits, target, teacher):
         return losses.DistillationLoss(self.loss_fn, self.kd_lambda, self.kd_temperature,
