@@ -1,4 +1,4 @@
-"""`paddle-soundcls`: predict, tag, export, convert and benchmark from the command line.
+"""`paddle-soundcls`: predict, tag, find events, export, convert, measure and serve from the command line.
 
     paddle-soundcls predict MODEL_DIR clips/ dog.wav [--topk 3] [--format table]
     paddle-soundcls predict MODEL_DIR long.wav --window 5 --hop 2.5
@@ -11,10 +11,13 @@
     paddle-soundcls convert --input Cnn14_mAP=0.431.pth --output panns_cnn14.pdparams --model cnn14
     paddle-soundcls benchmark exported --seconds 5 --batch-size 8 --json
     paddle-soundcls benchmark --model panns_cnn14 --json     # every engine, random weights
+    paddle-soundcls events exported street.wav --csv events.csv --plot timeline.png
+    paddle-soundcls complexity efficientat_mn10 cpmobile --seconds 1 10
+    paddle-soundcls serve exported                           # http://127.0.0.1:8866
 
 MODEL_DIR is a fine-tuned checkpoint directory (model.pdparams + meta.json) or an export
-directory (export.json). predict, tag and benchmark on export directories run without
-PaddlePaddle. User errors print one line and exit with status 2; a failed parity check, or
+directory (export.json). predict, tag, events, benchmark and serve on export directories run
+without PaddlePaddle. User errors print one line and exit with status 2; a failed parity check, or
 an int8 model refused by its check, exits with status 1.
 """
 import argparse
