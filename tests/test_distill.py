@@ -197,3 +197,42 @@ def test_the_example_refuses_a_model_over_budget(tmp_path):
                           env=dict(os.environ, PYTHONPATH=repo, PADDLE_SOUNDCLS_HOME=str(tmp_path / 'home')))
     assert proc.returncode == 2 and 'panns_cnn6 is over budget' in proc.stderr and '64,000' in proc.stderr
     assert not (tmp_path / 'ckpt').exists()   # refused before the first step
+
+
+# ----- mixed precision -----
+
+def test_mixed_precision_trains_resumes_and_refuses_what_the_device_cannot(data, tmp_path):
+    model = small()
+    optimizer = paddle.optimizer.Adam(parameters=model.parameters())
+    if not paddle.is_compiled_with_cuda():
+        with pytest.raises(ValueError, match="amp='fp16' needs a CUDA GPU"):
+            Trainer(model, optimizer, amp='fp16')
+    with pytest.raises(ValueError, match="amp must be None, 'bf16' or 'fp16'"):
+        Trainer(model, optimizer, amp='int8')
+    if not paddle.amp.is_bfloat16_supported():
+        with pytest.raises(ValueError, match="amp='bf16' is not supported"):
+            Trainer(model, optimizer, amp='bf16')
+        return
+
+    def run(ckpt, epochs, amp='bf16'):
+        model = small(seed=3)
+        trainer = Trainer(model, paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters()),
+                          use_vdl=False, checkpoint_dir=str(ckpt), seed=4, amp=amp)
+        state = trainer.train(data, epochs=epochs, batch_size=4)
+        return trainer, state, {k: v.numpy() for k, v in model.state_dict().items()}
+    trainer, straight, weights = run(tmp_path / 'a', 2)
+    assert all(v.dtype == np.float32 for v in weights.values())          # checkpoints stay float32
+    assert straight['amp'] == 'bf16' and all(np.isfinite(h['train']['loss']) for h in straight['history'])
+    run(tmp_path / 'b', 1)
+    _, resumed, resumed_weights = run(tmp_path / 'b', 2)
+    assert resumed['history'] == straight['history']
+    for key, value in weights.items():
+        np.testing.assert_array_equal(value, resumed_weights[key])
+    # The front end runs outside the low-precision region: float32 features.
+    waves = paddle.to_tensor(np.stack([data[i][0] for i in range(2)]))
+    features, _, _ = trainer._features(waves, paddle.to_tensor(np.array([0, 1])), False, np.random.default_rng(0))
+    assert features.dtype == paddle.float32
+    # bf16 changes the arithmetic, not the training: the losses stay close to float32's.
+    _, fp32, _ = run(tmp_path / 'c', 2, amp=None)
+    for low, full in zip(straight['history'], fp32['history']):
+        assert low['train']['loss'] == pytest.approx(full['train']['loss'], rel=0.1)

@@ -70,6 +70,9 @@ def parse_args(argv=None):
                    help='convolve clips with the impulse responses (audio files) in DIR, half of them')
     p.add_argument('--supcon', type=float, default=0.0, metavar='W',
                    help='add W x the supervised contrastive loss of two augmented views (needs augmentation)')
+    p.add_argument('--amp', default=None, choices=['bf16', 'fp16'],
+                   help='mixed precision: fp16 on CUDA GPUs, bf16 where supported (see README: on CPUs it trains '
+                        'at float32 speed here)')
     p.add_argument('--max-params', type=float, default=None,
                    help='refuse a model with more parameters (DCASE task 1: 64000, i.e. 128 kB at fp16)')
     p.add_argument('--max-macs', type=float, default=None,
@@ -105,7 +108,8 @@ def train_fold(args, fold, checkpoint_dir):
     trainer = Trainer(model, optimizer, use_gpu=args.device == 'gpu', checkpoint_dir=checkpoint_dir,
                       compare_metrics='acc', loss=args.loss, label_smoothing=args.label_smoothing, augment=augment,
                       seed=args.seed, skip_bad_files=args.skip_bad_files, freeze_backbone=args.freeze_backbone,
-                      supcon_weight=args.supcon, max_params=args.max_params, max_macs_per_second=args.max_macs)
+                      supcon_weight=args.supcon, max_params=args.max_params, max_macs_per_second=args.max_macs,
+                      amp=args.amp)
     state = trainer.train(train_set, epochs=args.epochs, batch_size=args.batch_size, num_workers=args.num_workers,
                           eval_dataset=dev_set, save_interval=1)
     print(f'fold {fold}: best dev accuracy {state["best_metric"]:.4f} at epoch {state["best_epoch"]}; '

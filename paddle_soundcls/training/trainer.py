@@ -86,6 +86,11 @@ class Trainer:
         max_params, max_macs_per_second: a complexity budget (e.g. DCASE task 1: 128 kB of
             parameters, 30 M MACs per second of audio): a model over it is refused before the
             first step, naming the figures (export.complexity.check_budget).
+        amp: mixed precision for the network's forward pass: None (float32), 'bf16' (where
+            paddle.amp.is_bfloat16_supported(): recent CPUs, Ampere GPUs) or 'fp16' (CUDA GPUs,
+            with dynamic loss scaling). paddle.amp.auto_cast level O1: convolutions and matrix
+            products run in the low precision; the front end, BatchNorm, the loss and the
+            weights (so the checkpoints) stay float32. Resumes exactly as float32 runs do.
         supcon_weight: > 0 adds the supervised contrastive loss (losses.SupConLoss, Khosla et al.
             2020) on the embeddings of two augmented views of every clip, times this weight, to
             the loss of the first view (single-label data, full fine-tuning, augmentation on).
@@ -95,8 +100,9 @@ class Trainer:
                  loss=None, label_smoothing=0.0, augment=None, seed=0, keep_last=3, skip_bad_files=False,
                  freeze_backbone=False, embedding_cache=None, teacher=None, kd_lambda=0.5, kd_temperature=2.0,
                  teacher_cache=None, supcon_weight=0.0, supcon_temperature=0.1, max_params=None,
-                 max_macs_per_second=None):
+                 max_macs_per_second=None, amp=None):
         set_device(use_gpu)
+        self.amp = _check_amp(amp, use_gpu)
         losses.DistillationLoss(None, kd_lambda, kd_temperature)  # checks the two settings before any work
         known_metrics = ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS
         if compare_metrics is not None and compare_metrics not in known_metrics:
@@ -134,6 +140,7 @@ class Trainer:
                              '(augment=AugmentConfig(...)) and the whole network training (freeze_backbone=False)')
         self.supcon_weight = supcon_weight
         self.supcon = losses.SupConLoss(supcon_temperature) if supcon_weight > 0 else None
+        self.scaler = None  # fp16's loss scaler, made at train() with the scale a resumed run saved
         self.kd_lambda, self.kd_temperature, self.teacher_cache = kd_lambda, kd_temperature, teacher_cache
         if self.augment.impulse_responses is not None:  # a folder without audio fails here, before any work
             augment_lib.load_impulse_responses(self.augment.impulse_responses, model.frontend_cfg.sample_rate)
@@ -256,6 +263,11 @@ class Trainer:
         if duration is not None:  # predict treats clips as the training clips were (see Module clip_seconds)
             self.model.clip_seconds = float(duration)
         state = self._resume()
+        if self.amp == 'fp16':
+            self.scaler = paddle.amp.GradScaler()
+            if state.get('loss_scaler'):
+                self.scaler.load_state_dict({**state['loss_scaler'],
+                                             'scale': np.array(state['loss_scaler']['scale'], dtype=np.float32)})
         if self.is_main:
             self._prune()  # finish a removal that a killed run left half done
         start = state['epoch'] + 1
@@ -297,23 +309,30 @@ class Trainer:
             rng = np.random.default_rng((self.seed, epoch, step, self.rank))
             teacher = teacher[0] if teacher else None
             waves = inputs
-            if not self.freeze_backbone:  # waveforms -> augmented features; embeddings go in as they are
+            if not self.freeze_backbone:  # waveforms -> augmented features (float32); embeddings go in as they are
                 inputs, target, teacher = self._features(inputs, target, multi_label, rng, teacher)
-            if getattr(dataset, 'strong', False):
-                logits, loss = self._strong_step(inputs, target)
-            elif self.supcon is None:
-                logits = self._net(inputs)
-                loss = self.loss_fn(logits, target) if teacher is None else self._kd_loss(logits, target, teacher)
-            else:
-                logits, loss = self._supcon_step(waves, inputs, target, teacher, multi_label, epoch, step)
+            with self._autocast():  # the listed low-precision ops only; losses and BatchNorm stay float32
+                if getattr(dataset, 'strong', False):
+                    logits, loss = self._strong_step(inputs, target)
+                elif self.supcon is None:
+                    logits = self._net(inputs)
+                    loss = (self.loss_fn(logits, target) if teacher is None
+                            else self._kd_loss(logits, target, teacher))
+                else:
+                    logits, loss = self._supcon_step(waves, inputs, target, teacher, multi_label, epoch, step)
             loss_value = float(loss)
-            if not math.isfinite(loss_value):
+            if not math.isfinite(loss_value) and self.scaler is None:
                 raise FloatingPointError(
                     f'the training loss became {loss_value} at epoch {epoch}, step {step}. Training stopped; the '
                     f'last good checkpoint in {self.checkpoint_dir} is kept. Lower the learning rate, or check the '
                     f'data for silent or corrupt clips, then run again to resume from it.')
-            loss.backward()
-            self.optimizer.step()
+            if self.scaler is None:
+                loss.backward()
+                self.optimizer.step()
+            else:  # fp16: gradients of the scaled loss; a step with inf/NaN gradients is skipped
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
             self.optimizer.clear_grad()
             scheduler = self.optimizer._learning_rate
             if isinstance(scheduler, paddle.optimizer.lr.LRScheduler):
@@ -374,6 +393,12 @@ class Trainer:
         loss = self.loss_fn(logits, target) if teacher is None else self._kd_loss(logits, target, teacher)
         loss = loss + self.supcon_weight * self.supcon(embeddings, paddle.concat([labels, labels]))
         return logits, loss
+
+    def _autocast(self):
+        import contextlib
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return paddle.amp.auto_cast(dtype='bfloat16' if self.amp == 'bf16' else 'float16', level='O1')
 
     def _strong_step(self, feats, frame_targets):
         """Clip logits (for the progress figures) and the loss of the frame logits against event
@@ -528,7 +553,10 @@ class Trainer:
             if improved:
                 state = {**state, 'best_metric': value, 'best_epoch': epoch}
         state = {**state, 'epoch': epoch, 'compare_metrics': self.compare_metrics,
-                 'freeze_backbone': self.freeze_backbone, 'history': state['history'] + [entry]}
+                 'freeze_backbone': self.freeze_backbone, 'amp': self.amp, 'history': state['history'] + [entry]}
+        if self.scaler is not None:  # fp16's loss scale and its counters: the resumed run goes on with them
+            state['loss_scaler'] = {k: (v.tolist() if hasattr(v, 'tolist') else v)
+                                    for k, v in self.scaler.state_dict().items()}
         if self.is_main:
             target = os.path.join(self.checkpoint_dir, f'epoch_{epoch}')
             try:
@@ -613,6 +641,23 @@ class WithTeacher(paddle.io.Dataset):
     def set_epoch(self, epoch):
         if hasattr(self.dataset, 'set_epoch'):
             self.dataset.set_epoch(epoch)
+
+
+AMP_CHOICES = (None, 'bf16', 'fp16')
+
+
+def _check_amp(amp, use_gpu):
+    """amp as given, after checking that the device can run it."""
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    if amp == 'fp16' and not (use_gpu and paddle.is_compiled_with_cuda()):
+        raise ValueError("amp='fp16' needs a CUDA GPU (use_gpu=True with paddlepaddle-gpu): CPUs have no fast "
+                         "float16 training. On a CPU use amp='bf16' where supported, or None")
+    if amp == 'bf16' and not paddle.amp.is_bfloat16_supported():
+        raise ValueError(f"amp='bf16' is not supported on this {'GPU' if use_gpu else 'CPU'} "
+                         f"(paddle.amp.is_bfloat16_supported() is False); use amp=None"
+                         f"{' or fp16' if use_gpu else ''}")
+    return amp
 
 
 def _target(data, index):
