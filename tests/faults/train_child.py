@@ -58,8 +58,7 @@ def main():
 
     train_set = AudioFolder(os.path.join(args.data, 'train'), mode='train', duration=0.5)
     dev_set = AudioFolder(os.path.join(args.data, 'dev'), mode='dev', duration=0.5)
-    paddle.seed(123)
-    model = calm(Module('panns_cnn6', label_map=train_set.labels, pretrained=False))
+    model = calm(Module('panns_cnn6', label_map=train_set.labels, pretrained=False, seed=123))
     prime_batchnorm(model, np.stack([train_set[i][0] for i in range(len(train_set))]))
     steps = args.epochs * -(-len(train_set) // 4)
     schedule = warmup_cosine(1e-4, total_steps=steps, warmup_steps=1)
