@@ -595,6 +595,16 @@ def run_guarded(func, args, prog='paddle-soundcls'):
         return 2
 
 
+def run_script(main):
+    """Run an example script's main(): an error of the user's data, files or setup is one line on
+    stderr and exit status 2, not a traceback."""
+    try:
+        return main()
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+
+
 def main(argv=None):
     silence_third_party_noise()
     args = build_parser().parse_args(argv)

@@ -14,7 +14,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from . import audio, checkpoint, fileio, registry, weights
+from . import checkpoint, fileio, registry, weights
 from .device import set_device
 from .features.config import FrontendConfig
 from .features.logmel import LogMel
@@ -426,14 +426,10 @@ class Module(nn.Layer):
         Returns per input {'frame_hop': seconds, 'frame_scores': [frames, classes] numpy,
         'events': [{'label', 'onset', 'offset', 'confidence'}]}; no events is an empty list.
         """
-        from .deploy import detection, pipeline
-        sources = pipeline.as_sources(data)
+        from .deploy import detection
         self.eval()
         set_device(use_gpu)
-        scorer = self.frame_scorer(window, hop)
-        cfg, config = self.frontend_cfg, config or self.event_config
-        return [detection.detect(scorer, audio.load(source, sample_rate, cfg.sample_rate, name=name), config)
-                for name, source in sources]
+        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, config or self.event_config)
 
     def tune_event_thresholds(self, audio_files, strong_labels, window=None, hop=None, base_config=None):
         """Per-class event thresholds with the best event F1 on labelled dev recordings; they
@@ -443,8 +439,6 @@ class Module(nn.Layer):
         DESED / URBAN-SED layout; file names as in audio_files, or their base names) or the dict
         datasets.strong.read_strong_labels gives. base_config: median filter and durations.
         """
-        import os
-
         from .datasets.strong import read_strong_labels
         from .deploy.events import tune_thresholds
         truth = strong_labels if isinstance(strong_labels, dict) else read_strong_labels(strong_labels, self.labels)
@@ -474,8 +468,8 @@ class Module(nn.Layer):
 
         def score_frames(waves):
             return net(self.frontend(paddle.to_tensor(waves))).numpy()
-        window = window or self.clip_seconds or detection.DEFAULT_WINDOW
-        return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, window, hop, self.min_seconds)
+        return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, window, hop, self.min_seconds,
+                                     self.clip_seconds)
 
     def to_dict(self, scores, topk=None):
         """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only."""

@@ -134,3 +134,30 @@ def prune_cache(folder, suffix, keep):
             os.remove(path)
         except OSError:  # another process removed it first
             pass
+
+
+def content_cache(root, settings, paths):
+    """A cache of one result per audio file: `<root>/<key>/<sha256 of the file>.npy`, the key
+    hashing `settings` (everything the results depend on besides the file; written beside
+    them as settings.json for people reading the cache).
+
+    Files are found by the sha256 of their bytes, hashed on every call: reading a file is cheap
+    next to computing its result, and unlike size + mtime it cannot miss an edit, so an edited
+    file never gets a stale result (and the same audio under two names is computed once).
+    Returns (the result file of each path, the indices of the paths whose content has no result
+    yet: the first path of each content, in order).
+    """
+    import json
+
+    from . import fileio
+    folder = os.path.join(root, hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24])
+    if not os.path.isfile(os.path.join(folder, 'settings.json')):
+        fileio.write_json(os.path.join(folder, 'settings.json'), settings)
+    hashes = [file_digest(path, 'sha256') for path in tqdm(paths, desc='Hashing audio files', unit='file', leave=False,
+                                                            disable=len(paths) < 500)]
+    files = [os.path.join(folder, f'{digest}.npy') for digest in hashes]
+    missing = {}
+    for index, file in enumerate(files):
+        if not os.path.isfile(file):
+            missing.setdefault(file, index)
+    return files, sorted(missing.values())

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from paddle_soundcls.cli import silence_third_party_noise
+from paddle_soundcls.cli import run_script, silence_third_party_noise
 
 silence_third_party_noise()
 
@@ -87,8 +87,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_script(main))

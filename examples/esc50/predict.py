@@ -9,6 +9,7 @@ import sys
 
 from paddle_soundcls import Module
 from paddle_soundcls.checkpoint import read_meta
+from paddle_soundcls.cli import run_script
 
 
 def main(argv=None):
@@ -31,8 +32,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_script(main))

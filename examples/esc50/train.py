@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from paddle_soundcls.cli import silence_third_party_noise
+from paddle_soundcls.cli import run_script, silence_third_party_noise
 
 silence_third_party_noise()  # before Paddle is imported: its import warns about a compiler cache
 
@@ -162,8 +162,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_script(main))

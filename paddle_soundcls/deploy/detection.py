@@ -17,6 +17,7 @@ half the median filter of the event decisions (EventTracker.delay_seconds).
 import numpy as np
 
 from .. import audio
+from . import pipeline
 from .events import EventTracker, detect_events
 
 # Seconds per window when a model records no training clip length: the length of the
@@ -42,11 +43,13 @@ class FrameScorer:
     score_frames: waveforms float32 [batch, samples] -> frame scores [batch, frames', classes]
         (numpy), the network's frames for each window.
     frontend: the model's FrontendConfig (sample rate, hop length, frames per window).
-    window, hop: seconds; rounded to whole front-end frames.
+    window, hop: seconds; rounded to whole front-end frames. Default window: the model's
+        training clip length `clip_seconds`, else DEFAULT_WINDOW; default hop: half the window.
     min_seconds: the network's shortest input (shorter windows are zero-padded).
     """
 
-    def __init__(self, score_frames, frontend, labels, window=10.0, hop=None, min_seconds=1.0):
+    def __init__(self, score_frames, frontend, labels, window=None, hop=None, min_seconds=1.0, clip_seconds=None):
+        window = window or clip_seconds or DEFAULT_WINDOW
         hop = window / 2 if hop is None else hop
         for name, value in (('window', window), ('hop', hop)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -71,14 +74,10 @@ class FrameScorer:
         """Frame scores [frames, classes] of one window of samples, at the front end's frame rate
         (one frame per hop_length samples, frame i starting at sample i * hop_length)."""
         num_frames = max(1, len(segment) // self.frame_samples)
-        padded = audio_pad(segment, max(self.min_samples, len(segment)))
+        padded = pipeline.pad_to(segment, self.min_samples)
         coarse = np.asarray(self.score_frames(padded[None]))[0]
         covered = max(1, int(round(len(coarse) * len(segment) / len(padded))))  # the padding's frames go
         return upsample(coarse[:covered], num_frames)
-
-
-def audio_pad(wave, length):
-    return wave if len(wave) >= length else np.pad(wave, (0, length - len(wave)))
 
 
 class FrameStream:
@@ -183,6 +182,15 @@ class EventStream:
                                                                         self.target_sr)))
         events += self.tracker.push(self.frames.close())
         return events + self.tracker.close()
+
+
+def detect_inputs(scorer, data, sample_rate=None, config=None):
+    """detect() of every input of `data` (paths and/or numpy waveforms at `sample_rate`, as
+    predict takes them), each loaded and resampled to the model's rate; what Module.detect and
+    Predictor.detect return."""
+    sources = pipeline.as_sources(data)
+    rate = scorer.frontend.sample_rate
+    return [detect(scorer, audio.load(source, sample_rate, rate, name=name), config) for name, source in sources]
 
 
 def detect(scorer, wave, config=None):

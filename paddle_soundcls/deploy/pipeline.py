@@ -51,12 +51,6 @@ def as_sources(data):
     return sources
 
 
-def load_wave(source, sample_rate, target_sr, min_seconds, name=None):
-    """One input -> mono float32 at target_sr, zero-padded to at least `min_seconds`."""
-    wave = audio.load(source, sample_rate, target_sr, name=name)
-    return pad_to(wave, int(round(min_seconds * target_sr)))
-
-
 def pad_to(wave, min_samples):
     return wave if len(wave) >= min_samples else np.pad(wave, (0, min_samples - len(wave)))
 

@@ -1,7 +1,6 @@
 """`Predictor`: run an export directory on the CPU without the training stack."""
 import os
 
-from .. import audio
 from ..features.mel import logmel
 from . import detection, exportdir, pipeline
 from .engines import OnnxEngine, PaddleEngine
@@ -140,8 +139,8 @@ class Predictor:
 
         def score_frames(waveforms):
             return engine(self.features(waveforms))
-        window = window or self.clip_seconds or detection.DEFAULT_WINDOW
-        return detection.FrameScorer(score_frames, self.frontend, self.labels, window, hop, self.min_seconds)
+        return detection.FrameScorer(score_frames, self.frontend, self.labels, window, hop, self.min_seconds,
+                                     self.clip_seconds)
 
     def detect(self, data, sample_rate=None, window=None, hop=None, config=None):
         """When each sound happens, without Paddle; the same results as `Module.detect`.
@@ -149,11 +148,7 @@ class Predictor:
         Returns per input {'frame_hop', 'frame_scores' [frames, classes], 'events': [{'label',
         'onset', 'offset', 'confidence'}]}; config defaults to the thresholds saved with the export.
         """
-        sources = pipeline.as_sources(data)
-        scorer = self.frame_scorer(window, hop)
-        config = config or self.event_config
-        return [detection.detect(scorer, audio.load(source, sample_rate, self.frontend.sample_rate, name=name), config)
-                for name, source in sources]
+        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, config or self.event_config)
 
     def stream(self, sample_rate=None, window=None, hop=None, config=None):
         """A live stream: stream.push(chunk) -> events that started or ended, stream.close() ->

@@ -28,8 +28,6 @@ predict scores.
 Every embedding is written as soon as it is computed, atomically, so an interrupted pass
 resumes where it stopped.
 """
-import hashlib
-import json
 import logging
 import os
 
@@ -152,19 +150,8 @@ def embed_dataset(module, dataset, cut='center', clip_samples=None, batch_size=B
     try:
         info = settings(module, dataset, weights_digest(module.backbone), cut)
         info['clip_samples'] = clip_samples if cut == 'segments' else None
-        folder = os.path.join(root, hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:24])
-        if not os.path.isfile(os.path.join(folder, 'settings.json')):
-            fileio.write_json(os.path.join(folder, 'settings.json'), info)
-        paths = [path for path, _ in items]
-        hashes = [weights.file_digest(path, 'sha256')
-                  for path in tqdm(paths, desc='Hashing audio files', unit='file', leave=False,
-                                   disable=len(paths) < 500)]
-        files = [os.path.join(folder, f'{h}.npy') for h in hashes]
-        missing = {}  # one clip per missing content, in dataset order
-        for index, file in enumerate(files):
-            if not os.path.isfile(file):
-                missing.setdefault(file, index)
-        todo = sorted(missing.values())[rank::world_size]
+        files, missing = weights.content_cache(root, info, [path for path, _ in items])
+        todo = missing[rank::world_size]
         if todo:
             _compute(module, dataset, todo, files, batch_size, cut, clip_samples)
         if world_size > 1:

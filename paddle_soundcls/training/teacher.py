@@ -11,7 +11,7 @@ softmax at any temperature they reproduce; log(p / (1 - p)) for sigmoids), so Mo
 checkpoints and exports are one kind of teacher. Layout of the cache
 (`<cache_dir()>/teachers` by default):
 
-    <teacher key>/teacher.json      what the outputs below depend on (for people reading the cache)
+    <teacher key>/settings.json     what the outputs below depend on (for people reading the cache)
     <teacher key>/<sha256>.npy      the teacher's logits (float32 [classes]) for the file with that content
 
 The key hashes every member's identity (its weights digest, or the sha256 of an export's
@@ -19,8 +19,6 @@ files), labels, front end and clip length; a clip is found by the sha256 of its 
 edited file or other teacher weights are never served stale outputs. Each output is written
 as soon as it is computed, so an interrupted pass resumes where it stopped.
 """
-import hashlib
-import json
 import os
 
 import numpy as np
@@ -53,10 +51,10 @@ class Teacher:
                                  f'{other["labels"][:5]}...')
         self.labels, self.multi_label = first['labels'], first['multi_label']
 
-    def key(self):
-        info = {'format': FORMAT, 'members': [m['identity'] for m in self.members], 'labels': self.labels,
+    def settings(self):
+        """What the teacher's outputs depend on besides the audio: the key of its cache."""
+        return {'format': FORMAT, 'members': [m['identity'] for m in self.members], 'labels': self.labels,
                 'multi_label': self.multi_label}
-        return info, hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:24]
 
     def logits(self, paths):
         """Mean over the members of their logits on the clips `paths` [clips, classes]."""
@@ -113,13 +111,8 @@ def teacher_logits(teacher, dataset, root=None, progress=True):
     if bool(getattr(dataset, 'multi_label', False)) != teacher.multi_label:
         raise ValueError(f'the teacher is {"multi" if teacher.multi_label else "single"}-label but the data is '
                          f'not; use a teacher trained on data of the same kind')
-    info, key = teacher.key()
-    folder = os.path.join(root or cache_root(), key)
-    if not os.path.isfile(os.path.join(folder, 'teacher.json')):
-        fileio.write_json(os.path.join(folder, 'teacher.json'), info)
     paths = [path for path, _ in items]
-    files = [os.path.join(folder, weights.file_digest(path, 'sha256') + '.npy') for path in paths]
-    todo = sorted({file: i for i, file in enumerate(files) if not os.path.isfile(file)}.values())
+    files, todo = weights.content_cache(root or cache_root(), teacher.settings(), paths)
     with tqdm(total=len(todo), desc='Teacher outputs', unit='clip', disable=not progress or not todo) as bar:
         for start in range(0, len(todo), CLIPS_PER_CALL):
             batch = todo[start:start + CLIPS_PER_CALL]

@@ -16,6 +16,7 @@ Re-running with the same `checkpoint_dir` resumes after the last complete epoch.
 is drawn from (seed, epoch[, step]) rather than carried state, so a resumed run continues
 exactly as an uninterrupted one would.
 """
+import contextlib
 import json
 import logging
 import math
@@ -206,6 +207,8 @@ class Trainer:
             self._train_counts = dataset.class_counts()
         if self.loss_fn is None or role == 'train':
             self.loss_fn = self._build_loss()
+            self._distill = None if self.teacher is None else losses.DistillationLoss(
+                self.loss_fn, self.kd_lambda, self.kd_temperature, model.multi_label)
         if self.compare_metrics is None:
             self.compare_metrics = 'mAP' if multi_label else 'acc'
         allowed = ('loss',) + (MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS)
@@ -316,8 +319,7 @@ class Trainer:
                     logits, loss = self._strong_step(inputs, target)
                 elif self.supcon is None:
                     logits = self._net(inputs)
-                    loss = (self.loss_fn(logits, target) if teacher is None
-                            else self._kd_loss(logits, target, teacher))
+                    loss = self.loss_fn(logits, target) if teacher is None else self._distill(logits, target, teacher)
                 else:
                     logits, loss = self._supcon_step(waves, inputs, target, teacher, multi_label, epoch, step)
             loss_value = float(loss)
@@ -372,7 +374,7 @@ class Trainer:
         if self.augment.mixup_alpha <= 0:
             feats, _ = augment_lib.apply_features(self.augment, feats, None, rng)
             return feats, target, teacher
-        soft = target if multi_label else paddle.nn.functional.one_hot(target.astype('int64'), self.model.num_class)
+        soft = target if multi_label else F.one_hot(target.astype('int64'), self.model.num_class)
         classes = soft.shape[1]
         joint = soft if teacher is None else paddle.concat([soft.astype('float32'), teacher.astype('float32')], axis=1)
         feats, joint = augment_lib.apply_features(self.augment, feats, joint, rng)
@@ -390,12 +392,11 @@ class Trainer:
         embeddings = net.forward_features(paddle.concat([feats, second]))
         first = embeddings[:feats.shape[0]]
         logits = net.forward_head(first)
-        loss = self.loss_fn(logits, target) if teacher is None else self._kd_loss(logits, target, teacher)
+        loss = self.loss_fn(logits, target) if teacher is None else self._distill(logits, target, teacher)
         loss = loss + self.supcon_weight * self.supcon(embeddings, paddle.concat([labels, labels]))
         return logits, loss
 
     def _autocast(self):
-        import contextlib
         if self.amp is None:
             return contextlib.nullcontext()
         return paddle.amp.auto_cast(dtype='bfloat16' if self.amp == 'bf16' else 'float16', level='O1')
@@ -408,10 +409,6 @@ class Trainer:
                                         frame_logits.shape[1]).transpose([0, 2, 1])
         loss = F.binary_cross_entropy_with_logits(frame_logits, targets)
         return frame_logits.max(axis=1), loss
-
-    def _kd_loss(self, logits, target, teacher):
-        return losses.DistillationLoss(self.loss_fn, self.kd_lambda, self.kd_temperature,
-                                       self.model.multi_label)(logits, target, teacher)
 
     def _embed(self, dataset, cut):
         """The cached backbone embeddings of `dataset` (computed where missing)."""
