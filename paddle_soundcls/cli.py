@@ -112,13 +112,12 @@ def _runner(model_dir, engine, threads, model=None, tagging=None, precision='fp3
 
 
 def _print_results(paths, results, fmt):
+    if fmt == 'jsonl':
+        for record in _records(paths, results):
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        return
     for path, result in zip(paths, results):
         windowed = isinstance(result, dict) and 'timeline' in result
-        if fmt == 'jsonl':
-            record = {'input': path}
-            record.update(result if windowed else {'scores': result})
-            print(json.dumps(record, ensure_ascii=False), flush=True)
-            continue
         scores = result['scores'] if windowed else result
         title = f'{path}  (clip: {len(result["timeline"])} windows)' if windowed else path
         print(title)
