@@ -45,6 +45,7 @@ import paddle  # noqa: E402
 from paddle_soundcls import Module, Trainer  # noqa: E402
 from paddle_soundcls.datasets import ESC50  # noqa: E402
 from paddle_soundcls.deploy.engines import cpu_count  # noqa: E402
+from paddle_soundcls.device import cpu_threads, enable_mkl_avx2_on_amd  # noqa: E402
 from paddle_soundcls.training import embeddings  # noqa: E402
 
 SAMPLE_RATE = 44100  # the rate of the ESC-50 files
@@ -187,6 +188,7 @@ def run(args):
         result = {
             'model': args.model, 'weights': 'random (no pretrained weights offline); BatchNorm statistics from 16 '
                                             'training clips', 'cpus': cpu_count(),
+            'cpu_threads': cpu_threads(), 'mkl_avx2_on_amd': args.mkl_avx2,
             'clips': args.clips, 'train_clips': len(train_set), 'dev_clips': len(dev_set), 'classes': args.classes,
             'seconds': args.seconds, 'sample_rate': SAMPLE_RATE, 'epochs': args.epochs, 'batch_size': args.batch_size,
             'frozen_wall_s': round(wall, 1), 'frozen_embed_s': round(embed, 1),
@@ -217,8 +219,11 @@ def main(argv=None):
     p.add_argument('--learning-rate', type=float, default=1e-3, help='of the frozen runs')
     p.add_argument('--full-steps', type=int, default=3, help='full fine-tuning steps (0: skip that measurement)')
     p.add_argument('--full-batch-size', type=int, default=8)
+    p.add_argument('--no-mkl-avx2', action='store_true',
+                   help="leave MKL's kernel choice alone on AMD CPUs (see device.enable_mkl_avx2_on_amd)")
     p.add_argument('--json', action='store_true', help='print one JSON object')
     args = p.parse_args(argv)
+    args.mkl_avx2 = False if args.no_mkl_avx2 else enable_mkl_avx2_on_amd()   # as the example does, before any work
     if args.clips < 2 * args.classes:
         p.error(f'--clips must be at least {2 * args.classes} (2 x --classes), so that every class is in the '
                 f'dev fold and in the training folds')

@@ -1,7 +1,8 @@
-"""Training speed: clips/s of full fine-tuning for float32 and each mixed precision the device
-supports, of the data pipeline alone (dataset + loader), and the training loss after N steps
-for each precision (mixed precision must train, not only run fast). Prints figures (JSON with
---json); asserts nothing.
+"""Training speed: clips/s of full fine-tuning for float32 with every CPU (the Trainer's default)
+and with one thread (Paddle's own default), for each mixed precision the device runs, of the
+data pipeline alone (dataset + loader, decoding every epoch and from the waveform cache), and
+the training loss after N steps for each setting (mixed precision must train, not only run
+fast). Prints figures (JSON with --json); asserts nothing.
 
     python benchmarks/bench_train.py --json --model panns_cnn6 --batch-size 8 --steps 20
 
@@ -12,6 +13,7 @@ precision (speed does not depend on them).
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +32,9 @@ import soundfile as sf  # noqa: E402
 from paddle_soundcls import Module, Trainer  # noqa: E402
 from paddle_soundcls.cli import silence_third_party_noise  # noqa: E402
 from paddle_soundcls.datasets import AudioFolder  # noqa: E402
+from paddle_soundcls.device import cpu_threads, enable_mkl_avx2_on_amd  # noqa: E402
 from paddle_soundcls.export.benchmark import machine_info  # noqa: E402
+from paddle_soundcls.training.trainer import bf16_autocast_works  # noqa: E402
 
 
 def make_data(folder, clips, seconds, classes=5, seed=0):
@@ -56,17 +60,51 @@ def loader_speed(dataset, batch_size, steps, num_workers):
     return round(seen / (time.perf_counter() - start), 2)
 
 
-def train_speed(name, dataset, batch_size, steps, amp, work):
+def cached_loader_speed(folder, seconds, batch_size, steps, num_workers):
+    """The loader over AudioFolder(cache=True) in its second epoch: every clip read from the cache."""
+    dataset = AudioFolder(folder, mode='train', duration=seconds, cache=True)
+    loader_speed(dataset, batch_size, steps, num_workers)   # the first epoch fills the cache
+    dataset.set_epoch(1)
+    return loader_speed(dataset, batch_size, steps, num_workers)
+
+
+def train_speed(name, folder, seconds, batch_size, steps, amp, work, num_threads=None, cache=False):
+    """Full fine-tuning in the Trainer for one epoch of `steps` batches: clips/s in the steady state
+    (from the end of the first step, which prepares kernels, to the end of the last), the wall time
+    of the whole epoch, and the training loss."""
+    dataset = AudioFolder(folder, mode='train', duration=seconds, cache=cache)
+    dataset.items = dataset.items[:steps * batch_size]
     model = Module(name, label_map=dataset.labels, pretrained=False, seed=0)
-    trainer = Trainer(model, paddle.optimizer.Adam(learning_rate=1e-4, parameters=model.parameters()),
-                      checkpoint_dir=os.path.join(work, f'ckpt_{amp}'), use_vdl=False, seed=0, amp=amp)
-    subset = AudioFolder(dataset.root, mode='train', duration=dataset.duration)
-    subset.items = subset.items[:steps * batch_size]   # one epoch of `steps` batches
+    optimizer = paddle.optimizer.Adam(learning_rate=1e-4, parameters=model.parameters())
+    ends, step = [], optimizer.step
+
+    def timed_step():
+        step()
+        ends.append(time.perf_counter())
+
+    optimizer.step = timed_step
+    trainer = Trainer(model, optimizer, checkpoint_dir=os.path.join(work, f'ckpt_{amp}_{num_threads}_{cache}'),
+                      use_vdl=False, seed=0, amp=amp, num_threads=num_threads)
     start = time.perf_counter()
-    state = trainer.train(subset, epochs=1, batch_size=batch_size, log_interval=10 ** 6)
+    state = trainer.train(dataset, epochs=1, batch_size=batch_size, log_interval=10 ** 6)
     wall = time.perf_counter() - start
-    return {'clips_per_s': round(len(subset) / wall, 3), 'steps': steps, 'loss_after_steps':
-            round(state['history'][-1]['train']['loss'], 5), 'wall_s': round(wall, 1)}
+    return {'clips_per_s': round((len(ends) - 1) * batch_size / (ends[-1] - ends[0]), 3), 'steps': steps,
+            'loss_after_steps': round(state['history'][-1]['train']['loss'], 5), 'wall_s': round(wall, 1)}
+
+
+def torch_baseline(args):
+    """The same training steps in PyTorch eager, run by another interpreter (see torch_cnn14_train.py)."""
+    if args.model != 'panns_cnn14':
+        return {'skipped': 'the PyTorch baseline is CNN14 only'}
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torch_cnn14_train.py')
+    # As many threads as the Trainer uses (importing Paddle set OMP_NUM_THREADS=1 in this environment).
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_NUM_THREADS'}
+    proc = subprocess.run([args.torch_python, script, '--batch-size', str(args.batch_size), '--seconds',
+                           str(args.seconds), '--steps', str(args.steps), '--threads', str(cpu_threads())],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode:
+        return {'error': proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
@@ -77,20 +115,37 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=20, help='optimizer steps per precision (default 20)')
     p.add_argument('--seconds', type=float, default=5.0)
     p.add_argument('--num-workers', type=int, default=0, help='loader worker processes (the Trainer default 0)')
+    p.add_argument('--torch-python', metavar='PYTHON',
+                   help='with --model panns_cnn14: also run the PyTorch eager baseline (torch_cnn14_train.py) '
+                        'with this Python interpreter, which must have torch')
+    p.add_argument('--no-mkl-avx2', action='store_true',
+                   help="leave MKL's kernel choice alone on AMD CPUs (see device.enable_mkl_avx2_on_amd)")
     p.add_argument('--json', action='store_true')
     args = p.parse_args(argv)
-    precisions = [None] + (['bf16'] if paddle.amp.is_bfloat16_supported() else []) + (
-        ['fp16'] if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() else [])
+    mkl_avx2 = False if args.no_mkl_avx2 else enable_mkl_avx2_on_amd()   # as the example does, before any work
+    gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    precisions = [None] + (['bf16'] if paddle.amp.is_bfloat16_supported() and bf16_autocast_works() else []) + (
+        ['fp16'] if gpu else [])
     with tempfile.TemporaryDirectory() as work:
+        os.environ['PADDLE_SOUNDCLS_HOME'] = os.path.join(work, 'home')   # a fresh waveform cache
         folder = make_data(os.path.join(work, 'data'), args.steps * args.batch_size, args.seconds)
         dataset = AudioFolder(folder, mode='train', duration=args.seconds)
-        result = {'loader_clips_per_s': loader_speed(dataset, args.batch_size, args.steps, args.num_workers)}
+        result = {'loader_clips_per_s': loader_speed(dataset, args.batch_size, args.steps, args.num_workers),
+                  'loader_cached_clips_per_s': cached_loader_speed(folder, args.seconds, args.batch_size, args.steps,
+                                                                   args.num_workers)}
+        run = dict(name=args.model, folder=folder, seconds=args.seconds, batch_size=args.batch_size,
+                   steps=args.steps, work=work)
         for amp in precisions:
-            result[amp or 'fp32'] = train_speed(args.model, dataset, args.batch_size, args.steps, amp, work)
+            result[amp or 'fp32'] = train_speed(amp=amp, **run)
+        result['fp32_waveform_cache'] = train_speed(amp=None, cache=True, **run)
+        if not gpu and cpu_threads() > 1:
+            result['fp32_1_thread'] = train_speed(amp=None, num_threads=1, **run)
+    if args.torch_python:
+        result['pytorch_eager'] = torch_baseline(args)
     result['loader_vs_network'] = round(result['loader_clips_per_s'] / result['fp32']['clips_per_s'], 2)
     result['setup'] = {'model': args.model, 'batch_size': args.batch_size, 'seconds': args.seconds,
                        'data': '44.1 kHz WAV files, decoded and resampled to 32 kHz by the loader',
-                       'num_workers': args.num_workers, 'machine': machine_info()}
+                       'num_workers': args.num_workers, 'cpu_threads': cpu_threads(), 'mkl_avx2_on_amd': mkl_avx2, 'machine': machine_info()}
     print(json.dumps(result, indent=2) if args.json else result)
     return 0
 

@@ -166,6 +166,11 @@ def check_waveform(wave, name='waveform'):
     return wave
 
 
+# Names what load() makes of a file's samples (downmix, resampling filter): caches of decoded
+# waveforms are keyed on it, so bump it whenever a change here gives different samples.
+RESAMPLER_VERSION = 1
+
+
 @lru_cache(maxsize=32)
 def _polyphase_filter(up, down, zero_crossings=16, beta=8.6):
     """Kaiser-windowed sinc low-pass for rational resampling, split into `up` phases."""

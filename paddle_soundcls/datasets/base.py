@@ -4,6 +4,7 @@ Datasets know nothing of models: they return mono float32 waveforms at one sampl
 and the model computes its features later, in batches, on the device.
 """
 import csv
+import logging
 import math
 import numbers
 import os
@@ -14,13 +15,17 @@ import paddle
 import soundfile as sf
 from tqdm import tqdm
 
-from .. import audio
+from .. import audio, fileio, weights
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_RATE = 32000  # the rate the PANNs weights were trained at
 # check_files() shows a progress bar from this many files on.
 PROGRESS_MIN_FILES = 500
 # Error messages name at most this many files, then give the count of the rest.
 MAX_LISTED = 100
+# Bump when the way waveforms are cached changes: old entries are then ignored.
+CACHE_FORMAT = 1
 
 
 class DatasetError(ValueError):
@@ -175,6 +180,24 @@ def file_problem(path):
     return audio.samples_problem(data)
 
 
+def waveform_cache_root():
+    """The waveform cache folder: `<cache_dir()>/waveforms` ($PADDLE_SOUNDCLS_HOME/waveforms)."""
+    return os.path.join(weights.cache_dir(), 'waveforms')
+
+
+def load_cached(file):
+    """A cached waveform, memory-mapped: a crop reads only its own part of the file."""
+    wave = np.load(file, mmap_mode='r')
+    if wave.dtype != np.float32 or wave.ndim != 1:
+        raise ValueError(f'it holds {wave.dtype} {wave.shape}, not a float32 waveform')
+    return wave
+
+
+def in_memory(wave):
+    """A crop of a memory-mapped (read-only) waveform as an ordinary array; other arrays as they are."""
+    return np.array(wave) if isinstance(wave, np.memmap) else wave
+
+
 class AudioDataset(paddle.io.Dataset):
     """Fixed-length mono waveforms and their labels.
 
@@ -189,13 +212,17 @@ class AudioDataset(paddle.io.Dataset):
         duration: clip length in seconds.
         multi_label: targets are multi-hot float32 [num_classes] instead of an int64 index.
         seed: seed of the random crops.
+        cache: keep each file's decoded, mono, resampled waveform on disk (under
+            `weights.cache_dir()/waveforms`, found by the sha256 of the file) and read it from
+            there: each file is decoded and resampled once instead of every epoch. The files are
+            hashed when the dataset is built, so an edited file is decoded again.
 
     __getitem__(i) -> (waveform float32 [round(duration * sample_rate)], target int64 scalar
     or multi-hot float32 [num_classes]).
     """
 
     def __init__(self, items, labels, mode='train', sample_rate=None, duration=5.0, multi_label=False,
-                 seed=0):
+                 seed=0, cache=False):
         super().__init__()
         self.mode = check_mode(mode)
         self.sample_rate = check_sample_rate(sample_rate)
@@ -215,6 +242,19 @@ class AudioDataset(paddle.io.Dataset):
             raise DatasetError(f'the {self.mode} part of this dataset holds no clips')
         self.num_samples = int(round(self.duration * self.sample_rate))
         self.epoch = 0
+        if not isinstance(cache, bool):
+            raise DatasetError(f'cache must be True or False, got {cache!r}')
+        self.cache = cache
+        self.cache_files = self._cache_files() if cache else {}
+
+    def _cache_files(self):
+        """path -> the file of its cached waveform. Hashed here, once: DataLoader workers get
+        the mapping with the dataset. Missing files are left out, to fail as without a cache."""
+        paths = sorted({path for path, _ in self.items if os.path.isfile(path)})
+        settings = {'format': CACHE_FORMAT, 'sample_rate': self.sample_rate, 'resampler': audio.RESAMPLER_VERSION,
+                    'libsndfile': sf.__libsndfile_version__}  # its decoders (e.g. MP3) may change between versions
+        files, _ = weights.content_cache(waveform_cache_root(), settings, paths)
+        return dict(zip(paths, files))
 
     def _check_target(self, target, path):
         num = len(self.labels)
@@ -257,15 +297,30 @@ class AudioDataset(paddle.io.Dataset):
 
     def waveform(self, index):
         """Clip `index` whole (mono float32 at sample_rate), neither cropped nor padded: what
-        evaluation scores with the same rule as predict (see deploy.pipeline.clip_segments)."""
-        return audio.load(self.items[self._index(index)][0], None, self.sample_rate)
+        evaluation scores with the same rule as predict (see deploy.pipeline.clip_segments).
+        With the cache, a read-only memory map of the cached file."""
+        path = self.items[self._index(index)][0]
+        file = self.cache_files.get(path)
+        if file is None:
+            return audio.load(path, None, self.sample_rate)
+        try:
+            return load_cached(file)
+        except FileNotFoundError:
+            pass  # the first use of this content
+        except (OSError, ValueError, EOFError) as exc:
+            # Written atomically, so damaged by something else (a disk error, a cut copy of the
+            # cache); decoding again only costs time.
+            logger.warning('the cached waveform %s is damaged (%s); decoding %s again', file, exc, path)
+        wave = audio.load(path, None, self.sample_rate)
+        fileio.write_npy(file, wave)
+        return wave
 
     def __getitem__(self, index):
         index = self._index(index)
         wave = self.waveform(index)
         # Training crops depend only on (seed, epoch, index): the same in any worker and after a resume.
         rng = np.random.default_rng((self.seed, self.epoch, index)) if self.mode == 'train' else None
-        return audio.fix_length(wave, self.num_samples, rng), self.target(index)
+        return in_memory(audio.fix_length(wave, self.num_samples, rng)), self.target(index)
 
     def class_counts(self):
         """Clips per class, int64 [num_classes] (multi-label: clips that carry each class)."""

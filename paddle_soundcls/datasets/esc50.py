@@ -116,11 +116,12 @@ class ESC50(AudioDataset):
         sample_rate: rate of the returned waveforms (None: 32000); the clips are 44.1 kHz.
         duration: clip length in seconds (the clips are 5 s).
         seed: seed of the random training crops.
+        cache: decode and resample each file once and keep the result on disk (see AudioDataset).
 
     Class names and their count come from the meta file's target and category columns.
     """
 
-    def __init__(self, mode='train', split=1, data_dir=None, sample_rate=None, duration=5.0, seed=0):
+    def __init__(self, mode='train', split=1, data_dir=None, sample_rate=None, duration=5.0, seed=0, cache=False):
         check_mode(mode)
         if data_dir is None:
             data_dir = download_esc50()
@@ -138,4 +139,5 @@ class ESC50(AudioDataset):
                  for row, fold in zip(rows, folds) if (fold == split) == dev]
         check_exists(items, meta, f'Expected the ESC-50 layout:\n{LAYOUT}')
         self.data_dir, self.split = data_dir, split
-        super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration, seed=seed)
+        super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration, seed=seed,
+                         cache=cache)

@@ -30,9 +30,10 @@ class AudioFolder(AudioDataset):
         split: None to use every clip, or (dev_fraction, seed) for a stratified split:
             mode 'train' gets the train part, other modes the dev part.
         seed: seed of the random training crops.
+        cache: decode and resample each file once and keep the result on disk (see AudioDataset).
     """
 
-    def __init__(self, root, mode='train', sample_rate=None, duration=5.0, split=None, seed=0):
+    def __init__(self, root, mode='train', sample_rate=None, duration=5.0, split=None, seed=0, cache=False):
         check_mode(mode)
         root = check_dir('root', root, 'Pass a folder with one sub-folder of audio files per class.')
         split = check_split(split)
@@ -57,7 +58,8 @@ class AudioFolder(AudioDataset):
             warnings.warn(f'{root}: ignoring folders without audio files: {", ".join(empty)}', stacklevel=2)
         self.root = root
         items = select(items, [t for _, t in items], len(classes), mode, split)
-        super().__init__(items, classes, mode=mode, sample_rate=sample_rate, duration=duration, seed=seed)
+        super().__init__(items, classes, mode=mode, sample_rate=sample_rate, duration=duration, seed=seed,
+                         cache=cache)
 
 
 
@@ -75,12 +77,12 @@ class CSVDataset(AudioDataset):
         labels: the class names in index order; None takes the sorted names found in the
             whole CSV (before fold selection, so every fold shares one class list).
         split: None or (dev_fraction, seed), a stratified split of the selected rows.
-        mode, sample_rate, duration, seed: as in `AudioDataset`.
+        mode, sample_rate, duration, seed, cache: as in `AudioDataset`.
     """
 
     def __init__(self, csv_path, audio_root=None, path_column='path', label_column='label', fold_column=None,
                  folds=None, label_separator=None, labels=None, mode='train', sample_rate=None, duration=5.0,
-                 split=None, seed=0):
+                 split=None, seed=0, cache=False):
         check_mode(mode)
         if not isinstance(csv_path, (str, os.PathLike)):
             raise DatasetError(f'csv_path must be a file path, got {csv_path!r}')
@@ -141,4 +143,4 @@ class CSVDataset(AudioDataset):
         self.csv_path, self.audio_root = csv_path, audio_root
         items = select(items, [t for _, t in items], len(labels), mode, split)
         super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration,
-                         multi_label=label_separator is not None, seed=seed)
+                         multi_label=label_separator is not None, seed=seed, cache=cache)

@@ -42,9 +42,11 @@ class GTZAN(AudioDataset):
         sample_rate: rate of the returned waveforms (None: 32000); the clips are 22.05 kHz.
         duration: clip length in seconds (the clips are about 30 s).
         seed: seed of the random training crops.
+        cache: decode and resample each file once and keep the result on disk (see AudioDataset).
     """
 
-    def __init__(self, mode='train', split=1, data_dir=None, sample_rate=None, duration=30.0, seed=0):
+    def __init__(self, mode='train', split=1, data_dir=None, sample_rate=None, duration=30.0, seed=0,
+                 cache=False):
         check_mode(mode)
         split = check_int('split', split, low=1, high=NUM_FOLDS)
         if data_dir is None:
@@ -69,4 +71,5 @@ class GTZAN(AudioDataset):
             raise DatasetError(f'data_dir: no clips named <genre>.000NN.wav for {", ".join(empty)} in {root}. '
                                f'{WHERE}')
         self.data_dir, self.split = data_dir, split
-        super().__init__(items, list(GENRES), mode=mode, sample_rate=sample_rate, duration=duration, seed=seed)
+        super().__init__(items, list(GENRES), mode=mode, sample_rate=sample_rate, duration=duration, seed=seed,
+                         cache=cache)

@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 from .. import audio
-from .base import AudioDataset, DatasetError, check_dir
+from .base import AudioDataset, DatasetError, check_dir, in_memory
 from .strong import frame_targets, read_strong_labels
 
 DEFAULT_FRAME_HOP = 0.01  # seconds: the 10 ms frames of the registered front ends
@@ -25,13 +25,13 @@ class StrongLabelDataset(AudioDataset):
         csv_path: the event table; files without events are listed with empty times.
         audio_dir: the folder of the files (default: the CSV's folder).
         labels: the class names in index order (None: the sorted names found in the CSV).
-        mode, sample_rate, duration, seed: as for AudioDataset.
+        mode, sample_rate, duration, seed, cache: as for AudioDataset.
         frame_hop_seconds: the frame hop of the targets; the model's front-end hop.
     """
     strong = True
 
     def __init__(self, csv_path, audio_dir=None, labels=None, mode='train', sample_rate=None, duration=10.0, seed=0,
-                 frame_hop_seconds=DEFAULT_FRAME_HOP):
+                 frame_hop_seconds=DEFAULT_FRAME_HOP, cache=False):
         events = read_strong_labels(csv_path, labels)
         audio_dir = check_dir('audio_dir', audio_dir or os.path.dirname(os.path.abspath(csv_path)))
         if labels is None:
@@ -48,7 +48,7 @@ class StrongLabelDataset(AudioDataset):
         if missing:
             raise DatasetError(f'{len(missing)} audio files listed in {csv_path} are missing, e.g. {missing[:3]}')
         super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration, multi_label=True,
-                         seed=seed)
+                         seed=seed, cache=cache)
         if not frame_hop_seconds > 0:
             raise DatasetError(f'frame_hop_seconds must be positive, got {frame_hop_seconds!r}')
         self.frame_hop_seconds = float(frame_hop_seconds)
@@ -61,7 +61,7 @@ class StrongLabelDataset(AudioDataset):
         # As AudioDataset crops (the same draws), with the offset kept for the targets.
         rng = np.random.default_rng((self.seed, self.epoch, index)) if self.mode == 'train' else None
         offset = audio.crop_offset(len(wave), self.num_samples, rng)
-        wave = audio.fix_length(wave[offset:offset + self.num_samples], self.num_samples)
+        wave = in_memory(audio.fix_length(wave[offset:offset + self.num_samples], self.num_samples))
         targets = frame_targets(self.events[path], self.num_frames, self.frame_hop_seconds, self.labels,
                                 frame_offset_seconds=offset / self.sample_rate)
         return wave, targets

@@ -21,9 +21,11 @@ class UrbanSound8K(AudioDataset):
         sample_rate: rate of the returned waveforms (None: 32000); the clips have mixed rates.
         duration: clip length in seconds (clips are at most 4 s; shorter ones are zero-padded).
         seed: seed of the random training crops.
+        cache: decode and resample each file once and keep the result on disk (see AudioDataset).
     """
 
-    def __init__(self, mode='train', split=1, data_dir=None, sample_rate=None, duration=4.0, seed=0):
+    def __init__(self, mode='train', split=1, data_dir=None, sample_rate=None, duration=4.0, seed=0,
+                 cache=False):
         check_mode(mode)
         if data_dir is None:
             raise DatasetError(f'data_dir is required. {WHERE}')
@@ -41,4 +43,5 @@ class UrbanSound8K(AudioDataset):
                  for row, fold in zip(rows, folds) if (fold == split) == dev]
         check_exists(items, meta, WHERE)
         self.data_dir, self.split = data_dir, split
-        super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration, seed=seed)
+        super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration, seed=seed,
+                         cache=cache)

@@ -194,11 +194,10 @@ def _prepare(model, seconds, batch_size, threads, num_classes, tmp):
 def _measure(models, seconds, batch_size, iterations, num_threads, num_classes, modules=None):
     """{model: run()'s result}: every engine of every model timed in turn within each iteration.
     `modules`, a dict, receives each model's Module (for its complexity report)."""
-    import paddle
+    from ..device import set_device
     threads = check_threads(num_threads)
     _check_run_args(seconds, batch_size, iterations)
-    paddle.set_device('cpu')
-    paddle.base.core.set_num_threads(threads)  # dygraph's CPU kernels, to match the other engines
+    set_device(False, threads)  # dygraph's CPU kernels get the threads the other engines get
     with contextlib.ExitStack() as stack:
         prepared = {model: _prepare(model, seconds, batch_size, threads, num_classes,
                                     stack.enter_context(tempfile.TemporaryDirectory()))

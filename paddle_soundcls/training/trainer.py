@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .. import checkpoint, fileio
 from ..device import set_device
+from .loss_scale import DynamicLossScaler
 from . import augment as augment_lib
 from . import embeddings, losses, metrics
 from .schedules import steps_per_epoch
@@ -56,6 +57,8 @@ class Trainer:
         optimizer: a paddle optimizer over model.parameters(); its LR scheduler (if any)
             is stepped once per batch and saved with the checkpoints.
         use_gpu: train on the GPU (a CPU-only Paddle build raises a clear error).
+        num_threads: threads of Paddle's CPU kernels; None: every CPU this process may use
+            (shared among the processes of a data-parallel launch). See device.cpu_threads.
         use_vdl: write VisualDL scalars under checkpoint_dir/visualization.
         checkpoint_dir: where epochs, best_model and logs go (default 'ckpt').
         compare_metrics: the eval metric that picks best_model ('acc', 'macro_f1', 'top5',
@@ -87,11 +90,13 @@ class Trainer:
         max_params, max_macs_per_second: a complexity budget (e.g. DCASE task 1: 128 kB of
             parameters, 30 M MACs per second of audio): a model over it is refused before the
             first step, naming the figures (export.complexity.check_budget).
-        amp: mixed precision for the network's forward pass: None (float32), 'bf16' (where
-            paddle.amp.is_bfloat16_supported(): recent CPUs, Ampere GPUs) or 'fp16' (CUDA GPUs,
-            with dynamic loss scaling). paddle.amp.auto_cast level O1: convolutions and matrix
+        amp: mixed precision for the network's forward pass: None (float32), 'bf16' (GPUs where
+            paddle.amp.is_bfloat16_supported()) or 'fp16' (CUDA GPUs, with dynamic loss scaling:
+            loss_scale.DynamicLossScaler). paddle.amp.auto_cast level O1: convolutions and matrix
             products run in the low precision; the front end, BatchNorm, the loss and the
-            weights (so the checkpoints) stay float32. Resumes exactly as float32 runs do.
+            weights (so the checkpoints) stay float32. Resumes exactly as float32 runs do. A
+            precision the device cannot run is refused, bf16 on CPUs included: Paddle's dygraph
+            has no bfloat16 convolution on the CPU, and its auto_cast computes float32 there.
         supcon_weight: > 0 adds the supervised contrastive loss (losses.SupConLoss, Khosla et al.
             2020) on the embeddings of two augmented views of every clip, times this weight, to
             the loss of the first view (single-label data, full fine-tuning, augmentation on).
@@ -101,8 +106,8 @@ class Trainer:
                  loss=None, label_smoothing=0.0, augment=None, seed=0, keep_last=3, skip_bad_files=False,
                  freeze_backbone=False, embedding_cache=None, teacher=None, kd_lambda=0.5, kd_temperature=2.0,
                  teacher_cache=None, supcon_weight=0.0, supcon_temperature=0.1, max_params=None,
-                 max_macs_per_second=None, amp=None):
-        set_device(use_gpu)
+                 max_macs_per_second=None, amp=None, num_threads=None):
+        set_device(use_gpu, num_threads)
         self.amp = _check_amp(amp, use_gpu)
         losses.DistillationLoss(None, kd_lambda, kd_temperature)  # checks the two settings before any work
         known_metrics = ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS
@@ -267,10 +272,9 @@ class Trainer:
             self.model.clip_seconds = float(duration)
         state = self._resume()
         if self.amp == 'fp16':
-            self.scaler = paddle.amp.GradScaler()
+            self.scaler = DynamicLossScaler()
             if state.get('loss_scaler'):
-                self.scaler.load_state_dict({**state['loss_scaler'],
-                                             'scale': np.array(state['loss_scaler']['scale'], dtype=np.float32)})
+                self.scaler.load_state_dict(state['loss_scaler'])
         if self.is_main:
             self._prune()  # finish a removal that a killed run left half done
         start = state['epoch'] + 1
@@ -332,9 +336,8 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
             else:  # fp16: gradients of the scaled loss; a step with inf/NaN gradients is skipped
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                self.scaler.scale_loss(loss).backward()
+                self.scaler.step(self.optimizer, self._net.parameters())
             self.optimizer.clear_grad()
             scheduler = self.optimizer._learning_rate
             if isinstance(scheduler, paddle.optimizer.lr.LRScheduler):
@@ -552,8 +555,7 @@ class Trainer:
         state = {**state, 'epoch': epoch, 'compare_metrics': self.compare_metrics,
                  'freeze_backbone': self.freeze_backbone, 'amp': self.amp, 'history': state['history'] + [entry]}
         if self.scaler is not None:  # fp16's loss scale and its counters: the resumed run goes on with them
-            state['loss_scaler'] = {k: (v.tolist() if hasattr(v, 'tolist') else v)
-                                    for k, v in self.scaler.state_dict().items()}
+            state['loss_scaler'] = self.scaler.state_dict()
         if self.is_main:
             target = os.path.join(self.checkpoint_dir, f'epoch_{epoch}')
             try:
@@ -654,7 +656,21 @@ def _check_amp(amp, use_gpu):
         raise ValueError(f"amp='bf16' is not supported on this {'GPU' if use_gpu else 'CPU'} "
                          f"(paddle.amp.is_bfloat16_supported() is False); use amp=None"
                          f"{' or fp16' if use_gpu else ''}")
+    if amp == 'bf16' and not bf16_autocast_works():
+        raise ValueError("amp='bf16' would change nothing here: PaddlePaddle's dygraph has no bfloat16 "
+                         "convolution on the CPU, so paddle.amp.auto_cast leaves the network in float32 "
+                         "(float32's results at float32's speed). Use amp=None on the CPU; bf16 is for GPUs "
+                         "that support it")
     return amp
+
+
+def bf16_autocast_works():
+    """Whether paddle.amp.auto_cast(bfloat16) really runs a convolution in bfloat16 on the current
+    device (CPU builds of Paddle 3.3 accept the context and compute in float32)."""
+    conv = paddle.nn.Conv2D(1, 1, 1)
+    with paddle.amp.auto_cast(dtype='bfloat16', level='O1'):
+        out = conv(paddle.ones([1, 1, 2, 2]))
+    return out.dtype == paddle.bfloat16
 
 
 def _target(data, index):
