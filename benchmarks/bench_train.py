@@ -68,7 +68,7 @@ def cached_loader_speed(folder, seconds, batch_size, steps, num_workers):
     return loader_speed(dataset, batch_size, steps, num_workers)
 
 
-def train_speed(name, folder, seconds, batch_size, steps, amp, work, num_threads=None, cache=False):
+def train_speed(name, folder, seconds, batch_size, steps, amp, work, num_workers, num_threads=None, cache=False):
     """Full fine-tuning in the Trainer for one epoch of `steps` batches: clips/s in the steady state
     (from the end of the first step, which prepares kernels, to the end of the last), the wall time
     of the whole epoch, and the training loss."""
@@ -86,7 +86,7 @@ def train_speed(name, folder, seconds, batch_size, steps, amp, work, num_threads
     trainer = Trainer(model, optimizer, checkpoint_dir=os.path.join(work, f'ckpt_{amp}_{num_threads}_{cache}'),
                       use_vdl=False, seed=0, amp=amp, num_threads=num_threads)
     start = time.perf_counter()
-    state = trainer.train(dataset, epochs=1, batch_size=batch_size, log_interval=10 ** 6)
+    state = trainer.train(dataset, epochs=1, batch_size=batch_size, num_workers=num_workers, log_interval=10 ** 6)
     wall = time.perf_counter() - start
     return {'clips_per_s': round((len(ends) - 1) * batch_size / (ends[-1] - ends[0]), 3), 'steps': steps,
             'loss_after_steps': round(state['history'][-1]['train']['loss'], 5), 'wall_s': round(wall, 1)}
@@ -114,7 +114,7 @@ def main(argv=None):
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--steps', type=int, default=20, help='optimizer steps per precision (default 20)')
     p.add_argument('--seconds', type=float, default=5.0)
-    p.add_argument('--num-workers', type=int, default=0, help='loader worker processes (the Trainer default 0)')
+    p.add_argument('--num-workers', type=int, default=0, help='loader worker processes, for the loader and the training runs (the Trainer default 0)')
     p.add_argument('--torch-python', metavar='PYTHON',
                    help='with --model panns_cnn14: also run the PyTorch eager baseline (torch_cnn14_train.py) '
                         'with this Python interpreter, which must have torch')
@@ -134,7 +134,7 @@ def main(argv=None):
                   'loader_cached_clips_per_s': cached_loader_speed(folder, args.seconds, args.batch_size, args.steps,
                                                                    args.num_workers)}
         run = dict(name=args.model, folder=folder, seconds=args.seconds, batch_size=args.batch_size,
-                   steps=args.steps, work=work)
+                   steps=args.steps, work=work, num_workers=args.num_workers)
         for amp in precisions:
             result[amp or 'fp32'] = train_speed(amp=amp, **run)
         result['fp32_waveform_cache'] = train_speed(amp=None, cache=True, **run)
@@ -145,7 +145,8 @@ def main(argv=None):
     result['loader_vs_network'] = round(result['loader_clips_per_s'] / result['fp32']['clips_per_s'], 2)
     result['setup'] = {'model': args.model, 'batch_size': args.batch_size, 'seconds': args.seconds,
                        'data': '44.1 kHz WAV files, decoded and resampled to 32 kHz by the loader',
-                       'num_workers': args.num_workers, 'cpu_threads': cpu_threads(), 'mkl_avx2_on_amd': mkl_avx2, 'machine': machine_info()}
+                       'num_workers': args.num_workers, 'cpu_threads': cpu_threads(), 'mkl_avx2_on_amd': mkl_avx2,
+                       'machine': machine_info()}
     print(json.dumps(result, indent=2) if args.json else result)
     return 0
 
