@@ -98,6 +98,9 @@ def test_an_overflowing_step_is_skipped_and_the_scale_halved():
     after, stepped = linear_step(DynamicLossScaler(scale=4.0), x=inf_input)
     assert not stepped
     np.testing.assert_array_equal(after, untouched)
+    # Gradients that stay inf at every scale are a diverged run, not an overflow: stop and say so.
+    with pytest.raises(FloatingPointError, match='diverged'):
+        linear_step(DynamicLossScaler(scale=2.0 ** -24), x=inf_input)
 
 
 def test_the_scale_grows_after_a_run_of_good_steps_and_must_be_a_power_of_two():

@@ -15,6 +15,8 @@ import paddle
 
 INITIAL_SCALE = 2.0 ** 15
 GROWTH_INTERVAL = 1000
+# Below this the gradients are not overflowing float16: the loss itself has diverged.
+MIN_SCALE = 2.0 ** -24
 
 
 class DynamicLossScaler:
@@ -43,6 +45,9 @@ class DynamicLossScaler:
         # One check over every gradient, read back once.
         finite = bool(paddle.stack([paddle.isfinite(g).all() for g in grads]).all()) if grads else True
         if not finite:
+            if self.scale / 2 < MIN_SCALE:
+                raise FloatingPointError(f'the gradients stayed inf/NaN down to a loss scale of {self.scale:g}: '
+                                         f'the training diverged (lower the learning rate, or check the data)')
             self.scale /= 2
             self.good_steps = 0
             self.skipped += 1
