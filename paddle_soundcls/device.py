@@ -5,9 +5,15 @@ import paddle
 from .deploy.engines import check_threads, cpu_count
 
 
+# The thread count last given to Paddle's CPU kernels (None: not set yet in this process).
+_threads_set = None
+
+
 def set_device(use_gpu, num_threads=None):
     """Run on the GPU when asked and possible; asking for it on a CPU-only build is an error.
-    On the CPU, Paddle's kernels get `num_threads` threads (see cpu_threads)."""
+    On the CPU, Paddle's kernels get `num_threads` threads; None keeps the count an earlier
+    call chose (e.g. Trainer(num_threads=1), then a teacher's predict), or the first time
+    takes cpu_threads()'s default."""
     if use_gpu:
         if not paddle.is_compiled_with_cuda():
             raise RuntimeError('use_gpu=True, but this PaddlePaddle build has no CUDA support. Install '
@@ -18,7 +24,10 @@ def set_device(use_gpu, num_threads=None):
         paddle.set_device('gpu')
     else:
         paddle.set_device('cpu')
-        paddle.base.core.set_num_threads(cpu_threads(num_threads))
+        global _threads_set
+        if num_threads is not None or _threads_set is None:
+            _threads_set = cpu_threads(num_threads)
+            paddle.base.core.set_num_threads(_threads_set)
 
 
 def cpu_threads(num_threads=None):

@@ -59,6 +59,20 @@ def test_cpu_threads_default_to_the_cpus_shared_among_local_processes(monkeypatc
     assert device.cpu_threads() == 1
 
 
+def test_an_explicit_thread_count_stays_until_another_is_given(monkeypatch):
+    calls = []
+    monkeypatch.setattr(paddle.base.core, 'set_num_threads', calls.append)
+    monkeypatch.setattr(device, '_threads_set', None)
+    monkeypatch.setattr(device, 'cpu_count', lambda: 4)
+    monkeypatch.delenv('PADDLE_LOCAL_SIZE', raising=False)
+    device.set_device(False)          # the first call takes the default
+    device.set_device(False, 1)       # e.g. Trainer(num_threads=1)
+    device.set_device(False)          # e.g. predict() later: keeps 1
+    assert calls == [4, 1]
+    with pytest.raises(ValueError, match='num_threads must be a positive int'):
+        device.set_device(False, 0)
+
+
 # ----- dynamic loss scaling -----
 
 def linear_step(scaler=None, x=None, seed=0):

@@ -57,8 +57,9 @@ class Trainer:
         optimizer: a paddle optimizer over model.parameters(); its LR scheduler (if any)
             is stepped once per batch and saved with the checkpoints.
         use_gpu: train on the GPU (a CPU-only Paddle build raises a clear error).
-        num_threads: threads of Paddle's CPU kernels; None: every CPU this process may use
-            (shared among the processes of a data-parallel launch). See device.cpu_threads.
+        num_threads: threads of Paddle's CPU kernels; None: the count set earlier in this
+            process, else every CPU it may use (shared among the processes of a data-parallel
+            launch). See device.set_device and device.cpu_threads.
         use_vdl: write VisualDL scalars under checkpoint_dir/visualization.
         checkpoint_dir: where epochs, best_model and logs go (default 'ckpt').
         compare_metrics: the eval metric that picks best_model ('acc', 'macro_f1', 'top5',
