@@ -96,8 +96,8 @@ def load_state(path):
     except UnsafeCheckpointError:
         raise
     except Exception as exc:  # a damaged pickle fails in many ways; all mean the same to the user
-        raise CheckpointError(f'cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged '
-                              f'or not a Paddle .pdparams file.') from None
+        raise CheckpointError(f'cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged, '
+                              f'or not a checkpoint (a Paddle .pdparams or a PyTorch .pt/.pth file).') from None
     if not isinstance(state, dict):
         raise CheckpointError(f'{path} does not hold a state dict (found {type(state).__name__})')
     state = dict(state)

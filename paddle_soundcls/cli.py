@@ -8,7 +8,7 @@
         --quantize int8 --calibration CLIPS                  # + model.int8.onnx, checked on DATA
     paddle-soundcls export --model-dir exported              # (re)make model.onnx of an export
     paddle-soundcls predict exported clips/ --precision int8
-    paddle-soundcls convert --input Cnn14_mAP=0.431.pth --output panns_cnn14.pdparams --model cnn14
+    paddle-soundcls convert --input mn10_as_mAP_471.pt --output efficientat_mn10.pdparams --model efficientat_mn10
     paddle-soundcls benchmark exported --seconds 5 --batch-size 8 --json
     paddle-soundcls benchmark --model panns_cnn14 --json     # every engine, random weights
     paddle-soundcls events exported street.wav --csv events.csv --plot timeline.png
@@ -184,8 +184,8 @@ def _to_jsonl(paths, out_path, records_of, chunk):
           f'{len(todo)} to go', file=sys.stderr)
     from . import fileio
     fileio.atomic_write_file(out_path, lambda f: f.write(''.join(keep)), mode='w')  # without a cut line
-    from tqdm import tqdm
-    with open(out_path, 'a', encoding='utf-8') as out, tqdm(total=len(todo), unit='file', disable=len(todo) < 2) as bar:
+    from .progress import progress_bar
+    with open(out_path, 'a', encoding='utf-8') as out, progress_bar(total=len(todo), unit='file', show=len(todo) >= 2) as bar:
         for start in range(0, len(todo), chunk):
             some = todo[start:start + chunk]
             for record in records_of(some):
@@ -211,7 +211,14 @@ def cmd_events(args):
                                    ('median_filter_seconds', args.median_filter),
                                    ('min_duration_seconds', args.min_duration),
                                    ('min_gap_seconds', args.min_gap)) if v is not None}
-    config = EventConfig.from_dict({**base.to_dict(), **overrides})
+    try:
+        config = EventConfig.from_dict({**base.to_dict(), **overrides})
+    except ValueError as exc:
+        saved = {k: v for k, v in base.to_dict().items() if k not in overrides}
+        origin = (f"the model's saved settings ({args.model_dir}: {json.dumps(saved)})" if model.event_config
+                  else 'the defaults of deploy.events.EventConfig')
+        raise UsageError(f'{exc}. The options given were combined with {origin}: give --onset-threshold and '
+                         f'--offset-threshold together') from None
     if args.inputs == ['-']:
         return _events_from_stdin(model, args, config)
     paths = expand_inputs(args.inputs)
@@ -258,7 +265,7 @@ def _events_from_stdin(model, args, config):
     if args.sample_rate is None:
         raise UsageError('reading standard input (-) needs --sample-rate HZ (and --pcm-format, --channels if not '
                          'int16 mono)')
-    stream = model.stream(args.sample_rate, window=args.window, hop=args.hop, config=config)
+    stream = model.stream(args.sample_rate, window=args.window, hop=args.hop, config=config, channels=args.channels)
     print(f'paddle-soundcls: listening; events are reported up to {stream.latency_seconds:.2f} s after they happen '
           f'(plus compute)', file=sys.stderr)
     frame_bytes = np.dtype(dtype).itemsize * args.channels
@@ -270,8 +277,7 @@ def _events_from_stdin(model, args, config):
             break
         data, whole = rest + data, (len(rest) + len(data)) // frame_bytes * frame_bytes
         data, rest = data[:whole], data[whole:]
-        samples = np.frombuffer(data, dtype=dtype).reshape(-1, args.channels).T
-        for event in stream.push(samples if args.channels > 1 else samples[0]):
+        for event in stream.push(np.frombuffer(data, dtype=dtype).reshape(-1, args.channels)):
             print(json.dumps(event), flush=True)
     for event in stream.close():
         print(json.dumps(event), flush=True)
@@ -322,9 +328,14 @@ def cmd_export(args):
 
 
 def cmd_convert(args):
-    """A PyTorch PANNs checkpoint -> a Paddle .pdparams file (PyTorch not needed)."""
-    from .convert import convert_file
-    for line in convert_file(args.input, args.output, args.model, args.channels, args.emb_size, args.n_mels):
+    """A registered model's release checkpoint -> a Paddle .pdparams file in its own names (PyTorch not needed)."""
+    from .convert import DEPRECATED_NAMES, convert_file
+    model = args.model
+    if model in DEPRECATED_NAMES:
+        print(f'paddle-soundcls convert: --model {model} is deprecated; use --model {DEPRECATED_NAMES[model]}',
+              file=sys.stderr)
+        model = DEPRECATED_NAMES[model]
+    for line in convert_file(args.input, args.output, model):
         print(line)
     return 0
 
@@ -532,8 +543,8 @@ def build_parser():
     from .export.complexity import add_complexity_arguments, run_complexity
     from .serve import add_serve_arguments, run_serve
     for name, text, add_arguments, func in (
-            ('convert', 'a PyTorch PANNs checkpoint to a Paddle .pdparams file (no PyTorch needed)', add_convert_args,
-             cmd_convert),
+            ('convert', "a model's release checkpoint (PyTorch .pt/.pth) to a Paddle .pdparams file (no PyTorch "
+             "needed)", add_convert_args, cmd_convert),
             ('complexity', 'parameters, parameter memory, MACs and activation memory of models',
              add_complexity_arguments, run_complexity),
             ('benchmark', 'clips/s of an export directory, or of every engine for a model', add_benchmark_args,
@@ -548,23 +559,13 @@ def build_parser():
 
 def add_convert_args(parser):
     parser.add_argument('--input', required=True,
-                        help='PyTorch checkpoint (.pth, zip or legacy format), e.g. Cnn14_mAP=0.431.pth')
-    parser.add_argument('--output', required=True, help='Paddle parameters to write, e.g. panns_cnn14.pdparams')
-    parser.add_argument('--model', required=True, choices=['cnn14', 'cnn10', 'cnn6'],
-                        help='architecture of the checkpoint')
-    small = parser.add_argument_group('testing', 'convert for a smaller network of the same kind as --model '
-                                      '(used by the tests; give --channels and --emb-size together)')
-    small.add_argument('--channels', type=_int_list, default=None,
-                       help='output channels of each conv block, comma-separated, e.g. 4,8')
-    small.add_argument('--emb-size', type=int, default=None, help='embedding size (fc1 outputs)')
-    small.add_argument('--n-mels', type=int, default=64, help='mel bins (default: %(default)s)')
-
-
-def _int_list(text):
-    try:
-        return [int(part) for part in text.split(',')]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+                        help='the checkpoint: a PyTorch file (zip or legacy format), e.g. Cnn14_mAP=0.431.pth or '
+                             "mn10_as_mAP_471.pt, or any other layout the model's family accepts")
+    parser.add_argument('--output', required=True, help='Paddle parameters to write, e.g. efficientat_mn10.pdparams')
+    parser.add_argument('--model', required=True,
+                        help='the registered model the checkpoint is for, e.g. panns_cnn14 or efficientat_mn10 (an '
+                             'unknown name lists them all); cnn14, cnn10 and cnn6 are deprecated names of the '
+                             'panns_ models')
 
 
 def silence_third_party_noise():
@@ -582,6 +583,27 @@ def user_errors():
             weights.DownloadError, FileNotFoundError, PermissionError, IsADirectoryError)
 
 
+# Optional packages a command may need, and what to tell a user who does not have them.
+MISSING_PACKAGE_HINTS = {
+    'paddle': 'needs PaddlePaddle, which is not installed: pip install paddlepaddle (or paddlepaddle-gpu), or '
+              'run an export directory instead, which needs no Paddle (paddle-soundcls export on a machine with '
+              'Paddle, then predict / tag / events / benchmark / serve EXPORT_DIR)',
+    'paddle2onnx': "needs paddle2onnx to write ONNX: pip install 'paddle_soundcls[train]'",
+    'onnx': "needs the onnx package: pip install 'paddle_soundcls[train]'",
+    'matplotlib': "needs matplotlib to draw the plot: pip install matplotlib (or leave --plot out)",
+    'visualdl': "needs VisualDL for its logs: pip install visualdl (or train with use_vdl=False)",
+}
+
+
+def missing_package(exc):
+    """The one-line message for an ImportError of an optional package, or None for any other."""
+    name = (getattr(exc, 'name', None) or '').split('.')[0]
+    hint = MISSING_PACKAGE_HINTS.get(name)
+    if hint is None:
+        return None
+    return str(exc) if 'pip install' in str(exc) else f'this command {hint} ({exc})'
+
+
 def run_guarded(func, args, prog='paddle-soundcls'):
     """Run func(args); user errors -> one line on stderr and exit status 2."""
     try:
@@ -589,6 +611,12 @@ def run_guarded(func, args, prog='paddle-soundcls'):
     except KeyboardInterrupt:
         print(f'{prog}: interrupted', file=sys.stderr)
         return 130
+    except ImportError as exc:
+        message = missing_package(exc)
+        if message is None:
+            raise
+        print(f'{prog}: error: {message}', file=sys.stderr)
+        return 2
     except user_errors() as exc:
         print(f'{prog}: error: {exc}', file=sys.stderr)
         return 2

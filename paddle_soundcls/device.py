@@ -9,25 +9,67 @@ from .deploy.engines import check_threads, cpu_count
 _threads_set = None
 
 
+def check_gpu():
+    """Raise a clear error when no CUDA GPU can be used (a CPU-only build, or none visible)."""
+    if not paddle.is_compiled_with_cuda():
+        raise RuntimeError('use_gpu=True, but this PaddlePaddle build has no CUDA support. Install '
+                           'paddlepaddle-gpu, or pass use_gpu=False to run on the CPU.')
+    if paddle.device.cuda.device_count() == 0:
+        raise RuntimeError('use_gpu=True, but no CUDA device is visible (check CUDA_VISIBLE_DEVICES and '
+                           'the driver), or pass use_gpu=False to run on the CPU.')
+
+
+def use_cpu_threads(num_threads=None):
+    """Give Paddle's CPU kernels `num_threads` threads; None keeps the count an earlier call chose
+    (e.g. Trainer(num_threads=1), then a teacher's predict), or the first time takes cpu_threads()'s
+    default."""
+    global _threads_set
+    if num_threads is not None or _threads_set is None:
+        _threads_set = cpu_threads(num_threads)
+        paddle.base.core.set_num_threads(_threads_set)
+
+
 def set_device(use_gpu, num_threads=None):
-    """Run on the GPU when asked and possible; asking for it on a CPU-only build is an error.
-    On the CPU, Paddle's kernels get `num_threads` threads; None keeps the count an earlier
-    call chose (e.g. Trainer(num_threads=1), then a teacher's predict), or the first time
-    takes cpu_threads()'s default."""
+    """Make the GPU (when asked and possible) or the CPU Paddle's device for this process: what a
+    training run does (Trainer), where every tensor of the loop is made. Asking for the GPU on a
+    CPU-only build is an error. On the CPU, Paddle's kernels get `num_threads` threads (see
+    use_cpu_threads). Inference never calls this: see inference_place."""
     if use_gpu:
-        if not paddle.is_compiled_with_cuda():
-            raise RuntimeError('use_gpu=True, but this PaddlePaddle build has no CUDA support. Install '
-                               'paddlepaddle-gpu, or pass use_gpu=False to run on the CPU.')
-        if paddle.device.cuda.device_count() == 0:
-            raise RuntimeError('use_gpu=True, but no CUDA device is visible (check CUDA_VISIBLE_DEVICES and '
-                               'the driver), or pass use_gpu=False to run on the CPU.')
+        check_gpu()
         paddle.set_device('gpu')
     else:
         paddle.set_device('cpu')
-        global _threads_set
-        if num_threads is not None or _threads_set is None:
-            _threads_set = cpu_threads(num_threads)
-            paddle.base.core.set_num_threads(_threads_set)
+        use_cpu_threads(num_threads)
+
+
+def place_of(layer):
+    """The place of `layer`'s parameters (or buffers); the CPU for a layer that has none."""
+    for tensor in layer.parameters():
+        return tensor.place
+    for tensor in layer.buffers():
+        return tensor.place
+    return paddle.CPUPlace()
+
+
+def inference_place(layer, use_gpu=False):
+    """Where inference of `layer` runs, leaving Paddle's global device (paddle.get_device()) as it
+    is, so a call in the middle of a GPU run never sends the run's later tensors elsewhere.
+
+    use_gpu=True: a GPU, the layer's own if it is on one, else GPU 0 (the layer is moved there);
+    a CPU-only build or no visible GPU is a clear error. use_gpu=False: where the layer's
+    parameters are (the CPU unless it was built or moved onto a GPU); on the CPU, Paddle's
+    kernels get the thread count of use_cpu_threads. Inputs are then made with
+    paddle.to_tensor(..., place=place_of(layer)).
+    """
+    place = place_of(layer)
+    if use_gpu:
+        check_gpu()
+        if not place.is_gpu_place():
+            layer.to(device=paddle.CUDAPlace(0))
+            place = place_of(layer)
+    if place.is_cpu_place():
+        use_cpu_threads()
+    return place
 
 
 def cpu_threads(num_threads=None):

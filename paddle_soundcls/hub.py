@@ -15,7 +15,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from . import checkpoint, fileio, registry, weights
-from .device import set_device
+from .device import inference_place, place_of
 from .features.config import FrontendConfig
 from .features.logmel import LogMel
 
@@ -117,9 +117,11 @@ def pretrained_state(spec):
     converted = os.path.join(weights.cache_dir(), f'{spec.name}.converted.pdparams')
     if os.path.isfile(converted):
         return checkpoint.load_params(converted), converted
-    from .convert import save_pdparams
-    from .torch_checkpoint import load_state_dict
-    state = spec.checkpoint_filter(load_state_dict(source), source)
+    from .convert import read_params, save_pdparams
+    try:
+        state = spec.checkpoint_filter(read_params(source), source)
+    except checkpoint.CheckpointError as exc:  # damaged or not this model's file, under the official name
+        raise type(exc)(f'{exc} Delete {source} and run again to download it from {w.url}.') from None
     save_pdparams(state, converted)
     return state, source
 
@@ -174,8 +176,9 @@ class Module(nn.Layer):
                                  f'random weights, or load_checkpoint=...')
             state, source = pretrained_state(spec)  # every task needs them: fetch (or fail offline) first
         elif load_checkpoint is not None:
+            from .convert import read_params
             source, meta = checkpoint.resolve(load_checkpoint)
-            state = checkpoint.load_params(source)
+            state = read_params(source)  # Paddle or PyTorch, by content; mapped by the family's filter in _load_state
         frontend = spec.frontend
         if meta is not None:
             if meta['model'] != name:
@@ -253,6 +256,11 @@ class Module(nn.Layer):
     @property
     def min_seconds(self):
         return self.spec.min_seconds
+
+    @property
+    def frame_geometry(self):
+        """Where the frames of frame_logits / frame_scores sit in time (frames.FrameGeometry)."""
+        return self.spec.frame_geometry
 
     # ------------------------------------------------------------------ weights
     def _module_layout(self, state, source):
@@ -352,7 +360,7 @@ class Module(nn.Layer):
         """What an export records besides the graph (see deploy.exportdir)."""
         return {'model': self.name, 'task': self.task, 'labels': list(self.labels), 'multi_label': self.multi_label,
                 'clip_seconds': self.clip_seconds, 'min_seconds': self.min_seconds, 'pooling': self.pooling,
-                'frontend': self.frontend_cfg.to_dict(),
+                'frontend': self.frontend_cfg.to_dict(), 'frame_geometry': self.frame_geometry.to_dict(),
                 'events': None if self.event_config is None else self.event_config.to_dict()}
 
     def save(self, directory):
@@ -385,6 +393,8 @@ class Module(nn.Layer):
         engine: 'auto' runs onnxruntime (the Module exported once per set of weights and cached)
             for 4 or more inputs or any windowed call, and Paddle dygraph otherwise or with
             use_gpu=True; 'onnxruntime' or 'dygraph' force one. Both give the same scores (~1e-5).
+        use_gpu: run dygraph on a GPU (this Module is moved to one if it is on the CPU); False runs
+            where its parameters are. Paddle's global device (paddle.get_device()) never changes.
         Returns one OrderedDict(label -> score) per input, best first; for windowed calls one
         {'scores': OrderedDict, 'timeline': [{'start': s, 'end': e, 'scores': OrderedDict}, ...]}
         per input (seconds; see paddle_soundcls.deploy.pipeline).
@@ -408,7 +418,7 @@ class Module(nn.Layer):
             except Exception as exc:  # e.g. onnxruntime missing, or an op paddle2onnx cannot convert
                 logger.warning('%s: the onnxruntime engine is unavailable (%s); running Paddle dygraph', self.name, exc)
         if score_fn is None:
-            set_device(use_gpu)
+            inference_place(self, use_gpu)
             score_fn = _dygraph_scorer(self)
         raw = pipeline.run(sources, score_fn, sample_rate, self.frontend_cfg.sample_rate, self.min_seconds,
                            batch_size, window, hop, self.clip_seconds)
@@ -428,7 +438,7 @@ class Module(nn.Layer):
         """
         from .deploy import detection
         self.eval()
-        set_device(use_gpu)
+        inference_place(self, use_gpu)
         return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, config or self.event_config)
 
     def tune_event_thresholds(self, audio_files, strong_labels, window=None, hop=None, base_config=None):
@@ -453,13 +463,14 @@ class Module(nn.Layer):
                                             self.labels, base_config)
         return self.event_config
 
-    def stream(self, sample_rate=None, window=None, hop=None, config=None):
+    def stream(self, sample_rate=None, window=None, hop=None, config=None, channels=1):
         """A live stream in Paddle dygraph, as Predictor.stream: push(chunk) -> events that started or
-        ended, close() -> the rest (deploy.detection.EventStream)."""
+        ended, close() -> the rest (deploy.detection.EventStream); chunks are [frames, channels]
+        arrays ([frames] when mono)."""
         from .deploy import detection
         self.eval()
         return detection.EventStream(self.frame_scorer(window, hop), sample_rate or self.frontend_cfg.sample_rate,
-                                     config or self.event_config)
+                                     config or self.event_config, channels)
 
     def frame_scorer(self, window=None, hop=None):
         """A deploy.detection.FrameScorer running this Module in Paddle dygraph."""
@@ -467,9 +478,9 @@ class Module(nn.Layer):
         net = self.part('frames')
 
         def score_frames(waves):
-            return net(self.frontend(paddle.to_tensor(waves))).numpy()
-        return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, window, hop, self.min_seconds,
-                                     self.clip_seconds)
+            return net(self.frontend(paddle.to_tensor(waves, place=place_of(self)))).numpy()
+        return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, self.frame_geometry, window, hop,
+                                     self.min_seconds, self.clip_seconds)
 
     def to_dict(self, scores, topk=None):
         """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only."""
@@ -531,7 +542,7 @@ _ONNX_ENGINES = weakref.WeakKeyDictionary()
 def _dygraph_scorer(module):
     """waveforms [batch, samples] -> scores [batch, classes] with Paddle dygraph (front end on the device)."""
     def score(waves):
-        return module.scores(module(module.frontend(paddle.to_tensor(waves)))).numpy()
+        return module.scores(module(module.frontend(paddle.to_tensor(waves, place=place_of(module))))).numpy()
     return score
 
 

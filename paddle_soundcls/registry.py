@@ -14,6 +14,7 @@ The backbone a spec builds is a paddle Layer with:
                                  feature map before pooling over time; event detection)
     forward_head(embedding)      -> AudioSet logits [batch, 527] (also on [..., emb_size]); only
                                  when built with audioset_head=True (parameters start with spec.audioset_head)
+The spec's `frame_geometry` says where forward_frames' frames sit in time (frames.FrameGeometry).
 
 This module is Paddle-free; the families (which import Paddle) are registered on first use.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .features.config import FrontendConfig
+from .frames import FrameGeometry
 
 _LABELS_CSV = os.path.join(os.path.dirname(__file__), 'data', 'audioset_class_labels_indices.csv')
 AUDIOSET_CLASSES = 527
@@ -57,6 +59,7 @@ class ModelSpec:
     frontend: FrontendConfig             # the features the weights were trained on
     emb_size: int
     checkpoint_filter: Callable          # (state {name: array}, source) -> state in the backbone's own names
+    frame_geometry: FrameGeometry        # where forward_frames' frames are centred, in front-end frames
     weights: Optional[Weights] = None    # None: no pretrained weights
     min_seconds: float = 1.0             # shorter clips are zero-padded to this length
     audioset_head: Optional[str] = 'fc_audioset'  # parameter prefix of the AudioSet head; None: no such head
@@ -80,6 +83,8 @@ def register_model(spec):
     """Add a model to the registry (called by the family modules at import)."""
     if not isinstance(spec, ModelSpec):
         raise TypeError(f'register_model takes a ModelSpec, got {type(spec).__name__}')
+    if not isinstance(spec.frame_geometry, FrameGeometry):
+        raise TypeError(f'{spec.name}: frame_geometry must be a FrameGeometry, got {spec.frame_geometry!r}')
     if spec.name in _MODELS and _MODELS[spec.name] is not spec:
         raise ValueError(f'a model named {spec.name!r} is registered already (family {_MODELS[spec.name].family})')
     _MODELS[spec.name] = spec

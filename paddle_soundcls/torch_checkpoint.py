@@ -14,13 +14,16 @@ rebuild tensors and plain containers, so a file that tries to call anything else
 refused before any of its code can run.
 """
 import collections
+import io
 import os
 import pickle
+import pickletools
 import sys
 import zipfile
 
 import numpy as np
 
+from . import checkpoint
 from .checkpoint import CheckpointError
 
 # Storage type name (as pickled: `torch.FloatStorage`, ...) -> numpy dtype of one element.
@@ -49,8 +52,9 @@ class TorchCheckpointError(CheckpointError):
     """A file that is not a readable PyTorch checkpoint."""
 
 
-class UnsafeCheckpointError(TorchCheckpointError):
-    """A checkpoint whose pickle asks for something other than tensors and plain containers."""
+class UnsafeCheckpointError(TorchCheckpointError, checkpoint.UnsafeCheckpointError):
+    """A checkpoint whose pickle asks for something other than tensors and plain containers
+    (caught as checkpoint.UnsafeCheckpointError too, whatever the file's format)."""
 
 
 class _StorageType:
@@ -155,7 +159,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise UnsafeCheckpointError(
                 f'{self.path}: refused. Its pickle asks for {module}.{name}, which is not needed for tensors '
                 f'and plain containers; loading the file could run code from it. Only load checkpoints '
-                f'from sources you trust, and then through PyTorch itself.') from None
+                f'from sources you trust, and then through PyTorch itself (a whole model saved with '
+                f'torch.save(model) needs PyTorch: save its state_dict() instead).') from None
 
     def persistent_load(self, pid):
         if not (self.storage_for is not None and isinstance(pid, tuple) and len(pid) >= 5
@@ -292,6 +297,22 @@ def _load_legacy(f, path):
     for out, src in pending:
         _copy_values(out, src)
     return obj
+
+
+def sniff(head):
+    """'zip', 'legacy' or None: whether `head`, a file's first bytes, opens a torch.save file.
+
+    The legacy format's first pickle is PyTorch's magic number, which is looked for among the
+    opcodes without unpickling anything."""
+    if head.startswith(_ZIP_MAGIC):
+        return 'zip'
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if op.name not in ('PROTO', 'FRAME'):
+                return 'legacy' if type(arg) is int and arg == _LEGACY_MAGIC_NUMBER else None
+    except Exception:  # not a pickle, or cut short: not this format either way
+        return None
+    return None
 
 
 def load(path):

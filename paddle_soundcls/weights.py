@@ -10,9 +10,9 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from tqdm import tqdm
 
 from .fileio import fsync_dir, remove_stale, temp_prefix
+from .progress import progress_bar
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -102,7 +102,7 @@ def _download(url, out, timeout, progress, path):
             total = response.headers.get('Content-Length')
             total = int(total) if total else None
             received = 0
-            with tqdm(total=total, unit='B', unit_scale=True, desc=f'Downloading {name}', disable=not progress) as bar:
+            with progress_bar(total=total, unit='B', unit_scale=True, desc=f'Downloading {name}', show=progress) as bar:
                 while True:
                     block = response.read(1 << 16)
                     if not block:
@@ -136,6 +136,16 @@ def prune_cache(folder, suffix, keep):
             pass
 
 
+def decoding_settings():
+    """What turns a file's bytes into the samples a model hears, for the keys of caches of results
+    computed from audio files: the resampler's version (audio.RESAMPLER_VERSION) and libsndfile's
+    (its decoders, e.g. MP3, may change between versions)."""
+    import soundfile
+
+    from . import audio
+    return {'resampler': audio.RESAMPLER_VERSION, 'libsndfile': soundfile.__libsndfile_version__}
+
+
 def content_cache(root, settings, paths):
     """A cache of one result per audio file: `<root>/<key>/<sha256 of the file>.npy`, the key
     hashing `settings` (everything the results depend on besides the file; written beside
@@ -153,8 +163,8 @@ def content_cache(root, settings, paths):
     folder = os.path.join(root, hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24])
     if not os.path.isfile(os.path.join(folder, 'settings.json')):
         fileio.write_json(os.path.join(folder, 'settings.json'), settings)
-    hashes = [file_digest(path, 'sha256') for path in tqdm(paths, desc='Hashing audio files', unit='file', leave=False,
-                                                            disable=len(paths) < 500)]
+    hashes = [file_digest(path, 'sha256') for path in progress_bar(paths, desc='Hashing audio files', unit='file',
+                                                                    leave=False, show=len(paths) >= 500)]
     files = [os.path.join(folder, f'{digest}.npy') for digest in hashes]
     missing = {}
     for index, file in enumerate(files):

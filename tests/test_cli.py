@@ -60,7 +60,8 @@ def workdir(tmp_path_factory):
 def test_export_with_parity_check(workdir):
     summary = json.loads((workdir / 'export_summary.json').read_text())
     assert summary['model'] == 'panns_cnn6' and summary['task'] == 'sound-cls' and summary['classes'] == 3
-    assert set(summary['files']) == {'inference.json', 'inference.pdiparams', 'model.onnx', 'model.frames.onnx'}
+    assert set(summary['files']) == {'inference.json', 'inference.pdiparams', 'inference.frames.json',
+                                     'inference.frames.pdiparams', 'model.onnx', 'model.frames.onnx'}
     parity = summary['parity']
     assert parity['passed'] and parity['clips'] == 3 and parity['top1_agreement'] == 1.0
     assert parity['accuracy_paddle'] == parity['accuracy_onnxruntime']
@@ -115,7 +116,8 @@ def test_tag_with_a_tagging_model(workdir):
 def test_tools_scripts(workdir, tmp_path):
     proc = run('--checkpoint', workdir / 'ckpt', '--output', tmp_path / 'out', tool='export_static.py')
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(json.loads(proc.stdout)['files']) == {'inference.json', 'inference.pdiparams'}
+    assert set(json.loads(proc.stdout)['files']) == {'inference.json', 'inference.pdiparams', 'inference.frames.json',
+                                                     'inference.frames.pdiparams'}
     proc = run('--model-dir', tmp_path / 'out', '--output', tmp_path / 'out' / 'model.onnx', '--opset', 13,
                '--check', workdir / 'data', tool='export_onnx.py')
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -160,9 +162,9 @@ def test_console_script_is_declared():
         assert 'paddle-soundcls=paddle_soundcls.cli:main' in f.read()
 
 
-def run_without_paddle(*args):
-    """`paddle-soundcls ARGS` in a subprocess where paddle and paddle2onnx cannot be imported."""
-    code = BLOCK_PADDLE + textwrap.dedent('''
+def run_without_paddle(*args, also_blocked=()):
+    """`paddle-soundcls ARGS` in a subprocess where paddle and paddle2onnx (and also_blocked) cannot be imported."""
+    code = BLOCK_PADDLE + f'NoPaddle.blocked += {tuple(also_blocked)!r}\n' + textwrap.dedent('''
         from paddle_soundcls.cli import main
         status = main(sys.argv[1:])
         assert not any(m == 'paddle' or m.startswith('paddle.') for m in sys.modules), 'paddle was imported'
@@ -193,9 +195,20 @@ def test_commands_on_exports_run_without_paddle(workdir, tmp_path):
     assert len(json.loads(proc.stdout)['scores']) == 3
     proc = run_without_paddle('--help')
     assert proc.returncode == 0 and 'serve' in proc.stdout or 'predict' in proc.stdout
-    # A checkpoint needs Paddle: a clear error, not a traceback.
-    proc = run_without_paddle('predict', workdir / 'ckpt', clips[0])
-    assert proc.returncode != 0 and 'Traceback' not in proc.stderr[-500:] or 'paddle' in proc.stderr
+    # What needs Paddle (a checkpoint, a registered tagger, export, complexity) or matplotlib (--plot)
+    # says what to install, in one line with exit status 2, not a traceback.
+    for args, words in ((('predict', workdir / 'ckpt', clips[0]), 'pip install paddlepaddle'),
+                        (('tag', clips[0], '--topk', '10'), 'pip install paddlepaddle'),
+                        (('export', '--checkpoint', workdir / 'ckpt', '--output', tmp_path / 'x'),
+                         'pip install paddlepaddle'),
+                        (('complexity', 'cpmobile'), 'pip install paddlepaddle')):
+        proc = run_without_paddle(*args)
+        assert proc.returncode == 2 and 'Traceback' not in proc.stderr and words in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = run_without_paddle('events', workdir / 'export', workdir / 'long.wav', '--plot', tmp_path / 'p.png',
+                              also_blocked=('matplotlib',))
+    assert proc.returncode == 2 and 'pip install matplotlib' in proc.stderr and 'Traceback' not in proc.stderr, \
+        proc.stderr
 
 
 def test_help_is_clean():

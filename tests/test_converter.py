@@ -4,6 +4,7 @@ The files under tests/data/torch/ were written by real PyTorch (tests/data/make_
 tests/data/paddlespeech_reference.npz by PaddleSpeech's own model code
 (tests/data/make_paddlespeech_reference.py). Neither PyTorch nor PaddleSpeech is needed here.
 """
+import collections
 import importlib.util
 import io
 import os
@@ -19,7 +20,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from paddle_soundcls import checkpoint, torch_checkpoint
+from paddle_soundcls import checkpoint, convert, torch_checkpoint
 from paddle_soundcls.convert import save_pdparams
 from paddle_soundcls.features.config import FrontendConfig
 from paddle_soundcls.models.panns import (ARCHITECTURES, MEL_KEY, STFT_KEYS, ConversionError, build_backbone,
@@ -415,41 +416,294 @@ def test_converted_file_loads_into_module(tmp_path):
     np.testing.assert_array_equal(module.backbone.fc1.weight.numpy(), torch_state['fc1.weight'].T)
 
 
+# ------------------------------------------------------------------ writing files as torch.save does
+
+def torch_save(obj, path, legacy=False):
+    """Write `obj` (dicts, OrderedDicts, str, int and numpy arrays) as torch.save would, without PyTorch.
+
+    Arrays become tensors on storages of their own: `_rebuild_tensor_v2(storage, 0, size, stride,
+    False, OrderedDict())` with the persistent id ('storage', torch.<Type>Storage, key, 'cpu',
+    numel), plus a view of None in the legacy format; the zip format keeps each storage as
+    ckpt/data/<key>, the legacy one appends them after the pickles (write_*_checkpoint above).
+    """
+    storage_types = {np.dtype('float32'): 'FloatStorage', np.dtype('int64'): 'LongStorage'}
+    storages = []
+
+    def ints(values):
+        return b'(' + b''.join(pickled_int(int(v)) for v in values) + b't'
+
+    def ops(value):
+        if isinstance(value, np.ndarray):
+            value = np.ascontiguousarray(value)
+            key = str(len(storages))
+            storages.append((key, value))
+            pid = (b'(' + pickled_str('storage') + f'ctorch\n{storage_types[value.dtype]}\n'.encode()
+                   + pickled_str(key) + pickled_str('cpu') + pickled_int(value.size) + (b'N' if legacy else b'')
+                   + b'tQ')
+            strides = [s // value.itemsize for s in value.strides]
+            return (b'ctorch._utils\n_rebuild_tensor_v2\n(' + pid + pickled_int(0) + ints(value.shape) + ints(strides)
+                    + b'\x89ccollections\nOrderedDict\n)R' + b'tR')
+        if isinstance(value, dict):
+            empty = b'ccollections\nOrderedDict\n)R' if isinstance(value, collections.OrderedDict) else b'}'
+            return empty + b'(' + b''.join(ops(k) + ops(v) for k, v in value.items()) + b'u'
+        if isinstance(value, str):
+            return pickled_str(value)
+        assert type(value) is int, type(value)
+        return pickled_int(value)
+
+    pkl = b'\x80\x02' + ops(obj) + b'.'
+    raw = [(key, value.astype(value.dtype.newbyteorder('<')).tobytes()) for key, value in storages]
+    if legacy:
+        return write_legacy_checkpoint(path, pkl, [k for k, _ in storages], [(v.size, r) for (_, v), (_, r)
+                                                                               in zip(storages, raw)])
+    return write_zip_checkpoint(path, pkl, raw)
+
+
+def test_torch_save_writer_is_read_back(tmp_path):
+    state = collections.OrderedDict([('a.weight', np.arange(6, dtype=np.float32).reshape(2, 3)),
+                                     ('a.num_batches_tracked', np.array(7, np.int64))])
+    for legacy, real in ((False, 'tiny_cnn14.pth'), (True, 'tiny_cnn14_legacy.pth')):
+        path = torch_save({'model': state, 'iteration': 3}, str(tmp_path / f'w{legacy}.pth'), legacy)
+        got = torch_checkpoint.load(path)
+        assert got['iteration'] == 3 and list(got['model']) == list(state)
+        for key, value in state.items():
+            assert got['model'][key].dtype == value.dtype
+            np.testing.assert_array_equal(got['model'][key], value)
+        # It names no global that PyTorch's own file of the same kind does not.
+        real_globals = {arg for op, arg in object_pickle_ops(os.path.join(TORCH_DATA, real)) if op == 'GLOBAL'}
+        assert {arg for op, arg in object_pickle_ops(path) if op == 'GLOBAL'} <= real_globals
+
+
+def test_file_format_is_told_by_content_not_name(tmp_path):
+    state = {'a.weight': np.arange(4, dtype=np.float32)}
+    files = {'paddle.pt': 'pdparams', 'zip.pdparams': 'torch-zip', 'legacy.pdparams': 'torch-legacy',
+             'legacy4.bin': 'torch-legacy'}
+    paddle.save({k: paddle.to_tensor(v) for k, v in state.items()}, str(tmp_path / 'paddle.pt'))
+    torch_save(state, str(tmp_path / 'zip.pdparams'))
+    torch_save(state, str(tmp_path / 'legacy.pdparams'), legacy=True)
+    # torch.save(..., pickle_protocol=4): the magic number's pickle is framed.
+    raw = (tmp_path / 'legacy.pdparams').read_bytes()
+    head = pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2)
+    (tmp_path / 'legacy4.bin').write_bytes(pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=4) + raw[len(head):])
+    for name, fmt in files.items():
+        path = str(tmp_path / name)
+        assert convert.file_format(path) == fmt, name
+        got = convert.read_params(path)
+        assert list(got) == list(state) and np.array_equal(np.asarray(got['a.weight']), state['a.weight']), name
+    # Neither kind: left to the Paddle reader, whose error names the file.
+    for name, data in (('empty.pt', b''), ('text.pt', b'not a checkpoint'), ('PK.pt', b'PK'),
+                       ('npy.pt', b'\x93NUMPY\x01\x00')):
+        (tmp_path / name).write_bytes(data)
+        assert convert.file_format(str(tmp_path / name)) == 'pdparams'
+        with pytest.raises(checkpoint.CheckpointError, match=rf'(?s)cannot read checkpoint .*{name}.*damaged'):
+            convert.read_params(str(tmp_path / name))
+
+
+# ------------------------------------------------- release files of registered models, full size
+
+# The layout of the official release files, from our network's structure alone (the reference
+# mapping the loaded parameters are checked against): PyTorch's BatchNorm buffers
+# running_mean / running_var and a num_batches_tracked counter, Linear weights [out, in].
+TORCH_BN = {'_mean': 'running_mean', '_variance': 'running_var'}
+
+
+def official_torch_layout(backbone):
+    """{torch key: (our key, transposed)} for the tensors of `backbone`, and the BatchNorm layers' counters."""
+    linear = {f'{name}.weight' for name, sub in backbone.named_sublayers() if isinstance(sub, paddle.nn.Linear)}
+    mapping, counters = {}, []
+    for key in backbone.state_dict():
+        layer, _, attr = key.rpartition('.')
+        if attr in TORCH_BN:
+            mapping[f'{layer}.{TORCH_BN[attr]}'] = (key, False)
+            if attr == '_mean':
+                counters.append(f'{layer}.num_batches_tracked')
+        else:
+            mapping[key] = (key, key in linear)
+    return mapping, counters
+
+
+RELEASES = ['panns_cnn6', 'efficientat_mn04']
+
+
+@pytest.fixture(scope='module')
+def releases(tmp_path_factory):
+    """For each model in RELEASES, random weights written as its release file would hold them: in the
+    zip and the legacy format, and (as the other way to load them) as a .pdparams in our names."""
+    from paddle_soundcls.hub import Module
+    base = tmp_path_factory.mktemp('releases')
+    rng = np.random.default_rng(0)
+    out = {}
+    for name in RELEASES:
+        module = Module(name, task=None, pretrained=False, seed=1)
+        ours = {}
+        for key, value in module.backbone.state_dict().items():
+            value = value.numpy()
+            # Statistics, scales and biases a loader must not mix up: none left at its initial value.
+            if key.endswith('_variance'):
+                value = rng.uniform(0.5, 1.5, value.shape)
+            elif key.endswith(('_mean', '.bias')) or (value.ndim == 1 and key.endswith('.weight')):
+                value = value + rng.normal(0, 0.1, value.shape)
+            if key.startswith('bn0.'):  # PANNs: bn0 normalises log-mel values, about -40 +- 20 dB
+                value = {'_mean': -40.0, '_variance': 400.0}.get(key[4:], 1.0) + rng.normal(0, 0.1, value.shape)
+            ours[key] = np.asarray(value, np.float32)
+        mapping, counters = official_torch_layout(module.backbone)
+        torch_state = collections.OrderedDict((torch_key, ours[key].T.copy() if transposed else ours[key])
+                                              for torch_key, (key, transposed) in mapping.items())
+        torch_state.update((key, np.array(1234, np.int64)) for key in counters)
+        files = {}
+        if name.startswith('panns_'):
+            # The official files: {'model': state_dict, 'iteration': n}, with the front end's buffers.
+            torch_state[MEL_KEY] = librosa_melw().astype(np.float32)
+            for key in STFT_KEYS:
+                torch_state[key] = np.zeros((513, 1, 1024), np.float32)
+            files['zip'] = torch_save({'model': torch_state, 'iteration': 660000}, str(base / f'{name}.pth'))
+            files['legacy'] = torch_save({'model': torch_state}, str(base / f'{name}_legacy.pth'), legacy=True)
+        else:
+            # EfficientAT's: a bare state dict. The legacy one as saved from inside nn.DataParallel.
+            files['zip'] = torch_save(torch_state, str(base / f'{name}.pt'))
+            files['legacy'] = torch_save(collections.OrderedDict(('module.' + k, v) for k, v in torch_state.items()),
+                                         str(base / f'{name}_legacy.pt'), legacy=True)
+        files['pdparams'] = str(base / f'{name}.pdparams')
+        paddle.save({k: paddle.to_tensor(v) for k, v in ours.items()}, files['pdparams'])
+        out[name] = dict(files=files, torch_state=torch_state, mapping=mapping)
+    return out
+
+
+def expected_params(release):
+    """What the release file holds in our names, by the reference mapping."""
+    return {key: (release['torch_state'][torch_key].T if transposed else release['torch_state'][torch_key])
+            for torch_key, (key, transposed) in release['mapping'].items()}
+
+
+@pytest.mark.parametrize('layout', ['zip', 'legacy'])
+@pytest.mark.parametrize('name', RELEASES)
+def test_module_loads_release_files(releases, name, layout):
+    from paddle_soundcls.hub import Module
+    release = releases[name]
+    path = release['files'][layout]
+    assert convert.file_format(path) == f'torch-{layout}'
+    expected = expected_params(release)
+    tagger = Module(name, task=None, load_checkpoint=path)
+    loaded = tagger.backbone.state_dict()
+    assert set(loaded) == set(expected)
+    for key, want in expected.items():
+        np.testing.assert_array_equal(loaded[key].numpy(), want, err_msg=key)
+    classifier = Module(name, num_class=3, load_checkpoint=path)  # the backbone, a new head
+    for key, value in classifier.backbone.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), expected[key], err_msg=key)
+
+
+@pytest.mark.parametrize('name', RELEASES)
+def test_release_file_predicts_as_the_same_weights_in_paddle(releases, name):
+    from paddle_soundcls.hub import Module
+    files = releases[name]['files']
+    rng = np.random.default_rng(5)
+    clips = [0.1 * rng.standard_normal(32000).astype(np.float32),
+             np.sin(2 * np.pi * 440 * np.arange(48000) / 32000).astype(np.float32)]
+    got = Module(name, task=None, load_checkpoint=files['zip']).predict(clips, sample_rate=32000, engine='dygraph')
+    want = Module(name, task=None, load_checkpoint=files['pdparams']).predict(clips, sample_rate=32000,
+                                                                             engine='dygraph')
+    for g, w in zip(got, want):
+        assert list(g) == list(w)
+        np.testing.assert_allclose(list(g.values()), list(w.values()), rtol=0, atol=1e-6)
+    scores = np.array([list(w.values()) for w in want])
+    assert scores.std() > 1e-3 and np.abs(scores[0] - scores[1]).max() > 1e-4  # not a comparison of constants
+
+
 # ------------------------------------------------------------------------------------------- CLI
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
-@pytest.mark.parametrize('name', ['tiny_cnn14.pth', 'tiny_cnn14_legacy.pth'])
-def test_cli_converts_end_to_end(ref, tmp_path, name):
-    src = tmp_path / 'tiny cnn14.pth'  # a space in the name, as users' paths have
-    shutil.copy(os.path.join(TORCH_DATA, name), src)
-    out = tmp_path / 'out' / 'tiny.pdparams'
-    result = run_cli('--input', str(src), '--output', str(out), '--model', 'cnn14',
-                     '--channels', '4,8', '--emb-size', '4', '--n-mels', '4', cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert 'wrote 28 tensors' in result.stdout and 'mel filters match' in result.stdout
-    assert '5 BatchNorm num_batches_tracked' in result.stdout
-
-    expected = convert_panns_state(torch_checkpoint.load_state_dict(str(src)), tiny_backbone(ref, 'cnn14'),
-                                   tiny_frontend(ref, 'cnn14'))
+@pytest.mark.parametrize('layout', ['zip', 'legacy'])
+@pytest.mark.parametrize('name', RELEASES)
+def test_convert_any_registered_model(releases, tmp_path, capsys, name, layout):
+    from paddle_soundcls import cli
+    release = releases[name]
+    src = tmp_path / f'release {layout}.pt'  # a space in the name, as users' paths have
+    shutil.copy(release['files'][layout], src)
+    out = tmp_path / 'out' / f'{name}.pdparams'
+    assert cli.main(['convert', '--input', str(src), '--output', str(out), '--model', name]) == 0
+    report = capsys.readouterr().out
+    expected = expected_params(release)
     written = checkpoint.load_params(str(out))
-    assert list(written) == list(expected)
-    for key in expected:
-        np.testing.assert_array_equal(written[key], expected[key], err_msg=key)
+    assert list(written) == list(releases[name]['mapping'][k][0] for k in releases[name]['mapping'])
+    for key, want in expected.items():
+        np.testing.assert_array_equal(written[key], want, err_msg=key)
+    counters = sum(k.endswith('num_batches_tracked') for k in release['torch_state'])
+    assert f'read {len(release["torch_state"])} tensors' in report and f'wrote {len(expected)} tensors' in report
+    assert f'dropped {counters} BatchNorm num_batches_tracked counters' in report
+    if name.startswith('panns_'):
+        assert 'dropped 3 tensors' in report and MEL_KEY in report
+    assert f"Module('{name}', task='tagging'" in report
+
+
+def test_convert_and_load_a_family_without_release_files(tmp_path, capsys):
+    """CP-Mobile publishes no weights here, but its filter takes the DCASE baseline's Lightning layout
+    (`model.` prefix, its own classifier `feed_forward`): both doors take such a PyTorch file."""
+    from paddle_soundcls import cli
+    from paddle_soundcls.hub import Module
+    source = Module('cpmobile', num_class=2, pretrained=False, seed=2).backbone
+    rng = np.random.default_rng(2)
+    ours = {k: (rng.uniform(0.5, 1.5, v.shape) if k.endswith('_variance') else v.numpy() + rng.normal(0, 0.1, v.shape))
+            .astype(np.float32) for k, v in source.state_dict().items()}
+    mapping, counters = official_torch_layout(source)
+    torch_state = collections.OrderedDict((f'model.{t}', ours[k]) for t, (k, _) in mapping.items())
+    torch_state.update((f'model.{k}', np.array(5, np.int64)) for k in counters)
+    torch_state['model.feed_forward.0.weight'] = np.zeros((10, source.emb_size, 1, 1), np.float32)
+    torch_state['model.feed_forward.1.bias'] = np.zeros(10, np.float32)
+    path = torch_save({'state_dict': torch_state}, str(tmp_path / 'baseline.ckpt'))
+    out = str(tmp_path / 'cpmobile.pdparams')
+    assert cli.main(['convert', '--input', path, '--output', out, '--model', 'cpmobile']) == 0
+    report = capsys.readouterr().out
+    assert 'left out 2 tensors cpmobile has no parameter for: feed_forward.0.weight, feed_forward.1.bias' in report
+    written = checkpoint.load_params(out)
+    assert set(written) == set(ours)
+    loaded = Module('cpmobile', num_class=10, load_checkpoint=path).backbone.state_dict()
+    for key, want in ours.items():
+        np.testing.assert_array_equal(written[key], want, err_msg=key)
+        np.testing.assert_array_equal(loaded[key].numpy(), want, err_msg=key)
+
+
+def test_convert_tool_takes_the_old_names(releases, tmp_path):
+    """tools/convert_panns_torch.py runs `paddle-soundcls convert`; --model cnn6 still means panns_cnn6."""
+    out = tmp_path / 'cnn6.pdparams'
+    result = run_cli('--input', releases['panns_cnn6']['files']['legacy'], '--output', str(out), '--model', 'cnn6',
+                     cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert '--model cnn6 is deprecated; use --model panns_cnn6' in result.stderr
+    written = checkpoint.load_params(str(out))
+    for key, want in expected_params(releases['panns_cnn6']).items():
+        np.testing.assert_array_equal(written[key], want, err_msg=key)
+    from paddle_soundcls.convert import convert_file
+    with pytest.warns(FutureWarning, match="'cnn6' is deprecated; use 'panns_cnn6'"):
+        convert_file(releases['panns_cnn6']['files']['zip'], str(tmp_path / 'again.pdparams'), 'cnn6')
+
+
+def test_convert_refuses_files_of_another_model(releases, tmp_path, capsys):
+    from paddle_soundcls import cli
+    out = tmp_path / 'out.pdparams'
+    cases = [(releases['panns_cnn6']['files']['zip'], 'efficientat_mn04', 'another model family'),
+             (releases['efficientat_mn04']['files']['zip'], 'panns_cnn6', 'another model'),
+             (releases['panns_cnn6']['files']['zip'], 'panns_cnn10', 'another model'),
+             (os.path.join(DATA, 'efficientat', 'tiny_mn.pt'), 'efficientat_mn04', 'another model'),
+             (releases['efficientat_mn04']['files']['zip'], 'cnn99', 'registered models: ')]
+    for path, model, says in cases:
+        assert cli.main(['convert', '--input', path, '--output', str(out), '--model', model]) == 2, model
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and says in err, err
+        assert model == 'cnn99' or path in err
+        assert not out.exists()
 
 
 def test_cli_fails_clearly(tmp_path):
     out = tmp_path / 'out.pdparams'
     for name in ('hostile.pth', 'hostile_legacy.pth'):
-        result = run_cli('--input', os.path.join(TORCH_DATA, name), '--output', str(out), '--model', 'cnn14',
+        result = run_cli('--input', os.path.join(TORCH_DATA, name), '--output', str(out), '--model', 'panns_cnn14',
                          cwd=str(tmp_path))
         assert result.returncode == 2 and 'error:' in result.stderr and 'refused' in result.stderr
         assert not out.exists() and not (tmp_path / HOSTILE_MARKER).exists()
-
-    result = run_cli('--input', 'x.pth', '--output', str(out), '--model', 'cnn14', '--channels', '4,8')
-    assert result.returncode == 2 and '--emb-size' in result.stderr
 
 
 # ------------------------------------------------------------------------- PaddleSpeech reference

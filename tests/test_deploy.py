@@ -91,6 +91,16 @@ def test_paddle_engine_matches_onnxruntime(export_dir, odd_files):
     assert all(len(r) == 2 for r in a)
 
 
+def test_paddle_engine_prints_nothing(export_dir, odd_files):
+    """Paddle Inference's own notes (on import, and at every run) do not reach the user's terminal."""
+    code = (f'from paddle_soundcls.deploy import Predictor\n'
+            f'print(len(Predictor({str(export_dir)!r}, engine="paddle").predict({odd_files[:2]!r})))\n')
+    proc = subprocess.run([sys.executable, '-c', code], env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == '2\n' and proc.stderr == '', proc.stderr
+
+
 def test_waveform_inputs_and_argument_errors(export_dir):
     predictor = Predictor(export_dir)
     stereo = np.stack([tone(440, 1.0, sr=44100), noise(1.0, sr=44100)])
@@ -328,4 +338,4 @@ def test_runtime_works_without_paddle(tmp_path, export_dir, odd_files):
     import json
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out['results']) == len(odd_files) and out['windows'] == 5
-    assert 'blocked' in out['blocked'] and "engine='onnxruntime'" in out['blocked']
+    assert "No module named 'paddle'" in out['blocked'] and "engine='onnxruntime'" in out['blocked']

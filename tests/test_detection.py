@@ -135,6 +135,33 @@ def test_bad_chunks_are_refused_and_leave_the_stream_intact(setup):
         predictor.stream(1)
 
 
+def test_multichannel_streams_read_chunks_of_any_length_the_same_way(setup):
+    """Stereo [frames, 2] chunks, pushed whole, in 4,800-frame pieces or one frame at a time, give
+    the events of offline detection of the same audio: the channel count is the stream's, never
+    guessed from a chunk's shape (a [1, 2] chunk is one frame of two channels)."""
+    root, model = setup
+    predictor = Predictor(root / 'export')
+    wave = recording(6.0)
+    stereo = np.stack([wave, 0.5 * wave], axis=1)
+    [offline] = predictor.detect([0.75 * wave], SR, window=4.0)
+    expected = [(e['label'], e['onset'], e['offset']) for e in offline['events']]
+    assert expected
+    for size in (len(stereo), 4800, 1):
+        for engine in (predictor, model) if size != 1 else (predictor,):
+            stream = engine.stream(SR, window=4.0, channels=2)
+            reports = []
+            for start in range(0, len(stereo), size):
+                reports += stream.push(stereo[start:start + size])
+            reports += stream.close()
+            assert [(r['label'], r['onset'], r['offset']) for r in reports if r['type'] == 'end'] == expected, size
+    stream = predictor.stream(SR, window=4.0, channels=2)
+    for chunk in (wave[:100], stereo[:100].T.copy(), np.zeros((10, 3), 'float32')):   # mono, [2, frames], 3 channels
+        with pytest.raises(ValueError, match=r'2 channel\(s\).*\[frames, 2\]'):
+            stream.push(chunk)
+    with pytest.raises(ValueError, match='channels'):
+        predictor.stream(SR, channels=0)
+
+
 def test_other_rates_and_int16_chunks(setup):
     root, _ = setup
     predictor = Predictor(root / 'export')
@@ -156,7 +183,7 @@ def test_other_rates_and_int16_chunks(setup):
 
 
 def test_tuned_thresholds_travel_with_the_checkpoint_and_export(setup, tmp_path):
-    _, model = setup
+    root, model = setup
     model.event_config = EventConfig(onset_threshold=[0.9, 0.6], offset_threshold=[0.5, 0.4])
     try:
         model.save(str(tmp_path / 'ckpt'))
@@ -168,6 +195,10 @@ def test_tuned_thresholds_travel_with_the_checkpoint_and_export(setup, tmp_path)
     meta = json.loads((tmp_path / 'export' / 'export.json').read_text())
     assert meta['events']['onset_threshold'] == [0.9, 0.6]
     assert Predictor(tmp_path / 'export').event_config == restored.event_config
+    # Overriding one saved threshold below the saved other one: the error says where the other came from.
+    proc = cli('events', tmp_path / 'export', root / 'scene.wav', '--onset-threshold', '0.45')
+    assert proc.returncode == 2 and b'Traceback' not in proc.stderr
+    assert b"saved settings" in proc.stderr and b'--offset-threshold' in proc.stderr, proc.stderr
 
 
 def test_detection_runs_without_paddle(setup):
@@ -230,6 +261,11 @@ def test_events_from_standard_input_as_they_happen(setup):
         (r['type'], r['label'], r['onset']) for r in expected]
     assert sum(r['type'] == 'end' for r in reports) == 3
     assert b'listening' in proc.stderr
+    stereo = np.stack([pcm, pcm], axis=1)   # interleaved: L R L R ...
+    proc = cli('events', root / 'export', '-', '--sample-rate', SR, '--window', '4', '--channels', '2',
+               stdin=stereo.tobytes())
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert [json.loads(line) for line in proc.stdout.decode().splitlines()] == reports
     proc = cli('events', root / 'export', '-', stdin=b'')
     assert proc.returncode == 2 and b'--sample-rate' in proc.stderr
 
@@ -353,7 +389,7 @@ def test_training_on_event_times_runs_on_the_frame_logits(tmp_path):
     from paddle_soundcls import Trainer
     from paddle_soundcls.training import AugmentConfig
     data = strong_set(tmp_path / 'data')
-    model = Module('panns_cnn6', label_map=data.labels, multi_label=True, pretrained=False, seed=0)
+    model = Module('panns_cnn6', label_map=data.labels, multi_label=True, pretrained=False, seed=0, pooling='max')
     trainer = Trainer(model, paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters()), use_vdl=False,
                       checkpoint_dir=str(tmp_path / 'ckpt'), seed=1)
     state = trainer.train(data, epochs=3, batch_size=4, eval_dataset=strong_set(tmp_path / 'data', mode='dev'))
@@ -366,3 +402,17 @@ def test_training_on_event_times_runs_on_the_frame_logits(tmp_path):
     with pytest.raises(ValueError, match='mixup'):
         Trainer(model, paddle.optimizer.Adam(parameters=model.parameters()), use_vdl=False,
                 checkpoint_dir=str(tmp_path / 'y'), augment=AugmentConfig(mixup_alpha=0.2)).train(data, epochs=1)
+
+
+def test_the_picture_of_digital_silence_draws_it_without_warnings(setup, tmp_path):
+    import warnings
+
+    from paddle_soundcls.plots import plot_events
+    root, _ = setup
+    path = tmp_path / 'silence.wav'
+    sf.write(path, np.zeros(3 * SR, 'float32'), SR)
+    [result] = Predictor(root / 'export').detect([str(path)], window=4.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')          # log10(0) would warn "divide by zero"
+        plot_events(str(tmp_path / 'silence.png'), str(path), result, ['background', 'event'])
+    assert (tmp_path / 'silence.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

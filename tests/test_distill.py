@@ -93,6 +93,31 @@ def test_teacher_outputs_are_cached_and_recomputed_only_when_they_must(data, tmp
                                atol=1e-5)
 
 
+def test_the_teacher_cache_keys_on_pooling_and_on_how_audio_is_decoded(data, tmp_path, monkeypatch):
+    """Two teachers with the same weights but other pooling give other outputs: each gets its own
+    (those of its own predict); so does another resampler version."""
+    from paddle_soundcls import audio
+    embedding = small(seed=5)
+    pooled = calm(Module('panns_cnn6', label_map=LABELS, pretrained=False, pooling='max'))
+    pooled.set_state_dict(embedding.state_dict())
+    root, paths = str(tmp_path / 'cache'), [path for path, _ in data.items]
+    outputs = []
+    for teacher in (embedding, pooled):
+        got = teacher_lib.teacher_logits(teacher_lib.Teacher(teacher), data, root)
+        own = np.log([[s[label] for label in LABELS] for s in teacher.predict(paths)])
+        np.testing.assert_allclose(got, own, atol=1e-5)
+        outputs.append(got)
+    assert np.abs(outputs[0] - outputs[1]).max() > 0.01   # the two really differ
+    calls = []
+    real = teacher_lib.Teacher.logits
+    monkeypatch.setattr(teacher_lib.Teacher, 'logits', lambda self, p: calls.append(len(p)) or real(self, p))
+    teacher_lib.teacher_logits(teacher_lib.Teacher(pooled), data, root)
+    assert calls == []                                    # cached
+    monkeypatch.setattr(audio, 'RESAMPLER_VERSION', audio.RESAMPLER_VERSION + 1)
+    teacher_lib.teacher_logits(teacher_lib.Teacher(pooled), data, root)
+    assert sum(calls) == len(data)                        # decoded otherwise: computed again
+
+
 def test_a_teacher_of_other_labels_is_refused(data, tmp_path):
     model = small()
     trainer = Trainer(model, paddle.optimizer.Adam(parameters=model.parameters()), use_vdl=False,
@@ -106,22 +131,41 @@ def test_a_teacher_of_other_labels_is_refused(data, tmp_path):
         teacher_lib.Teacher(str(tmp_path / 'nowhere'))
 
 
-def test_mixup_mixes_the_teachers_outputs_with_the_same_coefficients(data, tmp_path):
+def test_mixup_mixes_the_teachers_distributions_with_the_same_coefficients(data, tmp_path):
+    """As EfficientAT's ex_audioset.py: the target of a mixed clip is lam * p_a + (1 - lam) * p_b of
+    the teacher's distributions at T, not the distribution of the mixed logits (which, for a
+    confident teacher, is near one clip's label whatever lam is)."""
     model = small()
     trainer = Trainer(model, paddle.optimizer.Adam(parameters=model.parameters()), use_vdl=False,
-                      checkpoint_dir=str(tmp_path / 'ckpt'), augment=AugmentConfig(mixup_alpha=0.4), teacher=small(1))
+                      checkpoint_dir=str(tmp_path / 'ckpt'), augment=AugmentConfig(mixup_alpha=0.4), teacher=small(1),
+                      kd_temperature=1.0, kd_lambda=0.5)
+    trainer._prepare(data, 'train')
     waves = paddle.to_tensor(np.stack([data[i][0] for i in range(4)]))
-    target = paddle.to_tensor(np.array([0, 1, 1, 0]))
-    teacher = paddle.to_tensor(np.array([[1.0, -1.0], [2.0, 3.0], [-2.0, 0.5], [0.0, 4.0]], 'float32'))
-    _, mixed_target, mixed_teacher = trainer._features(waves, target, False, np.random.default_rng(3), teacher)
-    mixed_target, mixed_teacher, t = mixed_target.numpy(), mixed_teacher.numpy(), teacher.numpy()
-    # Mixup draws one lambda ~ Beta(alpha, alpha) per batch, then a permutation (augment.mixup):
-    # the same draws must blend the targets and the teacher's outputs.
-    rng = np.random.default_rng(3)
-    lam, perm = rng.beta(0.4, 0.4), rng.permutation(4)
-    one_hot = np.eye(2)[[0, 1, 1, 0]]
-    np.testing.assert_allclose(mixed_target, lam * one_hot + (1 - lam) * one_hot[perm], atol=1e-6)
-    np.testing.assert_allclose(mixed_teacher, lam * t + (1 - lam) * t[perm], atol=1e-6)
+    labels = [0, 1, 1, 0]
+    sure = np.log(np.where(np.eye(2)[labels] > 0, 0.999, 0.001))   # a teacher 99.9 % sure of each label
+    for seed in range(5):
+        _, mixed_target, mixed_teacher = trainer._batch(waves, paddle.to_tensor(np.array(labels)),
+                                                        paddle.to_tensor(sure.astype('float32')), False,
+                                                        np.random.default_rng(seed))
+        # Mixup draws one lambda ~ Beta(alpha, alpha) per batch, then a permutation (augment.mixup):
+        # the same draws blend the targets and the teacher's distributions.
+        rng = np.random.default_rng(seed)
+        lam, perm = rng.beta(0.4, 0.4), rng.permutation(4)
+        one_hot, p = np.eye(2)[labels], softmax(sure)
+        np.testing.assert_allclose(mixed_target.numpy(), lam * one_hot + (1 - lam) * one_hot[perm], atol=1e-6)
+        np.testing.assert_allclose(mixed_teacher.numpy(), lam * p + (1 - lam) * p[perm], atol=1e-6)
+        # The loss is the formula on that target: (1 - l) CE + l T^2 KL(p_mix || q).
+        s = np.random.default_rng(seed).normal(size=(4, 2))
+        got = float(trainer._distill(paddle.to_tensor(s, 'float32'), mixed_target, teacher_probs=mixed_teacher))
+        q, p_mix = softmax(s), lam * p + (1 - lam) * p[perm]
+        target = lam * one_hot + (1 - lam) * one_hot[perm]
+        expected = 0.5 * -np.mean(np.sum(target * np.log(q), axis=1)) + 0.5 * np.mean(
+            np.sum(p_mix * (np.log(p_mix) - np.log(q)), axis=1))
+        assert got == pytest.approx(expected, rel=1e-5)
+    # A multi-label teacher: its sigmoids at T are mixed.
+    multi = losses.DistillationLoss(losses.build_loss('bce'), 0.5, 2.0, multi_label=True)
+    t = np.array([[3.0, -1.0], [0.5, 2.0]], 'float32')
+    np.testing.assert_allclose(multi.teacher_probs(paddle.to_tensor(t)).numpy(), 1 / (1 + np.exp(-t / 2)), atol=1e-6)
 
 
 def test_resume_with_a_teacher_matches_an_uninterrupted_run(data, tmp_path):

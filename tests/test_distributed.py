@@ -54,3 +54,50 @@ def test_full_fine_tuning_of_a_classifier_runs_data_parallel(tmp_path):
         np.testing.assert_array_equal(ranks[0][key], ranks[1][key])
     assert not np.allclose(ranks[0]['backbone.conv_block1.conv1.weight'],
                            start.backbone.conv_block1.conv1.weight.numpy())   # the backbone trained too
+
+
+def write_strong_clips(root, count):
+    """`count` 1.5-s clips of quiet noise with a chirp at a known time each, and their events.csv."""
+    import csv
+
+    import soundfile as sf
+    from signals import chirp, noise
+    root.mkdir()
+    rows = []
+    for i in range(count):
+        wave = noise(1.5, amp=0.01, seed=40 + i)
+        onset = 0.1 + 0.1 * i
+        wave[int(onset * 32000):int((onset + 0.5) * 32000)] += chirp(800, 3000, 0.5, amp=0.4)
+        sf.write(root / f'{i}.wav', wave, 32000)
+        rows.append({'filename': f'{i}.wav', 'onset': onset, 'offset': onset + 0.5, 'label': 'chirp'})
+    with open(root / 'events.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, ['filename', 'onset', 'offset', 'label'])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_strong_label_training_synchronises_the_processes(tmp_path):
+    """Training on event times goes through the data-parallel wrapper like every other mode: two
+    processes end with the same weights, those of one process with the doubled batch."""
+    from paddle_soundcls import Module
+    data = write_strong_clips(tmp_path / 'data', 8)
+    Module('cpmobile', label_map=['chirp', 'siren'], multi_label=True, pooling='max', pretrained=False,
+           seed=0).save(str(tmp_path / 'init'))
+    common = ['--data', str(data), '--init', str(tmp_path / 'init'), '--strong']
+    run([sys.executable, SCRIPT, *common, '--ckpt', str(tmp_path / 'one'), '--batch-size', '4',
+         '--out', str(tmp_path / 'one')], tmp_path)
+    run([sys.executable, '-m', 'paddle.distributed.launch', '--nproc_per_node', '2', '--log_dir',
+         str(tmp_path / 'launch_logs'), SCRIPT, *common, '--ckpt', str(tmp_path / 'two'), '--batch-size', '2',
+         '--out', str(tmp_path / 'two')], tmp_path)
+    one = np.load(tmp_path / 'one.rank0.npz')
+    ranks = [np.load(tmp_path / f'two.rank{r}.npz') for r in (0, 1)]
+    start = Module('cpmobile', load_checkpoint=str(tmp_path / 'init'))
+    keys = [name for name, _ in start.named_parameters()]
+    assert int(ranks[0]['world_size']) == 2 and keys and set(keys) <= set(one.files)
+    moved = 0
+    for key in keys:
+        np.testing.assert_array_equal(ranks[0][key], ranks[1][key], err_msg=key)   # ranks stay in sync
+        np.testing.assert_allclose(ranks[0][key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)  # = 1 process
+        moved += not np.allclose(one[key], dict(start.named_parameters())[key].numpy())
+    assert moved > len(keys) // 2   # the backbone trained, not only the head

@@ -65,8 +65,8 @@ def test_export_small_models_both_tasks(tmp_path, name, task):
     module = random_module(name, task)
     out = tmp_path / 'export'
     meta = export_static(module, out, opset=13)
-    assert sorted(os.listdir(out)) == ['export.json', 'inference.json', 'inference.pdiparams', 'model.frames.onnx',
-                                      'model.onnx']
+    assert sorted(os.listdir(out)) == ['export.json', 'inference.frames.json', 'inference.frames.pdiparams',
+                                      'inference.json', 'inference.pdiparams', 'model.frames.onnx', 'model.onnx']
     check_export_matches(module, str(out))
 
     saved = exportdir.read_export(out)
@@ -201,6 +201,25 @@ def test_export_onnx_adds_to_the_export_dir(tmp_path, ckpt_dir):
         export_onnx(out, opset=3)
     with pytest.raises(ExportError, match='no export.json'):
         export_onnx(tmp_path)
+
+
+def test_the_export_in_two_steps_is_the_export_in_one(tmp_path, ckpt_dir):
+    """tools/export_static.py then tools/export_onnx.py (export --no-onnx, then --model-dir) give the
+    graphs of `export --checkpoint`, the frame-scores graph for event detection among them."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    two, one = tmp_path / 'two', tmp_path / 'one'
+    for tool, args in (('export_static.py', ['--checkpoint', ckpt_dir, '--output', two]),
+                       ('export_onnx.py', ['--model-dir', two, '--opset', '13'])):
+        proc = subprocess.run([sys.executable, os.path.join(repo, 'tools', tool), *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    export_static(load_module(ckpt_dir), one, opset=13)
+    assert set(exportdir.read_export(two)['files']) == set(exportdir.read_export(one)['files'])
+    wave = np.random.default_rng(0).normal(0, 0.1, 32000 * 3).astype('float32')
+    a, b = (Predictor(d).detect([wave], sample_rate=32000)[0]['frame_scores'] for d in (two, one))
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 # The export runs in a subprocess in which any attempt to install a package fails loudly and

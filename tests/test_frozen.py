@@ -99,6 +99,15 @@ def test_cache_is_reused_and_recomputes_exactly_what_changed(folders, monkeypatc
     embeddings.embed_dataset(model, train_set)
     assert spy.clips == 33 + 16
 
+    # Audio decoded otherwise (another resampler, another libsndfile): all recomputed.
+    from paddle_soundcls import audio
+    monkeypatch.setattr(audio, 'RESAMPLER_VERSION', audio.RESAMPLER_VERSION + 1)
+    embeddings.embed_dataset(model, train_set)
+    assert spy.clips == 49 + 16
+    monkeypatch.setattr(sf, '__libsndfile_version__', 'another')
+    embeddings.embed_dataset(model, train_set)
+    assert spy.clips == 65 + 16
+
 
 def test_an_interrupted_pass_resumes_without_recomputing(folders, monkeypatch):
     train_root, _ = folders

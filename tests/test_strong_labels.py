@@ -235,3 +235,26 @@ def test_scenes_refuse_a_folder_holding_other_files(tmp_path):
     with pytest.raises(ValueError, match='already holds other files'):
         make_scenes(str(tmp_path), num_scenes=1, seconds=2.0)
     assert os.listdir(tmp_path) == ['mine.txt']
+
+
+# ----- StrongLabelDataset arguments -----
+
+@pytest.mark.parametrize('kwargs, words', [
+    ({'frame_hop_seconds': float('inf')}, 'frame_hop_seconds must be a positive, finite number of seconds'),
+    ({'frame_hop_seconds': float('nan')}, 'frame_hop_seconds must be a positive, finite number'),
+    ({'frame_hop_seconds': '0.01'}, "frame_hop_seconds must be a positive, finite number of seconds (the model's "
+                                    "front-end hop, e.g. 0.01), got '0.01'"),
+    ({'frame_hop_seconds': 0}, 'frame_hop_seconds must be a positive'),
+    ({'frame_hop_seconds': True}, 'frame_hop_seconds must be a positive'),
+    ({'duration': 0.004}, 'duration=0.004 s holds no frame of frame_hop_seconds=0.01 s'),
+    ({'duration': 0.3, 'frame_hop_seconds': 0.7}, 'duration=0.3 s holds no frame of frame_hop_seconds=0.7 s'),
+    ({'duration': '10'}, "duration must be a positive number of seconds, got '10'"),
+])
+def test_strong_label_dataset_refuses_bad_arguments_at_once(tmp_path, kwargs, words):
+    from paddle_soundcls.datasets import DatasetError, StrongLabelDataset
+    sf.write(tmp_path / 'a.wav', np.zeros(16000, 'float32'), 16000)
+    path = write(tmp_path, 'a.wav,0.2,0.5,dog\n')
+    StrongLabelDataset(path, labels=['dog'], duration=1.0)[0]   # the same files with good arguments
+    with pytest.raises(DatasetError) as info:
+        StrongLabelDataset(path, labels=['dog'], **{'duration': 1.0, **kwargs})
+    assert words in str(info.value)

@@ -156,3 +156,34 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
     kept = paddle.load(str(tmp_path / 'nan' / 'epoch_1' / 'model.pdparams'))
     for key in good:
         np.testing.assert_array_equal(kept[key].numpy(), good[key].numpy())
+
+
+def test_a_log_file_gets_plain_lines_not_progress_bar_frames(tmp_path, data):
+    """Output that is not a terminal (a log file, CI) gets no carriage-return progress frames,
+    and one line per epoch."""
+    import subprocess
+    import sys
+    import textwrap
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    train, dev = data
+    code = textwrap.dedent(f'''
+        import sys; sys.path.insert(0, {os.path.join(repo, 'tests')!r})
+        import paddle
+        from helpers import small_module
+        from paddle_soundcls import Trainer
+        from paddle_soundcls.datasets import AudioFolder
+        train = AudioFolder({train.root!r}, mode='train', duration=1.0)
+        dev = AudioFolder({dev.root!r}, mode='dev', duration=1.0)
+        model = small_module(label_map=train.labels)
+        opt = paddle.optimizer.SGD(learning_rate=0.01, parameters=model.parameters())
+        Trainer(model, opt, checkpoint_dir={str(tmp_path / 'ckpt')!r}, use_vdl=False).train(
+            train, epochs=2, batch_size=4, eval_dataset=dev)
+    ''')
+    with open(tmp_path / 'log.txt', 'w') as log:
+        proc = subprocess.run([sys.executable, '-c', code], stdout=log, stderr=subprocess.STDOUT, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=repo))
+    text = (tmp_path / 'log.txt').read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert '\r' not in text
+    assert [line.split(' - ', 1)[1][:7] for line in text.splitlines() if ' - epoch ' in line and 'acc=' in line
+            and 'step' not in line] == ['epoch 1', 'epoch 2']

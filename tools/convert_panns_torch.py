@@ -1,9 +1,11 @@
-"""Convert an official PyTorch PANNs checkpoint to a Paddle .pdparams file. PyTorch is not needed.
+"""Convert a registered model's release checkpoint (PyTorch .pt/.pth) to a Paddle .pdparams file. PyTorch is not needed.
 
-    python tools/convert_panns_torch.py --input Cnn14_mAP=0.431.pth --output panns_cnn14.pdparams --model cnn14
+    python tools/convert_panns_torch.py --input Cnn14_mAP=0.431.pth --output panns_cnn14.pdparams --model panns_cnn14
+    python tools/convert_panns_torch.py --input mn10_as_mAP_471.pt --output mn10.pdparams --model efficientat_mn10
 
-The same as `paddle-soundcls convert ...`. The result loads with
-Module('panns_cnn14', task='tagging', load_checkpoint='panns_cnn14.pdparams').
+The same as `paddle-soundcls convert ...` (named for the PANNs files it first converted). The
+result loads with Module('panns_cnn14', task='tagging', load_checkpoint='panns_cnn14.pdparams');
+Module's load_checkpoint also takes the release file itself.
 """
 import os
 import sys

@@ -13,9 +13,9 @@ import warnings
 import numpy as np
 import paddle
 import soundfile as sf
-from tqdm import tqdm
 
 from .. import audio, fileio, weights
+from ..progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -338,8 +338,8 @@ class AudioDataset(paddle.io.Dataset):
         """
         paths = sorted({path for path, _ in self.items})
         problems = []
-        for path in tqdm(paths, desc='Checking audio files', unit='file',
-                         disable=len(paths) < PROGRESS_MIN_FILES):
+        for path in progress_bar(paths, desc='Checking audio files', unit='file',
+                                 show=len(paths) >= PROGRESS_MIN_FILES):
             problem = file_problem(path)
             if problem:
                 problems.append((path, problem))

@@ -17,8 +17,10 @@ from .strong import read_strong_labels, write_strong_labels
 
 AUDIO_DIR = 'audio'
 LABELS_CSV = os.path.join('meta', 'events.csv')
+# The scenes of each part of the split: meta/train_events.csv, meta/dev_events.csv, meta/test_events.csv.
+SPLITS = ('train', 'dev', 'test')
 MARKER = os.path.join('meta', 'scenes.json')
-VERSION = 1
+VERSION = 2
 SUBTYPE = 'PCM_16'   # quiet backgrounds need more than the demo set's 8 bits
 # An event starts at its first sample and ends after its last sample reaching this fraction of
 # its peak: the fade-in and fade-out ramps and the silence around clicks do not count.
@@ -92,6 +94,25 @@ def make_scene(classes, seconds, sample_rate, rng, events_per_scene=(3, 8), even
     return wave.astype(np.float32), sorted(events)
 
 
+def _check_split(split):
+    if (not isinstance(split, (list, tuple)) or len(split) != len(SPLITS)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in split)
+            or abs(sum(split) - 1) > 1e-9):
+        raise DatasetError(f'split must be the (train, dev, test) fractions of the scenes, three numbers in [0, 1] '
+                           f'summing to 1, e.g. (0.6, 0.2, 0.2); got {split!r}')
+    return [float(v) for v in split]
+
+
+def split_scenes(names, fractions, seed):
+    """{part: names} for the (train, dev, test) fractions: a seeded shuffle, dev and test rounded,
+    train the rest; each part in name order."""
+    order = np.random.default_rng((seed, len(names))).permutation(len(names))
+    dev, test = (int(round(len(names) * f)) for f in fractions[1:])
+    test = min(test, len(names) - dev)
+    parts = {'dev': order[:dev], 'test': order[dev:dev + test], 'train': order[dev + test:]}
+    return {part: [names[i] for i in sorted(parts[part])] for part in SPLITS}
+
+
 def _complete(folder, params):
     """True when `folder` already holds the scenes made with these parameters."""
     try:
@@ -106,12 +127,16 @@ def _complete(folder, params):
 
 
 def make_scenes(folder, num_scenes=10, seconds=10.0, classes=5, seed=0, sample_rate=32000,
-                events_per_scene=(3, 8), event_seconds=(0.3, 2.0)):
+                events_per_scene=(3, 8), event_seconds=(0.3, 2.0), split=(0.6, 0.2, 0.2)):
     """Write generated scenes and their strong labels; returns `folder`.
 
     folder/audio/scene_0000.wav ...        mono, 16-bit
     folder/meta/events.csv                 filename,onset,offset,label (read_strong_labels reads it)
+    folder/meta/{train,dev,test}_events.csv  the same rows, of each part of the split
     folder/meta/scenes.json                these arguments, with the class names as 'labels'
+
+    The CSVs name the files as they are in audio/: read them with
+    StrongLabelDataset('folder/meta/train_events.csv', audio_dir='folder/audio').
 
     An event's onset and offset are those of its first and last audible sample (1 % of its
     peak); two events of one class never overlap and stay 0.3 s apart, events of different
@@ -128,6 +153,7 @@ def make_scenes(folder, num_scenes=10, seconds=10.0, classes=5, seed=0, sample_r
         sample_rate: rate of the files, at least 16000 Hz.
         events_per_scene: (fewest, most) events in a scene.
         event_seconds: (shortest, longest) length of a sound, at most `seconds`.
+        split: the (train, dev, test) fractions of the scenes (dev and test rounded, train the rest).
     """
     if not isinstance(folder, (str, os.PathLike)):
         raise DatasetError(f'folder must be a folder path, got {folder!r}')
@@ -139,7 +165,8 @@ def make_scenes(folder, num_scenes=10, seconds=10.0, classes=5, seed=0, sample_r
               'labels': _check_classes(classes), 'seed': check_int('seed', seed, 0),
               'sample_rate': check_int('sample_rate', sample_rate, 16000),
               'events_per_scene': _check_range('events_per_scene', events_per_scene, 0, 1000, True),
-              'event_seconds': _check_range('event_seconds', event_seconds, 0.05, seconds, False)}
+              'event_seconds': _check_range('event_seconds', event_seconds, 0.05, seconds, False),
+              'split': _check_split(split)}
     if _complete(folder, params):
         return folder
     if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, MARKER)):
@@ -156,6 +183,8 @@ def make_scenes(folder, num_scenes=10, seconds=10.0, classes=5, seed=0, sample_r
                                             params['events_per_scene'], params['event_seconds'])
             sf.write(os.path.join(tmp, AUDIO_DIR, name), wave, params['sample_rate'], subtype=SUBTYPE)
         write_strong_labels(os.path.join(tmp, LABELS_CSV), labels)
+        for part, names in split_scenes(list(labels), params['split'], params['seed']).items():
+            write_strong_labels(os.path.join(tmp, 'meta', f'{part}_events.csv'), {name: labels[name] for name in names})
         with open(os.path.join(tmp, MARKER), 'w', encoding='utf-8') as f:
             json.dump(params, f, indent=2)
 

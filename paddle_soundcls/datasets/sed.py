@@ -1,10 +1,12 @@
 """Clips with event times (strong labels) for training frame scores directly."""
+import math
+import numbers
 import os
 
 import numpy as np
 
 from .. import audio
-from .base import AudioDataset, DatasetError, check_dir, in_memory
+from .base import AudioDataset, DatasetError, check_dir, check_duration, in_memory
 from .strong import frame_targets, read_strong_labels
 
 DEFAULT_FRAME_HOP = 0.01  # seconds: the 10 ms frames of the registered front ends
@@ -18,20 +20,33 @@ class StrongLabelDataset(AudioDataset):
     clip (random in 'train' mode, centred otherwise, padded when short) and 0/1 targets of its
     frames of `frame_hop_seconds` (a frame is active when its centre lies inside an event), so
     the targets follow every random crop. `target(i)` gives the clip-level multi-hot target
-    (the classes with an event in the clip) used for evaluation. The Trainer trains such data
-    on the model's frame logits (multi-label models).
+    (the classes with an event in the clip). The Trainer trains such data on the model's frame
+    logits (multi-label models with decision-level pooling), the targets placed on the
+    network's frames by its frame geometry, and evaluates it with event- and segment-based F1
+    of Module.detect on the whole recordings (`events` holds their event times by path).
 
     Args:
         csv_path: the event table; files without events are listed with empty times.
         audio_dir: the folder of the files (default: the CSV's folder).
         labels: the class names in index order (None: the sorted names found in the CSV).
         mode, sample_rate, duration, seed, cache: as for AudioDataset.
-        frame_hop_seconds: the frame hop of the targets; the model's front-end hop.
+        frame_hop_seconds: the frame hop of the targets; the model's front-end hop
+            (hop_length / sample_rate of its front end). `duration` must hold at least one frame.
     """
     strong = True
 
     def __init__(self, csv_path, audio_dir=None, labels=None, mode='train', sample_rate=None, duration=10.0, seed=0,
                  frame_hop_seconds=DEFAULT_FRAME_HOP, cache=False):
+        # The arguments first, before the CSV and the audio files are read.
+        if (isinstance(frame_hop_seconds, bool) or not isinstance(frame_hop_seconds, numbers.Real)
+                or not math.isfinite(frame_hop_seconds) or frame_hop_seconds <= 0):
+            raise DatasetError(f'frame_hop_seconds must be a positive, finite number of seconds (the model\'s '
+                               f'front-end hop, e.g. {DEFAULT_FRAME_HOP}), got {frame_hop_seconds!r}')
+        duration = check_duration(duration)
+        if round(duration / frame_hop_seconds) < 1:
+            raise DatasetError(f'duration={duration} s holds no frame of frame_hop_seconds={frame_hop_seconds} s, so '
+                               f'the clips would have no frame targets; give a duration of at least one frame '
+                               f'(clips of a few seconds or more suit event detection)')
         events = read_strong_labels(csv_path, labels)
         audio_dir = check_dir('audio_dir', audio_dir or os.path.dirname(os.path.abspath(csv_path)))
         if labels is None:
@@ -49,8 +64,6 @@ class StrongLabelDataset(AudioDataset):
             raise DatasetError(f'{len(missing)} audio files listed in {csv_path} are missing, e.g. {missing[:3]}')
         super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration, multi_label=True,
                          seed=seed, cache=cache)
-        if not frame_hop_seconds > 0:
-            raise DatasetError(f'frame_hop_seconds must be positive, got {frame_hop_seconds!r}')
         self.frame_hop_seconds = float(frame_hop_seconds)
         self.num_frames = int(round(self.duration / self.frame_hop_seconds))
 

@@ -13,6 +13,7 @@ Standard library and numpy only (no Paddle).
 """
 import csv
 import math
+import numbers
 import os
 
 import numpy as np
@@ -152,10 +153,10 @@ def frame_targets(events, num_frames, frame_hop_seconds, labels, frame_offset_se
     """
     if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 0:
         raise ValueError(f'num_frames must be an int >= 0, got {num_frames!r}')
-    if (isinstance(frame_hop_seconds, bool) or not isinstance(frame_hop_seconds, (int, float))
+    if (isinstance(frame_hop_seconds, bool) or not isinstance(frame_hop_seconds, numbers.Real)
             or not math.isfinite(frame_hop_seconds) or frame_hop_seconds <= 0):
         raise ValueError(f'frame_hop_seconds must be a positive number of seconds, got {frame_hop_seconds!r}')
-    if (isinstance(frame_offset_seconds, bool) or not isinstance(frame_offset_seconds, (int, float))
+    if (isinstance(frame_offset_seconds, bool) or not isinstance(frame_offset_seconds, numbers.Real)
             or not math.isfinite(frame_offset_seconds)):
         raise ValueError(f'frame_offset_seconds must be a finite number of seconds, got {frame_offset_seconds!r}')
     if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or not labels:

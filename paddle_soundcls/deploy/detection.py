@@ -2,9 +2,10 @@
 events in them (see events.py for how frame scores become events). Paddle-free.
 
 The network scores windows of `window` seconds every `hop` seconds. Each window gives frame
-scores at the network's own rate (a frame per 2**k front-end frames), interpolated to the
-front end's frame rate (10 ms for the 32 kHz models); of each window the frames of its
-central `hop` seconds are kept (the first window keeps its start; the last window is what
+scores at the network's own rate (a frame per 2**k front-end frames, placed in time by the
+model's frame geometry, see paddle_soundcls/frames.py), interpolated to the front end's frame
+rate (one frame per hop_length samples: 10 ms for the PANNs and EfficientAT front ends, 15.625 ms
+for CP-Mobile's); of each window the frames of its central `hop` seconds are kept (the first window keeps its start; the last window is what
 remains of the audio and keeps its end), where the network sees context on both sides.
 Offline detection is a stream fed the whole recording at once, so a live stream gives exactly
 the frames, and so the events, of offline detection of the same audio, whatever the sizes of
@@ -14,9 +15,12 @@ Latency of a stream: a frame is reported once the window that keeps it is comple
 hop + (window - hop) / 2 seconds after it was pushed, plus the compute of one window, plus
 half the median filter of the event decisions (EventTracker.delay_seconds).
 """
+import math
+
 import numpy as np
 
 from .. import audio
+from ..frames import check_geometry, for_frontend
 from . import pipeline
 from .events import EventTracker, detect_events
 
@@ -25,38 +29,35 @@ from .events import EventTracker, detect_events
 DEFAULT_WINDOW = 10.0
 
 
-def upsample(frame_scores, num_frames):
-    """[frames', classes] scores of a window -> [num_frames, classes] at the front end's frame
-    rate, by linear interpolation between the centres of the network's frames."""
-    coarse = np.asarray(frame_scores, dtype=np.float32)
-    if len(coarse) == num_frames:
-        return coarse
-    centres = (np.arange(len(coarse)) + 0.5) * num_frames / len(coarse) - 0.5
-    fine = np.arange(num_frames)
-    return np.stack([np.interp(fine, centres, coarse[:, c]) for c in range(coarse.shape[1])], axis=1).astype(
-        np.float32)
-
-
 class FrameScorer:
     """Frame scores of audio of any length, window by window.
 
     score_frames: waveforms float32 [batch, samples] -> frame scores [batch, frames', classes]
         (numpy), the network's frames for each window.
     frontend: the model's FrontendConfig (sample rate, hop length, frames per window).
+    geometry: the network's frames.FrameGeometry (or its dict): where its frames sit in time.
     window, hop: seconds; rounded to whole front-end frames. Default window: the model's
         training clip length `clip_seconds`, else DEFAULT_WINDOW; default hop: half the window.
-    min_seconds: the network's shortest input (shorter windows are zero-padded).
+        A window shorter than the network's shortest input `min_seconds` is refused (padding
+        every window would multiply the work); the last window of a recording, and a recording
+        shorter than that, are zero-padded to it.
     """
 
-    def __init__(self, score_frames, frontend, labels, window=None, hop=None, min_seconds=1.0, clip_seconds=None):
+    def __init__(self, score_frames, frontend, labels, geometry, window=None, hop=None, min_seconds=1.0,
+                 clip_seconds=None):
         window = window or clip_seconds or DEFAULT_WINDOW
         hop = window / 2 if hop is None else hop
         for name, value in (('window', window), ('hop', hop)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or not value > 0):
                 raise ValueError(f'{name} must be a positive number of seconds, got {value!r}')
         if hop > window:
             raise ValueError(f'hop ({hop} s) must not be longer than window ({window} s): audio between windows '
                              f'would never be scored')
+        if window < min_seconds:
+            raise ValueError(f'window ({window:g} s) is shorter than the shortest input the network takes '
+                             f'({min_seconds:g} s); use a window of at least {min_seconds:g} s')
+        self.geometry = for_frontend(check_geometry(geometry), frontend)
         self.score_frames, self.frontend, self.labels = score_frames, frontend, list(labels)
         self.frame_samples = frontend.hop_length
         self.frame_seconds = frontend.hop_length / frontend.sample_rate
@@ -76,8 +77,9 @@ class FrameScorer:
         num_frames = max(1, len(segment) // self.frame_samples)
         padded = pipeline.pad_to(segment, self.min_samples)
         coarse = np.asarray(self.score_frames(padded[None]))[0]
-        covered = max(1, int(round(len(coarse) * len(segment) / len(padded))))  # the padding's frames go
-        return upsample(coarse[:covered], num_frames)
+        # Frames over the padding only shape the interpolation at the segment's end; the output
+        # stops at the segment's last frame.
+        return self.geometry.to_frame_rate(coarse, num_frames)
 
 
 class FrameStream:
@@ -136,15 +138,20 @@ def _stack(parts, num_classes):
 class EventStream:
     """A live stream of audio at any sample rate -> events as they start and end.
 
-    push(chunk): a numpy chunk of samples ([samples] or [channels, samples], float or integer
-    PCM, at `sample_rate`) -> the events that started or ended: dicts with 'type' ('start' or
-    'end'), 'label', 'onset', 'confidence' (and 'offset' for ends), times in seconds from the
-    start of the stream. close(): flushes the last window and ends every open event. A bad
+    push(chunk): a numpy chunk of PCM at `sample_rate`, float or integer, as [frames, channels]
+    (soundfile's and sounddevice's layout) or, for a mono stream, [frames] -> the events that
+    started or ended: dicts with 'type' ('start' or 'end'), 'label', 'onset', 'confidence' (and
+    'offset' for ends), times in seconds from the start of the stream. The channel count is
+    fixed when the stream starts (`channels`), so a chunk of any length, even one frame, is
+    read the same way. close(): flushes the last window and ends every open event. A bad
     chunk raises a ValueError naming the problem and leaves the stream as it was.
     """
 
-    def __init__(self, scorer, sample_rate, config=None):
+    def __init__(self, scorer, sample_rate, config=None, channels=1):
         self.sample_rate = audio.check_sample_rate(sample_rate, 'sample_rate')
+        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+            raise ValueError(f'channels must be a positive int (channels of the chunks), got {channels!r}')
+        self.channels = int(channels)
         self.target_sr = scorer.frontend.sample_rate
         self.frames = FrameStream(scorer)
         self.tracker = EventTracker(scorer.labels, scorer.frame_seconds, config)
@@ -158,7 +165,7 @@ class EventStream:
     def push(self, chunk):
         if self.closed:
             raise ValueError('push after close: the stream is closed; start a new one with stream()')
-        wave = audio.to_mono(chunk, 'chunk')
+        wave = self._mono(chunk)
         if wave.size:
             audio.check_waveform(wave, 'chunk')
         # Resample in one piece per push: a resampler restarted at every chunk edge would
@@ -171,6 +178,20 @@ class EventStream:
             wave, self.pending = audio.resample(self.pending[:whole], self.sample_rate, self.target_sr), \
                 self.pending[whole:]
         return self.tracker.push(self.frames.push(wave))
+
+    def _mono(self, chunk):
+        """A chunk [frames, channels] (or [frames] when mono) -> float32 mono samples."""
+        chunk = np.asarray(chunk)
+        if chunk.ndim == 1 and self.channels == 1:
+            return audio.to_mono(chunk, 'chunk')
+        if chunk.ndim != 2 or chunk.shape[1] != self.channels:
+            expected = '[frames] or [frames, 1]' if self.channels == 1 else f'[frames, {self.channels}]'
+            raise audio.AudioError(f'chunk: this stream has {self.channels} channel(s), so chunks are {expected} '
+                                   f'arrays; got shape {list(chunk.shape)}. Start the stream with channels=N for '
+                                   f'N-channel audio, and pass chunks as [frames, channels]')
+        # One channel at a time: to_mono scales integer PCM; the mean of the scaled channels.
+        return np.mean([audio.to_mono(chunk[:, c], 'chunk') for c in range(self.channels)], axis=0,
+                       dtype=np.float32) if chunk.shape[0] else np.zeros(0, np.float32)
 
     def close(self):
         if self.closed:

@@ -6,6 +6,7 @@ oneDNN) imports paddle only when it is created, so this module stays Paddle-free
 import contextlib
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -27,13 +28,17 @@ def check_threads(num_threads):
 
 
 @contextlib.contextmanager
-def stdout_to_stderr():
+def stdout_to_stderr(discard=False):
     """Send what C++ code prints to stdout (Paddle's oneDNN notes, paddle2onnx's progress) to
-    stderr while it runs, so results printed on stdout (JSON lines) stay parseable."""
+    stderr while it runs, so results printed on stdout (JSON lines) stay parseable; with
+    discard=True, nowhere (the notes Paddle Inference prints at every run, such as
+    "ReduceMeanCheckIfOneDNNSupport", say nothing to a user)."""
+    target = None
     try:
         sys.stdout.flush()
         saved = os.dup(1)
-        os.dup2(2, 1)
+        target = os.open(os.devnull, os.O_WRONLY) if discard else 2
+        os.dup2(target, 1)
     except (OSError, ValueError, AttributeError):  # no fd 1/2 (e.g. a service), or stdout replaced
         yield
         return
@@ -43,6 +48,8 @@ def stdout_to_stderr():
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+        if discard:
+            os.close(target)
 
 
 def onnx_session_options(num_threads=None):
@@ -101,10 +108,12 @@ class PaddleEngine:
 
     def __init__(self, model_prefix, num_threads=None):
         try:
-            from paddle import inference
+            with warnings.catch_warnings():   # "No ccache found" on import: nothing for a user to do
+                warnings.simplefilter('ignore', UserWarning)
+                from paddle import inference
         except ImportError as exc:
-            raise ImportError(f"engine='paddle' needs PaddlePaddle ({exc}); install paddlepaddle, or use "
-                              f"engine='onnxruntime'") from None
+            raise ImportError(f"engine='paddle' needs PaddlePaddle ({exc}); pip install paddlepaddle, or use "
+                              f"engine='onnxruntime'", name='paddle') from None
         self.num_threads = check_threads(num_threads)
         config = inference.Config(model_prefix + '.json', model_prefix + '.pdiparams')
         config.disable_gpu()
@@ -123,6 +132,6 @@ class PaddleEngine:
         features = np.ascontiguousarray(features, dtype=np.float32)
         self.input.reshape(list(features.shape))
         self.input.copy_from_cpu(features)
-        with stdout_to_stderr():
+        with stdout_to_stderr(discard=True):
             self.predictor.run()
         return self.output.copy_to_cpu()

@@ -3,6 +3,9 @@
 An export directory holds
 
     inference.json, inference.pdiparams   the Paddle static model (Paddle Inference)
+    inference.frames.json, inference.frames.pdiparams
+                                          the frame-scores network as a static model (from which
+                                          model.frames.onnx is made)
     model.onnx                            the same network in ONNX (optional until exported)
     model.int8.onnx                       model.onnx quantized to int8 (optional; export/quantize.py)
     model.frames.onnx                     frame scores [batch, frames', classes], for event detection
@@ -26,6 +29,9 @@ export.json (format FORMAT):
     onnx         {'file': 'model.onnx', 'opset': 13, 'paddle2onnx': version} once exported
     frames       {'file': 'model.frames.onnx', 'opset': 13}: the frame-scores graph
     events       the EventConfig.to_dict() the model was saved with (tuned thresholds), or null
+    frame_geometry {'stride', 'offset'}: where the frames of model.frames.onnx sit in time, in
+                 front-end frames (paddle_soundcls.frames.FrameGeometry); null in exports of
+                 earlier versions, which detection refuses
     int8         once quantized: {'file': 'model.int8.onnx', 'source_sha256': sha256 of the
                  model.onnx it was made from, 'onnxruntime': version, 'method', 'per_channel',
                  'quant_format', 'activation_type', 'weight_type', 'reduce_range', 'keep_float',
@@ -47,6 +53,9 @@ EXPORT_FILE = 'export.json'
 STATIC_MODEL = 'inference.json'
 STATIC_PARAMS = 'inference.pdiparams'
 STATIC_PREFIX = 'inference'      # paddle.jit.save / paddle.inference take the path without suffix
+FRAMES_STATIC_PREFIX = 'inference.frames'
+FRAMES_STATIC_MODEL = FRAMES_STATIC_PREFIX + '.json'
+FRAMES_STATIC_PARAMS = FRAMES_STATIC_PREFIX + '.pdiparams'
 ONNX_FILE = 'model.onnx'
 INT8_FILE = 'model.int8.onnx'
 FRAMES_FILE = 'model.frames.onnx'  # frame scores for event detection (made with model.onnx)
@@ -104,6 +113,7 @@ def read_export(model_dir):
     meta.setdefault('clip_seconds', None)
     meta.setdefault('events', None)
     meta.setdefault('pooling', 'embedding')
+    meta.setdefault('frame_geometry', None)
     meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
     return meta
 
@@ -114,8 +124,9 @@ def require_file(model_dir, meta, name, verify=True):
     hint = {ONNX_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir}`',
             INT8_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir} --quantize int8 '
                        f'--calibration CLIPS --check OTHER_CLIPS`, or run in float32 (precision fp32)',
-            FRAMES_FILE: 'event detection needs the frame-scores graph, which `paddle-soundcls export --checkpoint '
-                         'CKPT_DIR --output DIR` writes (not the static-only export nor --model-dir)',
+            FRAMES_FILE: f'event detection needs the frame-scores graph: `paddle-soundcls export --model-dir {model_dir}` '
+                         f'makes it from the static export (exports of earlier versions lack its static graph: '
+                         f'export the checkpoint again with `paddle-soundcls export --checkpoint CKPT_DIR --output DIR`)',
             }.get(name, 'export the model again')
     if not os.path.isfile(path):
         raise ExportError(f'{path} is missing from the export directory; {hint}')

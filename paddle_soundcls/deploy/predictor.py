@@ -2,6 +2,7 @@
 import os
 
 from ..features.mel import logmel
+from ..frames import FrameGeometry
 from . import detection, exportdir, pipeline
 from .engines import OnnxEngine, PaddleEngine
 from .events import EventConfig
@@ -130,8 +131,20 @@ class Predictor:
         return pipeline.format_results(raw, self.labels, topk, reduce, threshold)
 
     # ----- when sounds happen -----
+    @property
+    def frame_geometry(self):
+        """Where the frames of model.frames.onnx sit in time (frames.FrameGeometry, from export.json)."""
+        if self.meta['frame_geometry'] is None:
+            raise exportdir.ExportError(
+                f'{os.path.join(self.model_dir, exportdir.EXPORT_FILE)} does not record where the network\'s frames '
+                f'sit in time (frame_geometry; exports of earlier versions), so event times would be off by up to '
+                f'a tenth of a second: export the model again (paddle-soundcls export --checkpoint CKPT_DIR '
+                f'--output DIR) to detect events with it')
+        return FrameGeometry.from_dict(self.meta['frame_geometry'])
+
     def frame_scorer(self, window=None, hop=None):
         """A detection.FrameScorer running this export's frame-scores graph (model.frames.onnx)."""
+        geometry = self.frame_geometry
         if self._frames_engine is None:
             path = exportdir.require_file(self.model_dir, self.meta, exportdir.FRAMES_FILE, self._verify)
             self._frames_engine = OnnxEngine(path, self.engine.num_threads)
@@ -139,8 +152,8 @@ class Predictor:
 
         def score_frames(waveforms):
             return engine(self.features(waveforms))
-        return detection.FrameScorer(score_frames, self.frontend, self.labels, window, hop, self.min_seconds,
-                                     self.clip_seconds)
+        return detection.FrameScorer(score_frames, self.frontend, self.labels, geometry, window, hop,
+                                     self.min_seconds, self.clip_seconds)
 
     def detect(self, data, sample_rate=None, window=None, hop=None, config=None):
         """When each sound happens, without Paddle; the same results as `Module.detect`.
@@ -150,12 +163,13 @@ class Predictor:
         """
         return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, config or self.event_config)
 
-    def stream(self, sample_rate=None, window=None, hop=None, config=None):
+    def stream(self, sample_rate=None, window=None, hop=None, config=None, channels=1):
         """A live stream: stream.push(chunk) -> events that started or ended, stream.close() ->
         the rest (see deploy.detection.EventStream). sample_rate: of the chunks (default the
-        model's); window, hop: seconds (shorter windows answer sooner: latency_seconds)."""
+        model's); window, hop: seconds (shorter windows answer sooner: latency_seconds);
+        channels: of the chunks, which are [frames, channels] arrays ([frames] when mono)."""
         return detection.EventStream(self.frame_scorer(window, hop), sample_rate or self.frontend.sample_rate,
-                                     config or self.event_config)
+                                     config or self.event_config, channels)
 
     def __repr__(self):
         return (f'Predictor({self.model_dir!r}, model={self.meta["model"]}, task={self.task}, '

@@ -17,8 +17,8 @@ from ..deploy.engines import stdout_to_stderr
 DEFAULT_OPSET = 13
 
 
-def convert(static_dir, opset=DEFAULT_OPSET):
-    """static_dir/inference.{json,pdiparams} -> a checked onnx.ModelProto.
+def convert(static_dir, opset=DEFAULT_OPSET, prefix=exportdir.STATIC_PREFIX):
+    """static_dir/<prefix>.{json,pdiparams} -> a checked onnx.ModelProto.
 
     The graph input is named 'features' and the output 'scores'; initializers that no node
     reads (paddle2onnx leaves a few) are dropped.
@@ -28,8 +28,8 @@ def convert(static_dir, opset=DEFAULT_OPSET):
 
     if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= 23:
         raise ValueError(f'opset must be an int between 7 and 23, got {opset!r}')
-    model_file = os.path.join(static_dir, exportdir.STATIC_MODEL)
-    params_file = os.path.join(static_dir, exportdir.STATIC_PARAMS)
+    model_file = os.path.join(static_dir, prefix + '.json')
+    params_file = os.path.join(static_dir, prefix + '.pdiparams')
     try:
         with stdout_to_stderr():
             raw = paddle2onnx.export(model_file, params_file, save_file=None, opset_version=opset,
@@ -69,7 +69,8 @@ def _rename_value(graph, old, new):
 
 
 def write_onnx(directory, meta, opset=DEFAULT_OPSET, filename=exportdir.ONNX_FILE):
-    """Convert directory's static model to directory/filename and record it in `meta`."""
+    """Convert directory's static models to directory/filename (scores) and directory/model.frames.onnx
+    (frame scores, where the export has their static graph) and record them in `meta`."""
     import onnx
     import paddle2onnx
 
@@ -78,6 +79,11 @@ def write_onnx(directory, meta, opset=DEFAULT_OPSET, filename=exportdir.ONNX_FIL
     onnx.save(model, path)
     meta['files'][filename] = exportdir.file_record(path)
     meta['onnx'] = {'file': filename, 'opset': opset, 'paddle2onnx': paddle2onnx.__version__}
+    if exportdir.FRAMES_STATIC_MODEL in meta['files']:
+        frames = os.path.join(directory, exportdir.FRAMES_FILE)
+        onnx.save(convert(directory, opset, exportdir.FRAMES_STATIC_PREFIX), frames)
+        meta['files'][exportdir.FRAMES_FILE] = exportdir.file_record(frames)
+        meta['frames'] = {'file': exportdir.FRAMES_FILE, 'opset': opset}
     return path
 
 
@@ -101,14 +107,20 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
                          f'(e.g. {os.path.join(model_dir, exportdir.ONNX_FILE)}), got {output}')
     filename = os.path.basename(output)
     meta.pop('frontend_cfg')
+    if exportdir.FRAMES_STATIC_MODEL in meta['files']:
+        for name in (exportdir.FRAMES_STATIC_MODEL, exportdir.FRAMES_STATIC_PARAMS):
+            exportdir.require_file(model_dir, meta, name)
     old_onnx = meta.get('onnx', {}).get('file')
     if old_onnx:
         meta['files'].pop(old_onnx, None)
     meta['files'].pop(exportdir.INT8_FILE, None)
     meta.pop('int8', None)
+    # model.frames.onnx is made again from its static graph; an older export without that graph keeps its file.
+    remade = (exportdir.FRAMES_FILE,) if exportdir.FRAMES_STATIC_MODEL in meta['files'] else ()
 
     def build(tmp):
-        exportdir.link_files(model_dir, tmp, skip=(exportdir.EXPORT_FILE, filename, old_onnx, exportdir.INT8_FILE))
+        exportdir.link_files(model_dir, tmp,
+                             skip=(exportdir.EXPORT_FILE, filename, old_onnx, exportdir.INT8_FILE) + remade)
         write_onnx(tmp, meta, opset, filename)
         fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
 

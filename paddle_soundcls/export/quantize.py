@@ -134,14 +134,14 @@ class FeatureReader:
     """
 
     def __init__(self, clips, cfg, seconds=DEFAULTS['seconds'], batch_size=8, progress=True):
-        from tqdm import tqdm
+        from ..progress import progress_bar
         check_seconds(seconds)
         self.clips = list(clips)
         self.cfg = cfg
         self.samples = int(round(seconds * cfg.sample_rate))
         self.batch_size = batch_size
         self.batches = [self.clips[i:i + batch_size] for i in range(0, len(self.clips), batch_size)]
-        self.bar = tqdm(total=len(self.clips), desc='int8 calibration', unit='clip', disable=not progress)
+        self.bar = progress_bar(total=len(self.clips), desc='int8 calibration', unit='clip', show=progress)
         self.set_range(0, len(self.batches))
 
     def __len__(self):

@@ -12,7 +12,6 @@ The exporter knows nothing of how the model was built: it takes any Layer with
 `part('scores')` (the features -> scores Layer). Loading checkpoints is the Module's job.
 """
 import os
-import tempfile
 
 import paddle
 
@@ -20,13 +19,13 @@ from .. import fileio
 from ..deploy import exportdir
 
 
-def save_static(net, n_mels, directory):
+def save_static(net, n_mels, directory, prefix=exportdir.STATIC_PREFIX):
     """paddle.jit.save `net` (log-mel features [batch, frames, n_mels] -> anything) as
-    directory/inference.{json,pdiparams}, batch and frames dynamic."""
+    directory/<prefix>.{json,pdiparams}, batch and frames dynamic."""
     net.eval()  # dropout off; batch norm uses its running statistics
     spec = paddle.static.InputSpec([None, None, n_mels], 'float32', name=exportdir.INPUT_NAME)
-    paddle.jit.save(net, os.path.join(directory, exportdir.STATIC_PREFIX), input_spec=[spec])
-    for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS):
+    paddle.jit.save(net, os.path.join(directory, prefix), input_spec=[spec])
+    for name in (prefix + '.json', prefix + '.pdiparams'):
         if not os.path.isfile(os.path.join(directory, name)):
             raise RuntimeError(f'paddle.jit.save did not write {name} (Paddle {paddle.__version__}); '
                                f'Paddle 3.x with PIR is required')
@@ -47,28 +46,13 @@ def export_meta(model):
     }
 
 
-def write_frames_onnx(model, directory, meta, opset):
-    """The frame-scores graph (features -> [batch, frames', classes], for event detection) as
-    directory/model.frames.onnx, recorded in `meta`."""
-    import onnx
-
-    from .onnx import convert
-    with tempfile.TemporaryDirectory() as tmp:
-        save_static(model.part('frames'), meta['frontend']['n_mels'], tmp)
-        graph = convert(tmp, opset)
-    path = os.path.join(directory, exportdir.FRAMES_FILE)
-    onnx.save(graph, path)
-    meta['files'][exportdir.FRAMES_FILE] = exportdir.file_record(path)
-    meta['frames'] = {'file': exportdir.FRAMES_FILE, 'opset': opset}
-
-
 def export_static(model, output_dir, opset=None):
     """Write an export directory for `model` (a Module) at `output_dir`.
 
     Everything is built in a temporary directory next to `output_dir` and swapped in once
     complete, so an existing export is never replaced by a half-written one.
     opset: also convert to ONNX (model.onnx, and model.frames.onnx for event detection) with
-        this opset in the same step.
+        this opset in the same step; export_onnx does it later otherwise.
     Returns the export.json contents.
     """
     from .onnx import write_onnx
@@ -77,12 +61,15 @@ def export_static(model, output_dir, opset=None):
     meta = export_meta(model)
 
     def build(tmp):
+        # The scores network and, for event detection, the frame-scores network (features ->
+        # [batch, frames', classes]); both static, so ONNX can be made from them later too.
         save_static(model.part('scores'), meta['frontend']['n_mels'], tmp)
-        for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS):
+        save_static(model.part('frames'), meta['frontend']['n_mels'], tmp, exportdir.FRAMES_STATIC_PREFIX)
+        for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS, exportdir.FRAMES_STATIC_MODEL,
+                     exportdir.FRAMES_STATIC_PARAMS):
             meta['files'][name] = exportdir.file_record(os.path.join(tmp, name))
         if opset is not None:
             write_onnx(tmp, meta, opset)
-            write_frames_onnx(model, tmp, meta, opset)
         fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
 
     fileio.replace_dir(build, os.fspath(output_dir))

@@ -53,6 +53,7 @@ import paddle.nn.functional as F
 from ..checkpoint import CheckpointError
 from ..features.config import FrontendConfig
 from ..features.mel import config_filterbank, window
+from ..frames import FrameGeometry
 from ..registry import ModelSpec, register_model
 from ..torch_checkpoint import BN_RENAMES
 from .efficientat import make_divisible
@@ -250,12 +251,24 @@ MODELS = {
 }
 
 
+def frame_geometry(strides=None):
+    """The stem's two stride-2 convolutions and the blocks' time strides, each a 3x3 window padded
+    by one (the depthwise convolution, and the shortcut's average pooling) whose output j is
+    centred on input 2j: network frame j is centred on front-end frame stride * j."""
+    strides = STRIDES if strides is None else strides
+    stride = 4
+    for _, time_stride in strides.values():
+        stride *= time_stride
+    return FrameGeometry(stride=stride, offset=0)
+
+
 def _register_all():
     for name, (settings, published) in MODELS.items():
         channels = stage_channels(settings['base_channels'], settings['channels_multiplier'], len(settings['n_blocks']))
         register_model(ModelSpec(
             name=name, family='cpmobile', build=partial(build, **settings), frontend=CPMOBILE_FRONTEND,
             emb_size=channels[-1], checkpoint_filter=checkpoint_filter, weights=None,
+            frame_geometry=frame_geometry(settings.get('strides')),
             # Paddle's STFT needs a clip of at least n_fft = 4096 samples (0.128 s); every conv is padded
             # and the map is averaged, so the network itself takes any clip of one frame or more.
             min_seconds=0.15,

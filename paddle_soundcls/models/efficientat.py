@@ -20,6 +20,7 @@ import paddle.nn.functional as F
 from ..checkpoint import CheckpointError
 from ..features.config import FrontendConfig
 from ..features.mel import window
+from ..frames import FrameGeometry
 from ..registry import AUDIOSET_CLASSES, ModelSpec, Weights, register_model
 
 # EfficientAT's front end in evaluation mode (models/preprocess.py there, AugmentMelSTFT).
@@ -250,6 +251,11 @@ PRETRAINED = {
 }
 
 
+# The stem and four blocks stride by 2 with odd kernels padded symmetrically: output j of each is
+# centred on input 2j, so network frame j is centred on front-end frame 32 j.
+FRAME_GEOMETRY = FrameGeometry(stride=2 * 2 ** sum(1 for *_, stride in MOBILENET_V3_BLOCKS if stride == 2), offset=0)
+
+
 def _register_all():
     for short, (width, filename, params, gmacs, audioset_map) in PRETRAINED.items():
         # A torch.save'd state dict of float32 tensors: 4 bytes per parameter, plus the BatchNorm
@@ -260,6 +266,7 @@ def _register_all():
             name=f'efficientat_{short}', family='efficientat',
             build=partial(build, width), frontend=EFFICIENTAT_FRONTEND,
             emb_size=make_divisible(LAST_CHANNEL * width), checkpoint_filter=checkpoint_filter, weights=weights,
+            frame_geometry=FRAME_GEOMETRY,
             # The front end's reflect padding needs more than n_fft / 2 samples; every convolution is
             # padded, so the network itself takes any clip of one frame or more.
             min_seconds=0.1,

@@ -16,6 +16,7 @@ import paddle.nn.functional as F
 from ..checkpoint import CheckpointError
 from ..features.config import FrontendConfig
 from ..features.mel import mel_filterbank
+from ..frames import FrameGeometry
 from ..registry import AUDIOSET_CLASSES, ModelSpec, Weights, register_model
 from ..torch_checkpoint import BN_RENAMES, strip_module_prefix
 
@@ -277,12 +278,22 @@ def convert_panns_state(torch_state, arch, frontend=None, source='checkpoint'):
     if problems:
         what = arch if isinstance(arch, str) else 'the given backbone'
         raise ConversionError(f'{source} does not fit {what}: ' + '. '.join(problems)
-                              + '. Is it a checkpoint of another PANNs model (choose it with --model)?')
+                              + '. Is it a checkpoint of another model? Give the name of the model it was made '
+                                'for (Module(name=...), or paddle-soundcls convert --model NAME).')
     return OrderedDict((k, out[k]) for k in target)
 
 
 _PUBLISHED = {'cnn14': {'audioset_map': 0.431, 'esc50_acc': 0.95}, 'cnn10': {'esc50_acc': 0.8975},
               'cnn6': {'esc50_acc': 0.8825}}
+
+
+def frame_geometry(channels, last_pool):
+    """Every block but the last halves time with a 2x2 average pooling (the last with `last_pool`):
+    output j of one averages inputs 2j and 2j + 1, so after k of them network frame j is centred
+    on front-end frame stride * j + (stride - 1) / 2, stride = 2**k. The convolutions are padded
+    symmetrically, and forward_frames' 3-frame smoothing is centred, so neither moves it."""
+    stride = 2 ** (len(channels) - 1) * last_pool
+    return FrameGeometry(stride=stride, offset=(stride - 1) / 2)
 
 
 def _register():
@@ -292,6 +303,7 @@ def _register():
             name=name, family='panns', build=ARCHITECTURES[arch],
             frontend=FrontendConfig(), emb_size=emb_size,
             checkpoint_filter=lambda state, source, arch=arch: checkpoint_filter(state, source, arch),
+            frame_geometry=frame_geometry(channels, last_pool),
             # A .pdparams file stores every parameter as float32 plus a little pickle framing;
             # no checksum is published for these files.
             weights=Weights(url=_BASE_URL + f'{name}.pdparams', filename=f'{name}.pdparams', file_format='pdparams',

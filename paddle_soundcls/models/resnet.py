@@ -24,6 +24,7 @@ from paddle.vision.models.resnet import BasicBlock, ResNet, model_urls
 
 from ..checkpoint import CheckpointError
 from ..features.config import FrontendConfig
+from ..frames import FrameGeometry
 from ..registry import ModelSpec, Weights, register_model
 
 EMB_SIZE = 512   # channels of the last residual stage of ResNet-18/34 (BasicBlock, expansion 1)
@@ -146,6 +147,9 @@ def _register_all():
             name=name, family='resnet', build=functools.partial(build, depth),
             frontend=FrontendConfig(), emb_size=EMB_SIZE,
             checkpoint_filter=functools.partial(checkpoint_filter, depth=depth),
+            # conv1 (7x7, stride 2, padding 3), the 3x3 max pooling (stride 2, padding 1) and the first
+            # block of stages 2-4 (3x3 and 1x1 stride-2 convolutions) each centre output j on input 2j.
+            frame_geometry=FrameGeometry(stride=32, offset=0),
             # paddle.vision's own ImageNet file, fetched into our cache under its own name and checked
             # against the md5 paddle.vision publishes for it (paddle.vision.models.resnet.model_urls).
             weights=Weights(url=url, filename=f'resnet{depth}.pdparams', file_format='pdparams', md5=md5,

@@ -12,7 +12,8 @@ Layout of the cache (`<cache_dir()>/embeddings` by default):
     <settings key>/<sha256>.npy    the embeddings (float32 [segments, emb_size]) of the file with that content
 
 The settings key hashes the model name, a digest of the backbone weights, the front-end
-settings, the sample rate, the clip length and the way clips are cut. Each clip is found by
+settings, the sample rate, the clip length, the way clips are cut, and the versions of the
+resampler and of libsndfile's decoders (weights.decoding_settings). Each clip is found by
 the sha256 of its file's bytes, hashed on every run: reading a file is cheap next to
 embedding it, and unlike size + mtime it cannot miss an edit, so a changed file never gets a
 stale embedding (and the same audio under two names is embedded once). Changing a file, a
@@ -33,10 +34,11 @@ import os
 
 import numpy as np
 import paddle
-from tqdm import tqdm
 
 from .. import audio, fileio, weights
+from ..device import place_of
 from ..deploy import pipeline
+from ..progress import progress_bar
 from ..features.mel import logmel
 
 logger = logging.getLogger(__name__)
@@ -52,10 +54,12 @@ def cache_root():
 
 
 def settings(module, dataset, digest, cut):
-    """Everything an embedding depends on besides the audio file itself."""
+    """Everything an embedding depends on besides the audio file itself. The head (task, labels,
+    pooling) is not part of it: the embedding is the backbone's, before any of them."""
     return {'format': FORMAT, 'model': module.name, 'backbone_digest': digest,
             'frontend': module.frontend_cfg.to_dict(), 'sample_rate': dataset.sample_rate,
-            'num_samples': dataset.num_samples, 'min_seconds': module.min_seconds, 'cut': cut}
+            'num_samples': dataset.num_samples, 'min_seconds': module.min_seconds, 'cut': cut,
+            **weights.decoding_settings()}
 
 
 class DygraphEngine:
@@ -67,7 +71,7 @@ class DygraphEngine:
 
     @paddle.no_grad()
     def __call__(self, features):
-        return self.net(paddle.to_tensor(features)).numpy()
+        return self.net(paddle.to_tensor(features, place=place_of(self.net))).numpy()
 
 
 def build_engine(module):
@@ -166,7 +170,7 @@ def embed_dataset(module, dataset, cut='center', clip_samples=None, batch_size=B
 def _compute(module, dataset, indices, files, batch_size, cut, clip_samples):
     """Embed the clips `indices` of `dataset` and save each to files[index] ([segments, emb_size])."""
     engine = build_engine(module)
-    with tqdm(total=len(indices), desc=f'Embedding clips ({engine.name})', unit='clip') as bar:
+    with progress_bar(total=len(indices), desc=f'Embedding clips ({engine.name})', unit='clip') as bar:
         for start in range(0, len(indices), batch_size):
             batch = indices[start:start + batch_size]
             segments = [clip_inputs(module, dataset, i, cut, clip_samples) for i in batch]

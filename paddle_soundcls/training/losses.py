@@ -207,11 +207,18 @@ class DistillationLoss(nn.Layer):
     """Knowledge distillation: (1 - kd_lambda) * the task loss + kd_lambda * T^2 * the distance
     between the student's and the teacher's outputs at temperature T (Hinton et al., 2015).
 
-    Single-label: KL(softmax(t / T) || softmax(s / T)). Multi-label: binary cross-entropy of
-    sigmoid(s / T) against sigmoid(t / T), class by class (EfficientAT's form). T^2 keeps the
-    gradients of the soft part at the scale of the hard part's as T changes.
+    Single-label: KL(p || softmax(s / T)), p = softmax(t / T). Multi-label: binary cross-entropy
+    of sigmoid(s / T) against p = sigmoid(t / T), class by class (EfficientAT's form). T^2 keeps
+    the gradients of the soft part at the scale of the hard part's as T changes.
 
-    forward(logits, target, teacher_logits): target as the task loss takes it.
+    With mixup the target distribution is the mix of the two clips' teacher distributions,
+    lam * p_a + (1 - lam) * p_b, as EfficientAT's ex_audioset.py mixes its teacher predictions
+    (sigmoid(t / T)), not the distribution of the mixed logits: mixing the logits of a confident
+    teacher gives a target near one clip's label whatever lam is, which contradicts the mixed
+    hard labels. So the Trainer turns the cached logits into teacher_probs() and mixes those.
+
+    forward(logits, target, teacher_logits=None, teacher_probs=None): target as the task loss
+    takes it; the teacher as logits, or as its distributions at T (exactly one of the two).
     """
 
     def __init__(self, task_loss, kd_lambda=0.5, temperature=2.0, multi_label=False):
@@ -223,20 +230,28 @@ class DistillationLoss(nn.Layer):
         self.task_loss, self.kd_lambda, self.temperature = task_loss, float(kd_lambda), float(temperature)
         self.multi_label = multi_label
 
-    def soft_loss(self, logits, teacher_logits):
+    def teacher_probs(self, teacher_logits):
+        """The teacher's distributions at temperature T [batch, classes]: softmax(t / T), or
+        sigmoid(t / T) class by class for multi-label models."""
+        scaled = teacher_logits.astype('float32') / self.temperature
+        return F.sigmoid(scaled) if self.multi_label else F.softmax(scaled, axis=-1)
+
+    def soft_loss(self, logits, teacher_probs):
         t = self.temperature
+        teacher = teacher_probs.astype(logits.dtype)
         if self.multi_label:
-            return F.binary_cross_entropy_with_logits(logits / t, F.sigmoid(teacher_logits / t)) * t * t
-        teacher = F.softmax(teacher_logits / t, axis=-1)
+            return F.binary_cross_entropy_with_logits(logits / t, teacher) * t * t
         log_ratio = paddle.log(paddle.clip(teacher, min=1e-12)) - F.log_softmax(logits / t, axis=-1)
         return (teacher * log_ratio).sum(axis=-1).mean() * t * t
 
-    def forward(self, logits, target, teacher_logits):
+    def forward(self, logits, target, teacher_logits=None, teacher_probs=None):
+        if (teacher_logits is None) == (teacher_probs is None):
+            raise ValueError('DistillationLoss needs the teacher as teacher_logits or as teacher_probs (one of them)')
         hard = self.task_loss(logits, target)
         if self.kd_lambda == 0:
             return hard
-        soft = self.soft_loss(logits, teacher_logits.astype(logits.dtype))
-        return (1 - self.kd_lambda) * hard + self.kd_lambda * soft
+        probs = self.teacher_probs(teacher_logits) if teacher_probs is None else teacher_probs
+        return (1 - self.kd_lambda) * hard + self.kd_lambda * self.soft_loss(logits, probs)
 
 
 class SupConLoss(nn.Layer):

@@ -14,19 +14,26 @@ checkpoints and exports are one kind of teacher. Layout of the cache
     <teacher key>/settings.json     what the outputs below depend on (for people reading the cache)
     <teacher key>/<sha256>.npy      the teacher's logits (float32 [classes]) for the file with that content
 
-The key hashes every member's identity (its weights digest, or the sha256 of an export's
-files), labels, front end and clip length; a clip is found by the sha256 of its file, so an
-edited file or other teacher weights are never served stale outputs. Each output is written
-as soon as it is computed, so an interrupted pass resumes where it stopped.
+The key hashes everything the outputs depend on: for each member its weights digest (or the
+sha256 of an export's files) and the settings an export records (Module.export_settings(): model,
+task, labels, multi_label, pooling, clip length, shortest input, front end, frame geometry;
+not the event thresholds, which do not change scores), and the versions of the resampler and
+of libsndfile's decoders (weights.decoding_settings). A clip is found by the sha256 of its file,
+so an edited file, other teacher weights or another way of pooling are never served stale
+outputs. Each output is written as soon as it is computed, so an interrupted pass resumes where
+it stopped.
 """
 import os
 
 import numpy as np
-from tqdm import tqdm
 
 from .. import fileio, weights
+from ..progress import progress_bar
 
-FORMAT = 1
+FORMAT = 2
+# What an export or Module records that does not change its scores: left out of the cache key
+# (tuning the event thresholds must not recompute the teacher's outputs).
+_NOT_OUTPUTS = ('events', 'files', 'frontend_cfg', 'format')
 CLIPS_PER_CALL = 16
 _EPS = 1e-7  # scores are clipped away from 0 and 1 before the log
 
@@ -38,11 +45,11 @@ def cache_root():
 class Teacher:
     """One or several teacher models with the same labels: scores(paths) -> [clips, classes]."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, use_gpu=False):
         members = list(spec) if isinstance(spec, (list, tuple)) else [spec]
         if not members:
             raise ValueError('teacher: an empty list; give a Module, a checkpoint directory or an export directory')
-        self.members = [_load(member) for member in members]
+        self.members = [_load(member, use_gpu) for member in members]
         first = self.members[0]
         for other in self.members[1:]:
             if other['labels'] != first['labels'] or other['multi_label'] != first['multi_label']:
@@ -54,7 +61,7 @@ class Teacher:
     def settings(self):
         """What the teacher's outputs depend on besides the audio: the key of its cache."""
         return {'format': FORMAT, 'members': [m['identity'] for m in self.members], 'labels': self.labels,
-                'multi_label': self.multi_label}
+                'multi_label': self.multi_label, **weights.decoding_settings()}
 
     def logits(self, paths):
         """Mean over the members of their logits on the clips `paths` [clips, classes]."""
@@ -67,33 +74,34 @@ class Teacher:
         return np.mean(out, axis=0).astype(np.float32)
 
 
-def _load(spec):
+def _load(spec, use_gpu=False):
     """A member: {'name', 'labels', 'multi_label', 'identity', 'predict'}."""
     from ..deploy import exportdir
     if hasattr(spec, 'predict') and hasattr(spec, 'state_dict'):   # a Module
-        return _module_member(spec, 'Module')
+        return _module_member(spec, 'Module', use_gpu)
     path = os.fspath(spec)
     if exportdir.is_export_dir(path):
         from ..deploy import Predictor
         predictor = Predictor(path)
         files = {name: record['sha256'] for name, record in predictor.meta['files'].items()}
+        recorded = {k: v for k, v in predictor.meta.items() if k not in _NOT_OUTPUTS}
         return {'name': path, 'labels': list(predictor.labels), 'multi_label': predictor.multi_label,
-                'identity': {'export': files, 'clip_seconds': predictor.clip_seconds},
+                'identity': {'export': files, 'settings': recorded},
                 'predict': lambda paths: predictor.predict(paths, batch_size=8)}
     if os.path.isdir(path):
         from ..hub import load_module
-        return _module_member(load_module(path), path)
+        return _module_member(load_module(path), path, use_gpu)
     raise ValueError(f'teacher {spec!r}: expected a Module, a checkpoint directory (with meta.json) or an export '
                      f'directory (with export.json)')
 
 
-def _module_member(module, name):
+def _module_member(module, name, use_gpu):
     from ..export.onnx_cache import weights_digest
     module.eval()
+    settings = {k: v for k, v in module.export_settings().items() if k not in _NOT_OUTPUTS}
     return {'name': f'{name} ({module.name})', 'labels': list(module.labels), 'multi_label': module.multi_label,
-            'identity': {'model': module.name, 'weights': weights_digest(module), 'clip_seconds': module.clip_seconds,
-                         'frontend': module.frontend_cfg.to_dict()},
-            'predict': lambda paths: module.predict(paths, batch_size=8)}
+            'identity': {'weights': weights_digest(module), 'settings': settings},
+            'predict': lambda paths: module.predict(paths, batch_size=8, use_gpu=use_gpu)}
 
 
 def teacher_logits(teacher, dataset, root=None, progress=True):
@@ -113,7 +121,7 @@ def teacher_logits(teacher, dataset, root=None, progress=True):
                          f'not; use a teacher trained on data of the same kind')
     paths = [path for path, _ in items]
     files, todo = weights.content_cache(root or cache_root(), teacher.settings(), paths)
-    with tqdm(total=len(todo), desc='Teacher outputs', unit='clip', disable=not progress or not todo) as bar:
+    with progress_bar(total=len(todo), desc='Teacher outputs', unit='clip', show=progress and bool(todo)) as bar:
         for start in range(0, len(todo), CLIPS_PER_CALL):
             batch = todo[start:start + CLIPS_PER_CALL]
             for i, row in zip(batch, teacher.logits([paths[i] for i in batch])):

@@ -6,7 +6,13 @@ the head (dropout + fc) trains on them, in seconds per epoch even for CNN14 on a
 
 Evaluation scores each clip as `predict` does (deploy.pipeline.clip_segments: padded to the
 training clip length, or the mean over consecutive windows of it), so the accuracy the
-Trainer reports is the accuracy predict, the exports and the command line give.
+Trainer reports is the accuracy predict, the exports and the command line give. A dev set
+with event times (strong labels) is also scored as `detect` scores it: event- and
+segment-based F1 of the events Module.detect finds with the model's event config.
+
+Every training step, whatever the mode, runs its forward through one Layer (steps.TrainingNet,
+or the head alone with a frozen backbone), wrapped once in paddle.DataParallel in a
+data-parallel run, so every mode's gradients are averaged over the processes.
 
 Layout of `checkpoint_dir`:
     epoch_N/       model.pdparams, model.pdopt, meta.json, trainer.json   (the last `keep_last`)
@@ -17,6 +23,7 @@ is drawn from (seed, epoch[, step]) rather than carried state, so a resumed run 
 exactly as an uninterrupted one would.
 """
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -29,13 +36,13 @@ import paddle
 import paddle.nn.functional as F
 import paddle.distributed as dist
 from paddle.io import DataLoader, DistributedBatchSampler
-from tqdm import tqdm
 
 from .. import checkpoint, fileio
 from ..device import set_device
+from ..progress import progress_bar
 from .loss_scale import DynamicLossScaler
 from . import augment as augment_lib
-from . import embeddings, losses, metrics
+from . import embeddings, losses, metrics, steps
 from .schedules import steps_per_epoch
 from .teacher import Teacher, teacher_logits
 
@@ -47,6 +54,12 @@ OPT_FILE = 'model.pdopt'
 _EPOCH_DIR = re.compile(r'^epoch_(\d+)$')
 SINGLE_LABEL_METRICS = ('acc', 'top5', 'macro_f1')
 MULTI_LABEL_METRICS = ('mAP', 'AUC', 'f1_micro')
+# Measured on a dev set with event times (strong labels), from the events of Module.detect:
+# micro F1 (all classes pooled) and the class average ('_macro'), event-based (200 ms collars)
+# and segment-based (1-s segments), as deploy.event_metrics (sed_eval's definitions) counts them.
+STRONG_LABEL_METRICS = ('event_f1', 'segment_f1', 'event_f1_macro', 'segment_f1_macro')
+# Losses over a softmax of the classes: they do not fit independent sigmoid scores.
+SOFTMAX_LOSSES = ('ce', 'class_balanced', 'focal', 'class_balanced_focal')
 
 
 class Trainer:
@@ -63,11 +76,14 @@ class Trainer:
         use_vdl: write VisualDL scalars under checkpoint_dir/visualization.
         checkpoint_dir: where epochs, best_model and logs go (default 'ckpt').
         compare_metrics: the eval metric that picks best_model ('acc', 'macro_f1', 'top5',
-            'mAP', 'AUC', 'f1_micro', or 'loss', which is minimised). Default: 'acc', or 'mAP'
-            for multi-label models.
+            'mAP', 'AUC', 'f1_micro'; on a dev set with event times also 'event_f1', 'segment_f1',
+            'event_f1_macro', 'segment_f1_macro'; or 'loss', which is minimised). Default: 'acc',
+            'mAP' for multi-label models, 'event_f1' when the dev set has event times.
         loss: a loss name ('ce', 'class_balanced', 'focal', 'class_balanced_focal', 'bce') or
-            a Layer(logits, target). Default: 'ce', or 'bce' for multi-label models. Class
-            weights come from the training set's class counts.
+            a Layer(logits, target). Default: 'ce', or 'bce' for multi-label models; the softmax
+            losses (all but 'bce') are refused for multi-label models. Class weights come from
+            the training set's class counts. On event times (strong labels) the loss takes the
+            frame logits and targets of a batch as [batch * frames, classes].
         label_smoothing: for the cross-entropy losses.
         augment: an `AugmentConfig` (everything off by default); applied in training only.
         seed: seeds shuffling, crops, dropout and augmentation.
@@ -86,8 +102,9 @@ class Trainer:
             scores every training clip whole, once (cached under `teacher_cache`, default
             `<cache_dir()>/teachers`, keyed by file content and teacher weights); the student
             learns from (1 - kd_lambda) * its loss + kd_lambda * kd_temperature^2 * the distance
-            to the teacher's outputs at that temperature (losses.DistillationLoss). With mixup
-            the teacher's outputs are mixed with the same coefficient. Its labels must be the data's.
+            to the teacher's distribution at that temperature (losses.DistillationLoss). With mixup
+            the teacher's distributions (not its logits) are mixed with the same coefficient, as
+            EfficientAT does. Its labels must be the data's.
         max_params, max_macs_per_second: a complexity budget (e.g. DCASE task 1: 128 kB of
             parameters, 30 M MACs per second of audio): a model over it is refused before the
             first step, naming the figures (export.complexity.check_budget).
@@ -101,6 +118,13 @@ class Trainer:
         supcon_weight: > 0 adds the supervised contrastive loss (losses.SupConLoss, Khosla et al.
             2020) on the embeddings of two augmented views of every clip, times this weight, to
             the loss of the first view (single-label data, full fine-tuning, augmentation on).
+            Both views are augmentations of the same clips labelled with their own class; mixup,
+            whose targets are soft, trains the task loss only (see _supcon_step).
+
+    Data with event times (datasets.StrongLabelDataset) trains the frame logits against the
+    events' frame targets placed on the network's frames by the family's frame geometry; the
+    model must be multi-label with decision-level pooling ('max' or 'linear_softmax'), so its
+    clip scores are its pooled frame scores.
     """
 
     def __init__(self, model, optimizer, use_gpu=False, use_vdl=True, checkpoint_dir=None, compare_metrics=None,
@@ -108,13 +132,14 @@ class Trainer:
                  freeze_backbone=False, embedding_cache=None, teacher=None, kd_lambda=0.5, kd_temperature=2.0,
                  teacher_cache=None, supcon_weight=0.0, supcon_temperature=0.1, max_params=None,
                  max_macs_per_second=None, amp=None, num_threads=None):
-        set_device(use_gpu, num_threads)
+        set_device(use_gpu, num_threads)  # the run's device: every tensor of the loop is made there
+        self.use_gpu = bool(use_gpu)
         self.amp = _check_amp(amp, use_gpu)
         losses.DistillationLoss(None, kd_lambda, kd_temperature)  # checks the two settings before any work
-        known_metrics = ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS
+        known_metrics = ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS + STRONG_LABEL_METRICS
         if compare_metrics is not None and compare_metrics not in known_metrics:
-            raise ValueError(f'compare_metrics must be one of {["loss", *SINGLE_LABEL_METRICS, *MULTI_LABEL_METRICS]}, '
-                             f'got {compare_metrics!r}')
+            raise ValueError(f'compare_metrics must be one of {list(known_metrics)}, got {compare_metrics!r}')
+        _check_loss(loss, model)
         if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
             raise ValueError(f'keep_last must be a positive int (epoch_N directories kept for resuming) or None '
                              f'(keep all), got {keep_last!r}')
@@ -137,7 +162,7 @@ class Trainer:
         self.skip_bad_files = skip_bad_files
         self.freeze_backbone = freeze_backbone
         self.embedding_cache = embedding_cache
-        self.teacher = None if teacher is None else Teacher(teacher)
+        self.teacher = None if teacher is None else Teacher(teacher, use_gpu=use_gpu)
         if not (isinstance(supcon_weight, (int, float)) and supcon_weight >= 0) or isinstance(supcon_weight, bool):
             raise ValueError(f'supcon_weight must be a number >= 0, got {supcon_weight!r}')
         if supcon_weight > 0 and getattr(model, 'pooling', 'embedding') != 'embedding':
@@ -160,10 +185,11 @@ class Trainer:
         self.loss_fn = None
         self._vdl = None
         self._checked = set()
-        # What a training batch goes through: the whole model on features, or with a frozen
-        # backbone the head alone on cached embeddings (the backbone never runs in the loop).
+        # What every training step goes through: the whole model on features (steps.TrainingNet
+        # gives each mode its outputs), or with a frozen backbone the head alone on cached
+        # embeddings (the backbone never runs in the loop). Wrapped once for data parallelism.
         self._head = model.part('head') if freeze_backbone else None
-        self._net = self._head if freeze_backbone else model
+        self._net = self._head if freeze_backbone else steps.TrainingNet(model)
         self._train_counts = None
         if self.world_size > 1:
             dist.init_parallel_env()
@@ -200,10 +226,18 @@ class Trainer:
                                     or self.supcon is not None):
                 raise ValueError('training on event times (strong labels) trains frame by frame: mixup, a frozen '
                                  'backbone, a teacher and supcon_weight do not apply; turn them off')
+            if role == 'train' and model.pooling == 'embedding':
+                # Training the frame logits would leave the head on the pooled embedding, which
+                # predict and the clip metrics use, untrained for it: clip and frame scores disagree.
+                raise ValueError(f"training on event times (strong labels) trains the frame scores; build the Module "
+                                 f"with decision-level pooling (pooling='max' or 'linear_softmax'), so that its clip "
+                                 f"scores are its pooled frame scores (it has pooling={model.pooling!r})")
             hop = model.frontend_cfg.hop_length / model.frontend_cfg.sample_rate
             if abs(dataset.frame_hop_seconds - hop) > 1e-9:
                 raise ValueError(f'the {role} dataset has frame targets every {dataset.frame_hop_seconds} s but '
                                  f'{model.name} makes frames every {hop} s; create it with frame_hop_seconds={hop}')
+        if role == 'train' and self.supcon is not None and multi_label:
+            raise ValueError('supcon_weight > 0 needs single-label data (SupCon contrasts clips by their class)')
         if id(dataset) not in self._checked and hasattr(dataset, 'check_files'):
             dataset.check_files(skip_bad=self.skip_bad_files)
             self._checked.add(id(dataset))
@@ -216,8 +250,15 @@ class Trainer:
             self._distill = None if self.teacher is None else losses.DistillationLoss(
                 self.loss_fn, self.kd_lambda, self.kd_temperature, model.multi_label)
         if self.compare_metrics is None:
-            self.compare_metrics = 'mAP' if multi_label else 'acc'
-        allowed = ('loss',) + (MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS)
+            self.compare_metrics = _default_metric(dataset)
+        strong = bool(getattr(dataset, 'strong', False))
+        # The event metrics are measured on the dev set: any training set may go with them.
+        allowed = (('loss',) + (MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS)
+                   + (STRONG_LABEL_METRICS if strong or role == 'train' else ()))
+        if self.compare_metrics in STRONG_LABEL_METRICS and self.compare_metrics not in allowed:
+            raise ValueError(f'compare_metrics={self.compare_metrics!r} is measured on a dev set with event times '
+                             f'(datasets.StrongLabelDataset), not on this {role} dataset; choose one of '
+                             f'{list(allowed)}')
         if self.compare_metrics not in allowed:
             raise ValueError(f'compare_metrics={self.compare_metrics!r} is not measured on '
                              f'{"multi" if multi_label else "single"}-label data; choose one of {list(allowed)}')
@@ -263,6 +304,8 @@ class Trainer:
                            ('save_interval', save_interval)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{arg} must be a positive int, got {value!r}')
+        if self.compare_metrics is None:  # chosen by what the dev set can measure
+            self.compare_metrics = _default_metric(train_dataset if eval_dataset is None else eval_dataset)
         multi_label = self._prepare(train_dataset, 'train')
         if self.supcon is not None and self.world_size > 1:
             raise ValueError('supcon_weight > 0 runs in one process; drop it for data-parallel training')
@@ -311,22 +354,22 @@ class Trainer:
             dataset.set_epoch(epoch)
         self._net.train()
         total_loss, total_correct, total_seen = 0.0, 0, 0
-        bar = tqdm(self._loader(dataset, batch_size, num_workers, shuffle=True, epoch=epoch), total=num_steps,
-                   desc=f'epoch {epoch}/{epochs}', disable=not self.is_main, leave=False, dynamic_ncols=True)
+        bar = progress_bar(self._loader(dataset, batch_size, num_workers, shuffle=True, epoch=epoch), total=num_steps,
+                   desc=f'epoch {epoch}/{epochs}', show=self.is_main, leave=False, dynamic_ncols=True)
+        strong = getattr(dataset, 'strong', False)
         for step, (inputs, target, *teacher) in enumerate(bar, start=1):
             rng = np.random.default_rng((self.seed, epoch, step, self.rank))
-            teacher = teacher[0] if teacher else None
-            waves = inputs
-            if not self.freeze_backbone:  # waveforms -> augmented features (float32); embeddings go in as they are
-                inputs, target, teacher = self._features(inputs, target, multi_label, rng, teacher)
+            waves, clip_target = inputs, target
+            inputs, target, teacher = self._batch(inputs, target, teacher[0] if teacher else None, multi_label, rng)
+            views = None if self.supcon is None else self._supcon_views(waves, clip_target, inputs, epoch, step)
             with self._autocast():  # the listed low-precision ops only; losses and BatchNorm stay float32
-                if getattr(dataset, 'strong', False):
+                if strong:
                     logits, loss = self._strong_step(inputs, target)
-                elif self.supcon is None:
+                elif views is None:
                     logits = self._net(inputs)
-                    loss = self.loss_fn(logits, target) if teacher is None else self._distill(logits, target, teacher)
+                    loss = self._task_loss(logits, target, teacher)
                 else:
-                    logits, loss = self._supcon_step(waves, inputs, target, teacher, multi_label, epoch, step)
+                    logits, loss = self._supcon_step(inputs, target, teacher, *views)
             loss_value = float(loss)
             if not math.isfinite(loss_value) and self.scaler is None:
                 raise FloatingPointError(
@@ -368,10 +411,21 @@ class Trainer:
             self._scalar(f'train/epoch_{name}', value, epoch)
         return stats
 
+    def _batch(self, inputs, target, teacher_logits, multi_label, rng):
+        """A training batch as the steps take it: (inputs, loss target, teacher). Waveforms become
+        augmented features (float32); a frozen backbone's embeddings go in as they are. The
+        teacher's cached logits become its distributions at the distillation temperature, which
+        mixup then mixes like the targets (not the logits: see losses.DistillationLoss)."""
+        teacher = None if teacher_logits is None else self._distill.teacher_probs(teacher_logits)
+        if self.freeze_backbone:
+            return inputs, target, teacher
+        return self._features(inputs, target, multi_label, rng, teacher)
+
     def _features(self, waves, target, multi_label, rng, teacher=None):
-        """A training batch of waveforms -> (augmented features, loss target, teacher logits): the
-        target as class indices, or float [batch, classes] for multi-label data and mixup; the
-        teacher's logits (or None) mixed with the same mixup coefficients as the targets."""
+        """A training batch of waveforms -> (augmented features, loss target, teacher): the target
+        as class indices, or float [batch, classes] for multi-label data and mixup; the teacher's
+        distributions [batch, classes] (or None) mixed with the same mixup coefficients as the
+        targets."""
         if self.augment.changes_audio:
             waves = augment_lib.apply(self.augment, waves, rng, self.model.frontend_cfg.sample_rate)
         feats = self.model.frontend(waves)
@@ -384,20 +438,46 @@ class Trainer:
         feats, joint = augment_lib.apply_features(self.augment, feats, joint, rng)
         return feats, joint[:, :classes], None if teacher is None else joint[:, classes:]
 
-    def _supcon_step(self, waves, feats, target, teacher, multi_label, epoch, step):
-        """The task loss on the first view plus supcon_weight * SupCon on both views' embeddings."""
-        if multi_label:
-            raise ValueError('supcon_weight > 0 needs single-label data (SupCon contrasts clips by their class)')
-        # The second view: the same clips through another draw of the augmentations.
-        other = np.random.default_rng((self.seed, epoch, step, self.rank, 1))
-        labels = target.argmax(axis=-1) if target.ndim == 2 else target
-        second, _, _ = self._features(waves, labels, False, other)
-        net = self.model
-        embeddings = net.forward_features(paddle.concat([feats, second]))
-        first = embeddings[:feats.shape[0]]
-        logits = net.forward_head(first)
-        loss = self.loss_fn(logits, target) if teacher is None else self._distill(logits, target, teacher)
-        loss = loss + self.supcon_weight * self.supcon(embeddings, paddle.concat([labels, labels]))
+    def _task_loss(self, logits, target, teacher):
+        """The loss against the targets, or with a teacher the distillation loss (teacher: its
+        distributions at the temperature, mixed as the targets are)."""
+        if teacher is None:
+            return self.loss_fn(logits, target)
+        return self._distill(logits, target, teacher_probs=teacher)
+
+    def _view(self, waves, rng):
+        """One augmented view of a batch of clips for the contrastive loss: every augmentation but mixup."""
+        config = dataclasses.replace(self.augment, mixup_alpha=0.0)
+        if config.changes_audio:
+            waves = augment_lib.apply(config, waves, rng, self.model.frontend_cfg.sample_rate)
+        feats, _ = augment_lib.apply_features(config, self.model.frontend(waves), None, rng)
+        return feats
+
+    def _supcon_views(self, waves, clip_target, feats, epoch, step):
+        """(features of the two contrastive views [2 * batch, ...], their labels [2 * batch]).
+
+        SupCon (Khosla et al. 2020) contrasts two random augmentations of each clip, each labelled
+        with the clip's class: positives are views of clips of one class. Mixup's targets are soft,
+        which this loss (hard-label positives) cannot take, and a clip mixed with another is no
+        longer an augmentation of one clip, so both views leave mixup out and mixup trains the task
+        loss only (the task view `feats`). Without mixup the task view is the first view itself,
+        as in the paper's training, where the cross-entropy runs on the same views.
+        """
+        labels = clip_target.astype('int64').reshape([-1])
+        second = self._view(waves, np.random.default_rng((self.seed, epoch, step, self.rank, 1)))
+        first = (feats if self.augment.mixup_alpha <= 0 else
+                 self._view(waves, np.random.default_rng((self.seed, epoch, step, self.rank, 2))))
+        return paddle.concat([first, second]), paddle.concat([labels, labels])
+
+    def _supcon_step(self, feats, target, teacher, views, labels):
+        """The task loss on the task view plus supcon_weight * SupCon on the two views' embeddings,
+        from one forward pass of the wrapped network."""
+        batch = feats.shape[0]
+        mixed = self.augment.mixup_alpha > 0  # the task view is then a third batch
+        embeddings, logits = self._net(paddle.concat([feats, views]) if mixed else views, 'embeddings')
+        logits = logits[:batch]
+        loss = self._task_loss(logits, target, teacher)
+        loss = loss + self.supcon_weight * self.supcon(embeddings[batch:] if mixed else embeddings, labels)
         return logits, loss
 
     def _autocast(self):
@@ -407,11 +487,12 @@ class Trainer:
 
     def _strong_step(self, feats, frame_targets):
         """Clip logits (for the progress figures) and the loss of the frame logits against event
-        targets [batch, frames, classes], pooled to the network's frames by their maximum."""
-        frame_logits = self.model.frame_logits(feats)                       # [batch, frames', classes]
-        targets = F.adaptive_max_pool1d(frame_targets.astype('float32').transpose([0, 2, 1]),
-                                        frame_logits.shape[1]).transpose([0, 2, 1])
-        loss = F.binary_cross_entropy_with_logits(frame_logits, targets)
+        targets [batch, frames, classes], placed on the network's frames by the family's frame
+        geometry (steps.network_targets), both as [batch * frames', classes]."""
+        frame_logits = self._net(feats, 'frames').astype('float32')        # [batch, frames', classes]
+        _, count, classes = frame_logits.shape
+        targets = steps.network_targets(self.model, frame_targets, count, frame_logits.place)
+        loss = self.loss_fn(frame_logits.reshape([-1, classes]), targets.reshape([-1, classes]))
         return frame_logits.max(axis=1), loss
 
     def _embed(self, dataset, cut):
@@ -437,6 +518,12 @@ class Trainer:
         whole set at once (so neither depends on batch_size). With freeze_backbone=True the head
         runs on the cached embeddings of the segments. num_workers is accepted for PaddleHub's
         signature; clips are read in this process.
+
+        Data with event times (a StrongLabelDataset) is also scored frame by frame: 'loss' is
+        the training loss of the frame logits on its clips (the crops it gives); every whole
+        recording goes through Module.detect with the model's event config, and its events
+        give event_f1 / segment_f1 (micro) and event_f1_macro / segment_f1_macro (class
+        average) with their precision and recall (see _event_metrics).
         """
         multi_label = self._prepare(eval_dataset, 'eval')
         data = self._embed(eval_dataset, 'segments') if self.freeze_backbone else eval_dataset
@@ -471,7 +558,7 @@ class Trainer:
             clips.extend(index for index, _ in batch)
             batch.clear()
 
-        for item in tqdm(self._segments(data), desc='evaluate', disable=not self.is_main, leave=False):
+        for item in progress_bar(self._segments(data), desc='evaluate', show=self.is_main, leave=False):
             batch.append(item)
             if len(batch) == batch_size:
                 flush()
@@ -490,8 +577,50 @@ class Trainer:
             result = metrics.multilabel_metrics(targets, clip_scores)
         else:
             result = metrics.classification_metrics(targets.astype('int64'), clip_scores)
+        if getattr(data, 'strong', False):
+            loss = self._frame_loss(data, batch_size)
+            result.update(self._event_metrics(data))
         self._net.train()
         return {'loss': loss, 'metrics': result}
+
+    def _frame_loss(self, data, batch_size):
+        """The training loss of the frame logits on the clips of a dataset with event times."""
+        model, total = self.model, 0.0
+        for start in range(0, len(data), batch_size):
+            items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+            frame_logits = model.frame_logits(model.frontend(paddle.to_tensor(np.stack([w for w, _ in items]))))
+            _, count, classes = frame_logits.shape
+            targets = steps.network_targets(model, np.stack([t for _, t in items]), count, frame_logits.place)
+            loss = self.loss_fn(frame_logits.reshape([-1, classes]), targets.reshape([-1, classes]))
+            total += float(loss) * len(items)
+        return total / len(data)
+
+    def _event_metrics(self, data):
+        """Event- and segment-based scores of the events Module.detect finds in every recording of
+        `data` (whole, at the model's rate; the model's event config) against its event times,
+        counted as deploy.event_metrics (sed_eval) counts them: onset collar 200 ms, offset collar
+        max(200 ms, 20 % of the event), 1-s segments over the whole recording. F1 is
+        2 TP / (2 TP + FP + FN): 0 for a model that detects nothing (sed_eval says NaN, and leaves
+        such a class out of its class average; here it counts as 0). The class averages run over
+        the classes with events or detections."""
+        from ..deploy import event_metrics
+        references, estimates, durations = {}, {}, {}
+        for index, (path, _) in enumerate(progress_bar(data.items, desc='detect', show=self.is_main, leave=False)):
+            wave = data.waveform(index)
+            [found] = self.model.detect([wave], sample_rate=data.sample_rate, use_gpu=self.use_gpu)
+            references[path], estimates[path] = data.events[path], found['events']
+            durations[path] = len(wave) / data.sample_rate
+        labels = list(self.model.labels)
+        result = {}
+        for kind, scores in (('event', event_metrics.event_based_metrics(references, estimates, labels)),
+                             ('segment', event_metrics.segment_based_metrics(references, estimates, labels,
+                                                                             durations=durations))):
+            micro = scores['micro']
+            result[f'{kind}_f1'] = _f1(micro)
+            result[f'{kind}_precision'], result[f'{kind}_recall'] = micro['precision'], micro['recall']
+            per_class = [_f1(c) for c in scores['classes'].values() if c['n_ref'] + c['n_est']]
+            result[f'{kind}_f1_macro'] = float(np.mean(per_class)) if per_class else math.nan
+        return result
 
     # ------------------------------------------------------------ checkpoints
     def _epoch_dirs(self):
@@ -672,6 +801,32 @@ def bf16_autocast_works():
     with paddle.amp.auto_cast(dtype='bfloat16', level='O1'):
         out = conv(paddle.ones([1, 1, 2, 2]))
     return out.dtype == paddle.bfloat16
+
+
+def _default_metric(dataset):
+    """What picks best_model when compare_metrics is not given: event F1 on data with event
+    times, else mAP (multi-label) or accuracy."""
+    if getattr(dataset, 'strong', False):
+        return 'event_f1'
+    return 'mAP' if getattr(dataset, 'multi_label', False) else 'acc'
+
+
+def _check_loss(loss, model):
+    """Refuse, before any work, a loss name that is unknown or does not fit the model's scores."""
+    if loss is None or not isinstance(loss, str):
+        return
+    if loss not in losses.LOSSES:
+        raise ValueError(f'unknown loss {loss!r}; known: {", ".join(losses.LOSSES)}, or a Layer(logits, target)')
+    if model.multi_label and loss in SOFTMAX_LOSSES:
+        raise ValueError(f"loss={loss!r} is a loss over a softmax of the classes, but {model.name} is multi-label "
+                         f"(independent sigmoid scores, also for event times): use loss='bce' (the default) or a "
+                         f"Layer(logits, target) of your own")
+
+
+def _f1(counts):
+    """2 TP / (n_ref + n_est) from deploy.event_metrics' counts; NaN when there is nothing to count."""
+    total = counts['n_ref'] + counts['n_est']
+    return 2 * counts['tp'] / total if total else math.nan
 
 
 def _target(data, index):

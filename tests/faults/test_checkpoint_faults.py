@@ -177,14 +177,63 @@ def test_hostile_file_in_the_weights_cache_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / MARKER).exists()
 
 
+@pytest.mark.parametrize('model', ['panns_cnn6', 'efficientat_mn04'])
 @pytest.mark.parametrize('name', ['hostile.pth', 'hostile_legacy.pth'])
-def test_hostile_torch_checkpoint_given_as_load_checkpoint(tmp_path, monkeypatch, name):
-    """The converter refuses these (tests/test_converter.py); Module must not run them either."""
+def test_hostile_torch_checkpoint_given_as_load_checkpoint(tmp_path, monkeypatch, name, model):
+    """The converter refuses these (tests/test_converter.py); Module must not run them either, and
+    says why: read as the PyTorch files they are, their pickle asks for os.system."""
     monkeypatch.chdir(tmp_path)  # where their command would create converter_hostile_marker
-    with pytest.raises(CheckpointError) as info:
-        Module('panns_cnn6', task=None, load_checkpoint=os.path.join(TORCH_DATA, name))
+    with pytest.raises(UnsafeCheckpointError, match=r'refused.*(posix|nt)\.system.*could run code') as info:
+        Module(model, task=None, load_checkpoint=os.path.join(TORCH_DATA, name))
     assert name in str(info.value)
     assert os.listdir(tmp_path) == []
+
+
+EFFICIENTAT_PT = os.path.join(ROOT, 'tests', 'data', 'efficientat', 'tiny_mn.pt')
+OTHER_FAMILY = [
+    # (PyTorch file, Module arguments, what the message says): read, then refused by the family's filter
+    (EFFICIENTAT_PT, dict(name='panns_cnn6', task=None), 'another model'),
+    (os.path.join(TORCH_DATA, 'tiny_cnn6.pth'), dict(name='efficientat_mn04', task=None), 'another model family'),
+    (EFFICIENTAT_PT, dict(name='cpmobile', num_class=2), 'another model family'),
+    # The issue's example: a (small) CNN14 file is read and found to be made for other features.
+    (os.path.join(TORCH_DATA, 'tiny_cnn14.pth'), dict(name='panns_cnn14', task=None), 'other front-end settings'),
+    # Same family, other size: the first tensors that do not fit are named.
+    (EFFICIENTAT_PT, dict(name='efficientat_mn04', task=None), 'does not fit efficientat_mn04'),
+]
+
+
+@pytest.mark.parametrize('path, kwargs, says', OTHER_FAMILY,
+                         ids=[f'{os.path.basename(p)}-{k["name"]}' for p, k, _ in OTHER_FAMILY])
+def test_torch_checkpoint_of_another_model(path, kwargs, says):
+    with pytest.raises(CheckpointError) as info:
+        Module(load_checkpoint=path, **kwargs)
+    assert path in str(info.value) and says in str(info.value)
+
+
+@pytest.mark.parametrize('keep', CUTS)
+@pytest.mark.parametrize('name', ['tiny_cnn14.pth', 'tiny_cnn14_legacy.pth'])
+def test_truncated_torch_checkpoint_is_named(tmp_path, name, keep):
+    path = cut(os.path.join(TORCH_DATA, name), tmp_path / name, keep)
+    with pytest.raises(CheckpointError) as info:
+        Module('panns_cnn14', task=None, load_checkpoint=path)
+    message = str(info.value)
+    assert path in message and 'damaged' in message
+    if keep not in (0, 2):  # long enough to be told a PyTorch file: its own reader says what is wrong
+        assert 'is damaged or incomplete' in message and 'download it again' in message
+
+
+def test_damaged_torch_weights_in_the_cache_say_to_delete_them(tmp_path, monkeypatch):
+    import dataclasses
+    url = 'http://127.0.0.1:9/mn04_as_mAP_432.pt'  # never asked: the file is in the cache
+    spec = registry.get_spec('efficientat_mn04')
+    cached = os.path.join(weights.cache_dir(), spec.weights.filename)
+    cut(EFFICIENTAT_PT, cached, 0.5)
+    monkeypatch.setitem(registry._MODELS, 'efficientat_mn04', dataclasses.replace(
+        spec, weights=dataclasses.replace(spec.weights, url=url, size_range=None)))
+    with pytest.raises(CheckpointError) as info:
+        Module('efficientat_mn04', task=None)
+    message = str(info.value)
+    assert 'is damaged or incomplete' in message and f'Delete {cached} and run again' in message and url in message
 
 
 # ----- the trainer's own checkpoints -----

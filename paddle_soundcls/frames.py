@@ -1,0 +1,106 @@
+"""Frame geometry: where in time each frame of a network's output sits.
+
+A network's time axis is the front end's, downsampled by strided convolutions or pooling: its
+frame j is centred on front-end frame `offset + j * stride` (front-end frame k is centred on
+sample k * hop_length of the clip, the STFT being centred). `stride` is a power of two (32 for
+CNN14, the MobileNets and the ResNets, 16 for CNN6/CNN10, 8 for CP-Mobile) and `offset` is
+fixed by the padding and pooling: 0 where every downsampling step is a stride-2 window centred
+on an input frame (odd kernels with symmetric padding), (stride - 1) / 2 where it averages
+pairs of frames (PANNs' 2x2 average pooling). Each family states its geometry in the registry;
+detection (offline and streaming), strong-label targets and exports all use it, so a sound
+centred at time c gives frame scores centred at c.
+
+Output frames of event detection are at the front end's rate: frame i covers
+[i * hop, (i + 1) * hop) seconds, and its score is the network's, interpolated at its centre.
+
+numpy only: the Paddle-free runtime uses it.
+"""
+import math
+import numbers
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """stride: front-end frames between two network frames; offset: the front-end frame (a
+    fractional index) on which network frame 0 is centred."""
+    stride: int
+    offset: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.stride, bool) or not isinstance(self.stride, numbers.Integral) or self.stride < 1:
+            raise ValueError(f'frame geometry: stride must be a positive int of front-end frames, got {self.stride!r}')
+        if (isinstance(self.offset, bool) or not isinstance(self.offset, numbers.Real)
+                or not math.isfinite(self.offset)):
+            raise ValueError(f'frame geometry: offset must be a finite number of front-end frames, got '
+                             f'{self.offset!r}')
+        object.__setattr__(self, 'stride', int(self.stride))
+        object.__setattr__(self, 'offset', float(self.offset))
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        if not isinstance(data, dict) or set(data) != {'stride', 'offset'}:
+            raise ValueError(f'frame geometry must be {{"stride": int, "offset": number}}, got {data!r}')
+        return cls(**data)
+
+    def seconds(self, frontend):
+        """Seconds between two network frames for `frontend` (a FrontendConfig)."""
+        return self.stride * frontend.hop_length / frontend.sample_rate
+
+    def centres(self, count):
+        """Front-end frame positions of the centres of network frames 0..count-1."""
+        return self.offset + self.stride * np.arange(count, dtype=np.float64)
+
+    def to_frame_rate(self, coarse, num_frames):
+        """Network frame scores [count, classes] -> [num_frames, classes] at the front end's rate:
+        output frame i (centred on front-end position i + 0.5) interpolated linearly between the
+        network frames around it, the first and last held beyond them."""
+        coarse = np.asarray(coarse, dtype=np.float32)
+        if coarse.ndim != 2 or len(coarse) == 0:
+            raise ValueError(f'frame scores must be [frames, classes] with at least one frame, got {coarse.shape}')
+        positions = np.arange(num_frames, dtype=np.float64) + 0.5
+        centres = self.centres(len(coarse))
+        fine = np.empty((num_frames, coarse.shape[1]), dtype=np.float32)
+        for c in range(coarse.shape[1]):
+            fine[:, c] = np.interp(positions, centres, coarse[:, c])
+        return fine
+
+    def spans(self, count, num_frames):
+        """For network frames 0..count-1: (first, end) arrays of the output frames (front-end rate,
+        centres at i + 0.5) whose centres lie in each one's span [centre - stride/2, centre +
+        stride/2), clipped to [0, num_frames]. The spans tile the time axis."""
+        centres = self.centres(count)
+        first = np.ceil(centres - self.stride / 2 - 0.5).astype(np.int64)
+        end = first + self.stride
+        return np.clip(first, 0, num_frames), np.clip(end, 0, num_frames)
+
+    def pool_targets(self, targets, count):
+        """Frame targets at the front end's rate [..., num_frames, classes] -> [..., count, classes]:
+        network frame j's target is the maximum over the output frames of its span (an event
+        anywhere in the span makes it active); a span outside the targets gets 0."""
+        targets = np.asarray(targets, dtype=np.float32)
+        num_frames = targets.shape[-2]
+        first, end = self.spans(count, num_frames)
+        # cumulative maxima cannot be differenced; a [count, num_frames] mask stays small
+        # (a 10-s clip: 31 x 1001) and works for any batch shape.
+        mask = (np.arange(num_frames)[None, :] >= first[:, None]) & (np.arange(num_frames)[None, :] < end[:, None])
+        pooled = np.where(mask[..., None], targets[..., None, :, :], 0.0).max(axis=-2)
+        return pooled.astype(np.float32)
+
+
+def for_frontend(geometry, frontend):
+    """`geometry` with front-end frame k placed where `frontend` centres it: on sample
+    k * hop_length for centred STFTs (no change), half an FFT later otherwise."""
+    if frontend.center:
+        return geometry
+    return FrameGeometry(geometry.stride, geometry.offset + frontend.n_fft / 2 / frontend.hop_length)
+
+
+def check_geometry(value):
+    """A FrameGeometry, or one from its dict (export.json)."""
+    return value if isinstance(value, FrameGeometry) else FrameGeometry.from_dict(value)

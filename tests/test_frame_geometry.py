@@ -1,0 +1,289 @@
+"""Where network frames sit in time, for every registered model (generated from list_models()).
+
+Each model is made into a time-symmetric detector: every convolution averages its window with
+equal weights, every Linear averages its inputs, BatchNorm is the identity (the first one adds a
+constant that keeps every activation positive, so no ReLU clips and the network is linear in
+its log-mel input). Such a network answers a tone burst centred at c with frame logits that are
+symmetric about c, so wherever the detection pipeline puts its frames, the logit difference
+between the clip with the burst and the clip without must be centred at c. The centre is the
+centroid of that difference (a peak would sit on the nearest network frame, up to half a frame
+spacing away: 0.16 s for the MobileNets). Checked in Module.detect (dygraph), Predictor.detect
+on the export (onnxruntime), frame scores of a stream fed in random chunks, and the events of
+Predictor.stream. Spreading a window's network frames evenly over it (what detection did
+before frame geometry) misses these centres by 27-60 ms.
+"""
+import math
+
+import numpy as np
+import paddle
+import pytest
+
+from paddle_soundcls import Module, list_models, registry
+from paddle_soundcls.deploy import Predictor, detection
+from paddle_soundcls.deploy.events import EventConfig
+from paddle_soundcls.export import export_static
+from paddle_soundcls.features.mel import logmel
+from paddle_soundcls.frames import FrameGeometry
+
+LARGE = 12_000_000           # parameters; larger models run with -m slow
+TOLERANCE = 0.020            # seconds
+SECONDS = 14.0
+CENTRES = (3.6, 7.45, 10.4)   # 7.45: where two detection windows are stitched (default window 10 s)
+FIRST_BIAS = 110.0           # above the -100 dB floor of the PANNs log-mel
+
+
+def cases():
+    return [pytest.param(name, marks=pytest.mark.slow) if registry.get_spec(name).published.get('params', 0) > LARGE
+            else name for name in list_models()]
+
+
+def symmetric_detector(name):
+    module = Module(name, task='sound-cls', label_map=['burst'], multi_label=True, pretrained=False, seed=0)
+    first = True
+    for layer in module.sublayers():
+        if isinstance(layer, (paddle.nn.Conv1D, paddle.nn.Conv2D)):
+            shape = layer.weight.shape
+            layer.weight.set_value(np.full(shape, 1.0 / int(np.prod(shape[1:])), 'float32'))
+            if layer.bias is not None:
+                layer.bias.set_value(np.zeros(layer.bias.shape, 'float32'))
+        elif isinstance(layer, (paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D)):
+            layer.weight.set_value(np.ones(layer.weight.shape, 'float32'))
+            layer.bias.set_value(np.full(layer.bias.shape, FIRST_BIAS if first else 0.0, 'float32'))
+            layer._mean.set_value(np.zeros(layer._mean.shape, 'float32'))
+            layer._variance.set_value(np.ones(layer._variance.shape, 'float32'))
+            first = False
+        elif isinstance(layer, paddle.nn.Linear):
+            layer.weight.set_value(np.full(layer.weight.shape, 1.0 / layer.weight.shape[0], 'float32'))
+            if layer.bias is not None:
+                layer.bias.set_value(np.zeros(layer.bias.shape, 'float32'))
+    module.eval()
+    # Scale the head so the logits of the clips below span [-3, 3]: no sigmoid saturates.
+    sr = module.frontend_cfg.sample_rate
+    with paddle.no_grad():
+        base, burst = (module.frame_logits(module.frontend(paddle.to_tensor(scene(sr, centres)[None]))).numpy()
+                       for centres in ((), CENTRES))
+    low, high = float(base.min()), float(burst.max())
+    scale = 6.0 / (high - low)
+    module.fc.weight.set_value(module.fc.weight.numpy() * scale)
+    module.fc.bias.set_value(np.asarray([-(low + high) / 2 * scale], 'float32'))
+    return module
+
+
+def tone(freq, count, sr, amp):
+    return (amp * np.sin(2 * np.pi * freq * np.arange(count) / sr)).astype(np.float32)
+
+
+def scene(sr, centres, burst_seconds=0.4):
+    """A steady 300-Hz tone with 1-kHz bursts of burst_seconds centred at `centres`."""
+    wave = tone(300, int(SECONDS * sr), sr, 0.05)
+    for c in centres:
+        start, end = int(round((c - burst_seconds / 2) * sr)), int(round((c + burst_seconds / 2) * sr))
+        wave[start:end] += tone(1000, end - start, sr, 0.3)
+    return wave
+
+
+def logit(scores):
+    p = np.asarray(scores, dtype=np.float64)
+    return np.log(p / (1 - p))
+
+
+def burst_centres(with_bursts, without, hop, radius):
+    """The centroid of the logit difference around each burst."""
+    diff = logit(with_bursts[:, 0]) - logit(without[:, 0])
+    times = (np.arange(len(diff)) + 0.5) * hop
+    found = []
+    for c in CENTRES:
+        near = np.abs(times - c) <= radius
+        found.append(float((diff[near] * times[near]).sum() / diff[near].sum()))
+    return np.array(found)
+
+
+@pytest.fixture(scope='module')
+def detectors(tmp_path_factory):
+    made = {}
+
+    def get(name):
+        if name not in made:
+            module = symmetric_detector(name)
+            out = tmp_path_factory.mktemp(name) / 'export'
+            export_static(module, out, opset=13)
+            made[name] = (module, Predictor(out))
+        return made[name]
+    return get
+
+
+@pytest.mark.parametrize('name', cases())
+def test_frame_scores_are_centred_on_the_sound(name, detectors):
+    module, predictor = detectors(name)
+    sr = module.frontend_cfg.sample_rate
+    waves = [scene(sr, CENTRES), scene(sr, ())]
+    spacing = module.frame_geometry.seconds(module.frontend_cfg)
+    radius = max(0.6, 2 * spacing)
+
+    dygraph = module.detect(waves, sample_rate=sr)
+    hop = dygraph[0]['frame_hop']
+    assert hop == module.frontend_cfg.hop_length / sr
+    exported = predictor.detect(waves, sample_rate=sr)
+    # A stream fed chunks of random lengths gives the frames of offline detection.
+    rng = np.random.default_rng(0)
+    streamed = []
+    for wave in waves:
+        frames = detection.FrameStream(predictor.frame_scorer())
+        parts, start = [], 0
+        while start < len(wave):
+            size = int(rng.integers(1, sr))
+            parts.append(frames.push(wave[start:start + size]))
+            start += size
+        parts.append(frames.close())
+        streamed.append(np.concatenate([p for p in parts if len(p)]))
+
+    for what, (a, b) in {'Module.detect': (dygraph[0]['frame_scores'], dygraph[1]['frame_scores']),
+                         'Predictor.detect': (exported[0]['frame_scores'], exported[1]['frame_scores']),
+                         'stream': tuple(streamed)}.items():
+        found = burst_centres(a, b, hop, radius)
+        assert np.abs(found - CENTRES).max() <= TOLERANCE, f'{name} {what}: centres {found} for bursts at {CENTRES}'
+    np.testing.assert_allclose(streamed[0], exported[0]['frame_scores'], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', cases())
+def test_stream_events_are_centred_on_the_sound(name, detectors):
+    """Events of Predictor.stream (2-channel PCM in chunks of random size, some a single frame):
+    with a threshold halfway up the bursts' score, each event is centred on its burst."""
+    module, predictor = detectors(name)
+    sr = module.frontend_cfg.sample_rate
+    wave = scene(sr, CENTRES)
+    offline = predictor.detect([wave], sample_rate=sr)[0]['frame_scores'][:, 0]
+    hop = module.frontend_cfg.hop_length / sr
+    times = (np.arange(len(offline)) + 0.5) * hop
+    peaks = [offline[np.abs(times - c) <= 0.3].max() for c in CENTRES]
+    floor = np.median(offline)
+    threshold = float(floor + (min(peaks) - floor) / 2)
+    config = EventConfig(onset_threshold=threshold, offset_threshold=threshold, median_filter_seconds=0.0,
+                         min_duration_seconds=0.0, min_gap_seconds=0.0)
+    stream = predictor.stream(sample_rate=sr, config=config, channels=2)
+    stereo = np.stack([wave, wave], axis=1)
+    rng = np.random.default_rng(1)
+    reports, start = [], 0
+    while start < len(stereo):
+        size = 1 if rng.random() < 0.05 else int(rng.integers(1, sr // 2))
+        reports += stream.push(stereo[start:start + size])
+        start += size
+    reports += stream.close()
+    ends = [r for r in reports if r['type'] == 'end']
+    assert len(ends) == len(CENTRES), reports
+    middles = np.array([(r['onset'] + r['offset']) / 2 for r in ends])
+    # Event times are on the 10-ms frame grid: half a frame more.
+    assert np.abs(middles - CENTRES).max() <= TOLERANCE + hop / 2, f'{name}: events {ends}'
+
+
+@pytest.mark.parametrize('name', list_models())
+@pytest.mark.parametrize('hop', [5.0, 10.0])
+def test_detection_places_frames_where_the_geometry_says(name, hop):
+    """Detection alone, for every registered model's front end and geometry: a numpy "network"
+    whose frame j is a Hann-weighted mean of the log-mel energy centred on j's declared centre
+    (front-end frame k is centred on k; the window spans four network frames), scored window by
+    window as detect() does. Bursts near the start and the end of a window, where spreading
+    frames evenly over the window was off by the most (+0.14 s for the MobileNets)."""
+    spec = registry.get_spec(name)
+    cfg, geometry = spec.frontend, spec.frame_geometry
+
+    def score_frames(waves):
+        energy = logmel(waves, cfg).mean(axis=2)                 # [batch, front-end frames]
+        count = energy.shape[1] // geometry.stride
+        distance = np.arange(energy.shape[1])[None, :] - geometry.centres(count)[:, None]
+        weights = np.where(np.abs(distance) < 2 * geometry.stride, np.cos(np.pi * distance / (4 * geometry.stride)) ** 2,
+                           0.0)
+        means = energy @ (weights / weights.sum(axis=1, keepdims=True)).T
+        return 1 / (1 + np.exp(-means[..., None] / 50))          # monotone: still symmetric
+
+    scorer = detection.FrameScorer(score_frames, cfg, ['burst'], geometry, window=10.0, hop=hop,
+                                   min_seconds=spec.min_seconds)
+    sr, centres = cfg.sample_rate, (1.5, 8.5, 11.3)
+    a, b = (detection.detect(scorer, scene(sr, c))['frame_scores'] for c in (centres, ()))
+    diff = (a - b)[:, 0]
+    times = (np.arange(len(diff)) + 0.5) * cfg.hop_length / sr
+    for c in centres:
+        near = np.abs(times - c) <= 0.6
+        found = (diff[near] * times[near]).sum() / diff[near].sum()
+        assert abs(found - c) <= TOLERANCE, f'{name}: burst at {c} s detected at {found:.3f} s'
+
+
+# The geometry itself ---------------------------------------------------------------------------
+
+def test_to_frame_rate_places_each_network_frame_at_its_centre():
+    geometry = FrameGeometry(stride=32, offset=15.5)
+    coarse = np.zeros((10, 1), np.float32)
+    coarse[4] = 1.0                       # centred on front-end frame 15.5 + 4 * 32 = 143.5
+    fine = geometry.to_frame_rate(coarse, 320)[:, 0]
+    # output frame i is centred on i + 0.5: frame 143 holds the peak, and the ramps are linear
+    assert fine.argmax() == 143 and fine[143] == 1.0
+    np.testing.assert_allclose(fine[143 - 32:144], np.linspace(0, 1, 33), atol=1e-6)
+    assert fine[0] == 0.0 and fine[-1] == 0.0   # held beyond the first and last network frames
+
+
+def test_spans_tile_the_time_axis_and_pool_targets_is_the_max_over_each_span():
+    for geometry in (FrameGeometry(32, 15.5), FrameGeometry(32, 0), FrameGeometry(16, 7.5), FrameGeometry(8, 0)):
+        count, num_frames = 20, 20 * geometry.stride + 5
+        first, end = geometry.spans(count, num_frames)
+        assert first[0] == 0 and np.all(first[1:] == end[:-1])          # no gap, no overlap
+        centres = geometry.centres(count)
+        for j in range(count):
+            inside = [i for i in range(num_frames) if centres[j] - geometry.stride / 2 <= i + 0.5
+                      < centres[j] + geometry.stride / 2]
+            assert list(range(first[j], end[j])) == inside
+        targets = np.random.default_rng(0).random((2, num_frames, 3)) > 0.97
+        pooled = geometry.pool_targets(targets, count)
+        expected = np.stack([targets[:, a:b].max(axis=1) if b > a else np.zeros((2, 3), bool)
+                             for a, b in zip(first, end)], axis=1)
+        np.testing.assert_array_equal(pooled, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize('name', cases())
+def test_every_model_declares_where_its_network_frames_are_centred(name):
+    """The network alone, without the front end or detection: a small bump of log-mel at input
+    frame k changes network frame j of the time-symmetric detector by a response symmetric
+    about j's true centre; its centroid over k must be the declared one (to half a frame)."""
+    module = symmetric_detector(name)
+    spec, net = module.spec, module.backbone
+    frames, n_mels = 256, spec.frontend.n_mels
+    with paddle.no_grad():
+        base = net.forward_frames(paddle.zeros([1, frames, n_mels]))[0, :, 0].numpy()
+    geometry = spec.frame_geometry
+    j = len(base) // 2
+    centre = geometry.centres(len(base))[j]
+    positions = np.arange(math.floor(centre - geometry.stride), math.ceil(centre + geometry.stride) + 1)
+    bumps = np.zeros((len(positions), frames, n_mels), np.float32)
+    bumps[np.arange(len(positions)), positions] = 1.0
+    with paddle.no_grad():
+        response = net.forward_frames(paddle.to_tensor(bumps))[:, j, 0].numpy() - base[j]
+    assert response.min() >= 0 and response.sum() > 0
+    found = float((response * positions).sum() / response.sum())
+    assert abs(found - centre) <= 0.5, f'{name}: network frame {j} is centred on input frame {found}, declared {centre}'
+
+
+def test_exports_record_the_geometry_and_older_ones_refuse_detection(detectors, tmp_path):
+    import json
+    import shutil
+
+    from paddle_soundcls.deploy.exportdir import ExportError
+    module, predictor = detectors('panns_cnn6')
+    assert predictor.meta['frame_geometry'] == {'stride': 16, 'offset': 7.5} == module.frame_geometry.to_dict()
+    old = tmp_path / 'old'
+    shutil.copytree(predictor.model_dir, old)
+    meta = json.loads((old / 'export.json').read_text())
+    del meta['frame_geometry']
+    (old / 'export.json').write_text(json.dumps(meta))
+    older = Predictor(old)
+    wave = scene(module.frontend_cfg.sample_rate, ())
+    assert older.predict([wave], sample_rate=module.frontend_cfg.sample_rate)   # scores need no geometry
+    with pytest.raises(ExportError, match='frame_geometry.*export the model again'):
+        older.detect([wave], sample_rate=module.frontend_cfg.sample_rate)
+
+
+def test_windows_shorter_than_the_network_takes_are_refused(detectors):
+    module, predictor = detectors('panns_cnn6')
+    for engine in (module, predictor):
+        with pytest.raises(ValueError, match=r'window \(0.5 s\) is shorter than .*1 s'):
+            engine.detect([scene(32000, ())], sample_rate=32000, window=0.5, hop=0.25)
+        with pytest.raises(ValueError, match='window'):
+            engine.stream(window=0.5)
