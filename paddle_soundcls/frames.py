@@ -33,8 +33,9 @@ class FrameGeometry:
         if isinstance(self.stride, bool) or not isinstance(self.stride, numbers.Integral) or self.stride < 1:
             raise ValueError(f'frame geometry: stride must be a positive int of front-end frames, got {self.stride!r}')
         if (isinstance(self.offset, bool) or not isinstance(self.offset, numbers.Real)
-                or not math.isfinite(self.offset)):
-            raise ValueError(f'frame geometry: offset must be a finite number of front-end frames, got '
+                or not math.isfinite(self.offset) or not 0 <= self.offset < self.stride):
+            # Network frame 0 covers the start of the input: its centre lies within the first stride.
+            raise ValueError(f'frame geometry: offset must be front-end frames in [0, stride={self.stride}), got '
                              f'{self.offset!r}')
         object.__setattr__(self, 'stride', int(self.stride))
         object.__setattr__(self, 'offset', float(self.offset))
@@ -84,13 +85,12 @@ class FrameGeometry:
         network frame j's target is the maximum over the output frames of its span (an event
         anywhere in the span makes it active); a span outside the targets gets 0."""
         targets = np.asarray(targets, dtype=np.float32)
-        num_frames = targets.shape[-2]
-        first, end = self.spans(count, num_frames)
-        # cumulative maxima cannot be differenced; a [count, num_frames] mask stays small
-        # (a 10-s clip: 31 x 1001) and works for any batch shape.
-        mask = (np.arange(num_frames)[None, :] >= first[:, None]) & (np.arange(num_frames)[None, :] < end[:, None])
-        pooled = np.where(mask[..., None], targets[..., None, :, :], 0.0).max(axis=-2)
-        return pooled.astype(np.float32)
+        first, end = self.spans(count, targets.shape[-2])
+        pooled = np.zeros(targets.shape[:-2] + (count, targets.shape[-1]), dtype=np.float32)
+        for j, (a, b) in enumerate(zip(first, end)):   # count slices: no [count, frames] copy of the batch
+            if b > a:
+                pooled[..., j, :] = targets[..., a:b, :].max(axis=-2)
+        return pooled
 
 
 def for_frontend(geometry, frontend):

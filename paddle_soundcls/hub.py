@@ -10,6 +10,7 @@ import logging
 import os
 import weakref
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -302,7 +303,7 @@ class Module(nn.Layer):
         if any(k.startswith('fc.') for k in missing):
             logger.info('%s: classification head (%d classes) starts from random weights', self.name,
                         len(self.labels))
-        self.set_state_dict({k: v for k, v in state.items() if k in own})
+        self.set_state_dict({k: _as_parameter(k, v, own[k], source) for k, v in state.items() if k in own})
 
     # ------------------------------------------------------------------ network
     def forward_features(self, features):
@@ -469,7 +470,8 @@ class Module(nn.Layer):
         arrays ([frames] when mono)."""
         from .deploy import detection
         self.eval()
-        return detection.EventStream(self.frame_scorer(window, hop), sample_rate or self.frontend_cfg.sample_rate,
+        rate = self.frontend_cfg.sample_rate if sample_rate is None else sample_rate
+        return detection.EventStream(self.frame_scorer(window, hop), rate,
                                      config or self.event_config, channels)
 
     def frame_scorer(self, window=None, hop=None):
@@ -486,6 +488,16 @@ class Module(nn.Layer):
         """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only."""
         from .deploy import pipeline
         return pipeline.to_dict(scores, self.labels, topk)
+
+
+def _as_parameter(name, value, parameter, source):
+    """A checkpoint's array in the dtype of the parameter it loads into: half- or double-precision
+    files load as the float32 network; a tensor that is not floating point is refused by name."""
+    value = np.asarray(value)
+    if not np.issubdtype(value.dtype, np.floating):
+        raise checkpoint.CheckpointError(f'{source}: tensor {name} holds {value.dtype} values, not floating-point '
+                                         f'weights; the file is damaged or not a checkpoint of this model')
+    return value.astype(str(parameter.dtype).replace('paddle.', ''), copy=False)
 
 
 def _event_config(data):

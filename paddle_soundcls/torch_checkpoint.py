@@ -200,6 +200,11 @@ def _load_zip(path):
                 except KeyError:
                     raise TorchCheckpointError(f'{path}: storage {name} is missing; the file is damaged') from None
                 dtype = storage_type.dtype
+                if info.compress_type != zipfile.ZIP_STORED:
+                    # torch.save stores every storage uncompressed; a compressed one could claim
+                    # gigabytes from a small file before any shape is checked.
+                    raise TorchCheckpointError(f'{path}: storage {name} is compressed, which torch.save never does; '
+                                               f'the file was repacked or crafted. Save it again with torch.save')
                 if info.file_size != numel * dtype.itemsize:
                     raise TorchCheckpointError(f'{path}: storage {name} holds {info.file_size} bytes, expected '
                                                f'{numel} x {dtype.itemsize}; the file is damaged')

@@ -10,6 +10,7 @@ import io
 import os
 import pickle
 import pickletools
+import re
 import shutil
 import subprocess
 import sys
@@ -426,7 +427,8 @@ def torch_save(obj, path, legacy=False):
     numel), plus a view of None in the legacy format; the zip format keeps each storage as
     ckpt/data/<key>, the legacy one appends them after the pickles (write_*_checkpoint above).
     """
-    storage_types = {np.dtype('float32'): 'FloatStorage', np.dtype('int64'): 'LongStorage'}
+    storage_types = {np.dtype('float32'): 'FloatStorage', np.dtype('float16'): 'HalfStorage',
+                     np.dtype('int64'): 'LongStorage'}
     storages = []
 
     def ints(values):
@@ -732,3 +734,46 @@ def test_backbones_match_paddlespeech(full_size, arch):
         scores = F.sigmoid(model.fc_audioset(embedding))
     np.testing.assert_allclose(embedding.numpy(), want_embedding, atol=1e-4, rtol=0)
     np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-4, rtol=0)
+
+
+def test_half_precision_release_files_load_as_the_float32_network(releases, tmp_path):
+    """A release file saved in float16 loads (as `convert` takes it), each weight the float32 of its
+    half value; a tensor that is not floating point is refused by name, not by Paddle's assertion."""
+    from paddle_soundcls.hub import Module
+    release = releases['efficientat_mn04']
+    half = collections.OrderedDict((k, v.astype(np.float16) if v.dtype == np.float32 else v)
+                                   for k, v in release['torch_state'].items())
+    path = torch_save(half, str(tmp_path / 'mn04_half.pt'))
+    tagger = Module('efficientat_mn04', task=None, load_checkpoint=path)
+    loaded = tagger.backbone.state_dict()
+    for key in loaded:
+        torch_key, transposed = _inverse(release['mapping'], key)
+        want = half[torch_key].astype(np.float32)
+        np.testing.assert_array_equal(loaded[key].numpy(), want.T if transposed else want, err_msg=key)
+    broken = collections.OrderedDict(release['torch_state'])
+    first = next(k for k in broken if k.endswith('.weight'))
+    broken[first] = np.ones(broken[first].shape, np.int64)
+    path = torch_save(broken, str(tmp_path / 'mn04_int.pt'))
+    with pytest.raises(checkpoint.CheckpointError, match=f'{re.escape(path)}: tensor .* holds int64 values'):
+        Module('efficientat_mn04', task=None, load_checkpoint=path)
+
+
+def _inverse(mapping, key):
+    """(torch key, transposed) of our parameter `key` in a reference mapping."""
+    return next((torch_key, transposed) for torch_key, (ours, transposed) in mapping.items() if ours == key)
+
+
+def test_compressed_storages_are_refused_before_they_are_inflated(tmp_path):
+    """torch.save stores storages uncompressed; a deflated one (1 KB claiming 100 MB) is refused unread."""
+    pkl = (b'\x80\x02' + b'ctorch._utils\n_rebuild_tensor_v2\n(' + b'(' + pickled_str('storage')
+           + b'ctorch\nFloatStorage\n' + pickled_str('0') + pickled_str('cpu') + pickled_int(25_000_000) + b'tQ'
+           + pickled_int(0) + b'(' + pickled_int(25_000_000) + b't(' + pickled_int(1) + b't'
+           + b'\x89ccollections\nOrderedDict\n)R' + b'tR.')
+    path = str(tmp_path / 'bomb.pt')
+    with zipfile.ZipFile(path, 'w') as zf:
+        zf.writestr('ckpt/data.pkl', pkl)
+        zf.writestr('ckpt/byteorder', 'little')
+        zf.writestr(zipfile.ZipInfo('ckpt/data/0'), bytes(100_000_000), compress_type=zipfile.ZIP_DEFLATED)
+    assert os.path.getsize(path) < 200_000
+    with pytest.raises(TorchCheckpointError, match='is compressed, which torch.save never does'):
+        torch_checkpoint.load(path)

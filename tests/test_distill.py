@@ -241,3 +241,14 @@ def test_the_example_refuses_a_model_over_budget(tmp_path):
                           env=dict(os.environ, PYTHONPATH=repo, PADDLE_SOUNDCLS_HOME=str(tmp_path / 'home')))
     assert proc.returncode == 2 and 'panns_cnn6 is over budget' in proc.stderr and '64,000' in proc.stderr
     assert not (tmp_path / 'ckpt').exists()   # refused before the first step
+
+
+def test_distillation_loss_stays_finite_in_float16():
+    """Under fp16 autocast the student's logits are float16; a confident teacher's smallest
+    probability (1e-18 here) would be 0 in float16 and log(0) * 0 NaN: the soft loss is float32."""
+    kd = losses.DistillationLoss(losses.build_loss('ce'), 0.5, 2.0)
+    teacher = kd.teacher_probs(paddle.to_tensor([[40.0, 38.0, -40.0]]))
+    student = paddle.to_tensor([[2.0, 1.0, 0.0]]).astype('float16')
+    value = float(kd.soft_loss(student, teacher))
+    p, q = softmax(np.array([20.0, 19.0, -20.0])), softmax(np.array([1.0, 0.5, 0.0]))
+    assert value == pytest.approx(4.0 * float(np.sum(p * (np.log(p) - np.log(q)))), rel=1e-4)

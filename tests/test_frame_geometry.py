@@ -287,3 +287,40 @@ def test_windows_shorter_than_the_network_takes_are_refused(detectors):
             engine.detect([scene(32000, ())], sample_rate=32000, window=0.5, hop=0.25)
         with pytest.raises(ValueError, match='window'):
             engine.stream(window=0.5)
+
+
+def test_models_trained_on_clips_shorter_than_the_network_takes_detect_with_the_default_window(detectors):
+    """clip_seconds below min_seconds (a Trainer on 0.5-s clips): the default window is the
+    network's shortest input, not a refused 0.5 s; 0, False or NaN are refused, not defaulted."""
+    module, predictor = detectors('panns_cnn6')
+    module.clip_seconds = 0.5
+    try:
+        scorer = module.frame_scorer()
+        assert scorer.window_frames * scorer.frame_seconds == pytest.approx(1.0)
+        [result] = module.detect([scene(32000, ())], sample_rate=32000)
+        assert len(result['frame_scores']) == int(SECONDS * 100)
+        module.stream().close()
+    finally:
+        module.clip_seconds = None
+    for engine in (module, predictor):
+        for bad in (0, False, float('nan')):
+            with pytest.raises(ValueError, match='window'):
+                engine.detect([scene(32000, ())], sample_rate=32000, window=bad)
+            with pytest.raises(ValueError, match='sample_rate'):
+                engine.stream(sample_rate=bad)
+
+
+def test_a_tampered_frame_geometry_is_refused_when_the_export_is_read(detectors, tmp_path):
+    import json
+    import shutil
+
+    from paddle_soundcls.deploy.exportdir import ExportError
+    _, predictor = detectors('panns_cnn6')
+    for bad in ({'stride': 16, 'offset': 1e300}, {'stride': 0, 'offset': 0}, {'stride': 16}, [16, 7.5]):
+        copy = tmp_path / f'bad{len(list(tmp_path.iterdir()))}'
+        shutil.copytree(predictor.model_dir, copy)
+        meta = json.loads((copy / 'export.json').read_text())
+        meta['frame_geometry'] = bad
+        (copy / 'export.json').write_text(json.dumps(meta))
+        with pytest.raises(ExportError, match=r'export\.json: frame geometry'):
+            Predictor(copy)

@@ -127,7 +127,7 @@ def _complete(folder, params):
 
 
 def make_scenes(folder, num_scenes=10, seconds=10.0, classes=5, seed=0, sample_rate=32000,
-                events_per_scene=(3, 8), event_seconds=(0.3, 2.0), split=(0.6, 0.2, 0.2)):
+                events_per_scene=(3, 8), event_seconds=None, split=(0.6, 0.2, 0.2)):
     """Write generated scenes and their strong labels; returns `folder`.
 
     folder/audio/scene_0000.wav ...        mono, 16-bit
@@ -152,7 +152,8 @@ def make_scenes(folder, num_scenes=10, seconds=10.0, classes=5, seed=0, sample_r
         seed: the random variation.
         sample_rate: rate of the files, at least 16000 Hz.
         events_per_scene: (fewest, most) events in a scene.
-        event_seconds: (shortest, longest) length of a sound, at most `seconds`.
+        event_seconds: (shortest, longest) length of a sound, at most `seconds` (default 0.3 s to
+            2 s, or to `seconds` in shorter scenes).
         split: the (train, dev, test) fractions of the scenes (dev and test rounded, train the rest).
     """
     if not isinstance(folder, (str, os.PathLike)):
@@ -161,12 +162,18 @@ def make_scenes(folder, num_scenes=10, seconds=10.0, classes=5, seed=0, sample_r
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 1 <= seconds <= 600:
         raise DatasetError(f'seconds must be between 1 and 600 for generated scenes, got {seconds!r}')
     seconds = float(seconds)   # (so that 10 and 10.0 make, and reuse, the same set)
+    if event_seconds is None:
+        event_seconds = (0.3, min(2.0, seconds))
     params = {'version': VERSION, 'num_scenes': check_int('num_scenes', num_scenes, 1), 'seconds': seconds,
               'labels': _check_classes(classes), 'seed': check_int('seed', seed, 0),
               'sample_rate': check_int('sample_rate', sample_rate, 16000),
               'events_per_scene': _check_range('events_per_scene', events_per_scene, 0, 1000, True),
               'event_seconds': _check_range('event_seconds', event_seconds, 0.05, seconds, False),
               'split': _check_split(split)}
+    parts = split_scenes(list(range(params['num_scenes'])), params['split'], params['seed'])
+    if params['split'][0] > 0 and not parts['train']:
+        raise DatasetError(f'split {tuple(split)} of {params["num_scenes"]} scenes leaves no scene for training: make '
+                           f'more scenes (num_scenes) or give train a larger share')
     if _complete(folder, params):
         return folder
     if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, MARKER)):

@@ -37,7 +37,8 @@ class FrameScorer:
     frontend: the model's FrontendConfig (sample rate, hop length, frames per window).
     geometry: the network's frames.FrameGeometry (or its dict): where its frames sit in time.
     window, hop: seconds; rounded to whole front-end frames. Default window: the model's
-        training clip length `clip_seconds`, else DEFAULT_WINDOW; default hop: half the window.
+        training clip length `clip_seconds` (at least min_seconds), else DEFAULT_WINDOW; default
+        hop: half the window.
         A window shorter than the network's shortest input `min_seconds` is refused (padding
         every window would multiply the work); the last window of a recording, and a recording
         shorter than that, are zero-padded to it.
@@ -45,7 +46,8 @@ class FrameScorer:
 
     def __init__(self, score_frames, frontend, labels, geometry, window=None, hop=None, min_seconds=1.0,
                  clip_seconds=None):
-        window = window or clip_seconds or DEFAULT_WINDOW
+        if window is None:   # a training clip shorter than the network takes is padded to it
+            window = max(clip_seconds or DEFAULT_WINDOW, min_seconds)
         hop = window / 2 if hop is None else hop
         for name, value in (('window', window), ('hop', hop)):
             if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)

@@ -47,6 +47,7 @@ import os
 import shutil
 
 from ..features.config import FrontendConfig
+from ..frames import FrameGeometry
 
 FORMAT = 'paddle_soundcls-export/1'
 EXPORT_FILE = 'export.json'
@@ -114,6 +115,11 @@ def read_export(model_dir):
     meta.setdefault('events', None)
     meta.setdefault('pooling', 'embedding')
     meta.setdefault('frame_geometry', None)
+    if meta['frame_geometry'] is not None:
+        try:
+            FrameGeometry.from_dict(meta['frame_geometry'])
+        except ValueError as exc:
+            raise ExportError(f'{path}: {exc}; export the model again') from None
     meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
     return meta
 

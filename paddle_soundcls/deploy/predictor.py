@@ -168,7 +168,8 @@ class Predictor:
         the rest (see deploy.detection.EventStream). sample_rate: of the chunks (default the
         model's); window, hop: seconds (shorter windows answer sooner: latency_seconds);
         channels: of the chunks, which are [frames, channels] arrays ([frames] when mono)."""
-        return detection.EventStream(self.frame_scorer(window, hop), sample_rate or self.frontend.sample_rate,
+        rate = self.frontend.sample_rate if sample_rate is None else sample_rate
+        return detection.EventStream(self.frame_scorer(window, hop), rate,
                                      config or self.event_config, channels)
 
     def __repr__(self):

@@ -194,10 +194,10 @@ def _prepare(model, seconds, batch_size, threads, num_classes, tmp):
 def _measure(models, seconds, batch_size, iterations, num_threads, num_classes, modules=None):
     """{model: run()'s result}: every engine of every model timed in turn within each iteration.
     `modules`, a dict, receives each model's Module (for its complexity report)."""
-    from ..device import set_device
+    from ..device import use_cpu_threads
     threads = check_threads(num_threads)
     _check_run_args(seconds, batch_size, iterations)
-    set_device(False, threads)  # dygraph's CPU kernels get the threads the other engines get
+    use_cpu_threads(threads)  # dygraph's CPU kernels get the threads the other engines get (device unchanged)
     with contextlib.ExitStack() as stack:
         prepared = {model: _prepare(model, seconds, batch_size, threads, num_classes,
                                     stack.enter_context(tempfile.TemporaryDirectory()))

@@ -238,7 +238,9 @@ class DistillationLoss(nn.Layer):
 
     def soft_loss(self, logits, teacher_probs):
         t = self.temperature
-        teacher = teacher_probs.astype(logits.dtype)
+        # float32 whatever autocast made the logits: a confident teacher's small probabilities
+        # are 0 in float16, and log(0) * 0 would make the loss NaN.
+        logits, teacher = logits.astype('float32'), teacher_probs.astype('float32')
         if self.multi_label:
             return F.binary_cross_entropy_with_logits(logits / t, teacher) * t * t
         log_ratio = paddle.log(paddle.clip(teacher, min=1e-12)) - F.log_softmax(logits / t, axis=-1)

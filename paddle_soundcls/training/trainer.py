@@ -512,7 +512,8 @@ class Trainer:
         """Loss and metrics over the whole dataset: {'loss': float, 'metrics': {...}}.
 
         Single-label: acc, top5, macro_f1, per-class precision/recall/f1, confusion.
-        Multi-label: mAP, AUC, f1_micro. Runs on one process (rank 0 in data-parallel runs).
+        Multi-label: mAP, AUC, f1_micro. In a data-parallel run every process
+        evaluates the whole set (the same figures everywhere, so all agree on best_model); only rank 0 writes.
         Each clip is scored as predict scores it (see the module docstring): its scores are the
         mean over its segments' scores, its loss that of the mean of their logits, over the
         whole set at once (so neither depends on batch_size). With freeze_backbone=True the head
