@@ -4,6 +4,7 @@ next to the in-process batched `Predictor` on the same model and clips, in one r
     python benchmarks/bench_serve.py --json                               # panns_cnn6, random weights
     python benchmarks/bench_serve.py EXPORT_DIR --clients 1,4,16,64 --duration 10 --json
     python benchmarks/bench_serve.py --memory-requests --json             # + RSS after 1,000 and 10,000 requests
+    python benchmarks/bench_serve.py --abuse --json                       # the worst request of each kind
 
 The server runs in a child process on 127.0.0.1 (a free port) with default options but
 --max-batch / --max-wait-ms; clients are asyncio tasks of this process (httpx), each posting
@@ -12,9 +13,20 @@ in-process figure is `Predictor.predict(paths, batch_size=--max-batch)` on the s
 (decoding included, as in the server), measured before and after the server runs. Figures
 only: nothing is asserted. Without EXPORT_DIR the model gets random weights (speed does not
 depend on them), which needs Paddle for the export; the server itself never imports it.
+
+--abuse: the server with its default options, then, one after another for --attack-seconds
+each, one hostile client sending the worst request or stream of each kind the defaults allow,
+back to back (see `attacks`); meanwhile a normal client classifies a --normal-seconds clip over
+and over and a prober calls /healthz every 0.1 s; the same runs for 3 s with no attacker just
+before each attack, for the quiet figures next to it. Per attack: the server's peak RSS (from
+/proc, reset before the attack) and CPU seconds (during it, and in the 1.5 s after the
+attacker left), the attacker's answers, the latency of /healthz and of the normal request; and
+`alone`: one such request (or stream) with nothing else, its time, CPU seconds and peak memory.
 """
 import argparse
 import asyncio
+import base64
+import io
 import json
 import logging
 import os
@@ -22,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -82,12 +95,28 @@ def free_port():
         return s.getsockname()[1]
 
 
-def rss_mb(pid):
+def proc_status_mb(pid, field):
     with open(f'/proc/{pid}/status', encoding='ascii') as f:
         for line in f:
-            if line.startswith('VmRSS:'):
+            if line.startswith(field + ':'):
                 return round(int(line.split()[1]) / 1024, 1)
     return None
+
+
+def rss_mb(pid):
+    return proc_status_mb(pid, 'VmRSS')
+
+
+def reset_peak_rss(pid):
+    """VmHWM (peak RSS) of `pid` starts again from its current RSS."""
+    with open(f'/proc/{pid}/clear_refs', 'w', encoding='ascii') as f:
+        f.write('5')
+
+
+def cpu_seconds(pid):
+    with open(f'/proc/{pid}/stat', encoding='ascii') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def start_server(model_dir, port, options):
@@ -148,6 +177,297 @@ def level_figures(clients, latencies, errors, seconds):
             'latency_ms': {q: round(float(np.percentile(ms, int(q[1:]))), 1) for q in ('p50', 'p95', 'p99')}}
 
 
+# The abuse run ----------------------------------------------------------------------------
+
+def audio_bytes(seconds, rate, channels=1, format='WAV', subtype='PCM_16', silence=False):
+    """An audio file as bytes: noise (or silence) written a second at a time, so a long or fast
+    file never sits in memory as floats."""
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    with sf.SoundFile(buffer, 'w', rate, channels, subtype, format=format) as f:
+        left = int(round(seconds * rate))
+        while left > 0:
+            n = min(rate, left)
+            block = np.zeros((n, channels), np.float32) if silence else \
+                (0.1 * rng.standard_normal((n, channels))).astype(np.float32)
+            f.write(block)
+            left -= n
+    return buffer.getvalue()
+
+
+def latency_figures(seconds):
+    if not seconds:
+        return {'count': 0}
+    ms = np.array(seconds) * 1000
+    return {'count': len(ms), 'p50': round(float(np.percentile(ms, 50)), 1),
+            'p95': round(float(np.percentile(ms, 95)), 1), 'max': round(float(ms.max()), 1)}
+
+
+def counted(log):
+    counts = {}
+    for status in log:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def http_attack(path, body, content_type=None, params=None, json_body=None, files=None):
+    """An attacker posting one request after another; the client gives up at the deadline (and
+    so closes its connection)."""
+    def run(url, stop, deadline, log, once=False):
+        import httpx
+        with httpx.Client() as client:
+            while not stop.is_set() and not (once and log):
+                remaining = deadline - time.monotonic()
+                if remaining < 0.2:
+                    return
+                kwargs = dict(timeout=remaining, params=params)
+                if files is not None:
+                    kwargs['files'] = files
+                elif json_body is not None:
+                    kwargs['content'], kwargs['headers'] = json_body, {'content-type': 'application/json'}
+                else:
+                    kwargs['content'], kwargs['headers'] = body, {'content-type': content_type}
+                try:
+                    log.append(str(client.post(url + path, **kwargs).status_code))
+                except httpx.TimeoutException:
+                    log.append('client_gave_up')
+                except httpx.HTTPError as exc:
+                    log.append(type(exc).__name__)
+    return run
+
+
+def stream_attack(start, first, message, alone_messages):
+    """An attacker streaming `first` then `message` over and over as fast as the server reads,
+    reading every answer, and leaving without the end message at the deadline. once: one stream
+    of `first` and `alone_messages` messages, ended properly, every answer awaited."""
+    def run(url, stop, deadline, log, once=False):
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+        if once:
+            with connect(url.replace('http://', 'ws://') + '/v1/stream', open_timeout=10, max_size=None,
+                         max_queue=None, close_timeout=5) as ws:
+                ws.send(json.dumps(start))
+                assert json.loads(ws.recv(timeout=10))['type'] == 'ready'
+                for part in first + [message] * alone_messages:
+                    ws.send(part)
+                ws.send(json.dumps({'type': 'end'}))
+                replies = []
+                try:
+                    while not replies or replies[-1]['type'] not in ('done', 'error'):
+                        replies.append(json.loads(ws.recv(timeout=120)))
+                except ConnectionClosed:   # the server closed the stream
+                    pass
+                last = replies[-1]['type'] if replies else 'closed'
+                log.append(f'{last}:{sum(r["type"] == "scores" for r in replies)}_windows')
+            return
+        while not stop.is_set() and time.monotonic() < deadline - 0.2:
+            try:
+                with connect(url.replace('http://', 'ws://') + '/v1/stream', open_timeout=10, max_size=None,
+                             max_queue=None, close_timeout=1) as ws:
+                    ws.send(json.dumps(start))
+                    reply = json.loads(ws.recv(timeout=10))
+                    if reply['type'] != 'ready':
+                        log.append(reply.get('error', {}).get('code', 'refused'))
+                        return
+                    for part in first:
+                        ws.send(part)
+                    sent = 0
+                    while not stop.is_set() and time.monotonic() < deadline:
+                        ws.send(message)
+                        sent += 1
+                    log.append(f'messages:{sent}')
+                    ws.socket.close()   # gone, without the end message or a closing handshake
+            except Exception as exc:  # a refused or broken stream is a figure, not a failure
+                log.append(type(exc).__name__)
+    return run
+
+
+def hangup_attack(body, clients=24):
+    """24 clients send the clip and hang up once it is in, once a second (once: one round)."""
+    def run(url, stop, deadline, log, once=False):
+        host, port = url.removeprefix('http://').split(':')
+        head = (f'POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: audio/wav\r\n'
+                f'Content-Length: {len(body)}\r\n\r\n').encode()
+        while not stop.is_set() and time.monotonic() < deadline - 0.5:
+            socks = []
+            for _ in range(clients):
+                sock = socket.create_connection((host, int(port)), timeout=10)
+                sock.sendall(head + body)
+                socks.append(sock)
+            time.sleep(0.3)
+            for sock in socks:
+                sock.close()
+            log.append(f'hung_up:{clients}')
+            if once:
+                return
+            stop.wait(0.7)
+    return run
+
+
+QUIET_SECONDS = 3.0            # the normal client alone, just before each attack
+AFTER_SECONDS = 1.5            # watched after each attack, every client gone
+STREAM_ALONE_MIB = 16          # alone: 16 MiB of PCM, 10.9 s at 768 kHz
+TINY_ALONE_MESSAGES = 1000
+
+
+def attacks(predictor):
+    """(name, what, attacker) of the worst request or stream of each kind the defaults allow."""
+    from paddle_soundcls.serve import ServeSettings
+    defaults = ServeSettings().for_model(predictor)
+    rate = predictor.frontend.sample_rate
+    longest = audio_bytes(defaults.max_audio_seconds, rate)                     # the longest clip, model's rate
+    big = audio_bytes(defaults.max_audio_seconds, 48000, 2, subtype='PCM_24')   # 48 kHz stereo 24-bit
+    encoded = base64.b64encode(big).decode()
+    fastest = 655350                                                            # FLAC's highest sample rate
+    # The most decoding allowed: as many samples as --max-decode-samples lets through, in the
+    # longest clip allowed, as channels of FLAC's highest rate.
+    most_channels = max(1, min(8, defaults.max_decode_samples // int(defaults.max_audio_seconds * fastest)))
+    most_seconds = min(defaults.max_audio_seconds, defaults.max_decode_samples / (fastest * most_channels))
+    most_samples = audio_bytes(most_seconds, fastest, most_channels, format='FLAC', silence=True)
+    bomb = audio_bytes(59, fastest, 8, format='FLAC', silence=True)            # the issue's 8-channel bomb
+    window = defaults.max_window_seconds
+    finest_hop = window / defaults.max_overlap
+    stream_rate = 768000                                                        # the highest rate accepted
+    one_mib = np.zeros((1 << 20) // 2, '<i2').tobytes()
+    almost_a_window = np.zeros(int(window * stream_rate) - 100, '<i2').tobytes()
+    return [
+        ('classify_longest_clip', f'/v1/classify, a {defaults.max_audio_seconds:g}-s WAV at {rate} Hz '
+                                  f'({len(longest) / 1e6:.1f} MB)', http_attack('/v1/classify', longest, 'audio/wav')),
+        ('classify_most_decoding', f'/v1/classify, a FLAC of {most_seconds:g} s x {most_channels} channels at {fastest} Hz '
+                                   f'({len(most_samples) / 1e3:.0f} kB): the most decoding and resampling allowed',
+         http_attack('/v1/classify', most_samples, 'audio/flac')),
+        ('classify_flac_bomb', f'/v1/classify, the FLAC of 59 s x 8 channels at {fastest} Hz '
+                               f'({len(bomb) / 1e3:.0f} kB); refused from its header',
+         http_attack('/v1/classify', bomb, 'audio/flac')),
+        ('classify_json_largest_body', f'/v1/classify, JSON base64 of a {defaults.max_audio_seconds:g}-s 48-kHz stereo 24-bit WAV '
+                                       f'({len(encoded) / 1e6:.1f} MB body)',
+         http_attack('/v1/classify', None, json_body=json.dumps({'inputs': encoded}).encode())),
+        ('classify_multipart_largest_body', f'/v1/classify, the same WAV as a multipart upload '
+                                            f'({len(big) / 1e6:.1f} MB)',
+         http_attack('/v1/classify', None, files={'file': ('a.wav', big, 'audio/wav')})),
+        ('paddlespeech_largest_body', '/paddlespeech/cls, the same WAV as PaddleSpeech JSON',
+         http_attack('/paddlespeech/cls', None, json_body=json.dumps({'audio': encoded}).encode())),
+        ('events_most_windows', f'/v1/events, the {defaults.max_audio_seconds:g}-s WAV, window {window:g} s, '
+                                f'hop {finest_hop:g} s (the longest windows, most overlapped)',
+         http_attack('/v1/events', longest, 'audio/wav', params={'window': window, 'hop': finest_hop})),
+        ('stream_most_work', f'/v1/stream at {stream_rate} Hz, window {window:g} s, hop {finest_hop:g} s, '
+                             f'1-MiB messages as fast as the server reads them',
+         stream_attack({'sample_rate': stream_rate, 'window': window, 'hop': finest_hop}, [], one_mib,
+                       STREAM_ALONE_MIB)),
+        ('stream_tiny_messages', f'/v1/stream at {stream_rate} Hz, window {window:g} s: a buffer just short of one '
+                                 f'window, then 2-byte messages as fast as possible',
+         stream_attack({'sample_rate': stream_rate, 'window': window, 'hop': window / 2},
+                       [almost_a_window[i:i + len(one_mib)] for i in range(0, len(almost_a_window), len(one_mib))],
+                       b'\0\0', TINY_ALONE_MESSAGES)),
+        ('hang_ups', f'24 clients send the {defaults.max_audio_seconds:g}-s WAV and hang up once it is sent, '
+                     f'once a second', hangup_attack(longest)),
+    ]
+
+
+def abuse(model_dir, attack_seconds, normal_seconds, only=None):
+    """Figures of the server under each attack, and with none (see the module docstring)."""
+    import httpx
+    predictor = Predictor(model_dir)
+    rate = predictor.frontend.sample_rate
+    normal = audio_bytes(normal_seconds, rate)
+    chosen = [a for a in attacks(predictor) if only is None or a[0] in only]
+    del predictor
+    port = free_port()
+    url = f'http://127.0.0.1:{port}'
+    server = start_server(model_dir, port, [])
+    results = {}
+    try:
+        for _ in range(5):   # warm-up: the engine's buffers for the normal clip and a 10-s window
+            httpx.post(url + '/v1/classify', content=normal, headers={'content-type': 'audio/wav'}, timeout=60)
+            httpx.post(url + '/v1/classify', content=audio_bytes(10, rate), headers={'content-type': 'audio/wav'},
+                       timeout=60)
+
+        def phase(attacker, seconds):
+            stop = threading.Event()
+            health, classify, normal_errors, log = [], [], [], []
+
+            def probe():
+                with httpx.Client() as client:
+                    while not stop.is_set():
+                        started = time.perf_counter()
+                        client.get(url + '/healthz', timeout=30)
+                        health.append(time.perf_counter() - started)
+                        stop.wait(0.1)
+
+            def normal_client():
+                with httpx.Client() as client:
+                    while not stop.is_set():
+                        started = time.perf_counter()
+                        response = client.post(url + '/v1/classify', content=normal,
+                                               headers={'content-type': 'audio/wav'}, timeout=60)
+                        if response.status_code == 200:
+                            classify.append(time.perf_counter() - started)
+                        else:
+                            normal_errors.append(response.status_code)
+                        stop.wait(0.05)
+
+            reset_peak_rss(server.pid)
+            rss_before, cpu_before = rss_mb(server.pid), cpu_seconds(server.pid)
+            phase_started = time.monotonic()
+            deadline = phase_started + seconds
+            threads = [threading.Thread(target=probe), threading.Thread(target=normal_client)]
+            if attacker is not None:
+                threads.append(threading.Thread(target=attacker, args=(url, stop, deadline, log)))
+            for thread in threads:
+                thread.start()
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+            cpu_during = cpu_seconds(server.pid) - cpu_before
+            stopped = time.monotonic() - phase_started
+            time.sleep(AFTER_SECONDS)   # what the server still does once every client has gone
+            figures = {'seconds': round(stopped, 1), 'server_cpu_s': round(cpu_during, 2),
+                       'server_cpu_s_after_clients_left': round(cpu_seconds(server.pid) - cpu_before - cpu_during, 2),
+                       'server_rss_mb_before': rss_before, 'server_peak_rss_mb': proc_status_mb(server.pid, 'VmHWM'),
+                       'healthz_ms': latency_figures(health), 'classify_ms': latency_figures(classify),
+                       'classify_errors': counted(str(e) for e in normal_errors)}
+            figures['peak_over_before_mb'] = round(figures['server_peak_rss_mb'] - rss_before, 1)
+            if attacker is not None:
+                figures['attacker'] = counted(log)
+            return figures
+
+        def alone(attacker):
+            """One request (or stream, or round of hang-ups) with nothing else going on."""
+            log = []
+            reset_peak_rss(server.pid)
+            rss_before, cpu_before, started = rss_mb(server.pid), cpu_seconds(server.pid), time.monotonic()
+            attacker(url, threading.Event(), started + 120, log, once=True)
+            wall = time.monotonic() - started
+            time.sleep(1.0)   # work that goes on after the answer counts too
+            return {'outcome': counted(log), 'wall_s': round(wall, 2),
+                    'server_cpu_s': round(cpu_seconds(server.pid) - cpu_before, 2),
+                    'peak_over_before_mb': round(proc_status_mb(server.pid, 'VmHWM') - rss_before, 1)}
+
+        quiet = phase(None, attack_seconds)
+        for name, what, attacker in chosen:
+            # The quiet figures next to each attack: other work on a shared machine comes and goes.
+            before = phase(None, QUIET_SECONDS)
+            figures = {'what': what, 'alone': alone(attacker), **phase(attacker, attack_seconds),
+                       'quiet_classify_ms': before['classify_ms'], 'quiet_healthz_ms': before['healthz_ms']}
+            for q in ('p50', 'p95'):
+                figures[f'classify_{q}_vs_quiet'] = round(figures['classify_ms'].get(q, float('nan'))
+                                                          / before['classify_ms'][q], 2)
+            results[name] = figures
+    finally:
+        server.send_signal(2)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    worst_health = max(r['healthz_ms']['max'] for r in results.values()) if results else None
+    return {'quiet': quiet, 'attacks': results,
+            'targets': {'healthz_max_ms': worst_health, 'healthz_under_50_ms': worst_health is not None
+                        and worst_health < 50,
+                        'classify_p50_within_2x_quiet': all(r['classify_p50_vs_quiet'] <= 2 for r in results.values()),
+                        'classify_p95_within_2x_quiet': all(r['classify_p95_vs_quiet'] <= 2 for r in results.values())}}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('model_dir', nargs='?', default=None, help='an export directory (default: a random-weights '
@@ -163,11 +483,38 @@ def main(argv=None):
                         help='then send requests (16 clients) up to 1,000 and 10,000 in all, reporting RSS at each')
     parser.add_argument('--memory-clip-seconds', type=float, default=1.0,
                         help='clip length for the memory run (default 1: 10,000 requests in minutes, not hours)')
+    parser.add_argument('--abuse', action='store_true',
+                        help='instead: the server with default options under the worst request of each kind')
+    parser.add_argument('--attack-seconds', type=float, default=4.0, help='--abuse: seconds per attack (default 4)')
+    parser.add_argument('--normal-seconds', type=float, default=5.0,
+                        help='--abuse: length of the normal client\'s clip (default 5)')
+    parser.add_argument('--attacks', default=None, help='--abuse: comma-separated names of the attacks to run '
+                                                        '(default all)')
     parser.add_argument('--json', action='store_true', help='print the figures as JSON')
     args = parser.parse_args(argv)
     run_started = time.monotonic()
+    logging.getLogger('httpx').setLevel(logging.WARNING)
+    if args.abuse:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = args.model_dir or random_export(args.model, os.path.join(tmp, 'export'))
+            only = set(args.attacks.split(',')) if args.attacks else None
+            figures = abuse(model_dir, args.attack_seconds, args.normal_seconds, only)
+        figures['setup'] = {'model': args.model if args.model_dir is None else args.model_dir,
+                            'server_options': 'defaults', 'attack_seconds': args.attack_seconds,
+                            'normal_clip_seconds': args.normal_seconds, 'engine_threads': cpu_count(),
+                            'machine': machine_info(), 'wall_seconds': round(time.monotonic() - run_started, 1)}
+        if args.json:
+            print(json.dumps(figures, indent=2))
+            return 0
+        quiet = figures['quiet']
+        print(f'quiet: /healthz p50 {quiet["healthz_ms"]["p50"]} ms, classify p50 {quiet["classify_ms"]["p50"]} ms')
+        for name, r in figures['attacks'].items():
+            print(f'{name}: server CPU {r["server_cpu_s"]} s (+{r["server_cpu_s_after_clients_left"]} s after), '
+                  f'peak RSS {r["server_peak_rss_mb"]} MB (+{r["peak_over_before_mb"]}), /healthz max '
+                  f'{r["healthz_ms"]["max"]} ms, classify p50 {r["classify_ms"].get("p50")} ms '
+                  f'({r["classify_p50_vs_quiet"]}x), attacker {r.get("attacker")}')
+        return 0
     levels = [int(n) for n in args.clients.split(',')]
-    logging.getLogger('httpx').setLevel(logging.WARNING)   # not a line per request
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or random_export(args.model, os.path.join(tmp, 'export'))

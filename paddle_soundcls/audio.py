@@ -201,27 +201,81 @@ def resample_ratio(orig_sr, target_sr):
     return up, down
 
 
-def resample(wave, orig_sr, target_sr, chunk=1 << 16):
+# Elements of the [outputs, taps] arrays one resampling step gathers: bounds its memory
+# (about 12 bytes each) whatever the ratio (768 kHz -> 32 kHz needs 769 taps per output).
+RESAMPLE_STEP_ELEMENTS = 1 << 20
+
+
+class Resampler:
+    """Band-limited rational resampling of a stream (polyphase windowed sinc), in pieces.
+
+    push(samples) -> the output samples that the input so far determines; flush() -> the rest,
+    as if the input ended there (zeros beyond). The concatenated output equals `resample` of
+    the whole input, whatever the sizes of the pieces; memory: the filter's span of input.
+    """
+
+    def __init__(self, orig_sr, target_sr):
+        self.orig_sr, self.target_sr = int(orig_sr), int(target_sr)
+        self.up, self.down = resample_ratio(self.orig_sr, self.target_sr)
+        self.phases, self.half = _polyphase_filter(self.up, self.down)
+        self.taps = self.phases.shape[1]
+        self.received = 0                   # input samples pushed
+        self.emitted = 0                    # output samples given out
+        # Input samples from stream index `start` on; the zeros before the stream's start included.
+        self.buffer = np.zeros(self.taps, np.float32)
+        self.start = -self.taps
+
+    def _base(self, n):
+        # Output n is centred on position n*down + half of the upsampled, filter-delayed signal;
+        # it reads input samples base - taps + 1 .. base with filter phase (n*down + half) % up.
+        return (n * self.down + self.half) // self.up
+
+    def _outputs(self, stop):
+        """Output samples emitted .. stop-1, in steps of bounded memory."""
+        count = stop - self.emitted
+        out = np.empty(max(count, 0), np.float32)
+        k = np.arange(self.taps)
+        step = max(1, RESAMPLE_STEP_ELEMENTS // self.taps)
+        for first in range(0, max(count, 0), step):
+            n = np.arange(self.emitted + first, min(self.emitted + first + step, stop))
+            pos = n * self.down + self.half
+            gathered = self.buffer[(pos // self.up - self.start)[:, None] - k[None, :]]
+            out[first:first + len(n)] = np.einsum('nk,nk->n', gathered, self.phases[pos % self.up])
+        self.emitted = max(self.emitted, stop)
+        # Keep only the input a later output reads.
+        keep_from = self._base(self.emitted) - self.taps + 1
+        drop = min(max(keep_from - self.start, 0), len(self.buffer))
+        self.buffer, self.start = self.buffer[drop:], self.start + drop
+        return out
+
+    def push(self, samples):
+        samples = np.asarray(samples, dtype=np.float32)
+        if self.orig_sr == self.target_sr:
+            self.received += len(samples)
+            self.emitted += len(samples)
+            return samples
+        self.buffer = np.concatenate([self.buffer, samples])
+        self.received += len(samples)
+        # Outputs whose newest input sample has arrived: base(n) <= received - 1.
+        ready = max(0, -(-(self.received * self.up - self.half) // self.down))
+        return self._outputs(ready)
+
+    def flush(self):
+        if self.orig_sr == self.target_sr:
+            return np.zeros(0, np.float32)
+        total = -(-(self.received * self.up) // self.down)
+        needed = self._base(max(total - 1, 0)) + 1 - (self.start + len(self.buffer))
+        self.buffer = np.concatenate([self.buffer, np.zeros(max(needed, 0), np.float32)])
+        return self._outputs(total)
+
+
+def resample(wave, orig_sr, target_sr):
     """Band-limited rational resampling of a 1-D float32 array (polyphase windowed sinc)."""
     orig_sr, target_sr = int(orig_sr), int(target_sr)
     if orig_sr == target_sr:
         return wave
-    up, down = resample_ratio(orig_sr, target_sr)
-    phases, half = _polyphase_filter(up, down)
-    taps_per_phase = phases.shape[1]
-    n_out = math.ceil(len(wave) * up / down)
-    # Output n sits at position n*down in the upsampled signal; the filter is centred there.
-    pad_left = taps_per_phase + half // up + 1
-    x = np.pad(wave, (pad_left, taps_per_phase + half // up + 2))
-    out = np.empty(n_out, dtype=np.float32)
-    k = np.arange(taps_per_phase)
-    for start in range(0, n_out, chunk):
-        n = np.arange(start, min(start + chunk, n_out))
-        pos = n * down + half            # index into the (virtually) upsampled, filter-delayed signal
-        base, phase = pos // up, pos % up
-        gathered = x[(base + pad_left)[:, None] - k[None, :]]
-        out[start:start + len(n)] = np.einsum('nk,nk->n', gathered, phases[phase])
-    return out
+    resampler = Resampler(orig_sr, target_sr)
+    return np.concatenate([resampler.push(wave), resampler.flush()])
 
 
 def load(source, sample_rate, target_sr, name=None):

@@ -175,3 +175,25 @@ def counting_engine(predictor, delay=0.0):
     finally:
         counting.gate.set()
         predictor.engine = counting.engine
+
+
+# What a server process costs, from /proc (Linux) ----------------------------------------
+
+def memory_mb(pid):
+    """{'rss': MB now, 'peak': MB at most since start or the last reset_peak} of process `pid`."""
+    with open(f'/proc/{pid}/status', encoding='ascii') as f:
+        fields = dict(line.split(':', 1) for line in f if line.startswith(('VmRSS', 'VmHWM')))
+    return {'rss': int(fields['VmRSS'].split()[0]) / 1024, 'peak': int(fields['VmHWM'].split()[0]) / 1024}
+
+
+def reset_peak(pid):
+    """Start measuring the peak resident memory of `pid` afresh (it drops to the current RSS)."""
+    with open(f'/proc/{pid}/clear_refs', 'w', encoding='ascii') as f:
+        f.write('5')
+
+
+def cpu_seconds(pid):
+    """CPU seconds (user + system, all threads) process `pid` has used."""
+    with open(f'/proc/{pid}/stat', encoding='ascii') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')

@@ -17,6 +17,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from helpers import BLOCK_PADDLE
+from paddle_soundcls import audio
 from paddle_soundcls.deploy import Predictor
 from paddle_soundcls.serve import ServeError, ServeSettings, add_serve_arguments, resolve_model_dir
 from paddle_soundcls.serve.app import create_app
@@ -70,6 +71,20 @@ def test_classify_raw_body_matches_the_predictor(url, predictor, tmp_path):
     expected = expected_scores(predictor, tmp_path)
     assert [r['label'] for r in results] == list(expected)
     np.testing.assert_allclose([r['score'] for r in results], list(expected.values()), atol=1e-5)
+
+
+def test_a_long_clip_gets_the_predictors_scores(url, predictor, tmp_path):
+    """A model that scores clips whole (no training clip length) is answered as Predictor.predict
+    answers: the whole clip (9.5 s, under the 10 s such a model takes by default), not the mean of
+    windows of --max-window-seconds (5 s)."""
+    assert predictor.clip_seconds is None
+    rng = np.random.default_rng(0)
+    loud = np.concatenate([tone(3.0, 16000, 700.0), 0.3 * rng.standard_normal(4 * 16000), tone(2.5, 16000, 90.0)])
+    data = audio_bytes(loud.astype(np.float32), 16000)
+    response = post_wav(url, data)
+    assert response.status_code == 200, response.text
+    expected = expected_scores(predictor, tmp_path, data)
+    np.testing.assert_allclose([r['score'] for r in response.json()['results']], list(expected.values()), atol=1e-5)
 
 
 def test_every_input_form_gives_the_same_answer(url):
@@ -412,18 +427,19 @@ def stream(url, start, chunks, end=True):
 
 
 def test_stream_scores_a_sliding_window(url, predictor):
-    wave = tone(1.0, 16000)
+    wave = tone(2.0, 16000)
     pcm = (wave * 32767).astype('<i2').tobytes()
     chunks = [pcm[i:i + 3200] for i in range(0, len(pcm), 3200)]   # 0.1 s each
-    messages = stream(url, {'sample_rate': 16000, 'format': 'int16', 'window': 0.5, 'hop': 0.25, 'top_k': 2},
+    messages = stream(url, {'sample_rate': 16000, 'format': 'int16', 'window': 1.0, 'hop': 0.5, 'top_k': 2},
                       chunks)
     assert messages[0]['type'] == 'ready' and messages[0]['model'] == 'panns_cnn6'
     scores = [m for m in messages if m['type'] == 'scores']
-    assert [(m['start'], m['end']) for m in scores] == [(0.0, 0.5), (0.25, 0.75), (0.5, 1.0)]
-    assert messages[-1] == {'type': 'end'}
+    assert [(m['start'], m['end']) for m in scores] == [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0)]
+    assert messages[-1] == {'type': 'done'}
     assert all(len(m['results']) == 2 for m in scores)
-    window = (wave * 32767).astype('<i2')[4000:12000].astype(np.float32) / 32768
-    [expected] = predictor.predict(window, sample_rate=16000, topk=2)
+    # The stream is resampled to the model's rate as one recording; a window is a piece of it.
+    at_model_rate = audio.resample((wave * 32767).astype('<i2').astype(np.float32) / 32768, 16000, 32000)
+    [expected] = predictor.predict(at_model_rate[16000:48000], sample_rate=32000, topk=2)
     got = OrderedDict((r['label'], r['score']) for r in scores[1]['results'])
     assert list(got) == list(expected)
     np.testing.assert_allclose(list(got.values()), list(expected.values()), atol=1e-5)
@@ -431,7 +447,7 @@ def test_stream_scores_a_sliding_window(url, predictor):
 
 def test_stream_float32_stereo_and_a_short_tail(url):
     stereo = np.stack([tone(0.3, 8000), tone(0.3, 8000)], axis=1).astype('<f4')
-    messages = stream(url, {'sample_rate': 8000, 'format': 'float32', 'channels': 2, 'window': 0.5},
+    messages = stream(url, {'sample_rate': 8000, 'format': 'float32', 'channels': 2, 'window': 1.0},
                       [stereo.tobytes()])
     scores = [m for m in messages if m['type'] == 'scores']
     assert [(m['start'], m['end']) for m in scores] == [(0.0, 0.3)]   # shorter than a window: scored at the end
@@ -442,12 +458,15 @@ def test_sliding_window_in_any_chunking():
     samples = rng.standard_normal(1000).astype(np.float32)
     for window, hop in ((100, 30), (100, 100), (50, 80)):
         windows = SlidingWindow(window, hop)
-        got, pos = [], 0
+        got, pos, largest = [], 0, 0
         while pos < len(samples):
             size = int(rng.integers(1, 120))
-            got += windows.push(samples[pos:pos + size])
+            largest = max(largest, size)
+            windows.push(samples[pos:pos + size])
+            while (ready := windows.next()) is not None:
+                got.append(ready)
             pos += size
-            assert len(windows.buffer) <= window + 120
+            assert len(windows.buffer) <= 2 * window + largest
         starts = list(range(0, len(samples) - window + 1, hop))
         assert [(s, e) for s, e, _ in got] == [(s, s + window) for s in starts]
         assert all(np.array_equal(w, samples[s:e]) for s, e, w in got)
@@ -473,11 +492,11 @@ def test_stream_modes_are_pluggable(url):
 
     register_stream_mode('summary', Loudest)
     try:
-        pcm = (tone(1.0, 16000) * 32767).astype('<i2').tobytes()
-        messages = stream(url, {'sample_rate': 16000, 'window': 0.5, 'hop': 0.5, 'mode': 'summary'}, [pcm])
+        pcm = (tone(2.0, 16000) * 32767).astype('<i2').tobytes()
+        messages = stream(url, {'sample_rate': 16000, 'window': 1.0, 'hop': 1.0, 'mode': 'summary'}, [pcm])
     finally:
         STREAM_MODES.pop('summary')
-    assert [m['type'] for m in messages] == ['ready', 'summary', 'end']
+    assert [m['type'] for m in messages] == ['ready', 'summary', 'done']
     assert len(messages[1]['best']) == 2 and set(messages[1]['best']) <= set(LABELS)
 
 
@@ -534,6 +553,18 @@ def test_settings_are_checked():
         ServeSettings(timeout=float('nan'))
     with pytest.raises(ValueError, match='api_key'):
         ServeSettings(api_key='  ')
+    with pytest.raises(ValueError, match='max_decode_samples must be a positive int'):
+        ServeSettings(max_decode_samples=0)
+    with pytest.raises(ValueError, match='max_overlap must be a number >= 1'):
+        ServeSettings(max_overlap=0.5)
+    with pytest.raises(ValueError, match='max_window_seconds must be a positive number'):
+        ServeSettings(max_window_seconds=-1)
+    parser = add_serve_arguments(argparse.ArgumentParser())
+    settings = settings_from_args(parser.parse_args(['x', '--max-decode-samples', '2e6', '--max-window-seconds', '8',
+                                                     '--max-overlap', '2']))
+    assert (settings.max_decode_samples, settings.max_window_seconds, settings.max_overlap) == (2_000_000, 8.0, 2.0)
+    with pytest.raises(ValueError, match='max_decode_samples must be a positive int'):
+        settings_from_args(parser.parse_args(['x', '--max-decode-samples', '1.5']))
 
 
 def test_server_runs_without_paddle(export_dir, tmp_path):
@@ -584,9 +615,9 @@ def test_stream_events_mode_reports_each_event_once(url, predictor):
     pcm = (np.concatenate([quiet, loud, quiet]) * 32767).astype('<i2').tobytes()
     options = {'onset_threshold': 0.5, 'offset_threshold': 0.5, 'median_filter_seconds': 0.0,
                'min_duration_seconds': 0.0, 'min_gap_seconds': 0.0}
-    messages = stream(url, {'sample_rate': sr, 'window': 0.5, 'hop': 0.5, 'mode': 'events', 'options': options},
+    messages = stream(url, {'sample_rate': sr, 'window': 1.0, 'hop': 0.5, 'mode': 'events', 'options': options},
                       [pcm[i:i + 8000] for i in range(0, len(pcm), 8000)])
-    assert messages[0]['type'] == 'ready' and messages[-1]['type'] == 'end'
+    assert messages[0]['type'] == 'ready' and messages[-1]['type'] == 'done'
     reports = messages[1:-1]
     starts = [m for m in reports if m['type'] == 'start']
     ends = [m for m in reports if m['type'] == 'end']
@@ -595,3 +626,17 @@ def test_stream_events_mode_reports_each_event_once(url, predictor):
     assert sorted((m['label'], m['onset']) for m in starts) == sorted((m['label'], m['onset']) for m in ends)
     bad = stream(url, {'sample_rate': sr, 'mode': 'events', 'options': {'onset_threshold': 7}}, [], end=False)
     assert bad[-1]['type'] == 'error' and 'onset_threshold' in bad[-1]['error']['message']
+
+
+def test_the_longest_clip_depends_on_how_the_model_scores_clips(predictor):
+    """Left to the model: 10 s for one that scores clips whole (one engine call per clip), 60 s for
+    one with a training clip length (scored in windows of it); an explicit value is kept."""
+    class Windowed:
+        clip_seconds = 2.0
+    assert ServeSettings().for_model(predictor).max_audio_seconds == 10.0
+    assert ServeSettings().for_model(Windowed()).max_audio_seconds == 60.0
+    assert ServeSettings(max_audio_seconds=30.0).for_model(predictor).max_audio_seconds == 30.0
+    with serve_in_thread(create_app(predictor)) as base:
+        response = post_wav(base, wav_bytes(10.5, 16000))
+        assert response.status_code == 413 and '10 s' in response.json()['error']['message']
+        assert httpx.get(base + '/v1/model').json()['max_audio_seconds'] == 10.0

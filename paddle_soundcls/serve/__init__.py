@@ -2,6 +2,7 @@
 
     POST /v1/classify        audio (raw bytes, multipart `file`, or JSON base64) -> best labels
     POST /paddlespeech/cls   PaddleSpeech's request and answer, for its existing clients
+    POST /v1/events          audio -> when each sound happens
     GET  /v1/stream          WebSocket: PCM chunks in, scores of a sliding window out
     GET  /v1/model, /healthz, /docs (OpenAPI), /  (a page to try it in a browser)
 

@@ -8,12 +8,17 @@ Stateless: every request carries its audio and gets its answer; nothing is kept 
 requests, so any number of these processes can sit behind one load balancer.
 """
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
+import re
+import threading
 import time
 from contextlib import asynccontextmanager
 from typing import Dict, List, Optional
+
+import numpy as np
 
 from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.encoders import jsonable_encoder
@@ -21,16 +26,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
-from .batching import Batcher, QueueFull, ShuttingDown
-from .decode import decode_audio, decode_base64
+from ..deploy import pipeline
+from ..deploy.detection import DEFAULT_WINDOW as DEFAULT_EVENTS_WINDOW
+from ..deploy.detection import detect
+from ..deploy.exportdir import ExportError
+from .batching import Batcher, Flow, QueueFull, ShuttingDown, run_steps
+from .decode import base64_steps, decode_steps
 from .middleware import DEADLINE_KEY, RequestLimits, RequireApiKey
-from .settings import PADDLESPEECH_PREFIX, ApiError, ServeSettings, error_body
+from .settings import PADDLESPEECH_PREFIX, ApiError, ServeSettings, WindowLimits, check_window_hop, error_body
 from .stream import run_stream
 
 log = logging.getLogger(__name__)
@@ -61,6 +69,8 @@ class ModelInfo(BaseModel):
     precision: str
     min_seconds: float
     max_audio_seconds: float
+    windows: Dict = Field(description='what stream and /v1/events windows may be: min_window, max_window, min_hop '
+                                      '(seconds), max_overlap (window / hop)')
 
 
 class ErrorDetail(BaseModel):
@@ -116,12 +126,16 @@ CLASSIFY_BODY = {'requestBody': {'required': True, 'content': {
 }}}
 
 
+TOP_K_TEXT = re.compile(r'\+?[0-9]{1,9}')   # ASCII digits only: str.isdigit() is true for '²'
+
+
 def check_top_k(value, field, num_labels):
     """A positive int (an int-valued string from a form or query is fine); capped at the number of labels."""
-    if isinstance(value, str) and value.strip().lstrip('+').isdigit():
-        value = int(value)
+    if isinstance(value, str) and TOP_K_TEXT.fullmatch(value.strip()):
+        value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ApiError(400, 'invalid_parameter', f'{field} must be a positive int, got {value!r}', field)
+        shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:40]) + '...'
+        raise ApiError(400, 'invalid_parameter', f'{field} must be a positive int, got {shown}', field)
     return min(value, num_labels)
 
 
@@ -130,19 +144,208 @@ def remaining_time(request, settings):
     return settings.timeout if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def network_frame_hop(predictor):
+    """Seconds between two frames of the network's output: its frame geometry's stride, or (for
+    exports that do not record it) the front end's hop, at least 10 ms."""
+    frontend = predictor.frontend
+    try:
+        geometry = getattr(predictor, 'frame_geometry', None)
+    except Exception:  # an export without it: its property says so when detection needs it
+        geometry = None
+    if geometry is not None:
+        return float(geometry.seconds(frontend))
+    return max(0.01, frontend.hop_length / frontend.sample_rate)
+
+
+def _timeout_error(settings):
+    return ApiError(504, 'timeout', f'no answer within {settings.timeout:g} s (--timeout): the server is '
+                                    f'overloaded; retry later', headers={'Retry-After': '1'})
+
+
+NOT_RUNNING = ('the model is not running (the server is starting or stopping): retry in a moment, or on another '
+               'server')
+
+
+class DetectionStopped(Exception):
+    """Detection of a request whose client left, or whose deadline passed (`late`)."""
+
+    def __init__(self, late=False):
+        super().__init__('late' if late else 'stopped')
+        self.late = late
+
+
+class Work:
+    """Every piece of the server's work, through its one Batcher: decoding, clip scores, frame
+    scores. Each unit is admitted by the queue (503 when full) and waits at most until its
+    request's deadline (504); a cancelled request drops its waiting units."""
+
+    def __init__(self, batcher, predictor, settings):
+        self.batcher, self.predictor, self.settings = batcher, predictor, settings
+        self.labels = list(predictor.labels)
+        self.rate = predictor.frontend.sample_rate
+        self.min_samples = int(round(float(predictor.min_seconds) * self.rate))
+        clip_seconds = getattr(predictor, 'clip_seconds', None)
+        self.clip_samples = int(round(clip_seconds * self.rate)) if clip_seconds else None
+        self.limits = WindowLimits(min_window=float(predictor.min_seconds), min_hop=network_frame_hop(predictor),
+                                   max_window=max(settings.max_window_seconds, clip_seconds or 0.0),
+                                   max_overlap=settings.max_overlap)
+        self.detections = 0          # detect() calls running now, each in a thread of its own
+        self._detect_pool = concurrent.futures.ThreadPoolExecutor(settings.max_queue,
+                                                                  thread_name_prefix='paddle-soundcls-detect')
+        self._score_frames = None
+
+    @staticmethod
+    def flow():
+        return Flow()
+
+    def close(self):
+        self._detect_pool.shutdown(wait=False)
+
+    def run_scores(self, items):
+        """Clip scores of equal-length waveforms at the model's rate, in one engine call."""
+        return list(self.predictor.score_batch(np.stack(items)))
+
+    def run_frames(self, items):
+        """Frame scores of equal-length windows at the model's rate, in one engine call."""
+        return list(np.asarray(self._score_frames(np.stack(items))))
+
+    def submit(self, items, flow, run=None, key=None):
+        try:
+            return self.batcher.submit_many(items, flow, run, key)
+        except QueueFull as exc:
+            raise ApiError(503, 'busy', f'the server is busy ({self.batcher.max_queue} units of work queued, '
+                                        f'--max-queue): retry after {exc.retry_after} s',
+                           headers={'Retry-After': str(exc.retry_after)}) from None
+        except ShuttingDown:
+            raise ApiError(503, 'not_running', NOT_RUNNING, headers={'Retry-After': '1'}) from None
+
+    async def wait(self, futures, timeout):
+        """The results of `futures`; all of them are dropped when one fails or the time runs out."""
+        try:
+            return await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except asyncio.TimeoutError:
+            raise _timeout_error(self.settings) from None
+        except ShuttingDown:
+            raise ApiError(503, 'not_running', NOT_RUNNING, headers={'Retry-After': '1'}) from None
+        finally:
+            for future in futures:
+                future.cancel()
+
+    async def step(self, fn, flow, timeout):
+        """fn() run alone in the engine thread."""
+        [result] = await self.wait(self.submit([fn], flow, run=run_steps, key=object()), timeout)
+        return result
+
+    async def steps(self, generator, flow, deadline):
+        """Runs a generator of steps (decode.decode_steps, decode.base64_steps) in the engine thread,
+        one step per unit of work; its return value."""
+        def advance():
+            try:
+                next(generator)
+            except StopIteration as done:
+                return True, done.value
+            return False, None
+        try:
+            while True:
+                finished, value = await self.step(advance, flow, max(0.0, deadline - time.monotonic()))
+                if finished:
+                    return value
+        finally:
+            generator.close()
+
+    async def decode(self, data, field, flow, deadline):
+        """Audio file bytes -> (mono waveform at the model's rate, seconds), decoded in bounded steps."""
+        settings = self.settings
+        return await self.steps(decode_steps(data, self.rate, settings.max_audio_seconds, settings.max_decode_samples,
+                                             field), flow, deadline)
+
+    def segments(self, wave):
+        """The pieces one clip is scored in, exactly as Predictor.predict cuts them (so the server's
+        scores are the runtime's): windows of the model's training clip length; without one (the
+        pretrained taggers), the whole clip, in one engine call of up to --max-audio-seconds."""
+        return [segment for _, _, segment in pipeline.clip_segments(wave, self.clip_samples, self.min_samples)]
+
+    async def clip_scores(self, wave, flow, timeout):
+        """One waveform at the model's rate -> OrderedDict(label -> score), best first: the mean of its
+        segments' scores."""
+        by_length = {}
+        for segment in self.segments(wave):
+            by_length.setdefault(len(segment), []).append(segment)
+        futures = []
+        try:
+            for length, segments in by_length.items():
+                futures += self.submit(segments, flow, self.run_scores, ('scores', length))
+        except ApiError:
+            for future in futures:
+                future.cancel()
+            raise
+        rows = await self.wait(futures, timeout)
+        return pipeline.to_dict(np.mean(rows, axis=0), self.labels)
+
+    async def events(self, wave, window, hop, flow, deadline):
+        """deploy.detection.detect of one waveform, its windows scored through the batcher."""
+        if self.detections >= self.settings.max_queue:
+            raise ApiError(503, 'busy', f'the server is busy ({self.detections} detections running): retry after 1 s',
+                           headers={'Retry-After': '1'})
+        loop = asyncio.get_running_loop()
+        try:   # the first call loads the frame-scores graph: not on the event loop
+            scorer = await loop.run_in_executor(self._detect_pool, self.predictor.frame_scorer, window, hop)
+        except ExportError as exc:
+            raise ApiError(501, 'events_unsupported', f'this export cannot detect events: {exc}') from None
+        except ValueError as exc:  # window / hop the detector cannot use
+            raise ApiError(400, 'invalid_parameter', str(exc), 'window') from None
+        if self._score_frames is None:
+            self._score_frames = scorer.score_frames   # every scorer of the export runs the same graph
+        stop = threading.Event()
+        current = []
+
+        async def one_window(samples):
+            [scores] = await self.wait(self.submit([samples], flow, self.run_frames, ('frames', len(samples))),
+                                       max(0.0, deadline - time.monotonic()))
+            return scores
+
+        def score_frames(waveforms):   # in the detection thread: each window waits its turn in the queue
+            remaining = deadline - time.monotonic()
+            if stop.is_set():
+                raise DetectionStopped()
+            if remaining <= 0:
+                raise DetectionStopped(late=True)
+            future = asyncio.run_coroutine_threadsafe(one_window(np.asarray(waveforms[0], np.float32)), loop)
+            current[:] = [future]
+            try:
+                return np.asarray(future.result(remaining + 1.0))[None]
+            except concurrent.futures.CancelledError:
+                raise DetectionStopped() from None
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise DetectionStopped(late=True) from None
+
+        scorer.score_frames = score_frames
+        config = getattr(self.predictor, 'event_config', None)
+        self.detections += 1
+        try:
+            return await loop.run_in_executor(self._detect_pool, detect, scorer, wave, config)
+        except DetectionStopped as exc:
+            if exc.late:
+                raise _timeout_error(self.settings) from None
+            raise
+        finally:
+            self.detections -= 1
+            stop.set()   # a client gone or an error: the thread stops before its next window
+            for future in current:
+                future.cancel()
+
+
 def create_app(predictor, settings=None):
-    """The ASGI app serving `predictor` (a deploy.Predictor, or anything with its predict, labels,
-    task, frontend, meta and precision)."""
-    settings = settings or ServeSettings()
+    """The ASGI app serving `predictor`: a deploy.Predictor, or anything with its labels, task,
+    frontend, meta, precision, min_seconds, clip_seconds, score_batch and frame_scorer."""
+    settings = (settings or ServeSettings()).for_model(predictor)
     model_rate = predictor.frontend.sample_rate
     model_name = predictor.meta.get('model', 'model')
     labels = list(predictor.labels)
-
-    def run_batch(waves):
-        # Inputs of different lengths are grouped by length inside predict, so any mix works.
-        return predictor.predict(waves, sample_rate=model_rate, batch_size=settings.max_batch)
-
-    batcher = Batcher(run_batch, settings.max_batch, settings.max_wait_ms / 1000.0, settings.max_queue)
+    batcher = Batcher(None, settings.max_batch, settings.max_wait_ms / 1000.0, settings.max_queue)
+    work = Work(batcher, predictor, settings)
+    batcher.run_batch = work.run_scores
 
     @asynccontextmanager
     async def lifespan(app):
@@ -151,34 +354,20 @@ def create_app(predictor, settings=None):
             yield
         finally:
             await batcher.stop()
+            work.close()
 
     app = FastAPI(title='paddle_soundcls', version=__version__, lifespan=lifespan, redoc_url=None,
                   description=f'Sound classification with `{model_name}` ({len(labels)} labels). '
                               f'The page at / tries it in a browser.')
-    app.state.predictor, app.state.batcher, app.state.settings = predictor, batcher, settings
+    app.state.predictor, app.state.batcher, app.state.settings, app.state.work = predictor, batcher, settings, work
 
-    async def classify_wave(wave, timeout):
-        """One waveform at the model's rate -> OrderedDict(label -> score), best first, via the batcher."""
-        not_running = ApiError(503, 'not_running', 'the model is not running (the server is starting or stopping): '
-                                                   'retry in a moment, or on another server', headers={'Retry-After': '1'})
-        try:
-            future = batcher.submit(wave)
-        except QueueFull as exc:
-            raise ApiError(503, 'busy', f'the server is busy ({batcher.max_queue} clips queued, --max-queue): retry '
-                                        f'after {exc.retry_after} s', headers={'Retry-After': str(exc.retry_after)})
-        except ShuttingDown:
-            raise not_running from None
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise ApiError(504, 'timeout', f'no answer within {settings.timeout:g} s (--timeout): the server is '
-                                           f'overloaded; retry later', headers={'Retry-After': '1'}) from None
-        except ShuttingDown:
-            raise not_running from None
+    def deadline_of(request):
+        return time.monotonic() + remaining_time(request, settings)
 
-    async def classify_bytes(request, data, field):
-        wave, duration = await run_in_threadpool(decode_audio, data, model_rate, settings.max_audio_seconds, field)
-        scores = await classify_wave(wave, remaining_time(request, settings))
+    async def classify_bytes(request, data, field, flow):
+        deadline = deadline_of(request)
+        wave, duration = await work.decode(data, field, flow, deadline)
+        scores = await work.clip_scores(wave, flow, max(0.0, deadline - time.monotonic()))
         return scores, duration
 
     # Errors ---------------------------------------------------------------------------
@@ -214,12 +403,15 @@ def create_app(predictor, settings=None):
     @app.exception_handler(Exception)
     async def internal_error(request, exc):
         log.exception('request %s %s failed', request.method, request.url.path)
+        # This answer leaves from outside the CORS middleware: its headers are added here.
+        origin = request.headers.get('origin')
+        headers = {'Access-Control-Allow-Origin': origin, 'Vary': 'Origin'} if origin in settings.cors_origins else {}
         body = error_body(request.url.path, 500, 'internal_error',
                           f'the server failed on this request ({type(exc).__name__}); the server log has the details')
         if request.url.path.startswith(PADDLESPEECH_PREFIX):  # PaddleSpeech's own answer to an unknown error
             body = {'success': False, 'code': 509, 'message': {'description': 'Unknown error occurred.'}}
-            return JSONResponse(body, status_code=200)
-        return JSONResponse(body, status_code=500)
+            return JSONResponse(body, status_code=200, headers=headers)
+        return JSONResponse(body, status_code=500, headers=headers)
 
     # Endpoints ------------------------------------------------------------------------
 
@@ -231,46 +423,50 @@ def create_app(predictor, settings=None):
         """The audio as raw bytes (`Content-Type: audio/wav`, `audio/flac`, ... or
         `application/octet-stream`), as a multipart upload (field `file`), or as JSON
         `{"inputs": base64, "parameters": {"top_k": 5}}`. Answers the best labels, best first."""
-        data, field, top_k = await read_audio_body(request, top_k)
+        flow = work.flow()
+        data, field, top_k = await read_audio_body(request, top_k, flow)
         top_k = check_top_k(settings.default_top_k if top_k is None else top_k, 'top_k', len(labels))
-        scores, duration = await classify_bytes(request, data, field)
+        scores, duration = await classify_bytes(request, data, field, flow)
         results = [{'label': label, 'score': score} for label, score in list(scores.items())[:top_k]]
         return {'model': model_name, 'duration': round(duration, 6), 'results': results}
 
-    @app.post('/v1/events', responses=ERROR_RESPONSES, openapi_extra=CLASSIFY_BODY,
-              summary='When each sound happens in one audio clip')
+    @app.post('/v1/events', responses={**ERROR_RESPONSES, 501: {'model': ErrorResponse, 'description':
+                                                                'the export cannot detect events'}},
+              openapi_extra=CLASSIFY_BODY, summary='When each sound happens in one audio clip')
     async def events(request: Request,
-                     window: Optional[float] = Query(None, gt=0, le=60, description='seconds per window (default: '
-                                                                                    "the model's clip length, or 10)"),
-                     hop: Optional[float] = Query(None, gt=0, le=60, description='seconds between windows '
-                                                                                 '(default: half the window)')):
+                     window: Optional[float] = Query(None, description="seconds per window (default: the model's "
+                                                                       'clip length, else 10, at most '
+                                                                       '--max-window-seconds); at least the model\'s '
+                                                                       'shortest input'),
+                     hop: Optional[float] = Query(None, description='seconds between windows (default: half the '
+                                                                    "window); at least the network's frame hop, at "
+                                                                    'most the window, window / hop at most '
+                                                                    '--max-overlap')):
         """The audio in the forms /v1/classify takes. Answers the events, each with its onset and
         offset in seconds, its label and its confidence, by onset; none is an empty list. The
         decisions (thresholds, median filter) are those saved with the export."""
-        data, field, _ = await read_audio_body(request, None)
-        wave, duration = await run_in_threadpool(decode_audio, data, model_rate, settings.max_audio_seconds, field)
-        try:
-            [result] = await asyncio.wait_for(run_in_threadpool(predictor.detect, [wave], model_rate, window, hop),
-                                              remaining_time(request, settings))
-        except asyncio.TimeoutError:
-            raise ApiError(504, 'timeout', f'no answer within {settings.timeout:g} s (--timeout): the server is '
-                                           f'overloaded; retry later', headers={'Retry-After': '1'}) from None
-        except ValueError as exc:  # window / hop the detector cannot use
-            raise ApiError(400, 'invalid_parameter', str(exc), 'window') from None
+        if window is None:   # the detector's default, within this server's limit
+            window = min(getattr(predictor, 'clip_seconds', None) or DEFAULT_EVENTS_WINDOW, work.limits.max_window)
+        hop = hop if hop is not None else window / 2
+        window, hop = check_window_hop(window, hop, work.limits)
+        flow = work.flow()
+        data, field, _ = await read_audio_body(request, None, flow)
+        deadline = deadline_of(request)
+        wave, duration = await work.decode(data, field, flow, deadline)
+        result = await work.events(wave, window, hop, flow, deadline)
         return {'model': model_name, 'duration': round(duration, 6), 'frame_hop': result['frame_hop'],
                 'events': result['events']}
 
-    async def read_audio_body(request, top_k):
+    async def read_audio_body(request, top_k, flow):
         """(audio bytes, the field they came in, top_k) of a request in any of the accepted forms."""
         content_type = request.headers.get('content-type', '')
         media = content_type.split(';')[0].strip().lower()
-        body = await request.body()
-        if media == 'multipart/form-data':
+        if media == 'multipart/form-data':   # parsed as it is streamed, not joined first
             data, field, top_k = await read_multipart(request, top_k)
         elif media == 'application/json' or media.endswith('+json'):
-            data, field, top_k = read_json_inputs(body, top_k)
+            data, field, top_k = await read_json_inputs(request, await request.body(), top_k, flow)
         elif media.startswith('audio/') or media in RAW_TYPES:
-            data, field = body, 'body'
+            data, field = await request.body(), 'body'
         else:
             raise ApiError(415, 'unsupported_media_type',
                            f'Content-Type {content_type or "(none)"!r} is not accepted: send the audio file as raw '
@@ -295,9 +491,20 @@ def create_app(predictor, settings=None):
         form_top_k = form.get('top_k')
         return data, 'file', form_top_k if form_top_k is not None else top_k
 
-    def read_json_inputs(body, top_k):
+    async def parse_json(body, flow, deadline):
+        """The JSON of a body, parsed in the engine thread (a large body takes a while); ValueError
+        when it is not JSON (RecursionError, too deeply nested, included)."""
+        def parse():
+            try:
+                return json.loads(body)
+            except RecursionError:
+                raise ValueError('nested too deeply') from None
+        return await work.step(parse, flow, max(0.0, deadline - time.monotonic()))
+
+    async def read_json_inputs(request, body, top_k, flow):
+        deadline = deadline_of(request)
         try:
-            payload = json.loads(body)
+            payload = await parse_json(body, flow, deadline)
         except ValueError as exc:
             raise ApiError(400, 'invalid_json', f'the body is not valid JSON ({exc}): send '
                                                 f'{{"inputs": base64, "parameters": {{"top_k": 5}}}}')
@@ -308,17 +515,19 @@ def create_app(predictor, settings=None):
         if unknown:
             raise ApiError(400, 'unknown_field', f'unknown fields {unknown}; known: ["inputs", "parameters"]',
                            unknown[0])
-        parameters = payload.get('parameters') or {}
+        parameters = payload.get('parameters')
+        parameters = {} if parameters is None else parameters
         if not isinstance(parameters, dict):
-            raise ApiError(400, 'invalid_parameter', f'parameters must be a JSON object, got {parameters!r}',
-                           'parameters')
+            raise ApiError(400, 'invalid_parameter', f'parameters must be a JSON object such as {{"top_k": 5}}, got '
+                                                     f'{json.dumps(parameters)[:100]}', 'parameters')
         unknown = sorted(set(parameters) - set(JSON_PARAMETERS))
         if unknown:
             raise ApiError(400, 'unknown_parameter', f'unknown parameters {unknown}; known: {list(JSON_PARAMETERS)}',
                            f'parameters.{unknown[0]}')
         if 'top_k' in parameters:
             top_k = check_top_k(parameters['top_k'], 'parameters.top_k', len(labels))
-        return decode_base64(payload['inputs'], 'inputs'), 'inputs', top_k
+        data = await work.steps(base64_steps(payload['inputs'], 'inputs'), flow, deadline)
+        return data, 'inputs', top_k
 
     @app.post('/paddlespeech/cls', response_model=PaddleSpeechResponse, response_model_exclude_none=True,
               summary="PaddleSpeech's sound classification API",
@@ -332,9 +541,11 @@ def create_app(predictor, settings=None):
         audio or topk that cannot be used gets HTTP 200 with `"success": false` (code 400 and a
         description of the problem)."""
         body = await request.body()
+        flow = work.flow()
+        deadline = deadline_of(request)
         # Read as JSON whatever the Content-Type: PaddleSpeech's client sends none.
         try:
-            payload = json.loads(body)
+            payload = await parse_json(body, flow, deadline)
         except ValueError as exc:
             detail = [{'type': 'json_invalid', 'loc': ['body', getattr(exc, 'pos', 0)], 'msg': 'JSON decode error',
                        'input': {}, 'ctx': {'error': getattr(exc, 'msg', str(exc))}}]
@@ -347,7 +558,8 @@ def create_app(predictor, settings=None):
         if req.topk < 1 or req.topk > len(labels):
             raise ApiError(400, 'invalid_parameter', f'topk is {req.topk}; the model has {len(labels)} labels, so '
                                                      f'topk must be from 1 to {len(labels)}', 'topk')
-        scores, _ = await classify_bytes(request, decode_base64(req.audio, 'audio'), 'audio')
+        data = await work.steps(base64_steps(req.audio, 'audio'), flow, deadline)
+        scores, _ = await classify_bytes(request, data, 'audio', flow)
         results = [{'class_name': label, 'prob': score} for label, score in list(scores.items())[:req.topk]]
         return {'success': True, 'code': 200, 'message': {'description': 'success'},
                 'result': {'topk': req.topk, 'results': results}}
@@ -363,21 +575,23 @@ def create_app(predictor, settings=None):
     async def healthz():
         """200 while the engine loop runs (503 otherwise), with the queue depth."""
         body = {'status': 'ok' if batcher.alive else 'down', 'model': model_name, 'queue': batcher.depth,
-                'max_queue': settings.max_queue, 'batches': batcher.batches, 'clips': batcher.items}
+                'max_queue': settings.max_queue, 'batches': batcher.batches, 'clips': batcher.items,
+                'steps': batcher.steps}
         return JSONResponse(body, status_code=200 if batcher.alive else 503)
 
     @app.get('/v1/model', response_model=ModelInfo, summary='The served model')
     async def model_info():
+        limits = work.limits
         return {'name': model_name, 'task': predictor.task, 'labels': labels, 'sample_rate': model_rate,
                 'frontend': predictor.frontend.to_dict(), 'precision': predictor.precision,
                 'min_seconds': float(predictor.meta.get('min_seconds', 0.0)),
-                'max_audio_seconds': settings.max_audio_seconds}
+                'max_audio_seconds': settings.max_audio_seconds,
+                'windows': {'min_window': limits.min_window, 'max_window': limits.max_window,
+                            'min_hop': limits.min_hop, 'max_overlap': limits.max_overlap}}
 
     @app.websocket('/v1/stream')
     async def stream(websocket: WebSocket):
-        async def classify_window(wave):
-            return await classify_wave(wave, settings.timeout)
-        await run_stream(websocket, settings, labels, predictor.meta, model_rate, classify_window)
+        await run_stream(websocket, settings, labels, predictor.meta, model_rate, work.limits, work)
 
     @app.get('/', include_in_schema=False)
     async def page():

@@ -5,8 +5,10 @@ without the `serve` extra installed.
 """
 import json
 import logging
+import math
 import os
 import socket
+import sys
 
 from ..deploy import exportdir
 from ..deploy.engines import cpu_count
@@ -14,6 +16,11 @@ from .settings import API_KEY_ENV, MAX_STREAM_MESSAGE_BYTES, MiB, ServeSettings
 
 DEFAULT_HOST = '127.0.0.1'
 DEFAULT_PORT = 8866
+SWITCH_INTERVAL_SECONDS = 0.0005
+# No per-message compression on the WebSocket: PCM hardly compresses, and a compressed stream
+# lets a client park a thousand times more audio in the connection's buffers (1 MiB of
+# silence is 1 kB on the wire), all of it scored even after the client has left.
+WS_DEFLATE = False
 CONFIG_ENV = 'PADDLE_SOUNDCLS_SERVE_CONFIG'   # how worker processes of --workers N get their settings
 SERVE_EXTRA_HINT = "paddle-soundcls serve needs the `serve` extra: pip install 'paddle_soundcls[serve]'"
 
@@ -77,8 +84,20 @@ def add_serve_arguments(parser):
                         help=f'clips waiting for the engine before requests get 503 (default {defaults.max_queue})')
     parser.add_argument('--max-body-mb', type=float, default=defaults.max_body_bytes / MiB,
                         help=f'largest request body in MiB (default {defaults.max_body_bytes / MiB:g})')
-    parser.add_argument('--max-audio-seconds', type=float, default=defaults.max_audio_seconds,
-                        help=f'longest clip per request (default {defaults.max_audio_seconds:g})')
+    parser.add_argument('--max-audio-seconds', type=float, default=None,
+                        help='longest clip per request (default: 60 for a model with a training clip length, '
+                             'scored in windows of it; 10 for a model that scores clips whole, in one engine call)')
+    parser.add_argument('--max-decode-samples', type=float, default=defaults.max_decode_samples,
+                        help=f'most samples (frames x channels, from the header) one file may decode to: bounds '
+                             f'the memory and time of decoding (default {defaults.max_decode_samples}: 60 s of '
+                             f'6-channel 44.1 kHz audio)')
+    parser.add_argument('--max-window-seconds', type=float, default=defaults.max_window_seconds,
+                        help=f'longest audio one engine call scores: stream and /v1/events windows at most this '
+                             f'long, longer clips scored as the mean over windows of it unless the model has a '
+                             f'training clip length (default {defaults.max_window_seconds:g})')
+    parser.add_argument('--max-overlap', type=float, default=defaults.max_overlap,
+                        help=f'most times a stream or /v1/events scores each second of audio, window / hop '
+                             f'(default {defaults.max_overlap:g})')
     parser.add_argument('--timeout', type=float, default=defaults.timeout,
                         help=f'seconds from a request\'s first byte to its answer, and between two messages of '
                              f'a stream (default {defaults.timeout:g})')
@@ -98,8 +117,12 @@ def add_serve_arguments(parser):
 
 def settings_from_args(args):
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    samples = args.max_decode_samples   # a float on the command line (16e6); a whole one becomes an int
+    samples = int(samples) if math.isfinite(samples) and samples == int(samples) else samples
     return ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                          max_body_bytes=int(args.max_body_mb * MiB), max_audio_seconds=args.max_audio_seconds,
+                         max_decode_samples=samples,
+                         max_window_seconds=args.max_window_seconds, max_overlap=args.max_overlap,
                          timeout=args.timeout, default_top_k=args.top_k, api_key=api_key,
                          cors_origins=tuple(args.cors_origin))
 
@@ -139,6 +162,7 @@ def build_app(model_dir, settings, threads=None, precision='fp32'):
 
 def app_from_environment():
     """The app of one worker process of `--workers N`, from the settings the parent left in CONFIG_ENV."""
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)   # as run_serve does in a single process
     config = json.loads(os.environ[CONFIG_ENV])
     settings = dict(config['settings'], api_key=os.environ.get(API_KEY_ENV) or None)
     settings['cors_origins'] = tuple(settings['cors_origins'])
@@ -157,6 +181,10 @@ def run_serve(args):
     except ImportError as exc:
         raise ServeError(f'{SERVE_EXTRA_HINT} ({exc})') from None
     _check_args(args)
+    # The event loop shares the interpreter with the engine thread, whose numpy work (resampling,
+    # features) holds it for stretches: a shorter switch interval hands it back to the loop
+    # sooner, so /healthz and small requests stay quick while the engine is busy.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
         settings = settings_from_args(args)
     except ValueError as exc:
@@ -165,7 +193,8 @@ def run_serve(args):
     check_port_free(args.host, args.port)
     threads = args.threads or max(1, cpu_count() // args.workers)
     options = dict(host=args.host, port=args.port, access_log=args.access_log, log_level='info',
-                   ws_max_size=MAX_STREAM_MESSAGE_BYTES, limit_concurrency=args.max_connections,
+                   ws_max_size=MAX_STREAM_MESSAGE_BYTES, ws_per_message_deflate=WS_DEFLATE,
+                   limit_concurrency=args.max_connections,
                    timeout_keep_alive=5)
     if args.host not in ('127.0.0.1', 'localhost', '::1') and settings.api_key is None:
         logging.getLogger(__name__).warning('listening on %s without an API key: anyone who reaches this address '

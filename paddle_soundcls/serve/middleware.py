@@ -4,9 +4,12 @@ RequireApiKey: refuses /v1/* and /paddlespeech/* without the key, before any bod
 RequestLimits: refuses oversized headers (431), then reads the whole body first, within the
 size limit and the request timeout, so a slow or oversized upload is answered (408 / 413)
 without reaching an endpoint, and endpoints (including form parsing) only ever see a complete
-body.
+body. It then watches the connection: a client that hangs up cancels its request, and with it
+the request's work still waiting in the engine queue.
 """
 import asyncio
+import collections
+import contextlib
 import json
 import time
 
@@ -16,6 +19,7 @@ DEADLINE_KEY = 'paddle_soundcls.deadline'   # scope key: time.monotonic() by whi
 # uvicorn's parser limits only headers that arrive in pieces; headers that arrive at once are
 # not limited there. 32 KiB is more than any browser or HTTP client sends.
 MAX_HEADER_BYTES = 32 * 1024
+REPLAY_BYTES = 1 << 20
 
 
 def header_map(scope):
@@ -85,7 +89,7 @@ class RequestLimits:
             if int(declared) > self.max_bytes:
                 return await send_json(send, 413, self._too_large(path, int(declared)), close=True)
         try:
-            body = await asyncio.wait_for(self._read(receive), self.timeout)
+            chunks = await asyncio.wait_for(self._read(receive), self.timeout)
         except BodyTooLarge:
             return await send_json(send, 413, self._too_large(path), close=True)
         except asyncio.TimeoutError:
@@ -96,16 +100,46 @@ class RequestLimits:
         except ClientGone:
             return  # nobody to answer
 
-        replayed = False
+        await self._run_until_disconnect(scope, chunks, receive, send)
+
+    async def _run_until_disconnect(self, scope, chunks, receive, send):
+        """Runs the app on the complete body while watching the connection: when the client goes
+        away first, the request is cancelled, so its queued work is dropped instead of run."""
+        gone = asyncio.Event()
+        pending = collections.deque(chunks)
 
         async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {'type': 'http.request', 'body': body, 'more_body': False}
-            return await receive()  # after the body: only the disconnect remains
+            # The body in pieces of about REPLAY_BYTES: a parser (multipart) then works through it
+            # a piece at a time, letting other requests run in between.
+            if pending:
+                piece = [pending.popleft()]
+                size = len(piece[0])
+                while pending and size + len(pending[0]) <= REPLAY_BYTES:
+                    size += len(pending[0])
+                    piece.append(pending.popleft())
+                return {'type': 'http.request', 'body': b''.join(piece), 'more_body': bool(pending)}
+            await gone.wait()   # after the body: only the disconnect remains
+            return {'type': 'http.disconnect'}
 
-        await self.app(scope, replay, send)
+        async def watch():
+            while (await receive())['type'] != 'http.disconnect':
+                pass
+            gone.set()
+
+        app = asyncio.ensure_future(self.app(scope, replay, send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({app, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not app.done():   # the client left (or this request was cancelled): nobody to answer
+                app.cancel()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            with contextlib.suppress(asyncio.CancelledError):
+                await app
+        if not app.cancelled():
+            app.result()   # the app's own exception, for the server's error handler
 
     async def _read(self, receive):
         chunks, size = [], 0
@@ -119,7 +153,7 @@ class RequestLimits:
                 raise BodyTooLarge()
             chunks.append(chunk)
             if not message.get('more_body', False):
-                return b''.join(chunks)
+                return chunks
 
     def _too_large(self, path, declared=None):
         size = f' ({declared} bytes)' if declared is not None else ''

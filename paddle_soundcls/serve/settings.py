@@ -2,7 +2,7 @@
 line can build its parser without the `serve` extra installed."""
 import hmac
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Tuple
 
 MiB = 1 << 20
@@ -15,57 +15,124 @@ PADDLESPEECH_PREFIX = '/paddlespeech/'
 MAX_STREAM_MESSAGE_BYTES = MiB
 
 
+# Stream windows and /v1/events windows: each second of audio is scored at most this many
+# times (window / hop), so a small hop cannot multiply the work of a stream without bound.
+DEFAULT_MAX_OVERLAP = 4
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """Limits and batching of one server process; each value checked on creation.
 
     max_batch: most clips per engine call; max_wait_ms: how long the first clip of a batch
-    waits for others; max_queue: clips waiting for the engine before new requests get 503;
-    max_body_bytes / max_audio_seconds: per request; timeout: seconds for a request from its
-    first byte to its answer (and for a stream between two messages); default_top_k: labels
-    answered when a request names no top_k; api_key: None for an open server; cors_origins:
-    origins allowed to call from a browser page of another site (none by default).
+    waits for others; max_queue: units of work (clip segments, windows, decoding steps)
+    waiting for the engine before new work gets 503; max_body_bytes / max_audio_seconds: per
+    request (max_audio_seconds None: max_audio_seconds_for(the model), 60 s for a model with a
+    training clip length, 10 s for one that scores clips whole); max_decode_samples: most samples (frames x channels, read from the header before
+    decoding) one file may decode to; max_window_seconds: the longest audio one engine call
+    scores (stream and /v1/events windows at most this long; clips are scored as predict scores
+    them: in windows of the training clip length, or whole);
+    max_overlap: most times a stream or /v1/events scores each second of audio (window / hop);
+    timeout: seconds for a request from its first byte to its answer (and for a stream between
+    two messages); default_top_k: labels answered when a request names no top_k; api_key: None
+    for an open server (surrounding whitespace is dropped, as it is from a presented key);
+    cors_origins: origins allowed to call from a browser page of another site (none by default).
     """
     max_batch: int = 8
     max_wait_ms: float = 5.0
     max_queue: int = 64
     max_body_bytes: int = 25 * MiB
-    max_audio_seconds: float = 60.0
+    max_audio_seconds: Optional[float] = None
+    max_decode_samples: int = 16_000_000
+    max_window_seconds: float = 5.0
+    max_overlap: float = DEFAULT_MAX_OVERLAP
     timeout: float = 30.0
     default_top_k: int = 5
     api_key: Optional[str] = field(default=None, repr=False)
     cors_origins: Tuple[str, ...] = ()
 
     def __post_init__(self):
-        for name in ('max_batch', 'max_queue', 'max_body_bytes', 'default_top_k'):
+        for name in ('max_batch', 'max_queue', 'max_body_bytes', 'max_decode_samples', 'default_top_k'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be a positive int, got {value!r}')
-        for name, low in (('max_wait_ms', 0.0), ('max_audio_seconds', None), ('timeout', None)):
+        for name, low in (('max_wait_ms', 0.0), ('max_audio_seconds', None), ('max_window_seconds', None),
+                          ('max_overlap', 1.0), ('timeout', None)):
             value = getattr(self, name)
+            if name == 'max_audio_seconds' and value is None:
+                continue
             bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             if bad or (value < low if low is not None else value <= 0):
-                kind = 'a number >= 0' if low is not None else 'a positive number'
+                kind = f'a number >= {low:g}' if low is not None else 'a positive number'
                 raise ValueError(f'{name} must be {kind}, got {value!r}')
-        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
-            raise ValueError('api_key must be a non-empty string, or None for a server without a key')
+        object.__setattr__(self, 'api_key', check_api_key(self.api_key))
         object.__setattr__(self, 'cors_origins', tuple(self.cors_origins))
 
     def to_dict(self):
         return asdict(self)
 
+    def for_model(self, predictor):
+        """These settings with max_audio_seconds decided for `predictor` where it was left to the model."""
+        if self.max_audio_seconds is not None:
+            return self
+        return replace(self, max_audio_seconds=max_audio_seconds_for(predictor))
 
-def key_matches(settings, presented):
-    """True when no key is set, or `presented` is the key (compared in constant time)."""
+
+# The longest clip per request when --max-audio-seconds is not given. A model with a training clip
+# length scores a long clip in windows of it, one engine unit each; a model that scores clips
+# whole (the pretrained taggers) runs a clip in one engine call, which other requests wait for,
+# so its clips are held to the AudioSet clip length it learnt from (longer audio: /v1/events).
+MAX_AUDIO_SECONDS_WINDOWED = 60.0
+MAX_AUDIO_SECONDS_WHOLE = 10.0
+
+
+def max_audio_seconds_for(predictor):
+    return MAX_AUDIO_SECONDS_WINDOWED if getattr(predictor, 'clip_seconds', None) else MAX_AUDIO_SECONDS_WHOLE
+
+
+def check_api_key(key):
+    """The key as clients can present it (surrounding whitespace dropped), or None; ValueError for
+    a key no HTTP header can carry."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError('api_key must be a non-empty string, or None for a server without a key')
+    key = key.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise ValueError('api_key contains a control character (a line break or tab inside it?), which no HTTP '
+                         'header can carry: choose a key of printable characters')
+    return key
+
+
+def key_matches(settings, presented, from_header=True):
+    """True when no key is set, or `presented` is the key (compared in constant time).
+
+    presented: the key a client sent, already stripped like the configured one. From a header
+    (decoded as Latin-1, as ASGI servers give headers) it is compared as the bytes it came in,
+    with the key's UTF-8 bytes (what browsers and most clients send) and its Latin-1 bytes;
+    from JSON (the stream's "api_key") as text.
+    """
     if settings.api_key is None:
         return True
-    if not presented:
+    if not presented or not isinstance(presented, str):
         return False
-    return hmac.compare_digest(presented.encode('utf-8'), settings.api_key.encode('utf-8'))
+    if not from_header:
+        return hmac.compare_digest(presented.encode('utf-8'), settings.api_key.encode('utf-8'))
+    try:
+        sent = presented.encode('latin-1')
+    except UnicodeEncodeError:   # not the Latin-1 decoding of header bytes
+        sent = presented.encode('utf-8')
+    candidates = [settings.api_key.encode('utf-8')]
+    try:
+        candidates.append(settings.api_key.encode('latin-1'))
+    except UnicodeEncodeError:
+        pass
+    # Every candidate is compared, so the time does not tell which one matched.
+    return sum(hmac.compare_digest(sent, candidate) for candidate in candidates) > 0
 
 
 def key_from_headers(headers):
-    """The key a client presents: `X-API-Key: KEY` or `Authorization: Bearer KEY`.
+    """The key a client presents: `X-API-Key: KEY` or `Authorization: Bearer KEY`, whitespace stripped.
 
     headers: a mapping with lower-case names (Starlette's Headers, or a dict).
     """
@@ -74,6 +141,63 @@ def key_from_headers(headers):
         return key.strip()
     scheme, _, value = (headers.get('authorization') or '').partition(' ')
     return value.strip() if scheme.lower() == 'bearer' else None
+
+
+def origin_allowed(settings, headers):
+    """The CORS rule for a WebSocket handshake, which browsers do not apply themselves: no Origin
+    (not a browser), the server's own origin (its page), or one of --cors-origin."""
+    origin = headers.get('origin')
+    if origin is None:
+        return True
+    if origin in settings.cors_origins:
+        return True
+    _, sep, netloc = origin.partition('://')
+    host = (headers.get('host') or '').strip().lower()
+    return bool(sep) and bool(host) and netloc.strip().lower().rstrip('/') == host
+
+
+@dataclass(frozen=True)
+class WindowLimits:
+    """What windows of one served model may be, in seconds: min_window, the network's shortest
+    input; min_hop, the time between two of the network's frames; max_window and max_overlap
+    (window / hop), the server's limits."""
+    min_window: float
+    min_hop: float
+    max_window: float
+    max_overlap: float
+
+
+def check_window_hop(window, hop, limits):
+    """The one rule for windows of /v1/events and of streams: (window, hop) as floats, or
+    ApiError(400) naming the field. A window shorter than the network's input would be padded
+    and a hop finer than its frames would repeat work, multiplying what each second of audio
+    costs; so would a large window / hop."""
+    for name, value in (('window', window), ('hop', hop)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ApiError(400, 'invalid_parameter', f'{name} must be a positive number of seconds, got {value!r}',
+                           name)
+    window, hop = float(window), float(hop)
+    tolerance = 1 + 1e-9   # seconds written in decimal
+    if window * tolerance < limits.min_window:
+        raise ApiError(400, 'invalid_parameter', f'window is {window:g} s, shorter than the {limits.min_window:g} s '
+                                                 f'the model takes at least (a shorter window would be padded to it, '
+                                                 f'multiplying the work): use window >= {limits.min_window:g}',
+                       'window')
+    if window > limits.max_window * tolerance:
+        raise ApiError(400, 'invalid_parameter', f'window is {window:g} s; this server scores windows of at most '
+                                                 f'{limits.max_window:g} s (--max-window-seconds)', 'window')
+    if hop * tolerance < limits.min_hop:
+        raise ApiError(400, 'invalid_parameter', f'hop is {hop:g} s, finer than the {limits.min_hop:g} s between two '
+                                                 f'frames of the network: use hop >= {limits.min_hop:g}', 'hop')
+    if hop > window * tolerance:
+        raise ApiError(400, 'invalid_parameter', f'hop ({hop:g} s) must not be longer than window ({window:g} s): '
+                                                 f'audio between windows would never be scored', 'hop')
+    if window > hop * limits.max_overlap * tolerance:
+        raise ApiError(400, 'invalid_parameter', f'window / hop is {window / hop:.3g}: each second of audio would be '
+                                                 f'scored that many times; this server scores it at most '
+                                                 f'{limits.max_overlap:g} times (--max-overlap): use hop >= '
+                                                 f'{window / limits.max_overlap:.4g}', 'hop')
+    return window, hop
 
 
 class ApiError(Exception):

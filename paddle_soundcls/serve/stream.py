@@ -12,12 +12,25 @@ Protocol (every text message is JSON):
              {"type": "scores", "start": s, "end": s, "results": [{"label", "score"}, ...]}
              (seconds from the start of the stream; what is sent depends on the mode)
 3. client -> {"type": "end"}: the server scores the last, partly new window, sends what the
-   mode has left, then {"type": "end"}, and closes (1000).
+   mode has left, then {"type": "done"}, and closes (1000).
+
+window and hop follow the rule of /v1/events (settings.check_window_hop): window at least the
+model's shortest input and at most --max-window-seconds, hop at least the network's frame hop
+and at most the window, window / hop at most --max-overlap.
 
 Errors: {"type": "error", "error": {"code", "message"}} and the socket is closed (1008 for a bad
 start message, a missing key or a silent client, 1007 for bad PCM, 1003 for a text message that
-is not JSON). A window refused because the server is busy gets an error message with its
-"start" and "end", and the stream goes on.
+is not JSON); a client sending more than MAX_MESSAGES_PER_SECOND messages a second gets
+"too_many_messages" and its connection is dropped. A window refused because the server is
+busy gets an error message with its "start" and "end", and the stream goes on. A handshake
+from a browser page of another origin than the server's own or those of --cors-origin is
+refused (HTTP 403).
+
+Cost of one stream: the audio is resampled to the model's rate once, as it arrives (work
+proportional to each message), into a buffer of two windows; windows are scored one at a time
+through the server's engine queue, so one stream has at most one window waiting there. The
+server reads at most READ_AHEAD_BYTES of PCM ahead of the scoring (many small messages are
+taken as one piece); when the client leaves, the stream's waiting work is dropped at once.
 
 Modes are pluggable: `register_stream_mode(name, factory)`; factory(config, labels, meta) gives an
 object with `on_window(start, end, scores) -> [messages]` and `on_end() -> [messages]`, where
@@ -25,17 +38,18 @@ scores is an OrderedDict(label -> score) of one window, best first. Built in: 's
 scores of each window) and 'events' (events as they start and end, from the windows' scores).
 """
 import asyncio
+import contextlib
 import json
 import logging
-import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect
 
 from .. import audio
-from .settings import MAX_STREAM_MESSAGE_BYTES, ApiError, key_from_headers, key_matches
+from .settings import (MAX_STREAM_MESSAGE_BYTES, ApiError, check_window_hop, key_from_headers, key_matches,
+                       origin_allowed)
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +57,19 @@ SAMPLE_FORMATS = {'int16': np.dtype('<i2'), 'float32': np.dtype('<f4')}
 DEFAULT_WINDOW = 2.0
 DEFAULT_HOP = 0.5
 CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_BAD_DATA, CLOSE_POLICY = 1000, 1003, 1007, 1008
+READ_AHEAD_BYTES = 2 * MAX_STREAM_MESSAGE_BYTES   # PCM read and held while earlier audio is scored
+PIECE_SAMPLES = 1 << 16           # stream samples resampled in one step
+# Messages a stream may send in a second (as a burst, and on average): 5 % of that is a 10-ms
+# chunk's rate. Each message costs the server's event loop its parsing however small it is,
+# so a flood of tiny ones is dropped, connection and all (its buffered data with it).
+MAX_MESSAGES_PER_SECOND = 5000
+INLINE_ELEMENTS = 1 << 18         # a resampling step this small (samples x filter taps) runs on the event loop
 
 
 class StreamError(Exception):
+    """close_code None: the connection is dropped after the error message, without the closing
+    handshake (which would keep reading what the client still sends)."""
+
     def __init__(self, code, message, close_code):
         super().__init__(message)
         self.code = code
@@ -82,10 +106,10 @@ class WindowEvents:
         settings = {**(meta.get('events') or {}), **config.options}
         try:
             event_config = EventConfig.from_dict(settings) if settings else None
+            self.tracker = EventTracker(list(labels), config.hop, event_config)
         except (TypeError, ValueError) as exc:
             raise StreamError('bad_start', f'options: {exc}', CLOSE_POLICY) from None
         self.labels = list(labels)
-        self.tracker = EventTracker(self.labels, config.hop, event_config)
         self.hop = config.hop
 
     def on_window(self, start, end, scores):
@@ -116,45 +140,46 @@ class StreamConfig:
     options: dict = field(default_factory=dict)
 
 
-def parse_start(message, settings, num_labels):
-    """The start message (a dict) -> StreamConfig; StreamError naming the field otherwise."""
+def _bad_start(message):
+    return StreamError('bad_start', message, CLOSE_POLICY)
+
+
+def parse_start(message, settings, num_labels, limits):
+    """The start message (a dict) -> StreamConfig; StreamError naming the field otherwise.
+
+    limits: the settings.WindowLimits of the served model.
+    """
     if not isinstance(message, dict):
-        raise StreamError('bad_start', 'the first message must be a JSON object such as {"sample_rate": 16000, '
-                                       '"format": "int16"}', CLOSE_POLICY)
+        raise _bad_start('the first message must be a JSON object such as {"sample_rate": 16000, "format": "int16"}')
     known = set(StreamConfig.__dataclass_fields__) | {'api_key'}
     unknown = sorted(set(message) - known)
     if unknown:
-        raise StreamError('bad_start', f'unknown fields {unknown} in the start message; known: {sorted(known)}',
-                          CLOSE_POLICY)
+        raise _bad_start(f'unknown fields {unknown} in the start message; known: {sorted(known)}')
     if 'sample_rate' not in message:
-        raise StreamError('bad_start', 'the start message needs "sample_rate" (Hz) of the PCM you will send',
-                          CLOSE_POLICY)
+        raise _bad_start('the start message needs "sample_rate" (Hz) of the PCM you will send')
     values = {k: v for k, v in message.items() if k != 'api_key'}
     values.setdefault('top_k', settings.default_top_k)
     config = StreamConfig(**values)
     try:
         config.sample_rate = audio.check_sample_rate(config.sample_rate, 'sample_rate')
     except audio.AudioError as exc:
-        raise StreamError('bad_start', str(exc), CLOSE_POLICY) from None
-    if config.format not in SAMPLE_FORMATS:
-        raise StreamError('bad_start', f'format must be one of {sorted(SAMPLE_FORMATS)}, got {config.format!r}',
-                          CLOSE_POLICY)
-    if isinstance(config.channels, bool) or not isinstance(config.channels, int) or not 1 <= config.channels <= 64:
-        raise StreamError('bad_start', f'channels must be an int from 1 to 64, got {config.channels!r}', CLOSE_POLICY)
-    for name in ('window', 'hop'):
+        raise _bad_start(str(exc)) from None
+    # Each field's type before its value: an unhashable list or object must not reach a lookup.
+    for name, table in (('format', SAMPLE_FORMATS), ('mode', STREAM_MODES)):
         value = getattr(config, name)
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or not 0 < value <= settings.max_audio_seconds):
-            raise StreamError('bad_start', f'{name} must be seconds in (0, {settings.max_audio_seconds:g}] '
-                                           f'(--max-audio-seconds), got {value!r}', CLOSE_POLICY)
+        if not isinstance(value, str) or value not in table:
+            raise _bad_start(f'{name} must be one of {sorted(table)}, got {value!r}')
+    if isinstance(config.channels, bool) or not isinstance(config.channels, int) or not 1 <= config.channels <= 64:
+        raise _bad_start(f'channels must be an int from 1 to 64, got {config.channels!r}')
+    try:
+        config.window, config.hop = check_window_hop(config.window, config.hop, limits)
+    except ApiError as exc:
+        raise _bad_start(exc.message) from None
     if isinstance(config.top_k, bool) or not isinstance(config.top_k, int) or config.top_k < 1:
-        raise StreamError('bad_start', f'top_k must be a positive int, got {config.top_k!r}', CLOSE_POLICY)
+        raise _bad_start(f'top_k must be a positive int, got {config.top_k!r}')
     config.top_k = min(config.top_k, num_labels)
-    if config.mode not in STREAM_MODES:
-        raise StreamError('bad_start', f'mode must be one of {sorted(STREAM_MODES)}, got {config.mode!r}',
-                          CLOSE_POLICY)
     if not isinstance(config.options, dict):
-        raise StreamError('bad_start', f'options must be a JSON object, got {config.options!r}', CLOSE_POLICY)
+        raise _bad_start(f'options must be a JSON object, got {config.options!r}')
     return config
 
 
@@ -165,47 +190,95 @@ def parse_chunk(data, config):
     if len(data) % frame_bytes:
         raise StreamError('bad_chunk', f'a chunk of {config.format} PCM with {config.channels} channel(s) must hold '
                                        f'whole frames of {frame_bytes} bytes; got {len(data)} bytes', CLOSE_BAD_DATA)
+    # The channel count comes from the start message: a chunk of any length is read the same way.
     samples = np.frombuffer(data, dtype=dtype).reshape(-1, config.channels)
     if config.format == 'int16':
         samples = samples.astype(np.float32) / 32768.0
     else:
-        problem = audio.samples_problem(samples)
+        problem = audio.samples_problem(samples) if samples.size else None
         if problem:
             raise StreamError('bad_chunk', f'a float32 chunk {problem}', CLOSE_BAD_DATA)
     return samples.mean(axis=1, dtype=np.float32) if config.channels > 1 else samples[:, 0].astype(np.float32)
 
 
+class Inbox:
+    """PCM received and not yet scored, in one buffer of at most `limit` bytes (then the reader
+    waits, and the client with it): the scorer takes all of it at once, so a thousand small
+    messages cost it one step."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.data = bytearray()
+        self.ended = False
+        self._changed = asyncio.Condition()
+
+    async def put(self, data):
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.data) < self.limit)
+            self.data += data
+            self._changed.notify_all()
+
+    async def end(self):
+        async with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    async def take(self):
+        """(all the PCM received since the last take, whether the client has ended the stream)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.data or self.ended)
+            data, self.data = bytes(self.data), bytearray()
+            self._changed.notify_all()
+            return data, self.ended
+
+
 class SlidingWindow:
     """Samples in, windows of `window` samples every `hop` samples out, starting at sample 0.
 
-    Keeps at most the last window plus one chunk in memory, however long the stream.
+    push(samples) stores them; next() gives the next complete window (start, end, samples), or
+    None; tail() the last, partial window at the end. The buffer holds the samples later
+    windows need in about two windows plus the largest push, reused (a ring compacted now and
+    then), so the work of a push is proportional to the push, whatever the window.
     """
 
     def __init__(self, window, hop):
         self.window, self.hop = window, hop
         self.buffer = np.zeros(0, np.float32)
+        self.length = 0          # samples in use at the buffer's start
         self.offset = 0          # stream index of buffer[0]
         self.next_start = 0      # stream index where the next window starts
         self.last_end = 0        # end of the last window given out
 
     @property
     def total(self):
-        return self.offset + len(self.buffer)
+        return self.offset + self.length
 
     def push(self, samples):
-        """-> [(start, end, window samples)] for every window completed by `samples`."""
-        self.buffer = np.concatenate([self.buffer, samples])
-        ready = []
-        while self.next_start + self.window <= self.total:
-            i = self.next_start - self.offset
-            ready.append((self.next_start, self.next_start + self.window, self.buffer[i:i + self.window].copy()))
-            self.last_end = self.next_start + self.window
-            self.next_start += self.hop
-        # Keep the last `window` samples (for the tail window at the end) and what the next window needs.
-        keep_from = min(self.next_start, max(self.total - self.window, 0))
-        drop = min(max(keep_from - self.offset, 0), len(self.buffer))
-        self.buffer, self.offset = self.buffer[drop:], self.offset + drop
-        return ready
+        samples = np.asarray(samples, dtype=np.float32)
+        if self.length + len(samples) > len(self.buffer):
+            # Keep the last `window` samples (for the tail window at the end) and what the next window needs.
+            keep_from = min(self.next_start, max(self.total - self.window, 0))
+            drop = min(max(keep_from - self.offset, 0), self.length)
+            kept = self.length - drop
+            if kept + len(samples) > len(self.buffer):
+                grown = np.zeros(max(2 * self.window, kept + len(samples)), np.float32)
+                grown[:kept] = self.buffer[drop:self.length]
+                self.buffer = grown
+            else:
+                self.buffer[:kept] = self.buffer[drop:self.length]
+            self.offset += drop
+            self.length = kept
+        self.buffer[self.length:self.length + len(samples)] = samples
+        self.length += len(samples)
+
+    def next(self):
+        if self.next_start + self.window > self.total:
+            return None
+        i = self.next_start - self.offset
+        start = self.next_start
+        self.last_end = start + self.window
+        self.next_start += self.hop
+        return start, start + self.window, self.buffer[i:i + self.window].copy()
 
     def tail(self):
         """The last window at the end of the stream if samples arrived after the last one, else None."""
@@ -213,17 +286,26 @@ class SlidingWindow:
             return None
         start = max(self.total - self.window, 0)
         i = start - self.offset
-        return start, self.total, self.buffer[i:].copy()
+        return start, self.total, self.buffer[i:self.length].copy()
 
 
-async def run_stream(websocket, settings, labels, meta, model_rate, classify):
-    """Serve one WebSocket. classify: async (waveform at model_rate) -> OrderedDict(label -> score)."""
+async def run_stream(websocket, settings, labels, meta, model_rate, limits, engine):
+    """Serve one WebSocket.
+
+    limits: settings.WindowLimits; engine: has flow(), clip_scores(wave at model_rate, flow,
+    timeout) -> OrderedDict(label -> score) (raising ApiError when busy or late) and step(fn,
+    flow, timeout) -> fn() run in the engine thread.
+    """
+    if not origin_allowed(settings, websocket.headers):
+        # Browsers open WebSockets to any site without asking it; the Origin header says which page did.
+        await websocket.close(CLOSE_POLICY)   # before accept: the handshake is answered with HTTP 403
+        return
     await websocket.accept()
     try:
-        await _session(websocket, settings, labels, meta, model_rate, classify)
+        await _session(websocket, settings, labels, meta, model_rate, limits, engine)
     except StreamError as exc:
         await _close_with_error(websocket, exc.code, exc.message, exc.close_code)
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, OSError):
         pass  # the client left; nothing to answer
     except Exception as exc:  # a bad stream must not take the server down; log it and end this stream only
         log.exception('stream failed')
@@ -234,7 +316,8 @@ async def run_stream(websocket, settings, labels, meta, model_rate, classify):
 async def _close_with_error(websocket, code, message, close_code):
     try:
         await websocket.send_json({'type': 'error', 'error': {'code': code, 'message': message}})
-        await websocket.close(close_code)
+        if close_code is not None:
+            await websocket.close(close_code)
     except Exception:  # the client may already be gone
         pass
 
@@ -250,37 +333,103 @@ async def _receive(websocket, timeout, waiting_for):
     return message
 
 
-def _json_text(message):
+def _json_text(message, code='bad_message', close_code=CLOSE_UNSUPPORTED):
     try:
         return json.loads(message['text'])
-    except ValueError as exc:
-        raise StreamError('bad_message', f'text messages must be JSON ({exc}); send audio as binary messages',
-                          CLOSE_UNSUPPORTED) from None
+    except (ValueError, RecursionError) as exc:
+        reason = 'nested too deeply' if isinstance(exc, RecursionError) else str(exc)
+        raise StreamError(code, f'text messages must be JSON ({reason}); send audio as binary messages',
+                          close_code) from None
 
 
-async def _session(websocket, settings, labels, meta, model_rate, classify):
+async def _session(websocket, settings, labels, meta, model_rate, limits, engine):
     first = await _receive(websocket, settings.timeout, 'the start message')
     if first.get('text') is None:
-        raise StreamError('bad_start', 'send the start message (JSON text, e.g. {"sample_rate": 16000}) before '
-                                       'any audio', CLOSE_POLICY)
+        raise _bad_start('send the start message (JSON text, e.g. {"sample_rate": 16000}) before any audio')
     start = _json_text(first)
-    presented = key_from_headers(websocket.headers) or (start.get('api_key') if isinstance(start, dict) else None)
-    if not key_matches(settings, presented if isinstance(presented, str) else None):
+    presented, from_header = key_from_headers(websocket.headers), True
+    if not presented and isinstance(start, dict):
+        presented, from_header = start.get('api_key'), False
+    if not key_matches(settings, presented if isinstance(presented, str) else None, from_header):
         raise StreamError('unauthorized', 'this server needs an API key: send the header `X-API-Key: KEY` or '
                                           '"api_key" in the start message', CLOSE_POLICY)
-    config = parse_start(start, settings, len(labels))
-    mode = STREAM_MODES[config.mode](config, labels, meta)
-    windows = SlidingWindow(max(1, round(config.window * config.sample_rate)),
-                            max(1, round(config.hop * config.sample_rate)))
+    config = parse_start(start, settings, len(labels), limits)
+    try:
+        mode = STREAM_MODES[config.mode](config, labels, meta)
+    except StreamError:
+        raise
+    except Exception as exc:  # a mode's own check of the options
+        raise _bad_start(f'options: {exc}') from None
     await websocket.send_json({'type': 'ready', 'model': meta.get('model'), 'sample_rate': config.sample_rate,
                                'format': config.format, 'channels': config.channels, 'window': config.window,
                                'hop': config.hop, 'mode': config.mode})
+    flow = engine.flow()
+    inbox = Inbox(READ_AHEAD_BYTES)
+    reader = asyncio.ensure_future(_read(websocket, inbox, config, settings.timeout))
+    scorer = asyncio.ensure_future(_score(websocket, inbox, config, mode, model_rate, settings, engine, flow))
+    try:
+        done, _ = await asyncio.wait({reader, scorer}, return_when=asyncio.FIRST_COMPLETED)
+        if scorer in done:
+            scorer.result()
+        else:
+            # The client left, went silent or sent something wrong: its waiting work goes at once.
+            flow.cancel()
+            reader.result()
+    finally:
+        flow.cancel()
+        for task in (reader, scorer):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def _read(websocket, inbox, config, timeout):
+    """Messages of the client into `inbox` (PCM, and the end); returns when the client leaves."""
+    frame_bytes = SAMPLE_FORMATS[config.format].itemsize * config.channels
+    ended = False
+    allowance, last = float(MAX_MESSAGES_PER_SECOND), time.monotonic()
+    while True:
+        if ended:  # only the disconnect may follow; the scoring of the last window may take a while
+            message = await websocket.receive()
+            if message['type'] == 'websocket.disconnect':
+                return
+            raise StreamError('bad_message', 'nothing may follow {"type": "end"}', CLOSE_UNSUPPORTED)
+        try:
+            message = await _receive(websocket, timeout, 'audio')
+        except WebSocketDisconnect:
+            return
+        now = time.monotonic()
+        allowance = min(float(MAX_MESSAGES_PER_SECOND), allowance + (now - last) * MAX_MESSAGES_PER_SECOND) - 1
+        last = now
+        if allowance < 0:
+            raise StreamError('too_many_messages', f'more than {MAX_MESSAGES_PER_SECOND} messages a second: send '
+                                                   f'the audio in fewer, longer chunks (e.g. 0.1 s each)', None)
+        if message.get('bytes') is not None:
+            data = message['bytes']
+            if len(data) > MAX_STREAM_MESSAGE_BYTES:
+                raise StreamError('chunk_too_large', f'a chunk holds {len(data)} bytes; send at most '
+                                                     f'{MAX_STREAM_MESSAGE_BYTES} per message', CLOSE_BAD_DATA)
+            if len(data) % frame_bytes:
+                parse_chunk(data, config)   # its error names the problem
+            await inbox.put(data)
+            continue
+        control = _json_text(message)
+        if control != {'type': 'end'}:
+            raise StreamError('bad_message', f'after the start message, text messages can only be {{"type": "end"}}; '
+                                             f'got {str(message.get("text"))[:100]!r}', CLOSE_UNSUPPORTED)
+        await inbox.end()
+        ended = True
+
+
+async def _score(websocket, inbox, config, mode, model_rate, settings, engine, flow):
+    """Scores the windows of the PCM in `inbox` as they complete, one at a time; at the end, the rest."""
+    resampler = audio.Resampler(config.sample_rate, model_rate)
+    windows = SlidingWindow(max(1, round(config.window * model_rate)), max(1, round(config.hop * model_rate)))
 
     async def score(begin, end, samples):
-        wave = await run_in_threadpool(audio.resample, samples, config.sample_rate, model_rate)
-        start_s, end_s = begin / config.sample_rate, end / config.sample_rate
+        start_s, end_s = begin / model_rate, end / model_rate
         try:
-            scores = await classify(wave)
+            scores = await engine.clip_scores(samples, flow, settings.timeout)
         except ApiError as exc:  # busy or timed out: this window is lost, the stream goes on
             await websocket.send_json({'type': 'error', 'start': start_s, 'end': end_s,
                                        'error': {'code': exc.code, 'message': exc.message}})
@@ -288,25 +437,33 @@ async def _session(websocket, settings, labels, meta, model_rate, classify):
         for reply in mode.on_window(start_s, end_s, scores):
             await websocket.send_json(reply)
 
-    while True:
-        message = await _receive(websocket, settings.timeout, 'audio')
-        if message.get('bytes') is not None:
-            data = message['bytes']
-            if len(data) > MAX_STREAM_MESSAGE_BYTES:
-                raise StreamError('chunk_too_large', f'a chunk holds {len(data)} bytes; send at most '
-                                                     f'{MAX_STREAM_MESSAGE_BYTES} per message', CLOSE_BAD_DATA)
-            for begin, end, samples in windows.push(parse_chunk(data, config)):
-                await score(begin, end, samples)
-            continue
-        control = _json_text(message)
-        if control != {'type': 'end'}:
-            raise StreamError('bad_message', f'after the start message, text messages can only be {{"type": "end"}}; '
-                                             f'got {str(message.get("text"))[:100]!r}', CLOSE_UNSUPPORTED)
-        tail = windows.tail()
-        if tail is not None:
-            await score(*tail)
-        for reply in mode.on_end():
-            await websocket.send_json(reply)
-        await websocket.send_json({'type': 'end'})
-        await websocket.close(CLOSE_NORMAL)
-        return
+    async def score_ready():
+        while True:
+            window = windows.next()
+            if window is None:
+                return
+            await score(*window)
+
+    async def resample(piece):
+        if resampler.orig_sr == resampler.target_sr or len(piece) * resampler.taps <= INLINE_ELEMENTS:
+            return resampler.push(piece)
+        return await engine.step(lambda: resampler.push(piece), flow, settings.timeout)
+
+    # Pieces that resample to at most about PIECE_SAMPLES samples each (1 kHz -> 32 kHz is 32x).
+    piece = max(1, min(PIECE_SAMPLES, PIECE_SAMPLES * config.sample_rate // model_rate))
+    ended = False
+    while not ended:
+        data, ended = await inbox.take()
+        samples = parse_chunk(data, config)
+        for first in range(0, len(samples), piece):
+            windows.push(await resample(samples[first:first + piece]))
+            await score_ready()
+    windows.push(resampler.flush())
+    await score_ready()
+    tail = windows.tail()
+    if tail is not None:
+        await score(*tail)
+    for reply in mode.on_end():
+        await websocket.send_json(reply)
+    await websocket.send_json({'type': 'done'})
+    await websocket.close(CLOSE_NORMAL)

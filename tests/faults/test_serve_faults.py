@@ -3,23 +3,28 @@ and a valid request still succeeds afterwards. Every server listens on 127.0.0.1
 is bounded in count and time."""
 import base64
 import contextlib
+import io
 import json
 import socket
 import struct
+import threading
 import time
 import tracemalloc
 
 import httpx
 import numpy as np
 import pytest
-from websockets.exceptions import ConnectionClosed
+import soundfile as sf
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from paddle_soundcls.deploy import Predictor
 from paddle_soundcls.serve import ServeSettings
 from paddle_soundcls.serve.app import create_app
+from paddle_soundcls.serve.command import WS_DEFLATE
 from paddle_soundcls.serve.settings import MAX_STREAM_MESSAGE_BYTES
-from serve_fixtures import audio_bytes, make_export_dir, read_answer, serve_in_thread, tone, wav_bytes
+from serve_fixtures import (LABELS, audio_bytes, counting_engine, cpu_seconds, make_export_dir, memory_mb, read_answer,
+                            reset_peak, serve_in_process, serve_in_thread, tone, wav_bytes)
 
 TIMEOUT = 1.5           # the server's --timeout in this suite
 MAX_BODY = 300_000      # its --max-body-mb, in bytes
@@ -27,11 +32,21 @@ WAV = wav_bytes(1.0, 16000)
 
 
 @pytest.fixture(scope='module')
-def url(tmp_path_factory):
-    predictor = Predictor(make_export_dir(tmp_path_factory.mktemp('serve_faults') / 'export'))
+def export_dir(tmp_path_factory):
+    return make_export_dir(tmp_path_factory.mktemp('serve_faults') / 'export')
+
+
+@pytest.fixture(scope='module')
+def predictor(export_dir):
+    return Predictor(export_dir)
+
+
+@pytest.fixture(scope='module')
+def url(predictor):
     settings = ServeSettings(max_body_bytes=MAX_BODY, max_audio_seconds=3.0, timeout=TIMEOUT)
-    # The same WebSocket message limit as `paddle-soundcls serve` sets.
-    with serve_in_thread(create_app(predictor, settings), ws_max_size=MAX_STREAM_MESSAGE_BYTES) as base:
+    # The same WebSocket options as `paddle-soundcls serve` sets.
+    with serve_in_thread(create_app(predictor, settings), ws_max_size=MAX_STREAM_MESSAGE_BYTES,
+                         ws_per_message_deflate=WS_DEFLATE) as base:
         yield base
 
 
@@ -44,9 +59,9 @@ def still_serves(url):
     assert len(response.json()['results']) == 3
 
 
-def post(url, data, content_type='audio/wav', **kwargs):
-    return httpx.post(url + '/v1/classify', content=data, headers={'content-type': content_type}, timeout=30,
-                      **kwargs)
+def post(url, data, content_type='audio/wav', headers=None, **kwargs):
+    return httpx.post(url + '/v1/classify', content=data, headers={'content-type': content_type, **(headers or {})},
+                      timeout=30, **kwargs)
 
 
 def address(url):
@@ -286,13 +301,13 @@ def messages_until_closed(ws, limit=50):
 
 
 def assert_stream_works(url):
-    pcm = (tone(0.6, 16000) * 32767).astype('<i2').tobytes()
+    pcm = (tone(1.2, 16000) * 32767).astype('<i2').tobytes()
     with ws_connect(ws_url(url), open_timeout=10) as ws:
-        ws.send(json.dumps({'sample_rate': 16000, 'window': 0.5}))
+        ws.send(json.dumps({'sample_rate': 16000, 'window': 1.0}))
         ws.send(pcm)
         ws.send(json.dumps({'type': 'end'}))
         messages, code = messages_until_closed(ws)
-    assert [m['type'] for m in messages] == ['ready', 'scores', 'scores', 'end'] and code == 1000
+    assert [m['type'] for m in messages] == ['ready', 'scores', 'scores', 'done'] and code == 1000
 
 
 def test_websocket_that_never_sends(url):
@@ -393,3 +408,330 @@ def test_bad_requests_do_not_leak_memory(url):
     finally:
         tracemalloc.stop()
     assert after - before < 1_000_000, (before, after)
+
+
+# What one client may cost ------------------------------------------------------------------
+# Each test below is one defect of a server that a single client could bring down: memory and
+# CPU are read from /proc for a server in a child process, engine calls are counted in-process.
+
+@pytest.fixture(scope='module')
+def child(export_dir):
+    """`paddle-soundcls serve` with its default limits in a child process: (base URL, pid)."""
+    with serve_in_process(export_dir) as (base, process):
+        for seconds in (1.0, 10.0):   # the engine's buffers for these shapes exist before anything is measured
+            assert post(base, wav_bytes(seconds, 32000)).status_code == 200
+        yield base, process.pid
+
+
+def stream_messages(base, start, chunks, end=True, limit=500, headers=None):
+    """Every message of one stream until the server closes it, and the close code."""
+    with ws_connect(ws_url(base), open_timeout=10, additional_headers=headers) as ws:
+        ws.send(json.dumps(start))
+        for chunk in chunks:
+            ws.send(chunk)
+        if end:
+            ws.send(json.dumps({'type': 'end'}))
+        return messages_until_closed(ws, limit)
+
+
+def int16(wave):
+    return (np.asarray(wave) * 32767).astype('<i2').tobytes()
+
+
+def test_stream_hop_has_a_floor_and_one_message_costs_little_memory(child):
+    base, pid = child
+    # A one-sample hop: each pushed sample would complete a window.
+    messages, code = stream_messages(base, {'sample_rate': 16000, 'window': 2, 'hop': 0.0000625}, [], end=False)
+    assert code == 1008 and messages[-1]['error']['code'] == 'bad_start', messages
+    assert 'hop' in messages[-1]['error']['message']
+    # The finest hop allowed, 2 s of PCM, then one 8,000-byte message: a few windows, scored one at a time.
+    windows = httpx.get(base + '/v1/model').json()['windows']
+    hop = max(windows['min_hop'], 2.0 / windows['max_overlap'])
+    reset_peak(pid)
+    before = memory_mb(pid)['rss']
+    messages, code = stream_messages(base, {'sample_rate': 16000, 'window': 2, 'hop': hop},
+                                     [int16(tone(2.0, 16000)), b'\0' * 8000])
+    assert code == 1000 and messages[-1] == {'type': 'done'}, messages[-3:]
+    assert sum(m['type'] == 'scores' for m in messages) == 1 + int(0.25 / hop) + 1   # the last one: the tail
+    assert memory_mb(pid)['peak'] - before < 30
+
+
+def flac_of_silence(seconds, rate, channels):
+    """FLAC bytes of `seconds` of silence: a few kB, however many samples it holds."""
+    buffer = io.BytesIO()
+    with sf.SoundFile(buffer, 'w', rate, channels, 'PCM_16', format='FLAC') as f:
+        second = np.zeros((rate, channels), np.int16)
+        for _ in range(int(seconds)):
+            f.write(second)
+    return buffer.getvalue()
+
+
+def test_a_small_compressed_file_cannot_make_decoding_cost_gigabytes(child):
+    base, pid = child
+    limit = ServeSettings().max_decode_samples
+    rate = 655350                                          # FLAC's highest
+    bomb = flac_of_silence(4, rate, 8)                     # 21 million samples in 4 s, under the clip length
+    largest = flac_of_silence(limit // (rate * 8), rate, 8)   # the most the default limit lets through
+    assert len(bomb) < 300_000 and 4 * rate * 8 > limit
+    reset_peak(pid)
+    before = memory_mb(pid)['rss']
+    refused = post(base, bomb, 'audio/flac')
+    assert refused.status_code == 413, refused.text
+    assert refused.json()['error']['code'] == 'too_many_samples' and refused.json()['error']['field'] == 'body'
+    assert '--max-decode-samples' in refused.json()['error']['message']
+    assert memory_mb(pid)['peak'] - before < 15
+    # Decoded in blocks, mixed to mono and resampled as it goes: never the whole file at its own rate.
+    answered = post(base, largest, 'audio/flac')
+    assert answered.status_code == 200, answered.text
+    assert memory_mb(pid)['peak'] - before < 40   # the README's worst case for decoding (besides the body)
+
+
+class SlowFrames:
+    """A Predictor whose frame scores take `delay` seconds a call (as a long window on a slow
+    machine would), counting the calls."""
+
+    def __init__(self, predictor, delay):
+        self.predictor, self.delay, self.calls = predictor, delay, 0
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
+
+    def frame_scorer(self, window=None, hop=None):
+        scorer = self.predictor.frame_scorer(window, hop)
+        score_frames = scorer.score_frames
+
+        def slow(waveforms):
+            self.calls += 1
+            time.sleep(self.delay)
+            return score_frames(waveforms)
+        scorer.score_frames = slow
+        return scorer
+
+    def detect(self, data, sample_rate=None, window=None, hop=None, config=None):
+        from paddle_soundcls.deploy import detection
+        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate,
+                                       config or self.predictor.event_config)
+
+
+def test_events_windows_shorter_than_the_model_input_are_refused(url):
+    data = audio_bytes(tone(2.0, 1000), 1000)
+    for params, field in (({'window': 0.01, 'hop': 0.01}, 'window'), ({'window': 2.0, 'hop': 0.01}, 'hop')):
+        response = httpx.post(url + '/v1/events', content=data, params=params, headers={'content-type': 'audio/wav'},
+                              timeout=30)
+        assert response.status_code == 400, response.text
+        assert response.json()['error']['field'] == field
+
+
+def test_events_pass_the_queue_and_stop_at_the_deadline(predictor):
+    slow = SlowFrames(predictor, delay=0.15)
+    settings = ServeSettings(max_queue=2, max_audio_seconds=20.0, timeout=3.0)
+    with serve_in_thread(create_app(slow, settings)) as base:
+        clip = wav_bytes(3.0, 16000)                        # 3 windows of 1 s
+        barrier = threading.Barrier(6)
+        responses = [None] * 6
+
+        def one(i):
+            barrier.wait(timeout=10)
+            responses[i] = httpx.post(base + '/v1/events', content=clip, params={'window': 1.0, 'hop': 1.0},
+                                      headers={'content-type': 'audio/wav'}, timeout=30)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        statuses = sorted(r.status_code for r in responses)
+        assert 503 in statuses and set(statuses) <= {200, 503}, statuses
+        assert all(int(r.headers['retry-after']) >= 1 for r in responses if r.status_code == 503)
+        # 40 windows of 0.15 s each: past the 3-s deadline, and the work stops with the answer.
+        started = time.monotonic()
+        late = httpx.post(base + '/v1/events', content=wav_bytes(20.0, 16000), params={'window': 1.0, 'hop': 0.5},
+                          headers={'content-type': 'audio/wav'}, timeout=30)
+        assert late.status_code == 504 and time.monotonic() - started < 3.0 + 1.0, late.text
+        calls = slow.calls
+        time.sleep(1.0)
+        assert slow.calls - calls <= 1
+
+
+def test_a_stream_message_costs_work_in_proportion_to_the_message(child):
+    base, pid = child
+    rate, window = 768000, ServeSettings().max_window_seconds
+    almost = int16(np.zeros(int(rate * window) - 100))
+    with ws_connect(ws_url(base), open_timeout=10) as ws:
+        ws.send(json.dumps({'sample_rate': rate, 'window': window, 'hop': window / 2}))
+        assert json.loads(ws.recv(timeout=10))['type'] == 'ready'
+        for i in range(0, len(almost), MAX_STREAM_MESSAGE_BYTES):     # a buffer just short of one window
+            ws.send(almost[i:i + MAX_STREAM_MESSAGE_BYTES])
+        time.sleep(1.0)                                                # let the server catch up
+        cpu, slowest = cpu_seconds(pid), 0.0
+        for i in range(300):                                           # then 300 messages of one sample
+            ws.send(b'\0\0')
+            if i % 30 == 0:
+                started = time.monotonic()
+                assert httpx.get(base + '/healthz', timeout=10).status_code == 200
+                slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.5)
+        busy = cpu_seconds(pid) - cpu
+    after_leaving = cpu_seconds(pid)
+    time.sleep(1.0)
+    assert busy < 0.3, busy                     # copying the window at every message: about 3 ms each
+    assert slowest < 0.1, slowest
+    assert cpu_seconds(pid) - after_leaving < 0.3
+
+
+def test_requests_of_clients_that_hang_up_are_not_run(predictor):
+    settings = ServeSettings(max_audio_seconds=3.0, timeout=10.0)
+    clip = wav_bytes(2.0, 16000)
+    with serve_in_thread(create_app(predictor, settings)) as base, counting_engine(predictor) as engine:
+        engine.gate.clear()                                   # the engine holds one request ...
+        held = threading.Thread(target=lambda: post(base, WAV))
+        held.start()
+        assert engine.entered.wait(10)
+        clients = [socket.create_connection(address(base), timeout=10) for _ in range(24)]
+        for sock in clients:                                  # ... while 24 clients send a clip,
+            sock.sendall(request_head(len(clip)) + clip)
+        for _ in range(50):                                   # wait until their work is queued,
+            if httpx.get(base + '/healthz').json()['queue'] >= 24:
+                break
+            time.sleep(0.1)
+        for sock in clients:                                  # and hang up
+            sock.close()
+        for _ in range(50):                                   # their waiting work is dropped
+            if httpx.get(base + '/healthz').json()['queue'] == 0:
+                break
+            time.sleep(0.1)
+        engine.gate.set()
+        held.join(30)
+        time.sleep(0.5)
+        assert sum(engine.calls) <= 2, engine.calls
+
+
+def test_a_stream_is_read_with_the_channels_of_its_start_message(url):
+    stereo = np.stack([tone(1.0, 8000, 440.0), tone(1.0, 8000, 880.0, amp=0.1)], axis=1)
+    pcm = int16(stereo)
+    start = {'sample_rate': 8000, 'channels': 2, 'window': 1.0}
+    whole, _ = stream_messages(url, start, [pcm])
+    split = 6000 * 4                                  # the last quarter of a second one frame at a time
+    frame_by_frame, _ = stream_messages(url, start, [pcm[:split]] + [pcm[i:i + 4] for i in range(split, len(pcm), 4)])
+    assert [m['type'] for m in whole] == ['ready', 'scores', 'done']
+    assert frame_by_frame == whole
+
+
+def test_a_flood_of_tiny_messages_is_cut_off(url):
+    with ws_connect(ws_url(url), open_timeout=10) as ws:
+        ws.send(json.dumps({'sample_rate': 16000}))
+        assert json.loads(ws.recv(timeout=10))['type'] == 'ready'
+        # 20,000 binary frames of 2 bytes (masked with a zero key) at once, as a fast client sends them.
+        with contextlib.suppress(OSError):
+            ws.socket.sendall(b'\x82\x82\0\0\0\0\0\0' * 20_000)
+        messages, _ = messages_until_closed(ws)
+    assert messages and messages[-1]['error']['code'] == 'too_many_messages', messages
+
+
+def test_start_message_of_the_wrong_types(url):
+    deep = '[' * 100_000 + ']' * 100_000
+    for start in ({'sample_rate': 16000, 'format': ['int16']}, {'sample_rate': 16000, 'mode': {}},
+                  {'sample_rate': 16000, 'mode': 'events', 'options': {'onset_threshold': [0.6]}},
+                  {'sample_rate': 16000, 'mode': 'events', 'options': {'onset_threshold': {'a': 1}}},
+                  {'sample_rate': 16000, 'channels': '2'}, {'sample_rate': [16000]}):
+        messages, code = stream_messages(url, start, [], end=False)
+        assert code == 1008 and messages[-1]['error']['code'] == 'bad_start', (start, messages)
+    with ws_connect(ws_url(url), open_timeout=10) as ws:
+        ws.send(deep)
+        messages, code = messages_until_closed(ws)
+    assert code in (1003, 1008) and messages[-1]['error']['code'] in ('bad_start', 'bad_message'), messages
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(files={'file': ('a.wav', WAV, 'audio/wav')}, data={'top_k': '²'}),
+    dict(files={'file': ('a.wav', WAV, 'audio/wav')}, data={'top_k': '9' * 5000}),
+    dict(json={'inputs': base64.b64encode(WAV).decode(), 'parameters': {'top_k': '²'}}),
+    dict(content=WAV, headers={'content-type': 'audio/wav'}, params={'top_k': '²'}),
+    dict(content=WAV, headers={'content-type': 'audio/wav'}, params={'top_k': '9' * 5000}),
+    dict(content=b'{"inputs": ' + b'[' * 100_000 + b']' * 100_000 + b'}', headers={'content-type': 'application/json'}),
+    dict(json={'inputs': base64.b64encode(WAV).decode(), 'parameters': []}),
+    dict(json={'inputs': base64.b64encode(WAV).decode(), 'parameters': 0}),
+    dict(json={'inputs': base64.b64encode(WAV).decode(), 'parameters': False}),
+])
+def test_client_mistakes_are_answered_as_client_mistakes(url, kwargs):
+    response = httpx.post(url + '/v1/classify', timeout=30, **kwargs)
+    assert response.status_code == 400, response.text
+    assert response.json()['error']['code'] in ('invalid_parameter', 'invalid_json')
+
+
+def test_paddlespeech_deeply_nested_json_gets_422(url):
+    response = httpx.post(url + '/paddlespeech/cls', content=b'[' * 100_000 + b']' * 100_000)
+    assert response.status_code == 422 and response.json()['detail'][0]['type'] == 'json_invalid', response.text
+
+
+class FailingEngine:
+    """A Predictor whose engine fails: every request gets a 500."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
+
+    def score_batch(self, waveforms):
+        raise RuntimeError('the engine failed')
+
+    def predict(self, *args, **kwargs):
+        raise RuntimeError('the engine failed')
+
+
+def test_a_server_failure_keeps_the_cors_header(predictor):
+    settings = ServeSettings(cors_origins=('https://good.example',))
+    with serve_in_thread(create_app(FailingEngine(predictor), settings)) as base:
+        response = post(base, WAV, headers={'origin': 'https://good.example'})
+        assert response.status_code == 500 and response.json()['error']['code'] == 'internal_error'
+        assert response.headers['access-control-allow-origin'] == 'https://good.example'
+        other = post(base, WAV, headers={'origin': 'https://evil.example'})
+        assert other.status_code == 500 and 'access-control-allow-origin' not in other.headers
+
+
+def test_stream_and_events_share_one_window_rule(url):
+    messages, code = stream_messages(url, {'sample_rate': 16000, 'window': 1.0, 'hop': 4.0}, [], end=False)
+    assert code == 1008 and messages[-1]['error']['code'] == 'bad_start', messages
+    events = httpx.post(url + '/v1/events', content=WAV, params={'window': 1.0, 'hop': 4.0},
+                        headers={'content-type': 'audio/wav'})
+    assert events.status_code == 400 and events.json()['error']['field'] == 'hop'
+    assert messages[-1]['error']['message'] == events.json()['error']['message']
+
+
+def test_the_end_of_a_stream_is_not_the_end_of_an_event(url):
+    options = {'onset_threshold': 1e-6, 'offset_threshold': 1e-6, 'median_filter_seconds': 0.0,
+               'min_duration_seconds': 0.0, 'min_gap_seconds': 0.0}   # every label is on until the stream ends
+    messages, code = stream_messages(url, {'sample_rate': 16000, 'window': 1.0, 'hop': 1.0, 'mode': 'events',
+                                           'options': options}, [int16(tone(2.0, 16000))])
+    types = [m['type'] for m in messages]
+    assert code == 1000 and types[-1] == 'done' and types.count('done') == 1, types
+    assert types.count('end') == len(LABELS)   # each label's event ends before the stream does
+
+
+def handshake_status(base, origin):
+    headers = {'origin': origin} if origin else None
+    try:
+        with ws_connect(ws_url(base), open_timeout=10, additional_headers=headers) as ws:
+            ws.send(json.dumps({'sample_rate': 16000}))
+            return json.loads(ws.recv(timeout=10))['type']
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def test_websocket_handshake_follows_the_cors_rule(url, predictor):
+    assert handshake_status(url, 'https://evil.example') == 403
+    assert handshake_status(url, None) == 'ready'              # not a browser
+    assert handshake_status(url, url) == 'ready'               # the server's own page
+    with serve_in_thread(create_app(predictor, ServeSettings(cors_origins=('https://good.example',)))) as base:
+        assert handshake_status(base, 'https://evil.example') == 403
+        assert handshake_status(base, 'https://good.example') == 'ready'
+
+
+def test_api_keys_as_clients_send_them(predictor):
+    for key, sent in (('clé', 'clé'.encode('utf-8')), ('clé', 'clé'.encode('latin-1')), ('abc\n', b'abc')):
+        with serve_in_thread(create_app(predictor, ServeSettings(api_key=key))) as base:
+            assert post(base, WAV, headers={'x-api-key': sent}).status_code == 200, (key, sent)
+            assert post(base, WAV, headers={'x-api-key': b'wrong'}).status_code == 401
+    with pytest.raises(ValueError, match='control character'):
+        ServeSettings(api_key='abc\ndef')
