@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 import soundfile as sf
+from .errors import AudioError  # (re-exported: audio.AudioError is where callers know it)
 
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3', '.aiff', '.aif', '.au')
 # Sample rates outside this range are not audio: in practice a damaged header. Resampling from
@@ -20,10 +21,6 @@ MAX_SAMPLE_RATE = 768000
 # Larger sample values are not audio either (even unscaled 32-bit integer PCM stays below
 # 2.2e9), and squared in the front end they would overflow float32 to Inf.
 MAX_ABS_SAMPLE = 1e10
-
-
-class AudioError(ValueError):
-    """An input that is not usable audio; the message names the file or argument."""
 
 
 def _reason(exc):

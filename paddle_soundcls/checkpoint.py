@@ -11,14 +11,11 @@ import os
 import pickle
 
 import numpy as np
+from .errors import CheckpointError, UnsafeCheckpointError  # (re-exported)
 
 META_FILE = 'meta.json'
 PARAMS_FILE = 'model.pdparams'
 FORMAT = 'paddle_soundcls/1'
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked; the message names the file and the keys."""
 
 
 def read_meta(directory):
@@ -62,10 +59,6 @@ _SAFE_GLOBALS |= {('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric',
 # Keys paddle.save adds beside the parameters.
 _NAME_TABLE = 'StructuredToParameterName@@'
 _BIG_PARAMS = 'UnpackBigParamInfor@@'  # parameters over 1 GB, saved in slices
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint whose pickle asks for something other than arrays and plain containers."""
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -29,6 +29,7 @@ import sys
 import warnings
 
 from .audio import AUDIO_EXTENSIONS, list_audio_files
+from .errors import ArgumentError
 
 ENGINE_CHOICES = ('auto', 'onnxruntime', 'paddle', 'dygraph')
 EVENTS_HELP = '''When each sound happens: onset, offset, label and confidence of every event.
@@ -48,7 +49,7 @@ PRECISION_CHOICES = ('fp32', 'int8')
 DEFAULT_TAGGER = 'panns_cnn14'
 
 
-class UsageError(ValueError):
+class UsageError(ArgumentError):
     """A command line that cannot be carried out as given."""
 
 

@@ -13,12 +13,9 @@ import urllib.request
 
 from .fileio import fsync_dir, remove_stale, temp_prefix
 from .progress import progress_bar
+from .errors import DownloadError  # (re-exported)
 
 DEFAULT_TIMEOUT = 10.0
-
-
-class DownloadError(RuntimeError):
-    """A file could not be fetched or did not pass its check; the message says what to do."""
 
 
 def cache_dir():

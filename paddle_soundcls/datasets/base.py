@@ -16,6 +16,7 @@ import soundfile as sf
 
 from .. import audio, fileio, weights
 from ..progress import progress_bar
+from ..errors import DatasetError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ PROGRESS_MIN_FILES = 500
 MAX_LISTED = 100
 # Bump when the way waveforms are cached changes: old entries are then ignored.
 CACHE_FORMAT = 1
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used as given; the message names the files or argument and what to do."""
 
 
 def list_problems(problems, limit=MAX_LISTED):

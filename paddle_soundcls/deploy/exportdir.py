@@ -48,6 +48,7 @@ import shutil
 
 from ..features.config import FrontendConfig
 from ..frames import FrameGeometry
+from ..errors import ExportError  # (re-exported)
 
 FORMAT = 'paddle_soundcls-export/1'
 EXPORT_FILE = 'export.json'
@@ -63,10 +64,6 @@ FRAMES_FILE = 'model.frames.onnx'  # frame scores for event detection (made with
 INPUT_NAME = 'features'
 OUTPUT_NAME = 'scores'
 TASKS = ('sound-cls', 'tagging')
-
-
-class ExportError(ValueError):
-    """An export directory that cannot be used as asked; the message names the file and what to do."""
 
 
 def sha256_file(path):

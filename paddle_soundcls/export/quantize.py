@@ -31,6 +31,7 @@ import tempfile
 
 import numpy as np
 
+from ..errors import QuantizationRefused
 from .. import audio, fileio
 from ..deploy import exportdir
 from ..features.mel import logmel
@@ -47,14 +48,6 @@ KEEP_FLOAT_CHOICES = ('stem', 'head')
 DEFAULTS = {'method': 'minmax', 'per_channel': True, 'quant_format': 'qdq', 'keep_float': ('stem', 'head'),
             'reduce_range': False, 'seconds': 5.0, 'limit': 200}
 MAX_CLIPS = 1000    # ranges settle after a few dozen clips; more only costs time (CNN14: ~8 clips/s on 2 CPUs)
-
-
-class QuantizationRefused(RuntimeError):
-    """The int8 model disagrees with the float model on the check clips; `summary` holds the figures."""
-
-    def __init__(self, message, summary):
-        super().__init__(message)
-        self.summary = summary
 
 
 def _ort_quantization():

@@ -13,6 +13,7 @@ import sys
 from ..deploy import exportdir
 from ..deploy.engines import cpu_count
 from .settings import API_KEY_ENV, MAX_STREAM_MESSAGE_BYTES, MiB, ServeSettings
+from ..errors import ServeError  # noqa: F401  (re-exported)
 
 DEFAULT_HOST = '127.0.0.1'
 DEFAULT_PORT = 8866
@@ -23,10 +24,6 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 WS_DEFLATE = False
 CONFIG_ENV = 'PADDLE_SOUNDCLS_SERVE_CONFIG'   # how worker processes of --workers N get their settings
 SERVE_EXTRA_HINT = "paddle-soundcls serve needs the `serve` extra: pip install 'paddle_soundcls[serve]'"
-
-
-class ServeError(ValueError):
-    """A serve command line that cannot be carried out; the message says what to do."""
 
 
 def resolve_model_dir(model_or_dir):
