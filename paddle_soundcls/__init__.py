@@ -8,20 +8,20 @@ __all__ = ['Module', 'Trainer', 'create_model', 'list_models', 'load_module']
 
 
 def list_models():
-    from .registry import list_models as _list
+    from .models.registry import list_models as _list
     return _list()
 
 
 def create_model(name, **kwargs):
     """Same as Module(name, **kwargs)."""
-    from .hub import Module
+    from .module import Module
     return Module(name, **kwargs)
 
 
 def __getattr__(name):
     if name in ('Module', 'load_module'):
-        from . import hub
-        return getattr(hub, name)
+        from . import module
+        return getattr(module, name)
     if name == 'Trainer':
         from .training.trainer import Trainer
         return Trainer

@@ -24,12 +24,11 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
-import warnings
 
 from .audio import AUDIO_EXTENSIONS, list_audio_files
 from .errors import ArgumentError
+from .scripts import THIRD_PARTY_NOISE, run_script, silence_third_party_noise  # noqa: F401  (moved there)
 
 ENGINE_CHOICES = ('auto', 'onnxruntime', 'paddle', 'dygraph')
 EVENTS_HELP = '''When each sound happens: onset, offset, label and confidence of every event.
@@ -43,8 +42,6 @@ EVENTS_HELP = '''When each sound happens: onset, offset, label and confidence of
 
 From standard input, one JSON line is printed per event start and end as they happen.
 '''
-# Third-party warnings that say nothing to our users (Paddle on import, and every training epoch).
-THIRD_PARTY_NOISE = ('No ccache found', 'When training, we now always track global mean and variance')
 PRECISION_CHOICES = ('fp32', 'int8')
 DEFAULT_TAGGER = 'panns_cnn14'
 
@@ -238,7 +235,7 @@ def cmd_events(args):
         from . import fileio
         fileio.write_json(args.json, records)
     if args.plot:
-        from .plots import plot_events
+        from .analysis.plots import plot_events
         plot_events(args.plot, paths[0], results[0], model.labels)
     if not (args.csv or args.json):
         for record in records:
@@ -261,15 +258,16 @@ def _write_events_csv(path, records):
 
 def _events_from_stdin(model, args, config):
     """Raw little-endian PCM from standard input -> one JSON line per event start and end."""
-    import numpy as np
-    dtype = {'int16': '<i2', 'float32': '<f4'}[args.pcm_format]
+    from .deploy import pcm
     if args.sample_rate is None:
         raise UsageError('reading standard input (-) needs --sample-rate HZ (and --pcm-format, --channels if not '
                          'int16 mono)')
-    stream = model.stream(args.sample_rate, window=args.window, hop=args.hop, config=config, channels=args.channels)
+    if args.channels < 1:
+        raise UsageError(f'--channels must be at least 1, got {args.channels}')
+    stream = model.stream(args.sample_rate, window=args.window, hop=args.hop, config=config)
     print(f'paddle-soundcls: listening; events are reported up to {stream.latency_seconds:.2f} s after they happen '
           f'(plus compute)', file=sys.stderr)
-    frame_bytes = np.dtype(dtype).itemsize * args.channels
+    frame_bytes = pcm.frame_bytes(args.pcm_format, args.channels)
     source, rest = sys.stdin.buffer, b''
     chunk_bytes = max(frame_bytes, int(args.sample_rate * 0.1) * frame_bytes)  # ~0.1 s per read
     while True:
@@ -278,7 +276,8 @@ def _events_from_stdin(model, args, config):
             break
         data, whole = rest + data, (len(rest) + len(data)) // frame_bytes * frame_bytes
         data, rest = data[:whole], data[whole:]
-        for event in stream.push(np.frombuffer(data, dtype=dtype).reshape(-1, args.channels)):
+        # The one PCM reader (the server's WebSocket reads its messages with it too).
+        for event in stream.push(pcm.decode(data, args.pcm_format, args.channels)):
             print(json.dumps(event), flush=True)
     for event in stream.close():
         print(json.dumps(event), flush=True)
@@ -424,7 +423,7 @@ def add_benchmark_args(parser):
 
 
 def print_benchmark(args):
-    from .export import benchmark
+    from .analysis import benchmark
     if args.model_dir is not None and args.model is not None:
         raise UsageError('give an export directory or --model NAME, not both')
     if args.model_dir is not None:
@@ -435,15 +434,7 @@ def print_benchmark(args):
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    setup = result['setup']
-    what = f'{setup["model_dir"]} ({setup["model"]})' if args.model_dir else f'{setup["model"]} ({setup["weights"]})'
-    print(f'{what}, {setup["seconds"]:g}-s clips, batch {setup["batch_size"]}, {setup["threads"]} threads, '
-          f'{setup["machine"]["cpu"]}')
-    for name in ('fp32', 'int8') if args.model_dir else benchmark.ENGINES:
-        if name in result:
-            print(f'  {name:26s} {result[name]["clips_per_s"]:8.2f} clips/s')
-    end_to_end = result['fp32' if args.model_dir else 'default']['end_to_end_clips_per_s']
-    print(f'  {"end to end (front end too)":26s} {end_to_end:8.2f} clips/s')
+    print(benchmark.format_report(result))
     return 0
 
 
@@ -541,7 +532,7 @@ def build_parser():
     add_quantize_args(p)
     p.set_defaults(func=cmd_export)
 
-    from .export.complexity import add_complexity_arguments, run_complexity
+    from .analysis.complexity import add_complexity_arguments, run_complexity
     from .serve import add_serve_arguments, run_serve
     for name, text, add_arguments, func in (
             ('convert', "a model's release checkpoint (PyTorch .pt/.pth) to a Paddle .pdparams file (no PyTorch "
@@ -567,12 +558,6 @@ def add_convert_args(parser):
                         help='the registered model the checkpoint is for, e.g. panns_cnn14 or efficientat_mn10 (an '
                              'unknown name lists them all); cnn14, cnn10 and cnn6 are deprecated names of the '
                              'panns_ models')
-
-
-def silence_third_party_noise():
-    """Hide the third parties' warnings in THIRD_PARTY_NOISE (never ours) at our entry points."""
-    for message in THIRD_PARTY_NOISE:
-        warnings.filterwarnings('ignore', message=re.escape(message))
 
 
 def user_errors():
@@ -620,16 +605,6 @@ def run_guarded(func, args, prog='paddle-soundcls'):
         return 2
     except user_errors() as exc:
         print(f'{prog}: error: {exc}', file=sys.stderr)
-        return 2
-
-
-def run_script(main):
-    """Run an example script's main(): an error of the user's data, files or setup is one line on
-    stderr and exit status 2, not a traceback."""
-    try:
-        return main()
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
         return 2
 
 

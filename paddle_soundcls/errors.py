@@ -33,6 +33,10 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint whose pickle asks for something other than arrays and plain containers."""
 
 
+class NoHeadError(SoundClsError, RuntimeError):
+    """A backbone asked for AudioSet logits that was built without its AudioSet head (or whose family has none)."""
+
+
 class ExportError(SoundClsError, ValueError):
     """An export directory that cannot be used as asked."""
 

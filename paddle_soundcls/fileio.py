@@ -5,11 +5,13 @@ So a reader sees the complete old or the complete new file, never a half-written
 a killed process, and, because the file and its folder are fsynced before and after the
 rename, after a power loss or an operating-system crash too. Temporary names carry the pid
 and host of their writer, so the next writer removes those left by processes that died.
+The package's one file hasher (file_digest) lives here too, beside the writers.
 
 Paddle-free: the standard library only.
 """
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -73,10 +75,25 @@ def remove_stale(parent, once=False):
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
-            try:
-                os.remove(path)
-            except OSError:  # another process removed it first
-                pass
+            remove_file(path)
+
+
+def remove_file(path):
+    """Delete a file that another process may delete first (a stale temporary, a pruned cache entry)."""
+    try:
+        os.remove(path)
+    except OSError:  # another process removed it first
+        pass
+
+
+def file_digest(path, algorithm='sha256'):
+    """The hex digest of a file's bytes (any hashlib algorithm): the package's one file hasher,
+    for download checks, export.json's file records and content-addressed caches."""
+    h = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_dir(directory):

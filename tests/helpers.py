@@ -56,7 +56,7 @@ def spec_with_url(name, url):
     """The registered spec of `name`, its pretrained weights published at `url` instead."""
     import dataclasses
 
-    from paddle_soundcls import registry
+    from paddle_soundcls.models import registry
     spec = registry.get_spec(name)
     return dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, url=url))
 

@@ -13,7 +13,7 @@ from helpers import calm
 from paddle_soundcls import Module, Trainer
 from paddle_soundcls import device
 from paddle_soundcls.datasets import AudioFolder
-from paddle_soundcls.training import trainer as trainer_lib
+from paddle_soundcls.training import modes
 from paddle_soundcls.training.loss_scale import DynamicLossScaler
 from test_consistency import two_classes
 
@@ -41,7 +41,7 @@ def test_precisions_the_device_cannot_run_are_refused():
         # Dygraph has no bfloat16 convolution on the CPU (so auto_cast computes float32): refused, not ignored.
         with pytest.raises(RuntimeError, match='bfloat16'):
             F.conv2d(paddle.ones([1, 1, 2, 2]).astype('bfloat16'), paddle.ones([1, 1, 1, 1]).astype('bfloat16'))
-        assert not trainer_lib.bf16_autocast_works()
+        assert not modes.bf16_autocast_works()
         with pytest.raises(ValueError, match="amp='bf16'"):
             Trainer(model, optimizer, amp='bf16')
     with pytest.raises(ValueError, match='num_threads must be a positive int'):
@@ -136,11 +136,11 @@ def test_the_scale_grows_after_a_run_of_good_steps_and_must_be_a_power_of_two():
 def fp16_path_on_cpu(monkeypatch):
     """The Trainer's fp16 code path on a CPU: the device check lets it through, and auto_cast,
     which does nothing on a CPU, is left out; only the loss scaling then differs from float32."""
-    monkeypatch.setattr(trainer_lib, '_check_amp', lambda amp, use_gpu: amp)
-    monkeypatch.setattr(trainer_lib.Trainer, '_autocast', lambda self: __import__('contextlib').nullcontext())
+    monkeypatch.setattr(modes, 'check_amp', lambda amp, use_gpu: amp)
+    monkeypatch.setattr(modes.Precision, 'autocast', lambda self: __import__('contextlib').nullcontext())
 
     def with_scale(scale):
-        monkeypatch.setattr(trainer_lib, 'DynamicLossScaler', functools.partial(DynamicLossScaler, scale=scale))
+        monkeypatch.setattr(modes, 'DynamicLossScaler', functools.partial(DynamicLossScaler, scale=scale))
     return with_scale
 
 
@@ -164,7 +164,7 @@ def test_fp16_training_with_loss_scaling_equals_float32_and_resumes_exactly(data
     assert saved['amp'] == 'fp16' and saved['loss_scaler']['scale'] == 2.0 ** 12
     # The front end runs outside the low-precision region: float32 features.
     waves = paddle.to_tensor(np.stack([data[i][0] for i in range(2)]))
-    features, _, _ = trainer._features(waves, paddle.to_tensor(np.array([0, 1])), False, np.random.default_rng(0))
+    features, _, _ = trainer.step.inputs([waves, paddle.to_tensor(np.array([0, 1]))], np.random.default_rng(0))
     assert features.dtype == paddle.float32
     # Interrupted after one epoch and resumed: the same history and weights.
     run(data, tmp_path / 'b', 1, 'fp16')

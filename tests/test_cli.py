@@ -151,9 +151,14 @@ def test_benchmark_json(tmp_path):
     proc = run('benchmark', '--model', 'panns_cnn6', '--seconds', 1, '--batch-size', 2, '--iterations', 1, '--json')
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    for engine in ('paddle_dygraph', 'paddle_inference_onednn', 'onnxruntime', 'default'):
-        assert result[engine]['clips_per_s'] > 0
-    assert result['default']['end_to_end_clips_per_s'] > 0
+    # One vocabulary: each engine is reported under a name `--engine` accepts (int8 as Predictor's precision).
+    from paddle_soundcls.cli import ENGINE_CHOICES
+    for key, engine, precision in (('dygraph', 'dygraph', 'fp32'), ('paddle', 'paddle', 'fp32'),
+                                   ('onnxruntime', 'onnxruntime', 'fp32'), ('onnxruntime_int8', 'onnxruntime', 'int8')):
+        assert result[key]['clips_per_s'] > 0 and result[key]['engine'] in ENGINE_CHOICES
+        assert (result[key]['engine'], result[key]['precision']) == (engine, precision)
+    assert result['onnxruntime']['end_to_end_clips_per_s'] > 0
+    assert result['onnxruntime']['ort_default_options']['clips_per_s'] > 0
     assert 'random' in result['setup']['weights'] and result['setup']['batch_size'] == 2
 
 
@@ -187,7 +192,7 @@ def test_commands_on_exports_run_without_paddle(workdir, tmp_path):
                               '--iterations', '1', '--json')
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(proc.stdout)
-    assert figures['fp32']['clips_per_s'] > 0 and figures['setup']['machine']['paddle'] is None
+    assert figures['onnxruntime']['clips_per_s'] > 0 and figures['setup']['machine']['paddle'] is None
     tagger = tmp_path / 'tagger_export'
     assert run('export', '--checkpoint', workdir / 'tagger_ckpt', '--output', tagger).returncode == 0
     proc = run_without_paddle('tag', clips[0], '--model-dir', tagger, '--topk', '3')

@@ -1,4 +1,5 @@
-"""The complexity report against published figures and hand counts, the budget check and its command line."""
+"""The complexity report against published figures and hand counts, the budget check and its command line;
+the benchmark's text report."""
 import argparse
 import dataclasses
 import json
@@ -7,8 +8,8 @@ import paddle.nn as nn
 import pytest
 
 from paddle_soundcls import registry
-from paddle_soundcls.export.complexity import (add_complexity_arguments, check_budget, complexity,
-                                               run_complexity)
+from paddle_soundcls.analysis.complexity import (add_complexity_arguments, check_budget, complexity,
+                                                 run_complexity)
 from paddle_soundcls.features.config import FrontendConfig
 
 
@@ -161,3 +162,40 @@ def test_hooks_are_removed():
     network = Tiny()
     complexity(network, seconds=(1,), frontend=FrontendConfig(n_mels=8))
     assert not network.conv._forward_post_hooks and not network.fc._forward_post_hooks
+
+
+def test_the_old_import_paths_lead_to_the_analysis_modules():
+    # training/ and the benchmarks still import export.complexity / export.benchmark / plots.
+    from paddle_soundcls import plots
+    from paddle_soundcls.analysis import benchmark, plots as analysis_plots
+    from paddle_soundcls.export import benchmark as old_benchmark
+    from paddle_soundcls.export.complexity import check_budget as old_check_budget
+    assert old_check_budget is check_budget and old_benchmark.run is benchmark.run
+    assert plots.plot_events is analysis_plots.plot_events
+
+
+# ----- the benchmark's text report (analysis/benchmark.py), under the engine names of Predictor and --engine
+
+def figures(clips_per_s, **more):
+    return {'clips_per_s': clips_per_s, 'threads': 2, **more}
+
+
+def test_benchmark_report_names_the_engines_as_the_command_line_does():
+    from paddle_soundcls.analysis import benchmark
+    from paddle_soundcls.cli import ENGINE_CHOICES
+    setup = {'model': 'panns_cnn6', 'weights': 'random', 'seconds': 1.0, 'batch_size': 2, 'threads': 2,
+             'machine': {'cpu': 'a CPU'}}
+    result = {'dygraph': figures(1.5), 'paddle': figures(2.5), 'onnxruntime_int8': figures(4.5), 'setup': setup,
+              'onnxruntime': figures(3.5, end_to_end_clips_per_s=3.25, ort_default_options=figures(3.0))}
+    assert {benchmark.engine_key(e, p) for e, p in benchmark.RUNS} == set(benchmark.ENGINES) == set(result) - {'setup'}
+    assert all(engine in ENGINE_CHOICES for engine, _ in benchmark.RUNS)
+    lines = benchmark.format_report(result).splitlines()
+    assert lines[0].startswith('panns_cnn6 (random), 1-s clips, batch 2, 2 threads, a CPU')
+    rows = {line.rsplit(None, 2)[0].strip(): float(line.split()[-2]) for line in lines[1:]}
+    assert rows == {'dygraph': 1.5, 'paddle': 2.5, 'onnxruntime': 3.5, 'onnxruntime_int8': 4.5,
+                    'onnxruntime, ORT defaults': 3.0, 'end to end (front end too)': 3.25}
+    # An export directory's report: onnxruntime only, without the ORT-defaults baseline.
+    export = {'onnxruntime': figures(3.5, end_to_end_clips_per_s=3.25),
+              'setup': {**setup, 'model_dir': '/tmp/export'}}
+    lines = benchmark.format_report(export).splitlines()
+    assert lines[0].startswith('/tmp/export (panns_cnn6)') and len(lines) == 3

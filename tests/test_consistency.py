@@ -201,12 +201,17 @@ def test_class_balanced_weights_come_from_the_training_set(tmp_path):
 
 # ----- 6. schedules are sized for the number of processes -----
 
-def test_example_schedule_counts_the_processes(monkeypatch):
+def example_train():
     sys.path.insert(0, os.path.join(REPO, 'examples', 'esc50'))
     try:
         import train as example
     finally:
         sys.path.pop(0)
+    return example
+
+
+def test_example_schedule_counts_the_processes(monkeypatch):
+    example = example_train()
     monkeypatch.setattr(paddle.distributed, 'get_world_size', lambda: 2)
     assert steps_per_epoch(100, 8) == 7 and steps_per_epoch(100, 8, world_size=1) == 13
     args = example.parse_args(['--scheduler', 'warmup_cosine', '--epochs', '3', '--batch-size', '8',
@@ -220,6 +225,39 @@ def test_example_schedule_counts_the_processes(monkeypatch):
     assert schedule.get_lr() == pytest.approx(schedule.rate(3 * 7 - 1))
     assert schedule.total_steps == 21
 
+
+
+def test_a_short_run_of_the_examples_fits_or_names_the_warm_up(capsys):
+    """--epochs 1 with the demo's default warm-up (10 steps) in a run of 8 steps: the warm-up is
+    shortened to the run, with a note; an explicit --warmup-steps longer than the run is refused
+    naming the flag."""
+    example = example_train()
+    args = example.parse_args(['--scheduler', 'warmup_cosine', '--epochs', '1', '--batch-size', '8',
+                               '--learning-rate', '0.01'])
+    schedule = example.build_optimizer(args, small(), 64, default_warmup=10)._learning_rate
+    assert schedule.total_steps == 8 and schedule.warmup_steps == 8
+    assert 'default warm-up of 10 steps is longer than this run' in capsys.readouterr().out
+    args = example.parse_args(['--scheduler', 'warmup_cosine', '--epochs', '1', '--batch-size', '8',
+                               '--learning-rate', '0.01', '--warmup-steps', '10'])
+    with pytest.raises(ValueError, match=r'--warmup-steps 10 is longer than this run \(1 epoch of 8 steps = 8 '
+                                         r'steps\): pass --warmup-steps 8'):
+        example.build_optimizer(args, small(), 64, default_warmup=10)
+
+
+def test_the_examples_print_no_third_party_noise_and_use_no_cli_helpers(tmp_path):
+    """Paddle's import warns 'No ccache found'; the example scripts hide it as the CLI does, with
+    the helpers of paddle_soundcls.scripts (not cli.py's)."""
+    for name in ('train.py', 'distill.py', 'predict.py'):
+        with open(os.path.join(REPO, 'examples', 'esc50', name), encoding='utf-8') as f:
+            assert 'paddle_soundcls.cli' not in f.read(), name
+    small().save(str(tmp_path / 'ckpt'))
+    sf.write(tmp_path / 'clip.wav', noise(1.0, seed=3, amp=0.1), 32000)
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'examples', 'esc50', 'predict.py'), '--checkpoint',
+                           str(tmp_path / 'ckpt'), str(tmp_path / 'clip.wav')], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1])['file'] == str(tmp_path / 'clip.wav')
+    assert 'ccache' not in proc.stderr
 
 # ----- 7. the same command gives the same run -----
 

@@ -162,12 +162,6 @@ def test_onnx_from_another_model_is_refused(tmp_path, export_dir, other_export_d
 
 # Sliding windows ----------------------------------------------------------------------------
 
-def test_window_spans():
-    assert pipeline.window_spans(10, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10)]
-    assert pipeline.window_spans(11, 4, 2) == [(0, 4), (2, 6), (4, 8), (6, 10), (7, 11)]
-    assert pipeline.window_spans(3, 4, 2) == [(0, 3)]
-    assert pipeline.window_spans(4, 4, 4) == [(0, 4)]
-
 
 def test_windows_stream_in_batches_with_bounded_memory():
     """A 10-minute recording: windows are cut as batches fill, never all at once."""

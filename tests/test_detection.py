@@ -182,6 +182,29 @@ def test_other_rates_and_int16_chunks(setup):
         assert math.isclose(a, c, abs_tol=0.05) and math.isclose(b, d, abs_tol=0.05)
 
 
+def test_a_stream_at_another_rate_gives_the_events_of_offline_detection(setup):
+    """One resampler for the whole stream: chunks of any size at 16 kHz give exactly the events
+    of detect() of the same 16-kHz audio (resampled whole)."""
+    root, _ = setup
+    predictor = Predictor(root / 'export')
+    from paddle_soundcls import audio
+    at16k = audio.resample(recording(12.0), SR, 16000)
+    [offline] = predictor.detect([at16k], 16000, window=4.0)
+    expected = [(e['label'], e['onset'], e['offset'], round(e['confidence'], 5)) for e in offline['events']]
+    assert expected
+    rng = np.random.default_rng(3)
+    for trial in range(2):
+        stream = predictor.stream(16000, window=4.0)
+        reports, start = [], 0
+        while start < len(at16k):
+            size = int(rng.integers(1, 20000))
+            reports += stream.push(at16k[start:start + size])
+            start += size
+        reports += stream.close()
+        got = [(r['label'], r['onset'], r['offset'], round(r['confidence'], 5)) for r in reports if r['type'] == 'end']
+        assert got == expected
+
+
 def test_tuned_thresholds_travel_with_the_checkpoint_and_export(setup, tmp_path):
     root, model = setup
     model.event_config = EventConfig(onset_threshold=[0.9, 0.6], offset_threshold=[0.5, 0.4])

@@ -140,13 +140,14 @@ def test_mixup_mixes_the_teachers_distributions_with_the_same_coefficients(data,
                       checkpoint_dir=str(tmp_path / 'ckpt'), augment=AugmentConfig(mixup_alpha=0.4), teacher=small(1),
                       kd_temperature=1.0, kd_lambda=0.5)
     trainer._prepare(data, 'train')
+    inputs, distill = trainer.step.inputs, trainer.step.objective.distill
     waves = paddle.to_tensor(np.stack([data[i][0] for i in range(4)]))
     labels = [0, 1, 1, 0]
     sure = np.log(np.where(np.eye(2)[labels] > 0, 0.999, 0.001))   # a teacher 99.9 % sure of each label
     for seed in range(5):
-        _, mixed_target, mixed_teacher = trainer._batch(waves, paddle.to_tensor(np.array(labels)),
-                                                        paddle.to_tensor(sure.astype('float32')), False,
-                                                        np.random.default_rng(seed))
+        _, mixed_target, mixed_teacher = inputs([waves, paddle.to_tensor(np.array(labels)),
+                                                 paddle.to_tensor(sure.astype('float32'))],
+                                                np.random.default_rng(seed))
         # Mixup draws one lambda ~ Beta(alpha, alpha) per batch, then a permutation (augment.mixup):
         # the same draws blend the targets and the teacher's distributions.
         rng = np.random.default_rng(seed)
@@ -156,7 +157,7 @@ def test_mixup_mixes_the_teachers_distributions_with_the_same_coefficients(data,
         np.testing.assert_allclose(mixed_teacher.numpy(), lam * p + (1 - lam) * p[perm], atol=1e-6)
         # The loss is the formula on that target: (1 - l) CE + l T^2 KL(p_mix || q).
         s = np.random.default_rng(seed).normal(size=(4, 2))
-        got = float(trainer._distill(paddle.to_tensor(s, 'float32'), mixed_target, teacher_probs=mixed_teacher))
+        got = float(distill(paddle.to_tensor(s, 'float32'), mixed_target, teacher_probs=mixed_teacher))
         q, p_mix = softmax(s), lam * p + (1 - lam) * p[perm]
         target = lam * one_hot + (1 - lam) * one_hot[perm]
         expected = 0.5 * -np.mean(np.sum(target * np.log(q), axis=1)) + 0.5 * np.mean(

@@ -34,9 +34,11 @@ def test_two_processes_match_one_with_double_batch(tmp_path):
     for key in ('fc.weight', 'fc.bias'):
         np.testing.assert_allclose(ranks[0][key], ranks[1][key], rtol=0, atol=0)   # ranks stay in sync
         np.testing.assert_allclose(ranks[0][key], one[key], rtol=1e-5, atol=1e-6)  # same as 1 process
-    # Only rank 0 wrote checkpoints and VisualDL logs; no stray temporary directories.
+    # Only rank 0 wrote checkpoints (and the frozen backbone, once) and VisualDL logs; no stray
+    # temporary directories.
     two = tmp_path / 'two'
-    assert sorted(os.listdir(two)) == ['epoch_1', 'epoch_2', 'visualization']
+    assert sorted(os.listdir(two)) == ['backbones', 'epoch_1', 'epoch_2', 'visualization']
+    assert len(os.listdir(two / 'backbones')) == 1
     assert len(os.listdir(two / 'visualization')) == 1
 
 

@@ -7,12 +7,12 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_soundcls import registry
-from paddle_soundcls.checkpoint import CheckpointError
+from paddle_soundcls.checkpoints.torchfile import load_state_dict
+from paddle_soundcls.errors import CheckpointError, NoHeadError
 from paddle_soundcls.features import LogMel, mel
 from paddle_soundcls.models import efficientat
+from paddle_soundcls.models import registry
 from paddle_soundcls.models.efficientat import EFFICIENTAT_FRONTEND, MobileNetV3, build, checkpoint_filter
-from paddle_soundcls.torch_checkpoint import load_state_dict
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'efficientat')
 REF_PT = os.path.join(DATA, 'tiny_mn.pt')
@@ -121,13 +121,13 @@ def test_checkpoint_filter_refuses_mixed_layouts():
 
 def test_parameter_counts_match_efficientat():
     # EfficientAT's README: mn04 0.983 M, mn10 4.88 M parameters (exact counts of their networks).
-    mn04, mn10 = build(0.4), build(1.0)
+    mn04, mn10 = build(0.4, audioset_head=True), build(1.0, audioset_head=True)
     assert n_params(mn04) == 983599 and n_params(mn10) == 4876831
     assert (mn04.emb_size, mn10.emb_size) == (512, 1280)
     headless = build(0.4, audioset_head=False)
     assert n_params(headless) == 983599 - (512 * 527 + 527)
     assert not any(k.startswith('classifier.5.') for k in headless.state_dict())
-    with pytest.raises(RuntimeError, match='audioset_head=False'):
+    with pytest.raises(NoHeadError, match='audioset_head=False'):
         headless.forward_head(paddle.zeros([1, 512]))
 
 
@@ -135,8 +135,8 @@ def test_registered_models():
     assert set(NAMES) <= set(registry.list_models())
     for name in NAMES:
         spec = registry.get_spec(name)
-        short = name[len('efficientat_'):]
-        width, filename, params, _, _ = efficientat.PRETRAINED[short]
+        width, weights, published = efficientat.MODELS[name]
+        filename, params = weights.filename, published['params']
         assert spec.family == 'efficientat' and spec.frontend == EFFICIENTAT_FRONTEND
         assert spec.weights.url == 'https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/' + filename
         assert spec.weights.file_format == 'torch' and spec.weights.license == 'MIT'
@@ -151,7 +151,7 @@ def test_registered_models():
 @pytest.mark.parametrize('seconds', [1.0, 10.0])
 def test_forward_on_clips(seconds):
     paddle.seed(0)
-    model = build(0.4)
+    model = build(0.4, audioset_head=True)
     model.eval()
     rng = np.random.default_rng(1)
     waves = (0.1 * rng.standard_normal((3, int(seconds * 32000)))).astype(np.float32)
@@ -166,9 +166,9 @@ def test_forward_on_clips(seconds):
 
 
 def test_checkpoint_of_another_width_is_refused(tmp_path):
-    from paddle_soundcls.hub import Module
+    from paddle_soundcls import Module
     path = str(tmp_path / 'mn10.pdparams')
-    paddle.save(build(1.0).state_dict(), path)
+    paddle.save(build(1.0, audioset_head=True).state_dict(), path)
     with pytest.raises(CheckpointError, match=r'mn10\.pdparams.*features\.0\.0\.weight: checkpoint \[16, 1, 3, 3\] '
                                               r'vs model \[8, 1, 3, 3\]'):
         Module(name='efficientat_mn04', task=None, pretrained=False, load_checkpoint=path)
@@ -184,14 +184,14 @@ def test_pretrained_release_file_is_downloaded_converted_and_cached(monkeypatch)
     from test_weights import Server, closed_port
 
     from paddle_soundcls import Module, weights
-    from paddle_soundcls.registry import Weights
+    from paddle_soundcls.models.registry import PretrainedCfg
     data = open(REF_PT, 'rb').read()
     server = Server()
     url = server.serve('/mn_tiny.pt', data)
     spec = dataclasses.replace(registry.get_spec('efficientat_mn04'), build=partial(build, REF_WIDTH),
                                emb_size=efficientat.make_divisible(efficientat.LAST_CHANNEL * REF_WIDTH),
-                               weights=Weights(url=url, filename='mn_tiny.pt', file_format='torch',
-                                               size_range=(len(data), len(data)), license='MIT'))
+                               weights=PretrainedCfg(url=url, filename='mn_tiny.pt', file_format='torch',
+                                                     size_range=(len(data), len(data)), license='MIT'))
     monkeypatch.setitem(registry._MODELS, 'efficientat_mn04', spec)
     try:
         model = Module('efficientat_mn04', num_class=3)

@@ -18,12 +18,13 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_soundcls import Module, list_models, registry
+from paddle_soundcls import Module, list_models
 from paddle_soundcls.deploy import Predictor, detection
 from paddle_soundcls.deploy.events import EventConfig
 from paddle_soundcls.export import export_static
 from paddle_soundcls.features.mel import logmel
 from paddle_soundcls.frames import FrameGeometry
+from paddle_soundcls.models import registry
 
 LARGE = 12_000_000           # parameters; larger models run with -m slow
 TOLERANCE = 0.020            # seconds

@@ -213,3 +213,105 @@ def test_tagging_head_and_other_datasets_are_refused(folders):
     waves = [(np.zeros(SR, dtype='float32'), np.int64(0))] * 4
     with pytest.raises(TypeError, match='AudioDataset'):
         embeddings.embed_dataset(model, waves)
+
+
+def test_frozen_epochs_hold_the_head_and_the_backbone_is_written_once(folders, monkeypatch, tmp_path):
+    """An epoch of a frozen-backbone run costs what the head costs: its model.pdparams holds the
+    head, and the unchanging backbone is written once for the run, named in trainer.json. Resuming
+    gives the whole model (whatever backbone the new process built), exactly as an uninterrupted
+    run; epochs written as whole models (the layout before) resume too; best_model is whole."""
+    import json
+
+    from paddle_soundcls import fileio, load_module
+    from paddle_soundcls.checkpoints.pdparams import load_params
+    train_root, dev_root = folders
+    train_set = AudioFolder(train_root, mode='train', duration=1.0)
+    dev_set = AudioFolder(dev_root, mode='dev', duration=1.0)
+    writes = []
+    real_atomic_write = fileio.atomic_write
+    monkeypatch.setattr(fileio, 'atomic_write',
+                        lambda path, write: writes.append(path) or real_atomic_write(path, write))
+
+    def run(ckpt, epochs, model=None):
+        model = model or build(train_set)
+        state = Trainer(model, paddle.optimizer.Adam(learning_rate=1e-2, parameters=model.parameters()),
+                        checkpoint_dir=str(ckpt), freeze_backbone=True, use_vdl=False, keep_last=None).train(
+            train_set, epochs=epochs, batch_size=4, eval_dataset=dev_set)
+        return state, {k: v.numpy() for k, v in model.state_dict().items()}
+
+    straight, weights = run(tmp_path / 'a', 4)
+    backbone_keys = {k for k in weights if k.startswith('backbone.')}
+    head_keys = set(weights) - backbone_keys
+    assert head_keys == {'fc.weight', 'fc.bias'}
+    ckpt = tmp_path / 'b'
+    run(ckpt, 3)
+    [name] = os.listdir(ckpt / 'backbones')
+    written = [str(ckpt / 'backbones' / name)]
+    assert [w for w in writes if w.startswith(str(ckpt / 'backbones'))] == written   # once, not per epoch
+    backbone = load_params(str(ckpt / 'backbones' / name))
+    assert set(backbone) == backbone_keys
+    for key in backbone_keys:
+        np.testing.assert_array_equal(backbone[key], weights[key])   # the backbone never trained
+    for epoch in (1, 2, 3):
+        assert set(load_params(str(ckpt / f'epoch_{epoch}' / 'model.pdparams'))) == head_keys
+        state = json.loads((ckpt / f'epoch_{epoch}' / 'trainer.json').read_text())
+        assert state['backbone_file'] == f'backbones/{name}'
+    epoch_bytes = sum(f.stat().st_size for f in (ckpt / 'epoch_3').iterdir())
+    assert epoch_bytes < 0.01 * (ckpt / 'backbones' / name).stat().st_size
+
+    # A new process whose Module has other backbone weights resumes the whole saved model.
+    paddle.seed(99)
+    other = calm(Module('panns_cnn6', label_map=LABELS, pretrained=False))
+    resumed, resumed_weights = run(ckpt, 4, model=other)
+    assert resumed['history'] == straight['history']
+    for key, value in weights.items():
+        np.testing.assert_array_equal(resumed_weights[key], value, err_msg=key)
+    assert [w for w in writes if w.startswith(str(ckpt / 'backbones'))] == written   # still once
+
+    # best_model is the whole model, wherever it is loaded.
+    best = ckpt / 'best_model'
+    best_head = load_params(str(ckpt / f'epoch_{resumed["best_epoch"]}' / 'model.pdparams'))
+    for restored in (Module('panns_cnn6', load_checkpoint=str(best)), load_module(str(best))):
+        params = {k: v.numpy() for k, v in restored.state_dict().items()}
+        for key in backbone_keys:
+            np.testing.assert_array_equal(params[key], backbone[key])
+        for key in head_keys:
+            np.testing.assert_array_equal(params[key], best_head[key])
+
+    # Epochs of whole models (as frozen runs wrote them before) resume as they did.
+    old = tmp_path / 'c'
+    run(old, 3)
+    for epoch in (1, 2, 3):
+        directory = old / f'epoch_{epoch}'
+        whole = {**load_params(str(old / 'backbones' / name)), **load_params(str(directory / 'model.pdparams'))}
+        paddle.save({k: paddle.to_tensor(v) for k, v in whole.items()}, str(directory / 'model.pdparams'))
+        state = json.loads((directory / 'trainer.json').read_text())
+        del state['backbone_file']
+        (directory / 'trainer.json').write_text(json.dumps(state))
+    for file in (old / 'backbones').iterdir():
+        file.unlink()
+    (old / 'backbones').rmdir()
+    paddle.seed(98)
+    resumed, resumed_weights = run(old, 4, model=calm(Module('panns_cnn6', label_map=LABELS, pretrained=False)))
+    assert resumed['history'] == straight['history']
+    for key, value in weights.items():
+        np.testing.assert_array_equal(resumed_weights[key], value, err_msg=key)
+
+
+def test_a_backbone_file_goes_with_the_last_epoch_that_names_it(folders, tmp_path):
+    """Full fine-tuning continued in a frozen run's checkpoint_dir saves whole models; once the
+    frozen epochs are pruned, their backbone file goes too."""
+    train_root, _ = folders
+    train_set = AudioFolder(train_root, mode='train', duration=1.0)
+    model = build(train_set)
+    ckpt = tmp_path / 'ckpt'
+    Trainer(model, paddle.optimizer.Adam(learning_rate=1e-2, parameters=model.parameters()),
+            checkpoint_dir=str(ckpt), freeze_backbone=True, use_vdl=False, keep_last=1).train(
+        train_set, epochs=2, batch_size=8)
+    assert sorted(os.listdir(ckpt)) == ['backbones', 'epoch_2']
+    Trainer(model, paddle.optimizer.Adam(learning_rate=1e-3, parameters=model.parameters()),
+            checkpoint_dir=str(ckpt), use_vdl=False, keep_last=1).train(train_set, epochs=3, batch_size=16)
+    assert sorted(os.listdir(ckpt)) == ['epoch_3']
+    restored = Module('panns_cnn6', load_checkpoint=str(ckpt / 'epoch_3'))   # a whole model again
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[key].numpy(), value.numpy())

@@ -1,5 +1,8 @@
 """Module: building by name, checkpoint layouts, predict() against an independent pipeline."""
+import json
 import os
+import subprocess
+import sys
 from collections import OrderedDict
 
 import librosa
@@ -8,11 +11,15 @@ import paddle
 import pytest
 import soundfile as sf
 
-from helpers import calm, small_module
-from paddle_soundcls import Module, registry
+from helpers import small_module
+from paddle_soundcls import Module
 from paddle_soundcls.audio import AudioError
-from paddle_soundcls.checkpoint import CheckpointError
+from paddle_soundcls.checkpoints import schema
+from paddle_soundcls.errors import CheckpointError, ExportError
+from paddle_soundcls.models import registry
 from signals import chirp, noise, tone
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def reference_scores(module, wave, sr, task):
@@ -218,3 +225,66 @@ def test_pretrained_file_in_cache_is_used_without_network(tmp_path):
     tagger = Module('panns_cnn6', task=None)  # the URL is unreachable here: only the cache can serve it
     wave = tone(880)
     assert tagger.predict([wave], 32000)[0] == pytest.approx(source.predict([wave], 32000)[0])
+
+
+# ----- what checkpoints and exports record: one schema, its migrations, the deprecated import path -----
+
+def test_meta_json_and_export_json_record_the_same_settings():
+    for module in (small_module(label_map=['engine', 'bird'], clip_seconds=2.0), small_module(task=None)):
+        meta, settings = module.meta(), module.export_settings()
+        assert meta['format'] == schema.META_FORMAT
+        assert set(settings) - set(meta) == {'min_seconds', 'frame_geometry'}
+        assert set(meta) - set(settings) == {'format'}
+        for key in set(meta) & set(settings):
+            if key == 'labels' and module.task == 'tagging':   # meta.json leaves the AudioSet labels out
+                assert meta[key] is None and settings[key] == registry.audioset_labels()
+            else:
+                assert meta[key] == settings[key], key
+        assert settings['frame_geometry'] == {'stride': 16, 'offset': 7.5}   # CNN6: 2**4 frames, centred
+        assert settings['min_seconds'] == registry.get_spec('panns_cnn6').min_seconds
+
+
+def test_checkpoints_of_the_first_version_still_load(tmp_path):
+    """meta.json of the first version: the tagger's task null, and none of multi_label, clip_seconds,
+    events, pooling; reading fills them as those checkpoints were used."""
+    source = small_module(task=None)
+    source.save(str(tmp_path / 'old'))
+    meta_path = tmp_path / 'old' / schema.META_FILE
+    old = {k: v for k, v in json.loads(meta_path.read_text()).items()
+           if k not in ('multi_label', 'clip_seconds', 'events', 'pooling')}
+    meta_path.write_text(json.dumps(dict(old, task=None)))
+    meta = schema.read_meta(str(tmp_path / 'old'))
+    assert (meta['task'], meta['multi_label'], meta['clip_seconds'], meta['events'], meta['pooling']) == \
+        ('tagging', True, None, None, 'embedding')
+    loaded = Module('panns_cnn6', load_checkpoint=str(tmp_path / 'old'))
+    assert loaded.task == 'tagging' and loaded.multi_label and loaded.clip_seconds is None
+    meta_path.write_text(json.dumps(dict(old, task='regression')))
+    with pytest.raises(CheckpointError, match=r"meta\.json: unknown task 'regression'"):
+        schema.read_meta(str(tmp_path / 'old'))
+
+
+def test_exports_of_earlier_versions_are_read_with_their_defaults(tmp_path):
+    path = tmp_path / 'export.json'
+    first = {'format': schema.EXPORT_FORMAT, 'model': 'panns_cnn6', 'task': 'sound-cls', 'labels': ['a', 'b'],
+             'frontend': small_module(num_class=2).frontend_cfg.to_dict(), 'min_seconds': 1.0, 'files': {},
+             'input': {}, 'output': {'activation': 'sigmoid'}}
+    path.write_text(json.dumps(first))
+    meta = schema.read_export_json(str(path), str(tmp_path))
+    assert (meta['multi_label'], meta['clip_seconds'], meta['events'], meta['pooling'], meta['frame_geometry']) == \
+        (True, None, None, 'embedding', None)
+    path.write_text(json.dumps({k: v for k, v in first.items() if k != 'files'}))
+    with pytest.raises(ExportError, match=r"export\.json lacks \['files'\]\. Export the model again"):
+        schema.read_export_json(str(path), str(tmp_path))
+
+
+def test_hub_is_a_deprecated_name_of_the_module_module():
+    code = ('import warnings\nwarnings.simplefilter("error", DeprecationWarning)\n'
+            'from paddle_soundcls import Module, load_module\nimport paddle_soundcls.module as m\n'
+            'assert Module is m.Module and load_module is m.load_module\n'
+            'try:\n    import paddle_soundcls.hub\nexcept DeprecationWarning as exc:\n    print("warned:", exc)\n'
+            'warnings.simplefilter("ignore", DeprecationWarning)\nimport paddle_soundcls.hub as hub\n'
+            'assert hub is m and hub.Module is m.Module\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'warned: paddle_soundcls.hub is deprecated' in proc.stdout

@@ -11,8 +11,11 @@ import paddle
 import pytest
 
 from helpers import BLOCK_PADDLE, calm
-from paddle_soundcls import Module, list_models, registry
+from paddle_soundcls import Module, list_models
+from paddle_soundcls.errors import NoHeadError
 from paddle_soundcls.export import export_static
+from paddle_soundcls.models import registry
+from paddle_soundcls.models.base import Backbone
 from paddle_soundcls.models.panns import ARCHITECTURES
 from signals import chirp, noise, tone
 
@@ -117,6 +120,50 @@ def test_export_parity_and_paddle_free_runtime(tmp_path, name):
     static = Predictor(tmp_path / 'export', engine='paddle').predict(paths)
     for a, b in zip(expected, static):
         np.testing.assert_allclose([a[k] for k in a], [b[k] for k in a], atol=1e-4)
+
+
+@pytest.mark.parametrize('name', export_cases())
+def test_backbone_contract_is_the_same_in_every_family(name):
+    """forward is forward_head(forward_features) (logits) wherever there is an AudioSet head, and a
+    backbone without one refuses forward_head and forward with the one error type (before: an
+    AttributeError for PANNs, a RuntimeError elsewhere; ResNet's forward returned embeddings)."""
+    spec = registry.get_spec(name)
+    x = paddle.to_tensor(np.random.default_rng(1).normal(-1, 1, (2, spec.frontend.num_frames(spec.sample_rate),
+                                                                 spec.frontend.n_mels)).astype('float32'))
+    headless = spec.build(audioset_head=False)
+    assert isinstance(headless, Backbone) and headless.emb_size == spec.emb_size and not headless.has_audioset_head
+    headless.eval()
+    with paddle.no_grad():
+        embedding = headless.forward_features(x)
+        assert list(headless.forward_frames(x).shape)[::2] == [2, spec.emb_size]
+        for call in (lambda: headless.forward_head(embedding), lambda: headless(x)):
+            with pytest.raises(NoHeadError, match="no AudioSet head.*task='sound-cls'"):
+                call()
+    if spec.audioset_head is not None:
+        tagger = spec.build(audioset_head=True)
+        tagger.eval()
+        with paddle.no_grad():
+            np.testing.assert_allclose(tagger(x).numpy(), tagger.forward_head(tagger.forward_features(x)).numpy(),
+                                       rtol=1e-5, atol=1e-6)
+        assert any(k.startswith(spec.audioset_head + '.') for k in tagger.state_dict())
+
+
+@pytest.mark.parametrize('name', list_models())
+def test_registry_entries_state_one_consistent_description(name):
+    """Every model's published figures use the one vocabulary (macs_10s, not macs_1s), and every
+    pretrained entry states what the builder needs: its format, size or checksum, front end, frame
+    geometry, labels, classifier and licence, agreeing with the network it is registered for."""
+    spec = registry.get_spec(name)
+    assert set(spec.published) <= set(registry.PUBLISHED_KEYS), spec.published
+    w = spec.weights
+    if w is None:
+        return
+    assert w.file_format in registry.FILE_FORMATS and w.license
+    assert w.size_range is not None or w.sha256 or w.md5
+    assert w.frontend == spec.frontend and w.frame_geometry == spec.frame_geometry
+    assert w.labels in registry.LABEL_SETS and w.classifier
+    # The AudioSet classifier of a file is the backbone's AudioSet head; any other is dropped.
+    assert (w.labels == 'audioset') == (w.classifier == spec.audioset_head)
 
 
 def test_unknown_model_lists_the_registered_ones():

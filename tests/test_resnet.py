@@ -12,11 +12,11 @@ import paddle
 import pytest
 
 import paddle_soundcls.models.resnet as resnet  # registers resnet18_mel and resnet34_mel
-from paddle_soundcls import Module, registry, weights
-from paddle_soundcls.checkpoint import CheckpointError
+from paddle_soundcls import Module, cache
+from paddle_soundcls.errors import CheckpointError, DownloadError, NoHeadError
 from paddle_soundcls.features.config import FrontendConfig
-from paddle_soundcls.hub import pretrained_state
-from paddle_soundcls.weights import DownloadError
+from paddle_soundcls.models import builder, registry
+from paddle_soundcls.models.builder import pretrained_state
 from signals import chirp, noise, tone
 from test_weights import Server, closed_port
 
@@ -57,11 +57,16 @@ def learnt_parameters(layer):
     return sum(int(np.prod(p.shape)) for p in layer.parameters() if not p.stop_gradient)
 
 
-# ----- the checkpoint filter -----
+# ----- the checkpoint layout: the builder with the family's filter -----
+
+def adapt(state, source, depth=18):
+    """A state dict as the builder maps it for resnet{depth}_mel (classifier, first conv, filter)."""
+    return builder.backbone_state(registry.get_spec(f'resnet{depth}_mel'), state, source)
+
 
 def test_filter_reduces_conv1_drops_fc_and_keeps_the_rest(imagenet_like):
     state, _ = imagenet_like
-    out = resnet.checkpoint_filter(state, 'resnet18.pdparams', depth=18)
+    out = adapt(state, 'resnet18.pdparams')
     np.testing.assert_allclose(out['conv1.weight'], state['conv1.weight'].sum(axis=1, keepdims=True), rtol=1e-6)
     assert out['conv1.weight'].shape == (64, 1, 7, 7)
     assert not any(k.startswith('fc.') for k in out)
@@ -70,17 +75,17 @@ def test_filter_reduces_conv1_drops_fc_and_keeps_the_rest(imagenet_like):
         if key != 'conv1.weight':
             np.testing.assert_array_equal(out[key], state[key])
     # Our own names and shapes pass unchanged.
-    again = resnet.checkpoint_filter(out, 'ours.pdparams', depth=18)
+    again = adapt(out, 'ours.pdparams')
     assert set(again) == set(out) and all(np.array_equal(again[k], out[k]) for k in out)
 
 
 def test_filter_refuses_unknown_keys_naming_the_source_and_the_key(imagenet_like):
     state, _ = imagenet_like
     with pytest.raises(CheckpointError, match=r"other\.pdparams: 'head\.weight' is not a parameter of ResNet-18"):
-        resnet.checkpoint_filter({**state, 'head.weight': np.zeros(3)}, 'other.pdparams', depth=18)
+        adapt({**state, 'head.weight': np.zeros(3)}, 'other.pdparams')
     # A deeper network's state dict has blocks ResNet-18 lacks.
     with pytest.raises(CheckpointError, match=r"r34\.pdparams: 'layer1\.2\.conv1\.weight'.*ResNet-18"):
-        resnet.checkpoint_filter(vision_state(34), 'r34.pdparams', depth=18)
+        adapt(vision_state(34), 'r34.pdparams')
 
 
 def test_one_channel_network_equals_paddle_vision_on_a_grey_image(imagenet_like):
@@ -88,7 +93,7 @@ def test_one_channel_network_equals_paddle_vision_on_a_grey_image(imagenet_like)
     on the same image in all three channels; the embedding is its global average pool."""
     state, _ = imagenet_like
     ours = resnet.ResNetOnMel(18)
-    ours.set_state_dict(resnet.checkpoint_filter(state, 'test', depth=18))
+    ours.set_state_dict(adapt(state, 'test'))
     reference = paddle.vision.models.resnet18(num_classes=0, with_pool=True)
     reference.set_state_dict({k: v for k, v in state.items() if not k.startswith('fc.')})
     ours.eval()
@@ -125,7 +130,8 @@ def test_specs_describe_paddle_vision_s_imagenet_weights():
         assert spec.weights.filename == f'resnet{depth}.pdparams' and spec.weights.license == 'Apache-2.0'
         assert spec.audioset_head is None and spec.family == 'resnet' and spec.emb_size == 512
         assert spec.frontend == FrontendConfig()
-        assert 'backbone only' in spec.published['pretrained'] and 'ImageNet' in spec.published['pretrained']
+        assert 'backbone only' in spec.weights.description and 'ImageNet' in spec.weights.description
+        assert (spec.weights.classifier, spec.weights.labels) == ('fc', 'imagenet-1k')
     assert registry.list_models(family='resnet') == ['resnet18_mel', 'resnet34_mel']
 
 
@@ -135,7 +141,7 @@ def test_tagging_is_refused_clearly(task):
         Module('resnet18_mel', task=task, pretrained=False)
     with pytest.raises(ValueError, match='no AudioSet head'):
         resnet.build(18, audioset_head=True)
-    with pytest.raises(RuntimeError, match="no AudioSet head.*task='sound-cls'"):
+    with pytest.raises(NoHeadError, match="no AudioSet head.*task='sound-cls'"):
         resnet.build(18).forward_head(paddle.zeros([1, 512]))
 
 
@@ -183,8 +189,8 @@ def test_pretrained_weights_download_into_the_cache(server, imagenet_like, monke
     url = server.serve('/models/resnet18.pdparams', data)
     spec = point_registry_at(monkeypatch, url, hashlib.md5(data).hexdigest())
     loaded, source = pretrained_state(spec)
-    assert source == os.path.join(weights.cache_dir(), 'resnet18.pdparams')
-    backbone = spec.checkpoint_filter(loaded, source)
+    assert source == os.path.join(cache.cache_dir(), 'resnet18.pdparams')
+    backbone = builder.backbone_state(spec, loaded, source)
     np.testing.assert_allclose(backbone['conv1.weight'], state['conv1.weight'].sum(1, keepdims=True), rtol=1e-6)
     pretrained_state(spec)
     assert server.requests == ['/models/resnet18.pdparams']   # the second time from the cache
@@ -197,7 +203,7 @@ def test_a_file_that_is_not_paddle_vision_s_is_refused_by_its_published_md5(serv
     with pytest.raises(DownloadError, match=f'{url} is corrupt: its md5 is .*expected '
                                             f'{paddle.vision.models.resnet.model_urls["resnet18"][1]}'):
         Module('resnet18_mel', num_class=5)
-    assert os.listdir(weights.cache_dir()) == []
+    assert os.listdir(cache.cache_dir()) == []
 
 
 def test_module_with_pretrained_weights_downloads_and_predicts(server, imagenet_like, monkeypatch):
@@ -218,6 +224,6 @@ def test_offline_error_names_the_url_the_cache_path_and_what_to_do(monkeypatch):
         Module('resnet18_mel', num_class=5)
     assert time.monotonic() - start < 5
     message = str(info.value)
-    assert url in message and os.path.join(weights.cache_dir(), 'resnet18.pdparams') in message
+    assert url in message and os.path.join(cache.cache_dir(), 'resnet18.pdparams') in message
     assert 'copy it to' in message and 'PADDLE_SOUNDCLS_HOME' in message
-    assert os.listdir(weights.cache_dir()) == []
+    assert os.listdir(cache.cache_dir()) == []

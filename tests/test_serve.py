@@ -23,7 +23,7 @@ from paddle_soundcls.serve import ServeError, ServeSettings, add_serve_arguments
 from paddle_soundcls.serve.app import create_app
 from paddle_soundcls.serve.batching import Batcher, QueueFull, ShuttingDown
 from paddle_soundcls.serve.command import settings_from_args
-from paddle_soundcls.serve.stream import SlidingWindow, register_stream_mode, STREAM_MODES
+from paddle_soundcls.serve.stream import register_stream_mode, STREAM_MODES
 from serve_fixtures import (LABELS, audio_bytes, counting_engine, make_export_dir, read_answer, serve_in_process,
                             serve_in_thread, tone, wav_bytes)
 
@@ -453,31 +453,6 @@ def test_stream_float32_stereo_and_a_short_tail(url):
     assert [(m['start'], m['end']) for m in scores] == [(0.0, 0.3)]   # shorter than a window: scored at the end
 
 
-def test_sliding_window_in_any_chunking():
-    rng = np.random.default_rng(0)
-    samples = rng.standard_normal(1000).astype(np.float32)
-    for window, hop in ((100, 30), (100, 100), (50, 80)):
-        windows = SlidingWindow(window, hop)
-        got, pos, largest = [], 0, 0
-        while pos < len(samples):
-            size = int(rng.integers(1, 120))
-            largest = max(largest, size)
-            windows.push(samples[pos:pos + size])
-            while (ready := windows.next()) is not None:
-                got.append(ready)
-            pos += size
-            assert len(windows.buffer) <= 2 * window + largest
-        starts = list(range(0, len(samples) - window + 1, hop))
-        assert [(s, e) for s, e, _ in got] == [(s, s + window) for s in starts]
-        assert all(np.array_equal(w, samples[s:e]) for s, e, w in got)
-        tail = windows.tail()
-        if starts[-1] + window < len(samples):
-            assert (tail[0], tail[1]) == (len(samples) - window, len(samples))
-            assert np.array_equal(tail[2], samples[-window:])
-        else:
-            assert tail is None
-
-
 def test_stream_modes_are_pluggable(url):
     class Loudest:
         def __init__(self, config, labels, meta):
@@ -622,8 +597,13 @@ def test_stream_events_mode_reports_each_event_once(url, predictor):
     starts = [m for m in reports if m['type'] == 'start']
     ends = [m for m in reports if m['type'] == 'end']
     assert len(starts) == len(ends) >= 1
-    # The same decisions on the windows' scores offline: one start and one end per event.
     assert sorted((m['label'], m['onset']) for m in starts) == sorted((m['label'], m['onset']) for m in ends)
+    # The frames and decisions of offline detection (Predictor.detect, /v1/events): the same events.
+    from paddle_soundcls.deploy.events import EventConfig
+    wave = np.frombuffer(pcm, '<i2').astype(np.float32) / 32768
+    [offline] = predictor.detect([wave], sr, window=1.0, hop=0.5, config=EventConfig(**options))
+    assert [(m['label'], m['onset'], m['offset']) for m in ends] == [
+        (e['label'], e['onset'], e['offset']) for e in offline['events']]
     bad = stream(url, {'sample_rate': sr, 'mode': 'events', 'options': {'onset_threshold': 7}}, [], end=False)
     assert bad[-1]['type'] == 'error' and 'onset_threshold' in bad[-1]['error']['message']
 

@@ -187,3 +187,41 @@ def test_a_log_file_gets_plain_lines_not_progress_bar_frames(tmp_path, data):
     assert '\r' not in text
     assert [line.split(' - ', 1)[1][:7] for line in text.splitlines() if ' - epoch ' in line and 'acc=' in line
             and 'step' not in line] == ['epoch 1', 'epoch 2']
+
+
+def test_a_schedule_given_to_the_trainer_is_stepped_saved_and_resumed(data, tmp_path):
+    """Trainer(..., lr_scheduler=...) steps the schedule once per batch (the optimizer runs on it),
+    saves it with the optimizer's state and resumes it; Trainer(model, optimizer) with the schedule
+    inside the optimizer does the same (test_augmentation_and_schedules_run)."""
+    from paddle_soundcls.training.schedules import warmup_cosine
+    train_set, _ = data
+
+    def run(ckpt, epochs):
+        model, optimizer = build(train_set, lr=0.5)   # a fixed rate, replaced by the schedule
+        schedule = warmup_cosine(1e-3, total_steps=4, warmup_steps=2)
+        trainer = Trainer(model, optimizer, checkpoint_dir=str(ckpt), use_vdl=False, lr_scheduler=schedule)
+        trainer.train(train_set, epochs=epochs, batch_size=8)
+        return schedule, model
+
+    schedule, model = run(tmp_path / 'a', 2)
+    assert schedule.last_epoch == 4
+    run(tmp_path / 'b', 1)
+    resumed, resumed_model = run(tmp_path / 'b', 2)
+    assert resumed.last_epoch == 4 and resumed.get_lr() == schedule.get_lr()
+    for key, value in model.state_dict().items():
+        np.testing.assert_allclose(resumed_model.state_dict()[key].numpy(), value.numpy(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match='lr_scheduler must be a paddle.optimizer.lr.LRScheduler'):
+        Trainer(model, paddle.optimizer.SGD(parameters=model.parameters()), lr_scheduler=0.1)
+
+
+def test_unreadable_files_are_refused_naming_the_trainers_option(tmp_path):
+    root = make_folder(tmp_path / 'data', 2, seed=4)
+    (root / 'tone' / 'broken.wav').write_bytes(b'RIFF\x00\x00\x00\x00WAVEjunk')
+    train_set = AudioFolder(str(root), mode='train', duration=1.0)
+    model, optimizer = build(AudioFolder(str(make_folder(tmp_path / 'ok', 1, seed=5)), mode='train', duration=1.0))
+    trainer = Trainer(model, optimizer, checkpoint_dir=str(tmp_path / 'ckpt'), use_vdl=False)
+    with pytest.raises(ValueError, match=r'(?s)broken\.wav.*Trainer\(\.\.\., skip_bad_files=True\).*--skip-bad-files'):
+        trainer.train(train_set, epochs=1, batch_size=4)
+    with pytest.warns(UserWarning, match='leaving out 1 unusable'):
+        Trainer(model, optimizer, checkpoint_dir=str(tmp_path / 'ckpt'), use_vdl=False,
+                skip_bad_files=True).train(train_set, epochs=1, batch_size=4)

@@ -15,7 +15,7 @@ from paddle_soundcls import Module, Trainer, registry
 from paddle_soundcls.datasets import AudioDataset, AudioFolder, StrongLabelDataset
 from paddle_soundcls.datasets.strong import frame_targets
 from paddle_soundcls.deploy import event_metrics
-from paddle_soundcls.training import AugmentConfig, embeddings, losses, steps
+from paddle_soundcls.training import AugmentConfig, embeddings, losses, modes, steps
 from paddle_soundcls.training import teacher as teacher_lib
 from signals import chirp, noise
 from test_consistency import two_classes
@@ -75,9 +75,7 @@ def test_the_trainer_pools_targets_to_the_frames_the_network_gives(name, tmp_pat
     frames as the network makes for the clip, and those frames cover the clip as the geometry says
     (one every `stride` front-end frames, the last centred inside the clip)."""
     model = Module(name, label_map=LABELS, multi_label=True, pooling='max', pretrained=False, seed=0)
-    trainer = Trainer(model, paddle.optimizer.SGD(learning_rate=0.0, parameters=model.parameters()), use_vdl=False,
-                      checkpoint_dir=str(tmp_path / 'ckpt'))
-    trainer.loss_fn = losses.build_loss('bce')
+    step = steps.StrongStep(steps.TrainingNet(model), None, losses.build_loss('bce'), model)
     hop = hop_seconds(model.spec)
     fine_frames = int(round(2.0 / hop))
     targets = np.stack([frame_targets([(0.3, 1.1, 'chirp')], fine_frames, hop, LABELS)] * 2)
@@ -87,7 +85,7 @@ def test_the_trainer_pools_targets_to_the_frames_the_network_gives(name, tmp_pat
                         real(m, t, count, place))
     waves = paddle.to_tensor(noise(2.0, seed=1, amp=0.1)[None].repeat(2, axis=0).astype('float32'))
     features = model.frontend(waves)
-    _, loss = trainer._strong_step(features, paddle.to_tensor(targets))
+    _, loss = step.forward(features, paddle.to_tensor(targets))
     assert np.isfinite(float(loss))
     with paddle.no_grad():
         model.eval()
@@ -116,10 +114,12 @@ def test_contrastive_views_are_augmentations_of_their_own_clips_with_their_label
                       checkpoint_dir=str(tmp_path / 'ckpt'), supcon_weight=0.5,
                       augment=AugmentConfig(mixup_alpha=0.4, time_masks=1, time_mask_width=5))
     trainer._prepare(clips, 'train')
+    step = trainer.step
+    assert isinstance(step, steps.SupConStep)
     waves = paddle.to_tensor(np.stack([clips[i][0] for i in range(len(clips))]))
     target = paddle.to_tensor(np.array([clips.target(i) for i in range(len(clips))]))
-    task, mixed_target, _ = trainer._batch(waves, target, None, False, np.random.default_rng(0))
-    views, labels = trainer._supcon_views(waves, target, task, epoch=1, step=1)
+    task, mixed_target, _ = step.inputs([waves, target], np.random.default_rng(0))
+    views, labels = step.views(waves, target, task, key=(0, 1, 1, 0))
     n = len(clips)
     np.testing.assert_array_equal(labels.numpy(), np.concatenate([target.numpy()] * 2))
     clean = model.frontend(waves).numpy()
@@ -130,11 +130,11 @@ def test_contrastive_views_are_augmentations_of_their_own_clips_with_their_label
     # The task loss sees the mixed clips (soft targets), the contrastive loss the two views with
     # their labels, in one forward pass through the wrapped network.
     seen = {}
-    real_net, real_supcon = trainer._net, trainer.supcon
-    monkeypatch.setattr(trainer, '_net', lambda x, output='logits': seen.setdefault('net', x) is None or
+    real_net, real_supcon = step.net, step.supcon
+    monkeypatch.setattr(step, 'net', lambda x, output='logits': seen.setdefault('net', x) is None or
                         real_net(x, output))
-    monkeypatch.setattr(trainer, 'supcon', lambda e, y: seen.setdefault('labels', y) is None or real_supcon(e, y))
-    trainer._supcon_step(task, mixed_target, None, views, labels)
+    monkeypatch.setattr(step, 'supcon', lambda e, y: seen.setdefault('labels', y) is None or real_supcon(e, y))
+    step.forward(task, mixed_target, None, views, labels)
     np.testing.assert_array_equal(seen['net'].numpy(), np.concatenate([task.numpy(), views.numpy()]))
     np.testing.assert_array_equal(seen['labels'].numpy(), labels.numpy())
 
@@ -284,3 +284,72 @@ def test_inference_leaves_the_global_device_as_it_is(tmp_path, clips, monkeypatc
             with pytest.raises(RuntimeError, match='use_gpu=True, but this PaddlePaddle build has no CUDA'):
                 call()
             assert calls == [] and paddle.get_device() == before, name
+
+
+# ----- the one table of modes that do not combine -----
+
+AUG = AugmentConfig(gain_db=3.0)
+# Every row of modes.CONFLICTS, as a run that has both sides: (Module kwargs, Trainer kwargs, the
+# training data: None (refused when the Trainer is made), 'strong' (event times), 'multi'
+# (multi-label clips), 'two processes').
+RUNS = {
+    ('supcon', 'frozen'): ({}, dict(supcon_weight=0.5, freeze_backbone=True, augment=AUG), None),
+    ('strong', 'frozen'): (dict(multi_label=True), dict(freeze_backbone=True), 'strong'),
+    ('strong', 'supcon'): (dict(multi_label=True), dict(supcon_weight=0.5, augment=AUG), 'strong'),
+    ('strong', 'teacher'): (dict(multi_label=True, pooling='max'), dict(teacher='teacher'), 'strong'),
+    ('strong', 'mixup'): (dict(multi_label=True, pooling='max'), dict(augment=AugmentConfig(mixup_alpha=0.2)),
+                          'strong'),
+    ('supcon', 'data_parallel'): ({}, dict(supcon_weight=0.5, augment=AUG), 'two processes'),
+    ('supcon', 'multi_label'): (dict(multi_label=True), dict(supcon_weight=0.5, augment=AUG), 'multi'),
+    ('frozen', 'tagging'): (dict(task=None), dict(freeze_backbone=True), None),
+    ('frozen', 'decision_pooling'): (dict(multi_label=True, pooling='max'), dict(freeze_backbone=True), None),
+    ('frozen', 'augment'): ({}, dict(freeze_backbone=True, augment=AUG), None),
+    ('supcon', 'decision_pooling'): (dict(multi_label=True, pooling='max'), dict(supcon_weight=0.5, augment=AUG),
+                                     None),
+    ('supcon', 'no_augment'): ({}, dict(supcon_weight=0.5), None),
+    ('strong', 'embedding_pooling'): (dict(multi_label=True), {}, 'strong'),
+}
+
+
+def test_every_row_of_the_mode_table_has_a_run_below():
+    assert sorted(RUNS) == sorted((mode, other) for mode, other, _, _ in modes.CONFLICTS)
+
+
+@pytest.mark.parametrize('pair', list(RUNS), ids='-'.join)
+def test_modes_that_do_not_combine_are_refused_with_the_tables_message(pair, tmp_path, monkeypatch):
+    """Each refusal is the table's one message, '<mode> <why>, so it does not combine with <other>:
+    <what to do>', naming the settings that turned both on, and comes before any work."""
+    module_kwargs, trainer_kwargs, data = RUNS[pair]
+    [(why, fix)] = [(w, f) for m, o, w, f in modes.CONFLICTS if (m, o) == pair]
+    names = {'supcon': 'supcon_weight > 0', 'frozen': 'freeze_backbone=True', 'teacher': 'teacher',
+             'strong': 'event times', 'mixup': 'mixup_alpha=0.2', 'data_parallel': '2 processes',
+             'multi_label': 'multi-label data', 'tagging': "task='tagging'", 'decision_pooling': "pooling='max'",
+             'augment': 'augmentation (on: gain_db)', 'no_augment': 'without augmentation',
+             'embedding_pooling': "pooling='embedding'"}
+    labels = LABELS if 'multi_label' in module_kwargs else ['hiss', 'tone']
+    if 'task' in module_kwargs:
+        model = Module('panns_cnn6', pretrained=False, **module_kwargs)
+    else:
+        model = small(labels=labels, **module_kwargs)
+    if trainer_kwargs.get('teacher') == 'teacher':
+        trainer_kwargs = {**trainer_kwargs, 'teacher': small(labels=labels, seed=1, **module_kwargs)}
+    if data == 'two processes':
+        monkeypatch.setattr(paddle.distributed, 'get_world_size', lambda: 2)
+
+    def run():
+        trainer = Trainer(model, paddle.optimizer.SGD(parameters=model.parameters()), use_vdl=False,
+                          checkpoint_dir=str(tmp_path / 'ckpt'), **trainer_kwargs)
+        if data in ('strong', 'multi'):
+            train = strong_set(tmp_path / 'data')
+            if data == 'multi':
+                train = AudioDataset([(path, (0,)) for path, _ in train.items], LABELS, mode='train',
+                                     duration=2.0, multi_label=True)
+            trainer.train(train, epochs=1)
+
+    with pytest.raises(ValueError) as info:
+        run()
+    message = str(info.value)
+    mode, other = pair
+    assert f' {why}, so it does not combine with ' in message and message.endswith(f': {fix}'), message
+    assert message.index(names[mode]) < message.index(' so it does not combine') < message.index(names[other])
+    assert not (tmp_path / 'ckpt').exists()

@@ -1,4 +1,5 @@
-"""The weights cache and downloads, against a local HTTP server (127.0.0.1 only)."""
+"""The cache (paddle_soundcls.cache): downloads against a local HTTP server (127.0.0.1 only), and the
+content-addressed caches' keys."""
 import hashlib
 import http.server
 import os
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from helpers import spec_with_url
-from paddle_soundcls import registry, weights
-from paddle_soundcls.weights import DownloadError, check_file, fetch
+from paddle_soundcls import cache
+from paddle_soundcls.cache import DownloadError, check_file, fetch
+from paddle_soundcls.models import registry
 
 BODY = bytes(range(256)) * 1000  # 256 kB
 
@@ -70,15 +72,15 @@ def closed_port():
 
 
 def cache_files():
-    return sorted(os.listdir(weights.cache_dir()))
+    return sorted(os.listdir(cache.cache_dir()))
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
-    assert weights.cache_dir() == os.environ['PADDLE_SOUNDCLS_HOME']
-    assert os.path.isdir(weights.cache_dir())
+    assert cache.cache_dir() == os.environ['PADDLE_SOUNDCLS_HOME']
+    assert os.path.isdir(cache.cache_dir())
     monkeypatch.delenv('PADDLE_SOUNDCLS_HOME')
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-    assert weights.cache_dir() == str(tmp_path / 'home' / '.cache' / 'paddle_soundcls')
+    assert cache.cache_dir() == str(tmp_path / 'home' / '.cache' / 'paddle_soundcls')
 
 
 def test_download_lands_in_the_cache_and_is_reused(server):
@@ -117,7 +119,7 @@ def test_http_errors_name_the_url_and_the_cache_path(server, status):
         fetch(url, 'w.bin', progress=False)
     message = str(info.value)
     assert url in message and str(status) in message
-    assert os.path.join(weights.cache_dir(), 'w.bin') in message
+    assert os.path.join(cache.cache_dir(), 'w.bin') in message
     assert cache_files() == []
 
 
@@ -128,7 +130,7 @@ def test_connection_refused_fails_fast_and_says_what_to_do():
         fetch(url, 'w.bin', progress=False)
     assert time.monotonic() - start < 5
     message = str(info.value)
-    assert url in message and os.path.join(weights.cache_dir(), 'w.bin') in message
+    assert url in message and os.path.join(cache.cache_dir(), 'w.bin') in message
     assert 'copy it to' in message and 'PADDLE_SOUNDCLS_HOME' in message
     assert cache_files() == []
 
@@ -166,7 +168,7 @@ def test_a_retry_succeeds_once_the_server_is_fixed(server):
 
 def test_a_damaged_cached_file_is_an_error_telling_to_delete_it(server):
     url = server.serve('/w.bin')
-    path = os.path.join(weights.cache_dir(), 'w.bin')
+    path = os.path.join(cache.cache_dir(), 'w.bin')
     with open(path, 'wb') as f:
         f.write(BODY[:1000])
     md5 = hashlib.md5(BODY).hexdigest()
@@ -185,6 +187,58 @@ def test_check_file(tmp_path):
     assert check_file(path, md5=hashlib.md5(b'abc').hexdigest(), size_range=(3, 3)) is None
     assert 'size is 3' in check_file(path, size_range=(4, 10))
     assert 'sha256' in check_file(path, sha256='0' * 64)
+
+
+def test_a_download_is_readable_as_any_new_file(server):
+    # The cache may be shared (a team's PADDLE_SOUNDCLS_HOME): a download gets the mode open() gives
+    # a new file under the umask, not the owner-only 0600 of a temporary file.
+    umask = os.umask(0o022)
+    try:
+        path = fetch(server.serve('/w.bin'), 'w.bin', progress=False)
+    finally:
+        os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_the_old_module_name_is_the_cache_itself():
+    from paddle_soundcls import weights
+    assert weights is cache  # what is set through the old name is what the cache uses
+
+
+def test_one_file_hasher(tmp_path):
+    from paddle_soundcls import fileio
+    from paddle_soundcls.deploy import exportdir
+    path = tmp_path / 'f.bin'
+    path.write_bytes(BODY)
+    assert cache.file_digest is fileio.file_digest and exportdir.sha256_file is fileio.file_digest
+    assert fileio.file_digest(path) == hashlib.sha256(BODY).hexdigest()
+    assert fileio.file_digest(path, 'md5') == hashlib.md5(BODY).hexdigest()
+    assert exportdir.file_record(path) == {'sha256': hashlib.sha256(BODY).hexdigest(), 'bytes': len(BODY)}
+
+
+def test_settings_key_ignores_the_order_of_the_settings():
+    assert cache.settings_key({'a': 1, 'b': [1, 2]}) == cache.settings_key({'b': [1, 2], 'a': 1})
+    assert cache.settings_key({'a': 1}) != cache.settings_key({'a': 2})
+    expected = hashlib.sha256(b'{"a": 1, "b": [1, 2]}').hexdigest()
+    assert cache.settings_key({'b': [1, 2], 'a': 1}, length=64) == expected
+
+
+def test_content_cache_keys_on_the_decoders_even_when_the_caller_forgets_them(tmp_path, monkeypatch):
+    import json
+
+    from paddle_soundcls import audio
+    clip = tmp_path / 'a.wav'
+    clip.write_bytes(BODY)
+    (result,), todo = cache.content_cache(str(tmp_path / 'c'), {'format': 1}, [str(clip)])
+    assert todo == [0] and os.path.basename(result) == hashlib.sha256(BODY).hexdigest() + '.npy'
+    with open(os.path.join(os.path.dirname(result), 'settings.json'), encoding='utf-8') as f:
+        assert json.load(f) == {'format': 1, **cache.decoding_settings()}
+    np.save(result, np.zeros(1))
+    assert cache.content_cache(str(tmp_path / 'c'), {'format': 1}, [str(clip)]) == ([result], [])
+    # Another resampler gives other samples: the results computed with the old one are not used.
+    monkeypatch.setattr(audio, 'RESAMPLER_VERSION', f'{audio.RESAMPLER_VERSION}-next')
+    (other,), todo = cache.content_cache(str(tmp_path / 'c'), {'format': 1}, [str(clip)])
+    assert todo == [0] and os.path.dirname(other) != os.path.dirname(result)
 
 
 # ----- Module downloads through the registry -----
@@ -207,7 +261,7 @@ def point_registry_at(monkeypatch, url):
 
 
 def test_module_downloads_and_loads_the_registry_weights(server, cnn6_file, monkeypatch):
-    from paddle_soundcls.hub import Module
+    from paddle_soundcls import Module
     path, state = cnn6_file
     url = server.serve('/panns_cnn6.pdparams', open(path, 'rb').read())
     point_registry_at(monkeypatch, url)
@@ -222,7 +276,7 @@ def test_module_downloads_and_loads_the_registry_weights(server, cnn6_file, monk
 
 
 def test_module_offline_raises_download_error_quickly(monkeypatch):
-    from paddle_soundcls.hub import Module
+    from paddle_soundcls import Module
     url = f'http://127.0.0.1:{closed_port()}/panns_cnn6.pdparams'
     point_registry_at(monkeypatch, url)
     start = time.monotonic()
@@ -230,5 +284,5 @@ def test_module_offline_raises_download_error_quickly(monkeypatch):
         Module(name='panns_cnn6')  # the weights are fetched before anything else is asked
     assert time.monotonic() - start < 5
     message = str(info.value)
-    assert url in message and os.path.join(weights.cache_dir(), 'panns_cnn6.pdparams') in message
+    assert url in message and os.path.join(cache.cache_dir(), 'panns_cnn6.pdparams') in message
     assert cache_files() == []

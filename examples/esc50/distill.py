@@ -14,9 +14,9 @@ import json
 import os
 import sys
 
-from paddle_soundcls.cli import run_script, silence_third_party_noise
+from paddle_soundcls.scripts import run_script, silence_third_party_noise
 
-silence_third_party_noise()
+silence_third_party_noise()  # before Paddle is imported: its import warns about a compiler cache
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,8 @@ def parse_args(argv=None):
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--learning-rate', type=float, default=1e-2)
     p.add_argument('--scheduler', default='warmup_cosine', choices=['constant', 'warmup_cosine', 'step'])
-    p.add_argument('--warmup-steps', type=int, default=10)
+    p.add_argument('--warmup-steps', type=int, default=None,
+                   help='optimizer steps of linear warm-up; default 10 (shortened to fit a shorter run)')
     p.add_argument('--duration', type=float, default=None, help='clip length (default 5, or 2 with --demo)')
     p.add_argument('--fold', type=int, default=1, choices=range(1, 6))
     p.add_argument('--seed', type=int, default=0)
@@ -52,8 +53,9 @@ def parse_args(argv=None):
 
 def train(args, model_name, checkpoint_dir, train_set, dev_set, teacher=None, pretrained=False):
     model = Module(model_name, label_map=train_set.labels, pretrained=pretrained, seed=args.seed)
-    trainer = Trainer(model, build_optimizer(args, model, len(train_set)), checkpoint_dir=checkpoint_dir,
-                      seed=args.seed, teacher=teacher, kd_lambda=args.kd_lambda, kd_temperature=args.kd_temperature)
+    trainer = Trainer(model, build_optimizer(args, model, len(train_set), default_warmup=10),
+                      checkpoint_dir=checkpoint_dir, seed=args.seed, teacher=teacher, kd_lambda=args.kd_lambda,
+                      kd_temperature=args.kd_temperature)
     state = trainer.train(train_set, epochs=args.epochs, batch_size=args.batch_size, eval_dataset=dev_set)
     return state['best_metric'], os.path.join(checkpoint_dir, 'best_model')
 

@@ -7,9 +7,12 @@ import json
 import os
 import sys
 
-from paddle_soundcls import Module
-from paddle_soundcls.checkpoint import read_meta
-from paddle_soundcls.cli import run_script
+from paddle_soundcls.scripts import run_script, silence_third_party_noise
+
+silence_third_party_noise()  # before Paddle is imported: its import warns about a compiler cache
+
+from paddle_soundcls import Module  # noqa: E402
+from paddle_soundcls.checkpoints.schema import read_meta  # noqa: E402
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from paddle_soundcls.cli import run_script, silence_third_party_noise
+from paddle_soundcls.scripts import run_script, silence_third_party_noise
 
 silence_third_party_noise()  # before Paddle is imported: its import warns about a compiler cache
 
@@ -19,6 +19,7 @@ import paddle  # noqa: E402
 
 from paddle_soundcls import Module, Trainer, list_models  # noqa: E402
 from paddle_soundcls.datasets import ESC50, make_demo_dataset  # noqa: E402
+from paddle_soundcls.errors import ArgumentError  # noqa: E402
 from paddle_soundcls.device import enable_mkl_avx2_on_amd  # noqa: E402
 from paddle_soundcls.training import AugmentConfig  # noqa: E402
 from paddle_soundcls.training.schedules import build_scheduler, steps_per_epoch  # noqa: E402
@@ -42,7 +43,9 @@ def parse_args(argv=None):
     p.add_argument('--learning-rate', type=float, default=None, help='default 1e-4 (1e-2 with --demo)')
     p.add_argument('--scheduler', default=None, choices=['constant', 'warmup_cosine', 'step'],
                    help='default constant (warmup_cosine with --demo)')
-    p.add_argument('--warmup-steps', type=int, default=None, help='default 0 (10 with --demo)')
+    p.add_argument('--warmup-steps', type=int, default=None,
+                   help='optimizer steps of linear warm-up (warmup_cosine); default 0, or 10 with --demo (shortened '
+                        'to fit a shorter run)')
     p.add_argument('--fold', type=int, default=1, choices=range(1, 6), help='the dev fold')
     p.add_argument('--all-folds', action='store_true', help='run the 5-fold protocol and print the mean accuracy')
     p.add_argument('--checkpoint-dir', default='ckpt')
@@ -88,12 +91,47 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def build_optimizer(args, model, num_train_clips):
+# What a setting the command line leaves out becomes: first for the kind of run, then in general.
+# --demo: a small network built for training from scratch (receptive-field-regularised CP-Mobile),
+# a large step warmed up and then decayed (a constant step leaves BatchNorm's running statistics
+# behind the weights), 20 short epochs. --freeze-backbone: a linear head on fixed embeddings, so
+# many cheap epochs and a larger step.
+DEMO = {'model': 'cpmobile', 'epochs': 20, 'batch_size': 8, 'duration': 2.0, 'learning_rate': 1e-2,
+        'scheduler': 'warmup_cosine', 'pretrained': False}
+FROZEN = {'epochs': 30, 'learning_rate': 1e-3}
+DEFAULTS = {'model': 'panns_cnn14', 'epochs': 10, 'batch_size': 16, 'duration': 5.0, 'learning_rate': 1e-4,
+            'scheduler': 'constant', 'pretrained': True}
+
+
+def fill_defaults(args, defaults):
+    """Set each setting of `defaults` that the command line left out (None)."""
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+def build_optimizer(args, model, num_train_clips, default_warmup=0):
     """Adam with the chosen schedule, sized to the steps the Trainer takes (in every process)."""
     steps = args.epochs * steps_per_epoch(num_train_clips, args.batch_size)
-    lr = build_scheduler(args.scheduler, args.learning_rate, total_steps=steps, warmup_steps=args.warmup_steps,
+    warmup = warmup_steps(args.warmup_steps, default_warmup, steps, args.epochs)
+    lr = build_scheduler(args.scheduler, args.learning_rate, total_steps=steps, warmup_steps=warmup,
                          step_size=max(steps // 3, 1))
     return paddle.optimizer.Adam(learning_rate=lr, parameters=model.parameters())
+
+
+def warmup_steps(asked, default, total_steps, epochs):
+    """The warm-up of a run of `total_steps` optimizer steps: --warmup-steps as given (refused when
+    longer than the run), or the default, shortened to the run's length with a note."""
+    run = f'{epochs} epoch{"s" if epochs > 1 else ""} of {total_steps // epochs} steps'
+    if asked is None:
+        if default > total_steps:
+            print(f'note: the default warm-up of {default} steps is longer than this run ({run}); warming up over '
+                  f'{total_steps} steps (set it with --warmup-steps)')
+        return min(default, total_steps)
+    if asked > total_steps:
+        raise ArgumentError(f'--warmup-steps {asked} is longer than this run ({run} = {total_steps} steps): pass '
+                            f'--warmup-steps {total_steps} or fewer, or more --epochs')
+    return asked
 
 
 def train_fold(args, fold, checkpoint_dir):
@@ -103,7 +141,7 @@ def train_fold(args, fold, checkpoint_dir):
     dev_set = ESC50(mode='dev', split=fold, data_dir=data_dir, duration=args.duration, cache=args.cache_waveforms)
     model = Module(name=args.model, task='sound-cls', label_map=train_set.labels, pretrained=args.pretrained,
                    seed=args.seed)
-    optimizer = build_optimizer(args, model, len(train_set))
+    optimizer = build_optimizer(args, model, len(train_set), default_warmup=10 if args.demo else 0)
     augment = AugmentConfig(time_masks=2 if args.spec_augment else 0, time_mask_width=40 if args.spec_augment else 0,
                             freq_masks=2 if args.spec_augment else 0, freq_mask_width=8 if args.spec_augment else 0,
                             mixup_alpha=args.mixup, gain_db=args.gain_db, noise_snr_db=args.noise_snr_db,
@@ -128,34 +166,15 @@ def main(argv=None):
         enable_mkl_avx2_on_amd()  # before Paddle's first computation, when MKL reads it
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     if args.demo:
-        # A small network built for training from scratch (receptive-field-regularised CP-Mobile),
-        # a large step warmed up and then decayed (a constant step leaves BatchNorm's running
-        # statistics behind the weights), 20 short epochs.
-        args.model = args.model or 'cpmobile'
-        args.epochs = args.epochs or 20
-        args.batch_size = args.batch_size or 8
-        args.duration = args.duration or 2.0
-        args.learning_rate = args.learning_rate or 1e-2
-        args.scheduler = args.scheduler or 'warmup_cosine'
-        args.warmup_steps = 10 if args.warmup_steps is None else args.warmup_steps
+        fill_defaults(args, DEMO)
         args.data_dir = args.data_dir or os.path.join(cache_dir(), 'demo_esc50')
         make_demo_dataset(args.data_dir, seconds=args.duration)
-        if args.pretrained is None:
-            args.pretrained = False
         print(f'demo: {args.model} from {"pretrained" if args.pretrained else "random"} weights, {args.epochs} epochs '
               f'of batch {args.batch_size}, {args.scheduler} learning rate {args.learning_rate:g}, on the generated '
               f'5-class set in {args.data_dir} (80 clips of {args.duration:g} s, ESC-50 layout); offline')
-    if args.freeze_backbone:  # a linear head on fixed embeddings: many cheap epochs, a larger step
-        args.epochs = args.epochs or 30
-        args.learning_rate = args.learning_rate or 1e-3
-    args.model = args.model or 'panns_cnn14'
-    args.epochs = args.epochs or 10
-    args.batch_size = args.batch_size or 16
-    args.duration = args.duration or 5.0
-    args.learning_rate = args.learning_rate or 1e-4
-    args.scheduler = args.scheduler or 'constant'
-    args.warmup_steps = args.warmup_steps or 0
-    args.pretrained = True if args.pretrained is None else args.pretrained
+    if args.freeze_backbone:
+        fill_defaults(args, FROZEN)
+    fill_defaults(args, DEFAULTS)
     if not args.all_folds:
         train_fold(args, args.fold, args.checkpoint_dir)
         return 0

@@ -326,12 +326,14 @@ class AudioDataset(paddle.io.Dataset):
             counts[list(target) if self.multi_label else target] += 1
         return counts
 
-    def check_files(self, skip_bad=False):
+    def check_files(self, skip_bad=False, skip_hint='check_files(skip_bad=True)'):
         """Open every file once and check it is readable audio with at least one frame.
 
         Problems are reported together: a DatasetError naming each bad file, or with
         skip_bad=True one warning, and the bad files are left out of the dataset.
-        Returns the [(path, problem)] that were found (empty when all files are good).
+        skip_hint: how the caller's user leaves them out, named in the error (the Trainer
+        names its skip_bad_files). Returns the [(path, problem)] that were found (empty when
+        all files are good).
         """
         paths = sorted({path for path, _ in self.items})
         problems = []
@@ -345,8 +347,7 @@ class AudioDataset(paddle.io.Dataset):
         listing = list_problems(problems)
         if not skip_bad:
             raise DatasetError(f'{len(problems)} of {len(paths)} audio files cannot be used:\n{listing}\n'
-                               f'Replace or delete these files, or call check_files(skip_bad=True) to leave '
-                               f'them out.')
+                               f'Replace or delete these files, or leave them out with {skip_hint}.')
         bad = {path for path, _ in problems}
         kept = [item for item in self.items if item[0] not in bad]
         if not kept:

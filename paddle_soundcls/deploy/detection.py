@@ -5,8 +5,10 @@ The network scores windows of `window` seconds every `hop` seconds. Each window 
 scores at the network's own rate (a frame per 2**k front-end frames, placed in time by the
 model's frame geometry, see paddle_soundcls/frames.py), interpolated to the front end's frame
 rate (one frame per hop_length samples: 10 ms for the PANNs and EfficientAT front ends, 15.625 ms
-for CP-Mobile's); of each window the frames of its central `hop` seconds are kept (the first window keeps its start; the last window is what
-remains of the audio and keeps its end), where the network sees context on both sides.
+for CP-Mobile's); of each window the frames of its central `hop` seconds are kept (the first
+window keeps its start; the last window ends at the end of the audio and keeps what no earlier
+one kept), where the network sees context on both sides. Windows are cut by the one window
+cutter, deploy/segments.py.
 Offline detection is a stream fed the whole recording at once, so a live stream gives exactly
 the frames, and so the events, of offline detection of the same audio, whatever the sizes of
 its chunks.
@@ -22,6 +24,7 @@ import numpy as np
 from .. import audio
 from ..frames import check_geometry, for_frontend
 from . import pipeline
+from .segments import SlidingWindow, pad_to
 from .events import EventTracker, detect_events
 
 # Seconds per window when a model records no training clip length: the length of the
@@ -77,59 +80,97 @@ class FrameScorer:
         """Frame scores [frames, classes] of one window of samples, at the front end's frame rate
         (one frame per hop_length samples, frame i starting at sample i * hop_length)."""
         num_frames = max(1, len(segment) // self.frame_samples)
-        padded = pipeline.pad_to(segment, self.min_samples)
+        padded = pad_to(segment, self.min_samples)
         coarse = np.asarray(self.score_frames(padded[None]))[0]
         # Frames over the padding only shape the interpolation at the segment's end; the output
         # stops at the segment's last frame.
         return self.geometry.to_frame_rate(coarse, num_frames)
 
 
+class Window:
+    """One window of a FrameStream to score: `samples` (padded to the network's shortest input)
+    from front-end frame `start`, `frames` of them; `final`: the last window of the stream."""
+    __slots__ = ('start', 'frames', 'samples', 'final')
+
+    def __init__(self, start, frames, samples, final):
+        self.start, self.frames, self.samples, self.final = start, frames, samples, final
+
+
 class FrameStream:
-    """Frame scores of a live stream: push(samples) -> the new frames' scores [frames, classes],
-    close() -> the rest. Memory: one window of samples."""
+    """Frame scores of a stream, window by window, with the one window cutter (segments.SlidingWindow):
+    windows of `window` every `hop` from the start, the last one ending at the last whole frame.
+    Offline detection is this stream fed the whole recording at once, so a live stream gives
+    exactly its frames, however its audio is chunked.
+
+    push(samples) -> the new frames' scores [frames, classes], close() -> the rest, each window
+    scored by the scorer's score_frames. A caller that scores windows elsewhere (the server, through
+    its queue) uses the parts: feed(samples); finish() at the end; next_window() -> a Window to score,
+    or None while more audio is needed; keep(window, network frame scores) -> the new frames.
+    Memory: about two windows of samples, whatever the chunks; work per push proportional to it.
+    """
 
     def __init__(self, scorer):
         self.scorer = scorer
-        self.buffer = np.zeros(0, dtype=np.float32)
-        self.buffer_start = 0      # global frame index of buffer[0]
-        self.next_window = 0       # global frame index where the next window starts
-        self.emitted = 0           # global frames reported so far
+        self.windows = SlidingWindow(scorer.window_frames * scorer.frame_samples,
+                                     scorer.hop_frames * scorer.frame_samples)
+        self.emitted = 0           # frames reported so far
+        self.finished = False      # no more audio: the last window may be cut
         self.closed = False
+
+    def feed(self, samples):
+        if self.finished:
+            raise ValueError('the stream is closed; start a new one')
+        self.windows.push(samples)
+
+    def finish(self):
+        self.finished = True
+
+    def next_window(self):
+        s = self.scorer
+        cut = self.windows.next()
+        if cut is None and self.finished and self.emitted < self.windows.total // s.frame_samples:
+            # The last window ends at the last whole frame; it holds the frames no earlier one kept.
+            cut = self.windows.tail(self.windows.total // s.frame_samples * s.frame_samples, always=True)
+            final = True
+        else:
+            final = False
+        if cut is None:
+            return None
+        start, end, samples = cut
+        return Window(start // s.frame_samples, max(1, (end - start) // s.frame_samples),
+                      pad_to(samples, s.min_samples), final)
+
+    def keep(self, window, network_scores):
+        """The frames of `window` (scored: network frame scores [frames', classes]) that are new:
+        of each window those of its central hop (the first from its start, the last to its end)."""
+        s = self.scorer
+        scores = s.geometry.to_frame_rate(np.asarray(network_scores), window.frames)
+        keep_end = len(scores) if window.final else s.margin_frames + s.hop_frames
+        kept = scores[self.emitted - window.start:keep_end]
+        self.emitted += len(kept)
+        return kept
 
     def push(self, samples):
         if self.closed:
             raise ValueError('the stream is closed; start a new one')
-        self.buffer = np.concatenate([self.buffer, np.asarray(samples, dtype=np.float32)])
-        s = self.scorer
-        out = []
-        while (self.next_window + s.window_frames - self.buffer_start) * s.frame_samples <= len(self.buffer):
-            out.append(self._window(final=False))
-        return _stack(out, len(s.labels))
+        self.feed(samples)
+        return self._score_ready()
 
     def close(self):
         """Score what is left (the last window ends at the end of the audio) and end the stream."""
         if self.closed:
             return _stack([], len(self.scorer.labels))
+        self.finish()
         self.closed = True
-        total = self.buffer_start + len(self.buffer) // self.scorer.frame_samples
-        if total <= self.emitted:
-            return _stack([], len(self.scorer.labels))
-        return self._window(final=True)
+        return self._score_ready()
 
-    def _window(self, final):
-        s = self.scorer
-        offset = (self.next_window - self.buffer_start) * s.frame_samples
-        segment = self.buffer[offset:offset + s.window_frames * s.frame_samples]
-        scores = s.window_scores(segment)
-        keep_end = len(scores) if final else s.margin_frames + s.hop_frames
-        keep_start = self.emitted - self.next_window
-        kept = scores[keep_start:keep_end]
-        self.emitted += len(kept)
-        self.next_window += s.hop_frames
-        # Drop the samples no later window reads.
-        drop = (self.next_window - self.buffer_start) * s.frame_samples
-        self.buffer, self.buffer_start = self.buffer[drop:], self.next_window
-        return kept
+    def _score_ready(self):
+        out = []
+        while True:
+            window = self.next_window()
+            if window is None:
+                return _stack(out, len(self.scorer.labels))
+            out.append(self.keep(window, np.asarray(self.scorer.score_frames(window.samples[None]))[0]))
 
 
 def _stack(parts, num_classes):
@@ -157,7 +198,10 @@ class EventStream:
         self.target_sr = scorer.frontend.sample_rate
         self.frames = FrameStream(scorer)
         self.tracker = EventTracker(scorer.labels, scorer.frame_seconds, config)
-        self.pending = np.zeros(0, dtype=np.float32)  # input not yet resampled (see push)
+        # One resampler for the whole stream: its output is `audio.resample` of everything pushed,
+        # so the stream's frames are offline detection's at any rate and any chunking.
+        self.resampler = None if self.sample_rate == self.target_sr else audio.Resampler(self.sample_rate,
+                                                                                             self.target_sr)
         self.closed = False
 
     @property
@@ -170,15 +214,8 @@ class EventStream:
         wave = self._mono(chunk)
         if wave.size:
             audio.check_waveform(wave, 'chunk')
-        # Resample in one piece per push: a resampler restarted at every chunk edge would
-        # click; blocks of a second keep the error of edge effects away from the frames.
-        if self.sample_rate != self.target_sr:
-            self.pending = np.concatenate([self.pending, wave])
-            whole = len(self.pending) // self.sample_rate * self.sample_rate
-            if whole == 0:
-                return []
-            wave, self.pending = audio.resample(self.pending[:whole], self.sample_rate, self.target_sr), \
-                self.pending[whole:]
+        if self.resampler is not None:
+            wave = self.resampler.push(wave)
         return self.tracker.push(self.frames.push(wave))
 
     def _mono(self, chunk):
@@ -200,9 +237,8 @@ class EventStream:
             return []
         self.closed = True
         events = []
-        if len(self.pending):
-            events += self.tracker.push(self.frames.push(audio.resample(self.pending, self.sample_rate,
-                                                                        self.target_sr)))
+        if self.resampler is not None:
+            events += self.tracker.push(self.frames.push(self.resampler.flush()))
         events += self.tracker.push(self.frames.close())
         return events + self.tracker.close()
 
@@ -222,7 +258,12 @@ def detect(scorer, wave, config=None):
     Returns {'frame_hop': seconds, 'frame_scores': [frames, classes], 'events': [...]}.
     """
     stream = FrameStream(scorer)
-    scores = _stack([stream.push(wave), stream.close()], len(scorer.labels))
+    return result(scorer, [stream.push(wave), stream.close()], config)
+
+
+def result(scorer, parts, config=None):
+    """detect()'s answer from the frames a FrameStream kept (a list of [frames, classes] parts)."""
+    scores = _stack(parts, len(scorer.labels))
     events = detect_events(scores, scorer.frame_seconds, scorer.labels, config) if len(scores) else []
     return {'frame_hop': scorer.frame_seconds, 'frame_scores': scores, 'events': events}
 

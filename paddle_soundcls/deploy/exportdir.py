@@ -41,16 +41,14 @@ export.json (format FORMAT):
 
 Paddle-free: numpy and the standard library only.
 """
-import hashlib
-import json
 import os
 import shutil
 
-from ..features.config import FrontendConfig
-from ..frames import FrameGeometry
+from ..checkpoints import schema
 from ..errors import ExportError  # (re-exported)
+from ..fileio import file_digest as sha256_file  # (re-exported: the package's one file hasher)
 
-FORMAT = 'paddle_soundcls-export/1'
+FORMAT = schema.EXPORT_FORMAT
 EXPORT_FILE = 'export.json'
 STATIC_MODEL = 'inference.json'
 STATIC_PARAMS = 'inference.pdiparams'
@@ -63,15 +61,7 @@ INT8_FILE = 'model.int8.onnx'
 FRAMES_FILE = 'model.frames.onnx'  # frame scores for event detection (made with model.onnx)
 INPUT_NAME = 'features'
 OUTPUT_NAME = 'scores'
-TASKS = ('sound-cls', 'tagging')
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
+TASKS = schema.TASKS
 
 
 def file_record(path):
@@ -83,7 +73,7 @@ def is_export_dir(path):
 
 
 def read_export(model_dir):
-    """Read and check `model_dir/export.json`; returns it as a dict."""
+    """Read and check `model_dir/export.json`; returns it as a dict (see checkpoints.schema)."""
     model_dir = os.fspath(model_dir)
     if not os.path.isdir(model_dir):
         raise ExportError(f'export directory not found: {model_dir}')
@@ -91,34 +81,7 @@ def read_export(model_dir):
     if not os.path.isfile(path):
         raise ExportError(f'{model_dir} has no {EXPORT_FILE}, so it is not an export directory; create one with '
                           f'`paddle-soundcls export --checkpoint CKPT_DIR --output {model_dir}`')
-    try:
-        with open(path, encoding='utf-8') as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ExportError(f'cannot read {path}: {exc}; export the model again (paddle-soundcls export '
-                          f'--checkpoint CKPT_DIR --output {model_dir})') from None
-    if not isinstance(meta, dict) or meta.get('format') != FORMAT:
-        found = meta.get('format') if isinstance(meta, dict) else None
-        raise ExportError(f'{path} has format {found!r}; this version reads {FORMAT!r}. Export the model again.')
-    missing = [k for k in ('model', 'task', 'labels', 'frontend', 'min_seconds', 'input', 'output', 'files')
-               if k not in meta]
-    if missing:
-        raise ExportError(f'{path} lacks {missing}; export the model again')
-    if meta['task'] not in TASKS:
-        raise ExportError(f'{path}: unknown task {meta["task"]!r}, expected one of {TASKS}')
-    # Exports of earlier versions: the activation says it; clips were scored whole.
-    meta.setdefault('multi_label', meta['output'].get('activation') == 'sigmoid')
-    meta.setdefault('clip_seconds', None)
-    meta.setdefault('events', None)
-    meta.setdefault('pooling', 'embedding')
-    meta.setdefault('frame_geometry', None)
-    if meta['frame_geometry'] is not None:
-        try:
-            FrameGeometry.from_dict(meta['frame_geometry'])
-        except ValueError as exc:
-            raise ExportError(f'{path}: {exc}; export the model again') from None
-    meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
-    return meta
+    return schema.read_export_json(path, model_dir)
 
 
 def require_file(model_dir, meta, name, verify=True):

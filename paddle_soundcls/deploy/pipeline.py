@@ -18,6 +18,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import audio
+from .segments import clip_segments, pad_to, window_spans  # noqa: F401  (the one window cutter)
 
 REDUCTIONS = ('mean', 'max')
 
@@ -51,10 +52,6 @@ def as_sources(data):
     return sources
 
 
-def pad_to(wave, min_samples):
-    return wave if len(wave) >= min_samples else np.pad(wave, (0, min_samples - len(wave)))
-
-
 def check_args(batch_size=8, topk=None, window=None, hop=None, reduce='mean', threshold=None):
     """Validate the predict() arguments before any work; returns hop (default: window, no overlap)."""
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
@@ -74,45 +71,6 @@ def check_args(batch_size=8, topk=None, window=None, hop=None, reduce='mean', th
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
             raise ValueError(f'{arg} must be a positive number of seconds, got {value!r}')
     return float(window if hop is None else hop)
-
-
-def window_spans(num_samples, window, hop):
-    """[(start, end)] sample spans of windows of `window` samples every `hop` samples.
-
-    Windows start at 0, hop, 2*hop, ...; the last one ends at the end of the clip (it may
-    overlap its neighbour more than the others) so no window holds padding. A clip shorter
-    than one window is one span.
-    """
-    if num_samples <= window:
-        return [(0, num_samples)]
-    starts = list(range(0, num_samples - window, hop)) + [num_samples - window]
-    return [(s, s + window) for s in starts]
-
-
-def clip_segments(wave, clip_samples=None, min_samples=0, window=None, hop=None):
-    """The segments scored for one input: (start, end, samples), in time order, one at a time.
-
-    The one rule for clips of any length, shared by predict, the runtime and the Trainer's
-    evaluation, so all of them score the same audio:
-    - window/hop (samples) given: windows of `window` samples every `hop` (see window_spans);
-    - else, with `clip_samples` (the clip length the model was trained on): a shorter clip is
-      zero-padded to it (as the datasets pad), a longer one is cut into consecutive windows
-      of that length, the last one ending at the end of the clip; whole-clip scores are the
-      mean of the segments' scores;
-    - else the whole clip as one segment.
-    Every segment is zero-padded at the end to at least `min_samples` (and short clips to
-    clip_samples), so the network gets the input length it needs.
-    """
-    if window is not None:
-        spans = window_spans(len(wave), window, hop)
-    elif clip_samples is not None:
-        spans = window_spans(len(wave), clip_samples, clip_samples)
-    else:
-        spans = [(0, len(wave))]
-    length = max(min_samples, clip_samples or 0) if window is None else min_samples
-    for start, end in spans:  # one at a time: a long recording's segments are never all in memory
-        # Copies, so a pending segment does not keep the whole recording alive.
-        yield start, end, pad_to(wave[start:end].copy(), length)
 
 
 def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, window=None, hop=None,

@@ -9,6 +9,7 @@
 
 The names are imported on first use: the int8 tooling and the parity check run without
 Paddle being imported (the Paddle-free command line uses them on export directories).
+What measures a model rather than exporting it (complexity, benchmark) is in paddle_soundcls.analysis.
 """
 import importlib
 

@@ -77,6 +77,14 @@ def cached_onnx(net, n_mels, name, settings, digest):
     return path
 
 
+def module_onnx(module, part='scores'):
+    """The path of `module.part(part)` (a Module's scores graph, by default) as ONNX, from the cache:
+    what Module.predict runs with onnxruntime. Keyed on everything an export records."""
+    settings = {'part': part, **module.export_settings()}
+    return cached_onnx(module.part(part), module.frontend_cfg.n_mels, f'{module.name}-{part}', settings,
+                       weights_digest(module))
+
+
 def cached_export(module, opset=13):
     """An export directory of `module` (static graph + ONNX + export.json, see export_static) in
     `<cache_dir()>/exports`, made once per set of weights and settings; returns its path.

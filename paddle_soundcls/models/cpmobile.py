@@ -38,9 +38,9 @@ The front end sets what the field means in Hz and seconds (hop 500 samples at 32
 bands from 0 to 16 kHz).
 
 Checkpoints: sub-layers are named as the baseline's (`in_c.0.0.weight`, `stages.s1.b1.block.1.1.bias`,
-...), so its PyTorch state dicts load through `checkpoint_filter` (see there), e.g. once saved as
-a .pdparams file (torch_checkpoint.load_state_dict, then convert.save_pdparams):
-`Module('cpmobile', num_class=10, load_checkpoint='baseline.pdparams')`; the classifier starts afresh.
+...), so its PyTorch state dicts load through `checkpoint_filter` (see there), as they are or once
+converted (`paddle-soundcls convert --model cpmobile`):
+`Module('cpmobile', num_class=10, load_checkpoint='baseline.ckpt')`; the classifier starts afresh.
 """
 import math
 from functools import partial
@@ -50,13 +50,18 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..checkpoint import CheckpointError
+from ..errors import ArgumentError, CheckpointError
 from ..features.config import FrontendConfig
 from ..features.mel import config_filterbank, window
 from ..frames import FrameGeometry
-from ..registry import ModelSpec, register_model
-from ..torch_checkpoint import BN_RENAMES
-from .efficientat import make_divisible
+from .base import Backbone
+from .builder import paddle_bn_name
+from .layers import conv_bn_act, make_divisible
+from .registry import ModelSpec, register_model
+
+FAMILY = 'cpmobile'
+
+# --- the network ------------------------------------------------------------------------------
 
 # The baseline's front end (run_training.py there): torchaudio's MelSpectrogram with its defaults
 # (periodic Hann window, centred frames with reflect padding, power spectrum, HTK-scale triangular
@@ -96,17 +101,12 @@ def receptive_field(n_blocks=N_BLOCKS, strides=None):
 
 
 def _conv_bn(in_channels, out_channels, kernel, stride=1, groups=1, relu=True):
-    """Conv (no bias) -> BatchNorm [-> ReLU], numbered 0, 1, 2 as torchvision's Conv2dNormActivation."""
-    # The original's initialisation, kaiming normal over fan-out (PyTorch's fan-out of a grouped
-    # conv counts every output channel): it matters when training from scratch.
+    """conv_bn_act with PyTorch's BatchNorm defaults (eps 1e-5, momentum 0.1: Paddle's 0.9) and the
+    original's initialisation, kaiming normal over fan-out (PyTorch's fan-out of a grouped conv counts
+    every output channel): it matters when training from scratch."""
     fan_out = out_channels * kernel * kernel
-    conv = nn.Conv2D(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups,
-                     weight_attr=paddle.ParamAttr(initializer=nn.initializer.Normal(0.0, math.sqrt(2.0 / fan_out))),
-                     bias_attr=False)
-    layers = [conv, nn.BatchNorm2D(out_channels)]   # PyTorch's defaults: eps 1e-5, momentum 0.1 (Paddle's 0.9)
-    if relu:
-        layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    init = paddle.ParamAttr(initializer=nn.initializer.Normal(0.0, math.sqrt(2.0 / fan_out)))
+    return conv_bn_act(in_channels, out_channels, kernel, stride, groups, 'relu' if relu else None, weight_attr=init)
 
 
 class Block(nn.Layer):
@@ -132,7 +132,7 @@ class Block(nn.Layer):
         return F.relu(out)
 
 
-class CPMobile(nn.Layer):
+class CPMobile(Backbone):
     """The backbone: log-mel [batch, frames, n_mels] -> embedding [batch, last stage's channels]."""
 
     def __init__(self, base_channels=BASE_CHANNELS, channels_multiplier=CHANNELS_MULTIPLIER,
@@ -141,7 +141,7 @@ class CPMobile(nn.Layer):
         strides = STRIDES if strides is None else strides
         unknown = sorted(set(strides) - set(range(1, sum(n_blocks) + 1)))
         if unknown:
-            raise ValueError(f'strides given for blocks {unknown}, but the network has blocks 1 to {sum(n_blocks)}')
+            raise ArgumentError(f'strides given for blocks {unknown}, but the network has blocks 1 to {sum(n_blocks)}')
         channels = stage_channels(base_channels, channels_multiplier, len(n_blocks))
         self.in_c = nn.Sequential(_conv_bn(1, channels[0] // 4, KERNEL, stride=2),
                                   _conv_bn(channels[0] // 4, channels[0], KERNEL, stride=2))
@@ -174,16 +174,14 @@ class CPMobile(nn.Layer):
         about a second are blurred over their neighbourhood."""
         return self.feature_map(features).mean(axis=2).transpose([0, 2, 1])
 
-    def forward_head(self, embedding):
-        raise RuntimeError('CP-Mobile has no AudioSet head; use it with task="sound-cls" (Module adds the classifier)')
 
 
-def build(audioset_head=False, **settings):
-    """A CP-Mobile backbone; `settings` are CPMobile's (base_channels, channels_multiplier, ...)."""
+def build(arch, audioset_head=False):
+    """A CP-Mobile backbone of settings `arch`: CPMobile's arguments as a dict (e.g. BASELINE)."""
     if audioset_head:
-        raise ValueError('CP-Mobile has no AudioSet head (no pretrained weights exist): build it with '
-                         'audioset_head=False and train it for your classes')
-    return CPMobile(**settings)
+        raise ArgumentError('CP-Mobile has no AudioSet head (no pretrained weights exist): build it with '
+                            'audioset_head=False and train it for your classes')
+    return CPMobile(**arch)
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -229,27 +227,13 @@ def checkpoint_filter(state, source):
         if not name.startswith(('in_c.', 'stages.', _CLASSIFIER_PREFIX)):
             raise CheckpointError(f'{source}: {name!r} is not a parameter of a CP-Mobile network (whose names start '
                                   f'with in_c. or stages.); is it a checkpoint of another model family?')
-        layer, _, attr = name.rpartition('.')
-        if attr == 'num_batches_tracked':
-            continue
-        out[f'{layer}.{BN_RENAMES.get(attr, attr)}'] = np.asarray(value)
+        key = paddle_bn_name(name)
+        if key is not None:   # None: PyTorch's BatchNorm step counter
+            out[key] = np.asarray(value)
     return out
 
 
 # --- registered models ------------------------------------------------------------------------
-
-# name: (settings, published figures). The baseline's published figures (its README, counted with
-# torchinfo on a [1, 1, 256, 65] input) include its 10-class classifier, a 1x1 conv + BatchNorm.
-MODELS = {
-    'cpmobile': (dict(base_channels=BASE_CHANNELS, channels_multiplier=CHANNELS_MULTIPLIER,
-                      expansion_rate=EXPANSION_RATE, n_blocks=N_BLOCKS),
-                 {'params': 61148, 'macs_1s': 29419156}),
-    # CP-Mobile's DCASE 2023 widths with the baseline's blocks: 125 K parameters before the classifier
-    # (within 128 kB at int8), 53 M MACs per second. Nothing is published for this exact network.
-    'cpmobile_wide': (dict(base_channels=BASE_CHANNELS, channels_multiplier=2.3, expansion_rate=3.0,
-                           n_blocks=N_BLOCKS), {}),
-}
-
 
 def frame_geometry(strides=None):
     """The stem's two stride-2 convolutions and the blocks' time strides, each a 3x3 window padded
@@ -262,13 +246,28 @@ def frame_geometry(strides=None):
     return FrameGeometry(stride=stride, offset=0)
 
 
+# The baseline's network (the constants above) as build's `arch`.
+BASELINE = dict(base_channels=BASE_CHANNELS, channels_multiplier=CHANNELS_MULTIPLIER, expansion_rate=EXPANSION_RATE,
+                n_blocks=N_BLOCKS)
+
+# name: (settings, pretrained weights (none exist), published figures). The baseline's published
+# figures (its README, counted with torchinfo on a [1, 1, 256, 65] input) include its 10-class
+# classifier, a 1x1 conv + BatchNorm; its MACs are for a 1-s clip: 29,419,156, ten times that per 10 s.
+MODELS = {
+    'cpmobile': (BASELINE, None, {'params': 61148, 'macs_10s': 10 * 29419156}),
+    # CP-Mobile's DCASE 2023 widths with the baseline's blocks: 125 K parameters before the classifier
+    # (within 128 kB at int8), 53 M MACs per second. Nothing is published for this exact network.
+    'cpmobile_wide': (dict(BASELINE, channels_multiplier=2.3, expansion_rate=3.0), None, {}),
+}
+
+
 def _register_all():
-    for name, (settings, published) in MODELS.items():
+    for name, (settings, weights, published) in MODELS.items():
         channels = stage_channels(settings['base_channels'], settings['channels_multiplier'], len(settings['n_blocks']))
         register_model(ModelSpec(
-            name=name, family='cpmobile', build=partial(build, **settings), frontend=CPMOBILE_FRONTEND,
-            emb_size=channels[-1], checkpoint_filter=checkpoint_filter, weights=None,
-            frame_geometry=frame_geometry(settings.get('strides')),
+            name=name, family=FAMILY, build=partial(build, settings), emb_size=channels[-1],
+            checkpoint_filter=checkpoint_filter, weights=weights,
+            frontend=CPMOBILE_FRONTEND, frame_geometry=frame_geometry(settings.get('strides')),
             # Paddle's STFT needs a clip of at least n_fft = 4096 samples (0.128 s); every conv is padded
             # and the map is averaged, so the network itself takes any clip of one frame or more.
             min_seconds=0.15,

@@ -15,13 +15,19 @@ from functools import partial
 
 import numpy as np
 import paddle.nn as nn
-import paddle.nn.functional as F
 
-from ..checkpoint import CheckpointError
+from ..errors import CheckpointError
 from ..features.config import FrontendConfig
 from ..features.mel import window
 from ..frames import FrameGeometry
-from ..registry import AUDIOSET_CLASSES, ModelSpec, Weights, register_model
+from .base import Backbone
+from .builder import has_torch_batchnorm, paddle_bn_name
+from .layers import SqueezeExcitation, conv_bn_act, make_divisible
+from .registry import AUDIOSET_CLASSES, ModelSpec, PretrainedCfg, register_model
+
+FAMILY = 'efficientat'
+
+# --- the network ------------------------------------------------------------------------------
 
 # EfficientAT's front end in evaluation mode (models/preprocess.py there, AugmentMelSTFT).
 EFFICIENTAT_FRONTEND = FrontendConfig(
@@ -52,43 +58,9 @@ LAST_CHANNEL = 1280      # width of the head's hidden layer at width 1
 SE_REDUCTION = 4         # squeeze-excitation bottleneck: channels / 4
 HEAD_DROPOUT = 0.2       # EfficientAT's dropout before the last Linear
 
-WIDTHS = {'mn04': 0.4, 'mn05': 0.5, 'mn10': 1.0, 'mn20': 2.0, 'mn30': 3.0, 'mn40': 4.0}
-
-_ACTIVATIONS = {'relu': nn.ReLU, 'hardswish': nn.Hardswish}
-
-
-def make_divisible(value, divisor=8):
-    """Round a channel count to a multiple of `divisor`, never more than 10% below `value`."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
-
-
-def _batch_norm(channels):
-    # PyTorch's BatchNorm2d(eps=0.001, momentum=0.01); Paddle's momentum weighs the old statistics.
-    return nn.BatchNorm2D(channels, momentum=0.99, epsilon=1e-3)
-
-
-def conv_bn_act(in_channels, out_channels, kernel, stride=1, groups=1, activation=None):
-    """Conv (no bias) -> BatchNorm -> activation, numbered 0, 1, 2 as torchvision's ConvNormActivation."""
-    layers = [nn.Conv2D(in_channels, out_channels, kernel, stride=stride, padding=(kernel - 1) // 2,
-                        groups=groups, bias_attr=False),
-              _batch_norm(out_channels)]
-    if activation is not None:
-        layers.append(_ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
-
-
-class SqueezeExcitation(nn.Layer):
-    """Channel squeeze-and-excitation: mean over frequency and time, two Linears, a sigmoid gate."""
-
-    def __init__(self, channels, squeeze_channels):
-        super().__init__()
-        self.fc1 = nn.Linear(channels, squeeze_channels)
-        self.fc2 = nn.Linear(squeeze_channels, channels)
-
-    def forward(self, x):
-        scale = F.sigmoid(self.fc2(F.relu(self.fc1(x.mean(axis=[2, 3])))))
-        return x * scale.unsqueeze([2, 3])
+# conv-bn-act with EfficientAT's BatchNorm: PyTorch's BatchNorm2d(eps=0.001, momentum=0.01) (Paddle's
+# momentum weighs the old statistics).
+_conv_bn_act = partial(conv_bn_act, norm=partial(nn.BatchNorm2D, momentum=0.99, epsilon=1e-3))
 
 
 class ConcurrentSE(nn.Layer):
@@ -110,11 +82,11 @@ class InvertedResidual(nn.Layer):
         super().__init__()
         layers = []
         if expanded != in_channels:
-            layers.append(conv_bn_act(in_channels, expanded, 1, activation=activation))
-        layers.append(conv_bn_act(expanded, expanded, kernel, stride=stride, groups=expanded, activation=activation))
+            layers.append(_conv_bn_act(in_channels, expanded, 1, activation=activation))
+        layers.append(_conv_bn_act(expanded, expanded, kernel, stride=stride, groups=expanded, activation=activation))
         if use_se:
             layers.append(ConcurrentSE(expanded))
-        layers.append(conv_bn_act(expanded, out_channels, 1))
+        layers.append(_conv_bn_act(expanded, out_channels, 1))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_channels == out_channels
 
@@ -123,7 +95,7 @@ class InvertedResidual(nn.Layer):
         return out + x if self.use_residual else out
 
 
-class MobileNetV3(nn.Layer):
+class MobileNetV3(Backbone):
     """EfficientAT's MN backbone: log-mel [batch, frames, n_mels] -> embedding -> AudioSet logits."""
 
     def __init__(self, width_mult=1.0, audioset_head=True, num_classes=AUDIOSET_CLASSES, dropout=HEAD_DROPOUT):
@@ -131,9 +103,9 @@ class MobileNetV3(nn.Layer):
         blocks = [(make_divisible(i * width_mult), k, make_divisible(e * width_mult),
                    make_divisible(o * width_mult), se, act, s) for i, k, e, o, se, act, s in MOBILENET_V3_BLOCKS]
         last_in = blocks[-1][3]
-        layers = [conv_bn_act(1, blocks[0][0], 3, stride=2, activation='hardswish')]
+        layers = [_conv_bn_act(1, blocks[0][0], 3, stride=2, activation='hardswish')]
         layers += [InvertedResidual(*block) for block in blocks]
-        layers.append(conv_bn_act(last_in, 6 * last_in, 1, activation='hardswish'))
+        layers.append(_conv_bn_act(last_in, 6 * last_in, 1, activation='hardswish'))
         self.features = nn.Sequential(*layers)
         self.emb_size = make_divisible(LAST_CHANNEL * width_mult)
         # Numbered as EfficientAT's `mlp` head: pool, flatten, Linear (2), Hardswish, Dropout, Linear (5).
@@ -162,25 +134,17 @@ class MobileNetV3(nn.Layer):
         x = self.features(x).mean(axis=2).transpose([0, 2, 1])  # [batch, frames', channels]
         return self.classifier[3](self.classifier[2](x))
 
-    def forward_head(self, embedding):
+    def audioset_logits(self, embedding):
         """Embedding -> AudioSet logits [batch, 527] (or [..., 527] for frame embeddings)."""
-        if not self.has_audioset_head:
-            raise RuntimeError('this EfficientAT backbone was built with audioset_head=False: it has no AudioSet head')
         return self.classifier[5](self.classifier[4](embedding))
 
-    def forward(self, features):
-        return self.forward_head(self.forward_features(features))
 
-
-def build(width_mult=1.0, audioset_head=True):
-    """An EfficientAT MobileNetV3 (`mn`) at `width_mult` (0.4 for mn04, ..., 4.0 for mn40)."""
-    return MobileNetV3(width_mult, audioset_head)
+def build(arch, audioset_head=False):
+    """An EfficientAT MobileNetV3 (`mn`) of width multiplier `arch` (0.4 for mn04, ..., 4.0 for mn40)."""
+    return MobileNetV3(arch, audioset_head)
 
 
 # --- checkpoints ------------------------------------------------------------------------------
-
-_TORCH_BN = {'running_mean': '_mean', 'running_var': '_variance'}
-
 
 def _is_linear_weight(name):
     return name.endswith(('.fc1.weight', '.fc2.weight')) or name in ('classifier.2.weight', 'classifier.5.weight')
@@ -206,9 +170,8 @@ def checkpoint_filter(state, source):
     and front-end buffers (`mel.*`) are checked against EFFICIENTAT_FRONTEND and dropped. Whether
     Linear weights need transposing is told by the BatchNorm names, so a file must not mix layouts.
     """
-    names = list(state)
-    torch_layout = any(n.endswith(('.running_mean', '.running_var', '.num_batches_tracked')) for n in names)
-    paddle_layout = any(n.endswith(('._mean', '._variance')) for n in names)
+    torch_layout = has_torch_batchnorm(state)
+    paddle_layout = any(n.endswith(('._mean', '._variance')) for n in state)
     if torch_layout and paddle_layout:
         raise CheckpointError(f'{source}: mixes PyTorch BatchNorm names (running_mean) with Paddle ones (_mean); '
                               f'save it again from one framework')
@@ -222,14 +185,12 @@ def checkpoint_filter(state, source):
             raise CheckpointError(f'{source}: {name!r} is not a parameter of an EfficientAT MobileNetV3 '
                                   f'(whose names start with features. or classifier.); is it a checkpoint of '
                                   f'another model family?')
-        layer, _, attr = name.rpartition('.')
-        if attr == 'num_batches_tracked':
+        key = paddle_bn_name(name)
+        if key is None:   # PyTorch's BatchNorm step counter
             continue
-        if torch_layout:
-            attr = _TORCH_BN.get(attr, attr)
-            if _is_linear_weight(name) and value.ndim == 2:
-                value = value.T
-        out[f'{layer}.{attr}'] = value
+        if torch_layout and _is_linear_weight(name) and value.ndim == 2:
+            value = value.T
+        out[key] = value
     return out
 
 
@@ -237,41 +198,44 @@ def checkpoint_filter(state, source):
 
 RELEASE_URL = 'https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/'
 
-# name: (width, release file, parameters with the AudioSet head, GMACs per 10-s clip, AudioSet mAP).
-# The parameter counts are our builders' (they agree with EfficientAT's README: mn04 0.983 M, mn05
-# 1.43 M, mn10 4.88 M, mn20 17.91 M, mn30 39.09 M, mn40 68.43 M); MACs and mAP are as published there.
-PRETRAINED = {
-    'mn04': (0.4, 'mn04_as_mAP_432.pt', 983599, 0.11, 0.432),
-    'mn05': (0.5, 'mn05_as_mAP_443.pt', 1431239, 0.16, 0.443),
-    'mn10': (1.0, 'mn10_as_mAP_471.pt', 4876831, 0.54, 0.471),
-    'mn20': (2.0, 'mn20_as_mAP_478.pt', 17909287, 2.06, 0.478),
-    'mn30': (3.0, 'mn30_as_mAP_482.pt', 39086367, 4.55, 0.482),
-    'mn40': (4.0, 'mn40_as_mAP_484.pt', 68427303, 8.03, 0.484),
-    'mn40_ext': (4.0, 'mn40_as_ext_mAP_487.pt', 68427303, 8.03, 0.487),
-}
-
-
 # The stem and four blocks stride by 2 with odd kernels padded symmetrically: output j of each is
 # centred on input 2j, so network frame j is centred on front-end frame 32 j.
 FRAME_GEOMETRY = FrameGeometry(stride=2 * 2 ** sum(1 for *_, stride in MOBILENET_V3_BLOCKS if stride == 2), offset=0)
 
 
+def _release(width, filename, params, gmacs, audioset_map):
+    """A row of MODELS for one of EfficientAT's release files: a torch.save'd state dict of float32
+    tensors, 4 bytes per parameter, plus the BatchNorm statistics (under 400 KB even for mn40) and the
+    framing of ~300 named tensors."""
+    weights = PretrainedCfg(url=RELEASE_URL + filename, filename=filename, file_format='torch',
+                            size_range=(4 * params, 4 * params + (1 << 20)), license='MIT',
+                            frontend=EFFICIENTAT_FRONTEND, frame_geometry=FRAME_GEOMETRY, labels='audioset',
+                            classifier='classifier.5', description='AudioSet tagger (EfficientAT, PyTorch release)')
+    return width, weights, {'params': params, 'macs_10s': gmacs * 1e9, 'audioset_map': audioset_map}
+
+
+# name: (width multiplier, release file, parameters with the AudioSet head, GMACs per 10-s clip, AudioSet
+# mAP). The parameter counts are our builders' (they agree with EfficientAT's README: mn04 0.983 M,
+# mn05 1.43 M, mn10 4.88 M, mn20 17.91 M, mn30 39.09 M, mn40 68.43 M); MACs and mAP are as published there.
+MODELS = {
+    'efficientat_mn04': _release(0.4, 'mn04_as_mAP_432.pt', 983599, 0.11, 0.432),
+    'efficientat_mn05': _release(0.5, 'mn05_as_mAP_443.pt', 1431239, 0.16, 0.443),
+    'efficientat_mn10': _release(1.0, 'mn10_as_mAP_471.pt', 4876831, 0.54, 0.471),
+    'efficientat_mn20': _release(2.0, 'mn20_as_mAP_478.pt', 17909287, 2.06, 0.478),
+    'efficientat_mn30': _release(3.0, 'mn30_as_mAP_482.pt', 39086367, 4.55, 0.482),
+    'efficientat_mn40': _release(4.0, 'mn40_as_mAP_484.pt', 68427303, 8.03, 0.484),
+    'efficientat_mn40_ext': _release(4.0, 'mn40_as_ext_mAP_487.pt', 68427303, 8.03, 0.487),
+}
+
+
 def _register_all():
-    for short, (width, filename, params, gmacs, audioset_map) in PRETRAINED.items():
-        # A torch.save'd state dict of float32 tensors: 4 bytes per parameter, plus the BatchNorm
-        # statistics (under 400 KB even for mn40) and the framing of ~300 named tensors.
-        weights = Weights(url=RELEASE_URL + filename, filename=filename, file_format='torch',
-                          size_range=(4 * params, 4 * params + (1 << 20)), license='MIT')
+    for name, (width, weights, published) in MODELS.items():
         register_model(ModelSpec(
-            name=f'efficientat_{short}', family='efficientat',
-            build=partial(build, width), frontend=EFFICIENTAT_FRONTEND,
-            emb_size=make_divisible(LAST_CHANNEL * width), checkpoint_filter=checkpoint_filter, weights=weights,
-            frame_geometry=FRAME_GEOMETRY,
+            name=name, family=FAMILY, build=partial(build, width), emb_size=make_divisible(LAST_CHANNEL * width),
+            checkpoint_filter=checkpoint_filter, weights=weights,
             # The front end's reflect padding needs more than n_fft / 2 samples; every convolution is
             # padded, so the network itself takes any clip of one frame or more.
-            min_seconds=0.1,
-            audioset_head='classifier.5', head_dropout=HEAD_DROPOUT,
-            published={'params': params, 'macs_10s': gmacs * 1e9, 'audioset_map': audioset_map, 'license': 'MIT'}))
+            min_seconds=0.1, audioset_head='classifier.5', head_dropout=HEAD_DROPOUT, published=published))
 
 
 _register_all()

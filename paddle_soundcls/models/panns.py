@@ -6,23 +6,47 @@ PyTorch checkpoints of the original project load through the same filter (see
 `checkpoint_filter`). The embedding is the output of fc1 (after its ReLU) and the AudioSet
 head `fc_audioset` reads it without dropout, as in the original code; a new classification
 head sees it through dropout (the original's 0.5, then the classifier's 0.1).
+
+Every family module follows this file's template, in three sections:
+    the network      a models.base.Backbone built from models.layers, by `build(arch, audioset_head)`
+    checkpoints      `checkpoint_filter(state, source, ...)`: each layout the family accepts -> the
+                     network's own names (the builder does the rest: classifier, first conv, report)
+    registered models  one table, MODELS = {registered name: (architecture, PretrainedCfg or None,
+                     published figures)}, and `_register_all()`, one ModelSpec per row
 """
 from collections import OrderedDict
+from contextlib import nullcontext
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
+import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from ..checkpoint import CheckpointError
+from ..checkpoints.torchfile import strip_module_prefix
+from ..errors import ArgumentError, CheckpointError
 from ..features.config import FrontendConfig
 from ..features.mel import mel_filterbank
 from ..frames import FrameGeometry
-from ..registry import AUDIOSET_CLASSES, ModelSpec, Weights, register_model
-from ..torch_checkpoint import BN_RENAMES, strip_module_prefix
+from .base import Backbone
+from .builder import has_torch_batchnorm, paddle_bn_name, torch_bn_name
+from .layers import same_conv
+from .registry import AUDIOSET_CLASSES, ModelSpec, PretrainedCfg, register_model
+
+FAMILY = 'panns'
+
+# --- the network ------------------------------------------------------------------------------
 
 
-def _conv(in_channels, out_channels, kernel):
-    return nn.Conv2D(in_channels, out_channels, kernel_size=kernel, stride=1, padding=kernel // 2, bias_attr=False)
+class Arch(NamedTuple):
+    """A PANNs CNN: channels of its conv blocks, their kernel and convolutions per block, the last
+    block's pooling, and the embedding size (fc1's outputs)."""
+    channels: tuple
+    kernel: int
+    num_convs: int
+    last_pool: int
+    emb_size: int
 
 
 class ConvBlock(nn.Layer):
@@ -31,10 +55,10 @@ class ConvBlock(nn.Layer):
     def __init__(self, in_channels, out_channels, kernel=3, num_convs=2):
         super().__init__()
         self.num_convs = num_convs
-        self.conv1 = _conv(in_channels, out_channels, kernel)
+        self.conv1 = same_conv(in_channels, out_channels, kernel)
         self.bn1 = nn.BatchNorm2D(out_channels)
         if num_convs == 2:
-            self.conv2 = _conv(out_channels, out_channels, kernel)
+            self.conv2 = same_conv(out_channels, out_channels, kernel)
             self.bn2 = nn.BatchNorm2D(out_channels)
 
     def forward(self, x, pool_size=2):
@@ -46,7 +70,7 @@ class ConvBlock(nn.Layer):
         return x
 
 
-class PANNsBackbone(nn.Layer):
+class PANNsBackbone(Backbone):
     """The shared CNN trunk: bn0 over mel bins, conv blocks, global pooling, fc1 (+ fc_audioset)."""
 
     def __init__(self, channels, kernel, num_convs, last_pool, emb_size, n_mels=64, audioset_head=True):
@@ -60,6 +84,7 @@ class PANNsBackbone(nn.Layer):
             in_channels = out_channels
         self.pool_sizes = [2] * (len(channels) - 1) + [last_pool]
         self.fc1 = nn.Linear(in_channels, emb_size)
+        self.has_audioset_head = audioset_head
         if audioset_head:
             self.fc_audioset = nn.Linear(emb_size, AUDIOSET_CLASSES)
 
@@ -92,26 +117,46 @@ class PANNsBackbone(nn.Layer):
         x = F.dropout(x, p=0.5, training=self.training)
         return F.relu(self.fc1(x.transpose([0, 2, 1])))
 
-    def forward_head(self, embedding):
-        """AudioSet logits [batch, 527] from the embedding."""
+    def audioset_logits(self, embedding):
         return self.fc_audioset(embedding)
 
 
-def _builder(channels, kernel, num_convs, last_pool, emb_size):
-    def build(audioset_head=True, n_mels=64):
-        return PANNsBackbone(channels, kernel, num_convs, last_pool, emb_size, n_mels, audioset_head)
-    return build
+def build(arch, audioset_head=False):
+    """A PANNs backbone of `arch` (an Arch, or the name of one of ARCHS: 'cnn14', 'cnn10', 'cnn6')."""
+    arch = ARCHS[arch] if isinstance(arch, str) else arch
+    return PANNsBackbone(list(arch.channels), arch.kernel, arch.num_convs, arch.last_pool, arch.emb_size,
+                         audioset_head=audioset_head)
 
 
-_BASE_URL = 'https://bj.bcebos.com/paddleaudio/models/'
-_ARCHS = {  # name: (channels, kernel, convolutions per block, last pooling, embedding size, parameters)
-    'cnn14': ([64, 128, 256, 512, 1024, 2048], 3, 2, 1, 2048, 80769871),
-    'cnn10': ([64, 128, 256, 512], 3, 2, 2, 512, 5223247),
-    'cnn6': ([64, 128, 256, 512], 5, 1, 2, 512, 4839503),
-}
-ARCHITECTURES = {arch: _builder(*settings[:5]) for arch, settings in _ARCHS.items()}
+def build_backbone(arch, channels=None, emb_size=None, n_mels=64, lazy=False):
+    """A PANNs backbone with its AudioSet head, by architecture name ('cnn14', 'cnn10', 'cnn6').
+
+    channels / emb_size: give both to build a smaller network of the same kind (kernel size,
+        convolutions per block and last pooling taken from `arch`), e.g. for tests.
+    lazy: build under paddle.LazyGuard, which allocates no weights: enough to read names and shapes.
+    """
+    if arch not in ARCHS:
+        raise ArgumentError(f'unknown architecture {arch!r}; known: {", ".join(sorted(ARCHS))}')
+    if (channels is None) != (emb_size is None):
+        raise ArgumentError('give both channels and emb_size, or neither')
+    full = ARCHS[arch]
+    with paddle.LazyGuard() if lazy else nullcontext():
+        return PANNsBackbone(list(full.channels if channels is None else channels), full.kernel, full.num_convs,
+                             full.last_pool, full.emb_size if emb_size is None else emb_size, n_mels)
+
+
+def frame_geometry(arch):
+    """Every block but the last halves time with a 2x2 average pooling (the last with `last_pool`):
+    output j of one averages inputs 2j and 2j + 1, so after k of them network frame j is centred
+    on front-end frame stride * j + (stride - 1) / 2, stride = 2**k. The convolutions are padded
+    symmetrically, and forward_frames' 3-frame smoothing is centred, so neither moves it."""
+    stride = 2 ** (len(arch.channels) - 1) * arch.last_pool
+    return FrameGeometry(stride=stride, offset=(stride - 1) / 2)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
 _HUB_PREFIXES = ('cnn14.', 'cnn10.', 'cnn6.')   # PaddleHub's fine-tuned modules
-_TORCH_MARKERS = ('.running_mean', '.running_var', '.num_batches_tracked', 'logmel_extractor.melW')
 
 
 def checkpoint_filter(state, source, arch):
@@ -121,9 +166,9 @@ def checkpoint_filter(state, source, arch):
     - PaddleHub's fine-tuned modules: cnn14.* (cnn10 / cnn6)
     - the original PyTorch checkpoints (BatchNorm running_mean / running_var, Linear [out, in],
       front-end buffers): converted by convert_panns_state, which also checks their mel filters
-    (Our own and PaddleSpeech's `backbone.*` prefix is removed by the Module before this.)
+    (Our own and PaddleSpeech's `backbone.*` prefix is removed by the builder before this.)
     """
-    if any(key.endswith(_TORCH_MARKERS) for key in state):
+    if has_torch_batchnorm(state) or MEL_KEY in state:
         return convert_panns_state(state, arch, source=source)
     out = {}
     for key, value in state.items():
@@ -135,7 +180,8 @@ def checkpoint_filter(state, source, arch):
         out[key] = np.asarray(value)
     return out
 
-# ----- the original PyTorch checkpoints (qiuqiangkong/audioset_tagging_cnn) -----
+
+# The original PyTorch checkpoints (qiuqiangkong/audioset_tagging_cnn).
 # They differ from the official Paddle ones in three ways: BatchNorm statistics are
 # `running_mean` / `running_var` with a `num_batches_tracked` counter; Linear weights are
 # [out, in]; the front end is part of the network (STFT kernels and `logmel_extractor.melW`,
@@ -150,48 +196,11 @@ class ConversionError(CheckpointError):
     """A PyTorch state dict that does not fit the asked architecture or front end."""
 
 
-def build_backbone(arch, channels=None, emb_size=None, n_mels=64, lazy=False):
-    """A PANNs backbone by architecture name ('cnn14', 'cnn10', 'cnn6').
-
-    channels / emb_size: give both to build a smaller network of the same kind (kernel size,
-        convolutions per block and last pooling taken from `arch`), e.g. for tests.
-    lazy: build under paddle.LazyGuard, which allocates no weights: enough to read names and shapes.
-    """
-    import paddle
-    if arch not in ARCHITECTURES:
-        raise ValueError(f'unknown architecture {arch!r}; known: {", ".join(sorted(ARCHITECTURES))}')
-    if (channels is None) != (emb_size is None):
-        raise ValueError('give both channels and emb_size, or neither')
-    if channels is None:
-        if not lazy:
-            return ARCHITECTURES[arch](n_mels=n_mels)
-        with paddle.LazyGuard():
-            return ARCHITECTURES[arch](n_mels=n_mels)
-    with paddle.LazyGuard():
-        full = ARCHITECTURES[arch]()
-    first = full.blocks()[0]
-    kwargs = dict(kernel=first.conv1.weight.shape[-1], num_convs=first.num_convs, last_pool=full.pool_sizes[-1],
-                  emb_size=emb_size, n_mels=n_mels)
-    if not lazy:
-        return PANNsBackbone(list(channels), **kwargs)
-    with paddle.LazyGuard():
-        return PANNsBackbone(list(channels), **kwargs)
-
-
 def paddle_name(torch_key):
     """The Paddle name of a PyTorch PANNs key, or None for keys that are dropped on purpose."""
     if torch_key in STFT_KEYS or torch_key == MEL_KEY:
         return None
-    layer, _, attr = torch_key.rpartition('.')
-    if attr == 'num_batches_tracked':
-        return None
-    return f'{layer}.{BN_RENAMES.get(attr, attr)}' if layer else torch_key
-
-
-def _torch_name(paddle_key):
-    layer, _, attr = paddle_key.rpartition('.')
-    renames = {v: k for k, v in BN_RENAMES.items()}
-    return f'{layer}.{renames.get(attr, attr)}'
+    return paddle_bn_name(torch_key)
 
 
 def _some(items, limit=8):
@@ -224,7 +233,7 @@ def check_mel_filters(melw, frontend=FrontendConfig(), source='checkpoint'):
 def convert_panns_state(torch_state, arch, frontend=None, source='checkpoint'):
     """Map a PyTorch PANNs state dict onto our backbone's parameter names and layouts.
 
-    torch_state: {name: numpy array} as in the PyTorch checkpoint (see torch_checkpoint.load_state_dict).
+    torch_state: {name: numpy array} as in the PyTorch checkpoint (see checkpoints.torchfile.load_state_dict).
     arch: 'cnn14' / 'cnn10' / 'cnn6', or a PANNsBackbone whose names and shapes are the target.
     frontend: the FrontendConfig melW is checked against (default: the registered model's, or
         for a backbone object the PANNs settings with its number of mel bins).
@@ -267,7 +276,7 @@ def convert_panns_state(torch_state, arch, frontend=None, source='checkpoint'):
             bad[name] = f'{key} is {list(value.shape)}, expected {list(want)}'
             continue
         out[name] = np.ascontiguousarray(value.T if name in linear else value, dtype=np.float32)
-    missing = [_torch_name(k) for k in target if k not in out and k not in bad]
+    missing = [torch_bn_name(k) for k in target if k not in out and k not in bad]
     problems = []
     if unknown:
         problems.append(f'{len(unknown)} unknown keys {_some(unknown)}')
@@ -283,35 +292,49 @@ def convert_panns_state(torch_state, arch, frontend=None, source='checkpoint'):
     return OrderedDict((k, out[k]) for k in target)
 
 
-_PUBLISHED = {'cnn14': {'audioset_map': 0.431, 'esc50_acc': 0.95}, 'cnn10': {'esc50_acc': 0.8975},
-              'cnn6': {'esc50_acc': 0.8825}}
+# --- registered models ------------------------------------------------------------------------
+
+_BASE_URL = 'https://bj.bcebos.com/paddleaudio/models/'
 
 
-def frame_geometry(channels, last_pool):
-    """Every block but the last halves time with a 2x2 average pooling (the last with `last_pool`):
-    output j of one averages inputs 2j and 2j + 1, so after k of them network frame j is centred
-    on front-end frame stride * j + (stride - 1) / 2, stride = 2**k. The convolutions are padded
-    symmetrically, and forward_frames' 3-frame smoothing is centred, so neither moves it."""
-    stride = 2 ** (len(channels) - 1) * last_pool
-    return FrameGeometry(stride=stride, offset=(stride - 1) / 2)
+def _official(name, arch, params, **figures):
+    """A row of MODELS for an official PaddleSpeech checkpoint: a .pdparams file storing every
+    parameter as float32 plus a little pickle framing (no checksum is published for these files)."""
+    weights = PretrainedCfg(url=_BASE_URL + f'{name}.pdparams', filename=f'{name}.pdparams', file_format='pdparams',
+                            size_range=(4 * params, 4 * params + (1 << 20)), license='MIT', frontend=FrontendConfig(),
+                            frame_geometry=frame_geometry(arch), labels='audioset', classifier='fc_audioset',
+                            description='AudioSet tagger (PANNs, converted by PaddleSpeech)')
+    return arch, weights, {'params': params, **figures}
 
 
-def _register():
-    for arch, (channels, kernel, num_convs, last_pool, emb_size, num_params) in _ARCHS.items():
-        name = f'panns_{arch}'
+# name: (architecture, pretrained weights, published figures: parameters with the AudioSet head (our
+# builder's count), AudioSet mAP from the PANNs paper, ESC-50 accuracy after fine-tuning from PaddleSpeech).
+MODELS = {
+    'panns_cnn14': _official('panns_cnn14', Arch((64, 128, 256, 512, 1024, 2048), kernel=3, num_convs=2,
+                                                 last_pool=1, emb_size=2048),
+                             80769871, audioset_map=0.431, esc50_acc=0.95),
+    'panns_cnn10': _official('panns_cnn10', Arch((64, 128, 256, 512), kernel=3, num_convs=2, last_pool=2,
+                                                 emb_size=512),
+                             5223247, esc50_acc=0.8975),
+    'panns_cnn6': _official('panns_cnn6', Arch((64, 128, 256, 512), kernel=5, num_convs=1, last_pool=2,
+                                               emb_size=512),
+                            4839503, esc50_acc=0.8825),
+}
+# The architectures by short name ('cnn14', ...), and builders of each with its AudioSet head: the
+# official files' layout, from which tests and tools build reference networks.
+ARCHS = {name[len('panns_'):]: arch for name, (arch, _, _) in MODELS.items()}
+ARCHITECTURES = {short: partial(build, arch, audioset_head=True) for short, arch in ARCHS.items()}
+
+
+def _register_all():
+    for name, (arch, weights, published) in MODELS.items():
         register_model(ModelSpec(
-            name=name, family='panns', build=ARCHITECTURES[arch],
-            frontend=FrontendConfig(), emb_size=emb_size,
-            checkpoint_filter=lambda state, source, arch=arch: checkpoint_filter(state, source, arch),
-            frame_geometry=frame_geometry(channels, last_pool),
-            # A .pdparams file stores every parameter as float32 plus a little pickle framing;
-            # no checksum is published for these files.
-            weights=Weights(url=_BASE_URL + f'{name}.pdparams', filename=f'{name}.pdparams', file_format='pdparams',
-                            size_range=(4 * num_params, 4 * num_params + (1 << 20)), license='MIT'),
+            name=name, family=FAMILY, build=partial(build, arch), emb_size=arch.emb_size,
+            checkpoint_filter=partial(checkpoint_filter, arch=name[len('panns_'):]), weights=weights,
             # The deepest network halves the time axis five times and needs at least 32 frames.
             min_seconds=1.0, audioset_head='fc_audioset',
             head_dropout=1 - 0.5 * 0.9,  # the original's dropout(0.5) then the classifier's dropout(0.1)
-            published={'params': num_params, **_PUBLISHED[arch], 'license': 'MIT'}))
+            published=published))
 
 
-_register()
+_register_all()

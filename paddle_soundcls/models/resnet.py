@@ -12,20 +12,25 @@ log-mel spectrogram as a one-channel image. Three things are adapted, nothing el
 Only the backbone is pretrained (on ImageNet images, paddle.vision's own weights); there is no
 AudioSet head, so these models are fine-tuned with a new head (task='sound-cls').
 Parameter names are paddle.vision's (`conv1.weight`, `bn1._mean`, `layer3.1.conv2.weight`,
-...), so its state dicts load through `checkpoint_filter` with two changes: conv1 reduced to
-one input channel and `fc.*` dropped.
+...), so its state dicts load with two changes, both declared in the weights' PretrainedCfg and
+made by the builder: conv1 reduced to one input channel (`first_conv`) and the ImageNet
+classifier `fc.*` dropped (`classifier`).
 """
 import functools
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 from paddle.vision.models.resnet import BasicBlock, ResNet, model_urls
 
-from ..checkpoint import CheckpointError
+from ..errors import ArgumentError, CheckpointError
 from ..features.config import FrontendConfig
 from ..frames import FrameGeometry
-from ..registry import ModelSpec, Weights, register_model
+from .base import Backbone
+from .registry import ModelSpec, PretrainedCfg, register_model
+
+FAMILY = 'resnet'
+
+# --- the network ------------------------------------------------------------------------------
 
 EMB_SIZE = 512   # channels of the last residual stage of ResNet-18/34 (BasicBlock, expansion 1)
 
@@ -39,14 +44,15 @@ LOGMEL_MEAN_DB = -40.0
 LOGMEL_STD_DB = 20.0
 
 
-class ResNetOnMel(ResNet):
+class ResNetOnMel(Backbone, ResNet):
     """paddle.vision's ResNet with BasicBlocks (depth 18 or 34), one input channel, no classifier.
 
     forward_features(log-mel [batch, frames, n_mels]) -> embedding [batch, 512].
     """
 
     def __init__(self, depth):
-        super().__init__(BasicBlock, depth, num_classes=0, with_pool=False)  # num_classes=0: no fc
+        # Backbone defines no __init__: this is ResNet's. num_classes=0: no fc.
+        super().__init__(BasicBlock, depth, num_classes=0, with_pool=False)
         # The one-channel stem replaces the RGB one (built by the parent, then dropped here), with
         # the same kernel, stride and padding so ImageNet's summed kernels fit it.
         self.conv1 = nn.Conv2D(1, 64, kernel_size=7, stride=2, padding=3, bias_attr=False)
@@ -60,7 +66,7 @@ class ResNetOnMel(ResNet):
         # the layout the GTZAN recipes feed to ImageNet networks (and EfficientAT uses). The
         # embedding is pooled over both axes, so nothing downstream depends on the choice.
         x = x.unsqueeze(1).transpose([0, 1, 3, 2])      # [batch, 1, n_mels, frames]
-        return super().forward(x)                        # the ImageNet trunk without pooling and fc
+        return ResNet.forward(self, x)                   # the ImageNet trunk without pooling and fc
 
     def forward_features(self, features):
         """log-mel [batch, frames, n_mels] -> embedding [batch, 512]: global average pooling."""
@@ -71,19 +77,13 @@ class ResNetOnMel(ResNet):
         only. Their mean over time is forward_features."""
         return self.feature_map(features).mean(axis=2).transpose([0, 2, 1])
 
-    def forward_head(self, embedding):
-        raise RuntimeError(f'resnet{self.depth}_mel has no AudioSet head: only its backbone is pretrained '
-                           f"(on ImageNet). Use Module(..., task='sound-cls', num_class=...) for a new head.")
 
-    def forward(self, features):
-        return self.forward_features(features)
-
-
-def build(depth, audioset_head=False):
-    """A ResNetOnMel of `depth` (18 or 34). There is no AudioSet head to build."""
+def build(arch, audioset_head=False):
+    """A ResNetOnMel of depth `arch` (18 or 34). There is no AudioSet head to build."""
+    depth = arch
     if audioset_head:
-        raise ValueError(f'resnet{depth}_mel has no AudioSet head (only its backbone is pretrained, on ImageNet); '
-                         f'build it with audioset_head=False')
+        raise ArgumentError(f'resnet{depth}_mel has no AudioSet head (only its backbone is pretrained, on '
+                            f'ImageNet); build it with audioset_head=False')
     return ResNetOnMel(depth)
 
 
@@ -97,70 +97,57 @@ def parameter_names(depth):
 
 
 def checkpoint_filter(state, source, depth):
-    """A ResNet-`depth` state dict -> ResNetOnMel's names and shapes.
-
-    Accepted: paddle.vision's own (`resnet18(pretrained=True)`'s ImageNet file, or any
-    `paddle.vision.models.resnet18().state_dict()`) and ours. Both use paddle.vision's names;
-    - conv1.weight [64, 3, 7, 7] (RGB) becomes [64, 1, 7, 7], the sum of its three input-channel
-      kernels: a grey image is the same in R, G and B, and the RGB convolution of such an image
-      is exactly the one-channel convolution with the summed kernel, so the pretrained stem
-      responds to a spectrogram as it would to the same picture in grey. This is the usual way
-      of moving ImageNet weights to one channel;
-    - fc.* (the 1000 ImageNet classes) is dropped;
-    - everything else is kept as it is.
-    (Our `backbone.*` prefix is removed by the Module before this.) A name that is not a
-    parameter of ResNet-`depth` is refused, naming the source and the key.
+    """A ResNet-`depth` state dict -> ResNetOnMel's names: paddle.vision's own (`resnet18(pretrained=True)`'s
+    ImageNet file, or any `paddle.vision.models.resnet18().state_dict()`) and ours use the same names,
+    so they pass as they are, once the builder has dropped the ImageNet classifier and summed conv1's
+    RGB kernels (see builder.backbone_state). A name that is not a parameter of ResNet-`depth` is
+    refused, naming the source and the key. (Our `backbone.*` prefix is removed before this.)
     """
     own = parameter_names(depth)
-    out = {}
-    for key, value in state.items():
-        if key.startswith('fc.'):
-            continue
+    for key in state:
         if key not in own:
             raise CheckpointError(
                 f'{source}: {key!r} is not a parameter of ResNet-{depth} (paddle.vision names: conv1.*, bn1.*, '
                 f'layer1.* to layer4.*, fc.*); is it a checkpoint of another model or of another depth?')
-        value = np.asarray(value)
-        if key == 'conv1.weight' and value.ndim == 4 and value.shape[1] == 3:
-            value = value.sum(axis=1, keepdims=True)
-        out[key] = value
-    return out
+    return dict(state)
 
 
 # --- registered models ------------------------------------------------------------------------
 
-# name: (depth, learnt parameters, MACs per 10-s clip). The parameters are paddle.vision's
-# (11,689,512 and 21,797,672) minus its fc (512 x 1000 + 1000) and minus two of conv1's three
-# input channels (2 x 64 x 7 x 7); BatchNorm running statistics are not counted. The MACs are
-# counted by export/complexity.py on the log-mel of a 10-s clip (1001 frames x 64 mel bins):
-# Conv and Linear layers, front end excluded.
-ARCHITECTURES = {
-    'resnet18_mel': (18, 11170240, 2.24e9),
-    'resnet34_mel': (34, 21278400, 4.62e9),
+def _imagenet(depth, params, macs_10s):
+    """A row of MODELS: ResNet-`depth` with paddle.vision's own ImageNet file, fetched into our cache under
+    its own name and checked against the md5 paddle.vision publishes for it (model_urls)."""
+    url, md5 = model_urls[f'resnet{depth}']
+    weights = PretrainedCfg(
+        url=url, filename=f'resnet{depth}.pdparams', file_format='pdparams', md5=md5, license='Apache-2.0',
+        frontend=FrontendConfig(),
+        # conv1 (7x7, stride 2, padding 3), the 3x3 max pooling (stride 2, padding 1) and the first
+        # block of stages 2-4 (3x3 and 1x1 stride-2 convolutions) each centre output j on input 2j.
+        frame_geometry=FrameGeometry(stride=32, offset=0),
+        labels='imagenet-1k', classifier='fc', first_conv='conv1.weight',
+        description='backbone only, on ImageNet-1k (paddle.vision); no AudioSet head')
+    return depth, weights, {'params': params, 'macs_10s': macs_10s}
+
+
+# name: (depth, pretrained weights, published figures). The parameters are paddle.vision's (11,689,512
+# and 21,797,672) minus its fc (512 x 1000 + 1000) and minus two of conv1's three input channels
+# (2 x 64 x 7 x 7); BatchNorm running statistics are not counted. The MACs are counted by our
+# complexity report on the log-mel of a 10-s clip (1001 frames x 64 mel bins): Conv and Linear
+# layers, front end excluded.
+MODELS = {
+    'resnet18_mel': _imagenet(18, 11170240, 2.24e9),
+    'resnet34_mel': _imagenet(34, 21278400, 4.62e9),
 }
 
 
 def _register_all():
-    for name, (depth, params, macs_10s) in ARCHITECTURES.items():
-        url, md5 = model_urls[f'resnet{depth}']
+    for name, (depth, weights, published) in MODELS.items():
         register_model(ModelSpec(
-            name=name, family='resnet', build=functools.partial(build, depth),
-            frontend=FrontendConfig(), emb_size=EMB_SIZE,
-            checkpoint_filter=functools.partial(checkpoint_filter, depth=depth),
-            # conv1 (7x7, stride 2, padding 3), the 3x3 max pooling (stride 2, padding 1) and the first
-            # block of stages 2-4 (3x3 and 1x1 stride-2 convolutions) each centre output j on input 2j.
-            frame_geometry=FrameGeometry(stride=32, offset=0),
-            # paddle.vision's own ImageNet file, fetched into our cache under its own name and checked
-            # against the md5 paddle.vision publishes for it (paddle.vision.models.resnet.model_urls).
-            weights=Weights(url=url, filename=f'resnet{depth}.pdparams', file_format='pdparams', md5=md5,
-                            license='Apache-2.0'),
+            name=name, family=FAMILY, build=functools.partial(build, depth), emb_size=EMB_SIZE,
+            checkpoint_filter=functools.partial(checkpoint_filter, depth=depth), weights=weights,
             # Every convolution and the max pooling are padded, so the network takes any clip of one
             # frame or more; the front end's reflect padding needs more than n_fft / 2 samples.
-            min_seconds=0.1,
-            audioset_head=None,
-            native_fc=True,  # paddle.vision's files hold its ImageNet classifier as fc.*
-            published={'params': params, 'macs_10s': macs_10s, 'license': 'Apache-2.0',
-                       'pretrained': 'backbone only, on ImageNet-1k (paddle.vision); no AudioSet head'}))
+            min_seconds=0.1, audioset_head=None, published=published))
 
 
 _register_all()

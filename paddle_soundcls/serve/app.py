@@ -8,12 +8,10 @@ Stateless: every request carries its audio and gets its answer; nothing is kept 
 requests, so any number of these processes can sit behind one load balancer.
 """
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
 import re
-import threading
 import time
 from contextlib import asynccontextmanager
 from typing import Dict, List, Optional
@@ -33,12 +31,13 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..deploy import pipeline
 from ..deploy.detection import DEFAULT_WINDOW as DEFAULT_EVENTS_WINDOW
-from ..deploy.detection import detect
+from ..deploy.detection import FrameStream
+from ..deploy.detection import result as detection_result
 from ..deploy.exportdir import ExportError
 from .batching import Batcher, Flow, QueueFull, ShuttingDown, run_steps
 from .decode import base64_steps, decode_steps
 from .middleware import DEADLINE_KEY, RequestLimits, RequireApiKey
-from .settings import PADDLESPEECH_PREFIX, ApiError, ServeSettings, WindowLimits, check_window_hop, error_body
+from .settings import PADDLESPEECH_PREFIX, ApiError, ServeSettings, WindowLimits, error_body, window_and_hop
 from .stream import run_stream
 
 log = logging.getLogger(__name__)
@@ -166,14 +165,6 @@ NOT_RUNNING = ('the model is not running (the server is starting or stopping): r
                'server')
 
 
-class DetectionStopped(Exception):
-    """Detection of a request whose client left, or whose deadline passed (`late`)."""
-
-    def __init__(self, late=False):
-        super().__init__('late' if late else 'stopped')
-        self.late = late
-
-
 class Work:
     """Every piece of the server's work, through its one Batcher: decoding, clip scores, frame
     scores. Each unit is admitted by the queue (503 when full) and waits at most until its
@@ -186,20 +177,19 @@ class Work:
         self.min_samples = int(round(float(predictor.min_seconds) * self.rate))
         clip_seconds = getattr(predictor, 'clip_seconds', None)
         self.clip_samples = int(round(clip_seconds * self.rate)) if clip_seconds else None
+        max_window = max(settings.max_window_seconds, clip_seconds or 0.0)
         self.limits = WindowLimits(min_window=float(predictor.min_seconds), min_hop=network_frame_hop(predictor),
-                                   max_window=max(settings.max_window_seconds, clip_seconds or 0.0),
-                                   max_overlap=settings.max_overlap)
-        self.detections = 0          # detect() calls running now, each in a thread of its own
-        self._detect_pool = concurrent.futures.ThreadPoolExecutor(settings.max_queue,
-                                                                  thread_name_prefix='paddle-soundcls-detect')
-        self._score_frames = None
+                                   max_window=max_window, max_overlap=settings.max_overlap,
+                                   default_window=min(max(clip_seconds or DEFAULT_EVENTS_WINDOW,
+                                                          float(predictor.min_seconds)), max_window))
+        self._score_frames = None    # the export's frame-scores graph, loaded on first use
 
     @staticmethod
     def flow():
         return Flow()
 
     def close(self):
-        self._detect_pool.shutdown(wait=False)
+        pass
 
     def run_scores(self, items):
         """Clip scores of equal-length waveforms at the model's rate, in one engine call."""
@@ -282,58 +272,37 @@ class Work:
         rows = await self.wait(futures, timeout)
         return pipeline.to_dict(np.mean(rows, axis=0), self.labels)
 
-    async def events(self, wave, window, hop, flow, deadline):
-        """deploy.detection.detect of one waveform, its windows scored through the batcher."""
-        if self.detections >= self.settings.max_queue:
-            raise ApiError(503, 'busy', f'the server is busy ({self.detections} detections running): retry after 1 s',
-                           headers={'Retry-After': '1'})
-        loop = asyncio.get_running_loop()
+    async def frame_scorer(self, window, hop):
+        """The export's detection.FrameScorer for `window` and `hop`; its windows are scored through
+        the queue (frame_scores), not by the scorer itself."""
         try:   # the first call loads the frame-scores graph: not on the event loop
-            scorer = await loop.run_in_executor(self._detect_pool, self.predictor.frame_scorer, window, hop)
+            scorer = await asyncio.get_running_loop().run_in_executor(None, self.predictor.frame_scorer, window, hop)
         except ExportError as exc:
             raise ApiError(501, 'events_unsupported', f'this export cannot detect events: {exc}') from None
         except ValueError as exc:  # window / hop the detector cannot use
             raise ApiError(400, 'invalid_parameter', str(exc), 'window') from None
         if self._score_frames is None:
             self._score_frames = scorer.score_frames   # every scorer of the export runs the same graph
-        stop = threading.Event()
-        current = []
+        return scorer
 
-        async def one_window(samples):
-            [scores] = await self.wait(self.submit([samples], flow, self.run_frames, ('frames', len(samples))),
-                                       max(0.0, deadline - time.monotonic()))
-            return scores
+    async def frame_scores(self, window, flow, timeout):
+        """Network frame scores of one detection.Window, as a unit of work through the queue."""
+        samples = window.samples
+        [scores] = await self.wait(self.submit([samples], flow, self.run_frames, ('frames', len(samples))), timeout)
+        return scores
 
-        def score_frames(waveforms):   # in the detection thread: each window waits its turn in the queue
-            remaining = deadline - time.monotonic()
-            if stop.is_set():
-                raise DetectionStopped()
-            if remaining <= 0:
-                raise DetectionStopped(late=True)
-            future = asyncio.run_coroutine_threadsafe(one_window(np.asarray(waveforms[0], np.float32)), loop)
-            current[:] = [future]
-            try:
-                return np.asarray(future.result(remaining + 1.0))[None]
-            except concurrent.futures.CancelledError:
-                raise DetectionStopped() from None
-            except concurrent.futures.TimeoutError:
-                future.cancel()
-                raise DetectionStopped(late=True) from None
-
-        scorer.score_frames = score_frames
-        config = getattr(self.predictor, 'event_config', None)
-        self.detections += 1
-        try:
-            return await loop.run_in_executor(self._detect_pool, detect, scorer, wave, config)
-        except DetectionStopped as exc:
-            if exc.late:
-                raise _timeout_error(self.settings) from None
-            raise
-        finally:
-            self.detections -= 1
-            stop.set()   # a client gone or an error: the thread stops before its next window
-            for future in current:
-                future.cancel()
+    async def events(self, wave, window, hop, flow, deadline):
+        """detection.detect of one waveform: the same windows and decisions (FrameStream), each window
+        waiting its turn in the queue; the client leaving or the deadline stops it between windows."""
+        scorer = await self.frame_scorer(window, hop)
+        frames = FrameStream(scorer)
+        frames.feed(wave)
+        frames.finish()
+        parts = []
+        while (next_window := frames.next_window()) is not None:
+            coarse = await self.frame_scores(next_window, flow, max(0.0, deadline - time.monotonic()))
+            parts.append(frames.keep(next_window, coarse))
+        return detection_result(scorer, parts, getattr(self.predictor, 'event_config', None))
 
 
 def create_app(predictor, settings=None):
@@ -445,10 +414,7 @@ def create_app(predictor, settings=None):
         """The audio in the forms /v1/classify takes. Answers the events, each with its onset and
         offset in seconds, its label and its confidence, by onset; none is an empty list. The
         decisions (thresholds, median filter) are those saved with the export."""
-        if window is None:   # the detector's default, within this server's limit
-            window = min(getattr(predictor, 'clip_seconds', None) or DEFAULT_EVENTS_WINDOW, work.limits.max_window)
-        hop = hop if hop is not None else window / 2
-        window, hop = check_window_hop(window, hop, work.limits)
+        window, hop = window_and_hop(window, hop, work.limits)
         flow = work.flow()
         data, field, _ = await read_audio_body(request, None, flow)
         deadline = deadline_of(request)

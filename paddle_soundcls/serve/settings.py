@@ -160,11 +160,24 @@ def origin_allowed(settings, headers):
 class WindowLimits:
     """What windows of one served model may be, in seconds: min_window, the network's shortest
     input; min_hop, the time between two of the network's frames; max_window and max_overlap
-    (window / hop), the server's limits."""
+    (window / hop), the server's limits; default_window, the window when a request names none
+    (detection's default, the training clip length or 10 s, within max_window)."""
     min_window: float
     min_hop: float
     max_window: float
     max_overlap: float
+    default_window: float
+
+
+def window_and_hop(window, hop, limits):
+    """A request's (window, hop), each None for its default (limits.default_window and half of
+    it), checked by check_window_hop."""
+    window = limits.default_window if window is None else window
+    return check_window_hop(window, window / 2 if hop is None and _seconds(window) else hop, limits)
+
+
+def _seconds(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
 def check_window_hop(window, hop, limits):

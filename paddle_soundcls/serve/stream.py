@@ -14,9 +14,10 @@ Protocol (every text message is JSON):
 3. client -> {"type": "end"}: the server scores the last, partly new window, sends what the
    mode has left, then {"type": "done"}, and closes (1000).
 
-window and hop follow the rule of /v1/events (settings.check_window_hop): window at least the
-model's shortest input and at most --max-window-seconds, hop at least the network's frame hop
-and at most the window, window / hop at most --max-overlap.
+window and hop follow the rule of /v1/events (settings.check_window_hop), and have its defaults
+(the model's training clip length, or 10 s, within --max-window-seconds; hop half of it): window
+at least the model's shortest input and at most --max-window-seconds, hop at least the
+network's frame hop and at most the window, window / hop at most --max-overlap.
 
 Errors: {"type": "error", "error": {"code", "message"}} and the socket is closed (1008 for a bad
 start message, a missing key or a silent client, 1007 for bad PCM, 1003 for a text message that
@@ -34,8 +35,10 @@ taken as one piece); when the client leaves, the stream's waiting work is droppe
 
 Modes are pluggable: `register_stream_mode(name, factory)`; factory(config, labels, meta) gives an
 object with `on_window(start, end, scores) -> [messages]` and `on_end() -> [messages]`, where
-scores is an OrderedDict(label -> score) of one window, best first. Built in: 'scores' (the
-scores of each window) and 'events' (events as they start and end, from the windows' scores).
+scores is an OrderedDict(label -> score) of one window, best first; or, with `frames = True`,
+`start(scorer)`, `on_frames(frame scores [frames, classes]) -> [messages]` and `on_end()`, fed
+the frames of offline detection. Built in: 'scores' (the scores of each window) and 'events'
+(events as they start and end, decided on the frames as /v1/events and Predictor.stream do).
 """
 import asyncio
 import contextlib
@@ -48,15 +51,16 @@ import numpy as np
 from starlette.websockets import WebSocketDisconnect
 
 from .. import audio
-from .settings import (MAX_STREAM_MESSAGE_BYTES, ApiError, check_window_hop, key_from_headers, key_matches,
+from ..deploy import pcm
+from ..deploy.detection import FrameStream
+from ..deploy.events import EventConfig, EventTracker
+from ..deploy.segments import SlidingWindow
+from .settings import (MAX_STREAM_MESSAGE_BYTES, ApiError, key_from_headers, key_matches, window_and_hop,
                        origin_allowed)
 
 log = logging.getLogger(__name__)
 
-SAMPLE_FORMATS = {'int16': np.dtype('<i2'), 'float32': np.dtype('<f4')}
-DEFAULT_WINDOW = 2.0
-DEFAULT_HOP = 0.5
-CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_BAD_DATA, CLOSE_POLICY = 1000, 1003, 1007, 1008
+CLOSE_NORMAL, CLOSE_UNSUPPORTED, CLOSE_BAD_DATA, CLOSE_POLICY, CLOSE_TRY_AGAIN = 1000, 1003, 1007, 1008, 1013
 READ_AHEAD_BYTES = 2 * MAX_STREAM_MESSAGE_BYTES   # PCM read and held while earlier audio is scored
 PIECE_SAMPLES = 1 << 16           # stream samples resampled in one step
 # Messages a stream may send in a second (as a burst, and on average): 5 % of that is a 10-ms
@@ -95,32 +99,36 @@ class ClipScores:
         return []
 
 
-class WindowEvents:
-    """Mode 'events': events as they start and end, decided on the windows' scores (one score per
-    label every `hop` seconds, so times are on the hop's grid): {"type": "start" | "end", "label",
-    "onset", ("offset"), "confidence"}. The thresholds are the export's saved ones, or
-    `options` of the start message (deploy.events.EventConfig fields)."""
+class FrameEvents:
+    """Mode 'events': events as they start and end, decided on frame scores exactly as /v1/events,
+    Predictor.stream and `paddle-soundcls events -` decide them (the same windows, frames and
+    decisions): {"type": "start" | "end", "label", "onset", ("offset"), "confidence"}. The
+    thresholds are the export's saved ones, or `options` of the start message
+    (deploy.events.EventConfig fields)."""
+    frames = True   # takes the frames of detection.FrameStream (on_frames), not clip scores of windows
 
     def __init__(self, config, labels, meta):
-        from ..deploy.events import EventConfig, EventTracker
         settings = {**(meta.get('events') or {}), **config.options}
         try:
-            event_config = EventConfig.from_dict(settings) if settings else None
-            self.tracker = EventTracker(list(labels), config.hop, event_config)
+            self.config = EventConfig.from_dict(settings) if settings else None
+            if self.config is not None:
+                self.config.thresholds(len(labels))
         except (TypeError, ValueError) as exc:
             raise StreamError('bad_start', f'options: {exc}', CLOSE_POLICY) from None
         self.labels = list(labels)
-        self.hop = config.hop
+        self.tracker = None
 
-    def on_window(self, start, end, scores):
-        row = np.array([[scores[label] for label in self.labels]], dtype=np.float32)
-        return [{**report} for report in self.tracker.push(row)]
+    def start(self, scorer):
+        self.tracker = EventTracker(self.labels, scorer.frame_seconds, self.config)
+
+    def on_frames(self, frame_scores):
+        return [dict(report) for report in self.tracker.push(frame_scores)]
 
     def on_end(self):
         return self.tracker.close()
 
 
-STREAM_MODES = {'scores': ClipScores, 'events': WindowEvents}
+STREAM_MODES = {'scores': ClipScores, 'events': FrameEvents}
 
 
 def register_stream_mode(name, factory):
@@ -133,8 +141,8 @@ class StreamConfig:
     sample_rate: int
     format: str = 'int16'
     channels: int = 1
-    window: float = DEFAULT_WINDOW
-    hop: float = DEFAULT_HOP
+    window: float = None      # None: the model's training clip length (or 10 s) within --max-window-seconds
+    hop: float = None         # None: half the window
     top_k: int = 5
     mode: str = 'scores'
     options: dict = field(default_factory=dict)
@@ -165,14 +173,14 @@ def parse_start(message, settings, num_labels, limits):
     except audio.AudioError as exc:
         raise _bad_start(str(exc)) from None
     # Each field's type before its value: an unhashable list or object must not reach a lookup.
-    for name, table in (('format', SAMPLE_FORMATS), ('mode', STREAM_MODES)):
+    for name, table in (('format', pcm.SAMPLE_FORMATS), ('mode', STREAM_MODES)):
         value = getattr(config, name)
         if not isinstance(value, str) or value not in table:
             raise _bad_start(f'{name} must be one of {sorted(table)}, got {value!r}')
     if isinstance(config.channels, bool) or not isinstance(config.channels, int) or not 1 <= config.channels <= 64:
         raise _bad_start(f'channels must be an int from 1 to 64, got {config.channels!r}')
     try:
-        config.window, config.hop = check_window_hop(config.window, config.hop, limits)
+        config.window, config.hop = window_and_hop(config.window, config.hop, limits)
     except ApiError as exc:
         raise _bad_start(exc.message) from None
     if isinstance(config.top_k, bool) or not isinstance(config.top_k, int) or config.top_k < 1:
@@ -184,21 +192,11 @@ def parse_start(message, settings, num_labels, limits):
 
 
 def parse_chunk(data, config):
-    """Bytes of interleaved PCM -> mono float32 samples."""
-    dtype = SAMPLE_FORMATS[config.format]
-    frame_bytes = dtype.itemsize * config.channels
-    if len(data) % frame_bytes:
-        raise StreamError('bad_chunk', f'a chunk of {config.format} PCM with {config.channels} channel(s) must hold '
-                                       f'whole frames of {frame_bytes} bytes; got {len(data)} bytes', CLOSE_BAD_DATA)
-    # The channel count comes from the start message: a chunk of any length is read the same way.
-    samples = np.frombuffer(data, dtype=dtype).reshape(-1, config.channels)
-    if config.format == 'int16':
-        samples = samples.astype(np.float32) / 32768.0
-    else:
-        problem = audio.samples_problem(samples) if samples.size else None
-        if problem:
-            raise StreamError('bad_chunk', f'a float32 chunk {problem}', CLOSE_BAD_DATA)
-    return samples.mean(axis=1, dtype=np.float32) if config.channels > 1 else samples[:, 0].astype(np.float32)
+    """Bytes of interleaved PCM -> mono float32 samples (deploy.pcm, as the command line reads them)."""
+    try:
+        return pcm.decode(data, config.format, config.channels)
+    except audio.AudioError as exc:
+        raise StreamError('bad_chunk', str(exc), CLOSE_BAD_DATA) from None
 
 
 class Inbox:
@@ -230,63 +228,6 @@ class Inbox:
             data, self.data = bytes(self.data), bytearray()
             self._changed.notify_all()
             return data, self.ended
-
-
-class SlidingWindow:
-    """Samples in, windows of `window` samples every `hop` samples out, starting at sample 0.
-
-    push(samples) stores them; next() gives the next complete window (start, end, samples), or
-    None; tail() the last, partial window at the end. The buffer holds the samples later
-    windows need in about two windows plus the largest push, reused (a ring compacted now and
-    then), so the work of a push is proportional to the push, whatever the window.
-    """
-
-    def __init__(self, window, hop):
-        self.window, self.hop = window, hop
-        self.buffer = np.zeros(0, np.float32)
-        self.length = 0          # samples in use at the buffer's start
-        self.offset = 0          # stream index of buffer[0]
-        self.next_start = 0      # stream index where the next window starts
-        self.last_end = 0        # end of the last window given out
-
-    @property
-    def total(self):
-        return self.offset + self.length
-
-    def push(self, samples):
-        samples = np.asarray(samples, dtype=np.float32)
-        if self.length + len(samples) > len(self.buffer):
-            # Keep the last `window` samples (for the tail window at the end) and what the next window needs.
-            keep_from = min(self.next_start, max(self.total - self.window, 0))
-            drop = min(max(keep_from - self.offset, 0), self.length)
-            kept = self.length - drop
-            if kept + len(samples) > len(self.buffer):
-                grown = np.zeros(max(2 * self.window, kept + len(samples)), np.float32)
-                grown[:kept] = self.buffer[drop:self.length]
-                self.buffer = grown
-            else:
-                self.buffer[:kept] = self.buffer[drop:self.length]
-            self.offset += drop
-            self.length = kept
-        self.buffer[self.length:self.length + len(samples)] = samples
-        self.length += len(samples)
-
-    def next(self):
-        if self.next_start + self.window > self.total:
-            return None
-        i = self.next_start - self.offset
-        start = self.next_start
-        self.last_end = start + self.window
-        self.next_start += self.hop
-        return start, start + self.window, self.buffer[i:i + self.window].copy()
-
-    def tail(self):
-        """The last window at the end of the stream if samples arrived after the last one, else None."""
-        if self.total <= self.last_end or self.total == 0:
-            return None
-        start = max(self.total - self.window, 0)
-        i = start - self.offset
-        return start, self.total, self.buffer[i:self.length].copy()
 
 
 async def run_stream(websocket, settings, labels, meta, model_rate, limits, engine):
@@ -385,7 +326,7 @@ async def _session(websocket, settings, labels, meta, model_rate, limits, engine
 
 async def _read(websocket, inbox, config, timeout):
     """Messages of the client into `inbox` (PCM, and the end); returns when the client leaves."""
-    frame_bytes = SAMPLE_FORMATS[config.format].itemsize * config.channels
+    frame_bytes = pcm.frame_bytes(config.format, config.channels)
     ended = False
     allowance, last = float(MAX_MESSAGES_PER_SECOND), time.monotonic()
     while True:
@@ -421,28 +362,79 @@ async def _read(websocket, inbox, config, timeout):
         ended = True
 
 
+class ClipWindows:
+    """The windows of a stream in a clip-scores mode (on_window): each window's clip scores, as
+    Predictor.predict(window=, hop=) scores them, through the engine queue. A window refused
+    (busy, late) is reported with its times and lost; the stream goes on."""
+
+    def __init__(self, websocket, mode, config, model_rate, engine, flow, timeout):
+        self.websocket, self.mode, self.engine, self.flow, self.timeout = websocket, mode, engine, flow, timeout
+        self.rate = model_rate
+        self.windows = SlidingWindow(max(1, round(config.window * model_rate)), max(1, round(config.hop * model_rate)))
+        self.finished = False
+
+    def feed(self, samples):
+        self.windows.push(samples)
+
+    def finish(self):
+        self.finished = True
+
+    async def drain(self):
+        while (cut := self.windows.next()) is not None:
+            await self._score(*cut)
+        if self.finished and (cut := self.windows.tail()) is not None:
+            await self._score(*cut)
+
+    async def _score(self, begin, end, samples):
+        start_s, end_s = begin / self.rate, end / self.rate
+        try:
+            scores = await self.engine.clip_scores(samples, self.flow, self.timeout)
+        except ApiError as exc:  # busy or timed out: this window is lost, the stream goes on
+            await self.websocket.send_json({'type': 'error', 'start': start_s, 'end': end_s,
+                                            'error': {'code': exc.code, 'message': exc.message}})
+            return
+        for reply in self.mode.on_window(start_s, end_s, scores):
+            await self.websocket.send_json(reply)
+
+
+class FrameWindows:
+    """The windows of a stream in a frame mode (on_frames): detection.FrameStream's windows, each
+    scored through the engine queue, its new frames given to the mode. Every window is needed for
+    the frames that follow, so a window refused (busy, late) ends the stream (1013: try again)."""
+
+    def __init__(self, websocket, mode, scorer, engine, flow, timeout):
+        self.websocket, self.mode, self.engine, self.flow, self.timeout = websocket, mode, engine, flow, timeout
+        self.frames = FrameStream(scorer)
+        mode.start(scorer)
+
+    def feed(self, samples):
+        self.frames.feed(samples)
+
+    def finish(self):
+        self.frames.finish()
+
+    async def drain(self):
+        while (window := self.frames.next_window()) is not None:
+            try:
+                coarse = await self.engine.frame_scores(window, self.flow, self.timeout)
+            except ApiError as exc:
+                raise StreamError(exc.code, f'{exc.message}; events need every window, so the stream ends here: '
+                                            f'start a new one', CLOSE_TRY_AGAIN) from None
+            for reply in self.mode.on_frames(self.frames.keep(window, coarse)):
+                await self.websocket.send_json(reply)
+
+
 async def _score(websocket, inbox, config, mode, model_rate, settings, engine, flow):
     """Scores the windows of the PCM in `inbox` as they complete, one at a time; at the end, the rest."""
     resampler = audio.Resampler(config.sample_rate, model_rate)
-    windows = SlidingWindow(max(1, round(config.window * model_rate)), max(1, round(config.hop * model_rate)))
-
-    async def score(begin, end, samples):
-        start_s, end_s = begin / model_rate, end / model_rate
+    if getattr(mode, 'frames', False):
         try:
-            scores = await engine.clip_scores(samples, flow, settings.timeout)
-        except ApiError as exc:  # busy or timed out: this window is lost, the stream goes on
-            await websocket.send_json({'type': 'error', 'start': start_s, 'end': end_s,
-                                       'error': {'code': exc.code, 'message': exc.message}})
-            return
-        for reply in mode.on_window(start_s, end_s, scores):
-            await websocket.send_json(reply)
-
-    async def score_ready():
-        while True:
-            window = windows.next()
-            if window is None:
-                return
-            await score(*window)
+            scorer = await engine.frame_scorer(config.window, config.hop)
+        except ApiError as exc:
+            raise StreamError(exc.code, exc.message, CLOSE_POLICY) from None
+        windows = FrameWindows(websocket, mode, scorer, engine, flow, settings.timeout)
+    else:
+        windows = ClipWindows(websocket, mode, config, model_rate, engine, flow, settings.timeout)
 
     async def resample(piece):
         if resampler.orig_sr == resampler.target_sr or len(piece) * resampler.taps <= INLINE_ELEMENTS:
@@ -456,13 +448,11 @@ async def _score(websocket, inbox, config, mode, model_rate, settings, engine, f
         data, ended = await inbox.take()
         samples = parse_chunk(data, config)
         for first in range(0, len(samples), piece):
-            windows.push(await resample(samples[first:first + piece]))
-            await score_ready()
-    windows.push(resampler.flush())
-    await score_ready()
-    tail = windows.tail()
-    if tail is not None:
-        await score(*tail)
+            windows.feed(await resample(samples[first:first + piece]))
+            await windows.drain()
+    windows.feed(resampler.flush())
+    windows.finish()
+    await windows.drain()
     for reply in mode.on_end():
         await websocket.send_json(reply)
     await websocket.send_json({'type': 'done'})

@@ -83,6 +83,11 @@ class AugmentConfig:
         return (self.changes_audio or self.mixup_alpha > 0 or self.freq_mixstyle_p > 0
                 or self.time_masks > 0 or self.freq_masks > 0)
 
+    def changed(self):
+        """The names of the settings that differ from the defaults (those that are on)."""
+        defaults = asdict(AugmentConfig())
+        return [name for name, value in asdict(self).items() if value != defaults[name]]
+
     def to_dict(self):
         return asdict(self)
 

@@ -13,7 +13,7 @@ Layout of the cache (`<cache_dir()>/embeddings` by default):
 
 The settings key hashes the model name, a digest of the backbone weights, the front-end
 settings, the sample rate, the clip length, the way clips are cut, and the versions of the
-resampler and of libsndfile's decoders (weights.decoding_settings). Each clip is found by
+resampler and of libsndfile's decoders (cache.decoding_settings). Each clip is found by
 the sha256 of its file's bytes, hashed on every run: reading a file is cheap next to
 embedding it, and unlike size + mtime it cannot miss an edit, so a changed file never gets a
 stale embedding (and the same audio under two names is embedded once). Changing a file, a
@@ -22,7 +22,7 @@ until the folder is deleted.
 
 How clips are cut: training clips are centre-cropped (or zero-padded) to the dataset's clip
 length, one segment each (random training crops would need a new embedding every epoch);
-evaluation clips are cut as predict cuts them (deploy.pipeline.clip_segments: padded to the
+evaluation clips are cut as predict cuts them (deploy.segments.clip_segments: padded to the
 clip length, or consecutive windows of it), so frozen-backbone evaluation scores what
 predict scores.
 
@@ -35,9 +35,9 @@ import os
 import numpy as np
 import paddle
 
-from .. import audio, fileio, weights
+from .. import audio, cache, fileio
 from ..device import place_of
-from ..deploy import pipeline
+from ..deploy.segments import clip_segments
 from ..progress import progress_bar
 from ..features.mel import logmel
 
@@ -50,7 +50,7 @@ CUTS = ('center', 'segments')
 
 def cache_root():
     """The default cache folder: `<cache_dir()>/embeddings` ($PADDLE_SOUNDCLS_HOME/embeddings)."""
-    return os.path.join(weights.cache_dir(), 'embeddings')
+    return os.path.join(cache.cache_dir(), 'embeddings')
 
 
 def settings(module, dataset, digest, cut):
@@ -59,7 +59,7 @@ def settings(module, dataset, digest, cut):
     return {'format': FORMAT, 'model': module.name, 'backbone_digest': digest,
             'frontend': module.frontend_cfg.to_dict(), 'sample_rate': dataset.sample_rate,
             'num_samples': dataset.num_samples, 'min_seconds': module.min_seconds, 'cut': cut,
-            **weights.decoding_settings()}
+            **cache.decoding_settings()}
 
 
 class DygraphEngine:
@@ -121,7 +121,7 @@ def clip_inputs(module, dataset, index, cut, clip_samples):
     if cut == 'center':
         return audio.fix_length(wave, dataset.num_samples)[None]
     min_samples = int(round(module.min_seconds * dataset.sample_rate))
-    return np.stack([seg for _, _, seg in pipeline.clip_segments(wave, clip_samples, min_samples)])
+    return np.stack([seg for _, _, seg in clip_segments(wave, clip_samples, min_samples)])
 
 
 def embed_dataset(module, dataset, cut='center', clip_samples=None, batch_size=BATCH_SIZE, root=None, rank=0,
@@ -154,7 +154,7 @@ def embed_dataset(module, dataset, cut='center', clip_samples=None, batch_size=B
     try:
         info = settings(module, dataset, weights_digest(module.backbone), cut)
         info['clip_samples'] = clip_samples if cut == 'segments' else None
-        files, missing = weights.content_cache(root, info, [path for path, _ in items])
+        files, missing = cache.content_cache(root, info, [path for path, _ in items])
         todo = missing[rank::world_size]
         if todo:
             _compute(module, dataset, todo, files, batch_size, cut, clip_samples)

@@ -10,7 +10,11 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from ..errors import ArgumentError
+
 LOSSES = ('ce', 'class_balanced', 'focal', 'class_balanced_focal', 'bce')
+# Losses over a softmax of the classes: they do not fit independent sigmoid scores.
+SOFTMAX_LOSSES = ('ce', 'class_balanced', 'focal', 'class_balanced_focal')
 
 
 def class_balanced_weights(class_counts, beta=0.999):
@@ -201,6 +205,32 @@ def build_loss(name, class_counts=None, label_smoothing=0.0, beta=0.999, gamma=2
     if name in ('focal', 'class_balanced_focal'):
         return FocalLoss(gamma, weights)
     return BCEWithLogitsLoss()
+
+
+def check_loss(loss, model):
+    """Refuse, before any work, a loss name that is unknown or does not fit the model's scores."""
+    if loss is None or not isinstance(loss, str):
+        return
+    if loss not in LOSSES:
+        raise ArgumentError(f'unknown loss {loss!r}; known: {", ".join(LOSSES)}, or a Layer(logits, target)')
+    if model.multi_label and loss in SOFTMAX_LOSSES:
+        raise ArgumentError(f"loss={loss!r} is a loss over a softmax of the classes, but {model.name} is multi-label "
+                            f"(independent sigmoid scores, also for event times): use loss='bce' (the default) or a "
+                            f"Layer(logits, target) of your own")
+
+
+def training_loss(loss, model, class_counts=None, label_smoothing=0.0):
+    """The loss the Trainer trains `model` with: `loss` itself when it is a Layer, else the loss of
+    that name (default 'ce', or 'bce' for multi-label models). The class-balanced losses weigh the
+    classes by `class_counts` (the training set's), equally until a training set is known (an
+    evaluate() before train())."""
+    name = loss or ('bce' if model.multi_label else 'ce')
+    if not isinstance(name, str):
+        return name
+    counts = None
+    if 'balanced' in name:
+        counts = class_counts if class_counts is not None else np.ones(model.num_class)
+    return build_loss(name, class_counts=counts, label_smoothing=label_smoothing)
 
 
 class DistillationLoss(nn.Layer):

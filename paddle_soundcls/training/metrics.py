@@ -8,7 +8,53 @@ import os
 
 import numpy as np
 
+from ..errors import ArgumentError
 from ..fileio import atomic_write_file
+
+SINGLE_LABEL_METRICS = ('acc', 'top5', 'macro_f1')
+MULTI_LABEL_METRICS = ('mAP', 'AUC', 'f1_micro')
+# Measured on a dev set with event times (strong labels), from the events of Module.detect:
+# micro F1 (all classes pooled) and the class average ('_macro'), event-based (200 ms collars)
+# and segment-based (1-s segments), as deploy.event_metrics (sed_eval's definitions) counts them.
+STRONG_LABEL_METRICS = ('event_f1', 'segment_f1', 'event_f1_macro', 'segment_f1_macro')
+# What can pick the best model; 'loss' is minimised, the others maximised.
+COMPARE_METRICS = ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS + STRONG_LABEL_METRICS
+
+
+def check_compare_metric(name):
+    """compare_metrics as given (None: chosen from the dev set, see default_metric), if known."""
+    if name is not None and name not in COMPARE_METRICS:
+        raise ArgumentError(f'compare_metrics must be one of {list(COMPARE_METRICS)}, got {name!r}')
+    return name
+
+
+def default_metric(dataset):
+    """What picks best_model when compare_metrics is not given: event F1 on data with event
+    times, else mAP (multi-label) or accuracy."""
+    if getattr(dataset, 'strong', False):
+        return 'event_f1'
+    return 'mAP' if getattr(dataset, 'multi_label', False) else 'acc'
+
+
+def check_metric_fits(name, dataset, role):
+    """Refuse a compare metric that `dataset` (the run's `role` set) cannot measure. The event
+    metrics are measured on the dev set: any training set may go with them."""
+    multi_label = bool(getattr(dataset, 'multi_label', False))
+    strong = bool(getattr(dataset, 'strong', False))
+    allowed = (('loss',) + (MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS)
+               + (STRONG_LABEL_METRICS if strong or role == 'train' else ()))
+    if name in STRONG_LABEL_METRICS and name not in allowed:
+        raise ArgumentError(f'compare_metrics={name!r} is measured on a dev set with event times '
+                            f'(datasets.StrongLabelDataset), not on this {role} dataset; choose one of {list(allowed)}')
+    if name not in allowed:
+        raise ArgumentError(f'compare_metrics={name!r} is not measured on {"multi" if multi_label else "single"}-label '
+                            f'data; choose one of {list(allowed)}')
+
+
+def scalars(result):
+    """The single-number entries of a metrics dict, as floats."""
+    return {name: float(value) for name, value in result.items()
+            if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)}
 
 
 def _as_labels(labels, num_samples):

@@ -14,6 +14,8 @@ import numbers
 
 from paddle.optimizer.lr import LRScheduler
 
+from ..errors import ArgumentError
+
 SCHEDULES = ('constant', 'warmup_cosine', 'step')
 
 
@@ -155,3 +157,22 @@ def steps_per_epoch(num_clips, batch_size, world_size=None):
         world_size = dist.get_world_size()
     world_size = _check_count('world_size', world_size, 1)
     return math.ceil(num_clips / (batch_size * world_size))
+
+
+def optimizer_schedule(optimizer, scheduler=None):
+    """The LRScheduler that `optimizer` runs on (None for a fixed rate), which the Trainer steps
+    once per batch and saves with the optimizer's state.
+
+    scheduler: given, it becomes the optimizer's (Optimizer.set_lr_scheduler). Not given, the one
+    the optimizer was built with (learning_rate=scheduler) is used: Paddle keeps it in
+    `_learning_rate` and has no public getter, so it is read there, in this one place (as
+    PaddleHub's Trainer does).
+    """
+    if scheduler is not None:
+        if not isinstance(scheduler, LRScheduler):
+            raise ArgumentError(f'lr_scheduler must be a paddle.optimizer.lr.LRScheduler, got '
+                                f'{type(scheduler).__name__}')
+        optimizer.set_lr_scheduler(scheduler)
+        return scheduler
+    found = getattr(optimizer, '_learning_rate', None)
+    return found if isinstance(found, LRScheduler) else None

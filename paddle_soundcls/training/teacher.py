@@ -18,7 +18,7 @@ The key hashes everything the outputs depend on: for each member its weights dig
 sha256 of an export's files) and the settings an export records (Module.export_settings(): model,
 task, labels, multi_label, pooling, clip length, shortest input, front end, frame geometry;
 not the event thresholds, which do not change scores), and the versions of the resampler and
-of libsndfile's decoders (weights.decoding_settings). A clip is found by the sha256 of its file,
+of libsndfile's decoders (cache.decoding_settings). A clip is found by the sha256 of its file,
 so an edited file, other teacher weights or another way of pooling are never served stale
 outputs. Each output is written as soon as it is computed, so an interrupted pass resumes where
 it stopped.
@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from .. import fileio, weights
+from .. import cache, fileio
 from ..progress import progress_bar
 
 FORMAT = 2
@@ -39,7 +39,7 @@ _EPS = 1e-7  # scores are clipped away from 0 and 1 before the log
 
 
 def cache_root():
-    return os.path.join(weights.cache_dir(), 'teachers')
+    return os.path.join(cache.cache_dir(), 'teachers')
 
 
 class Teacher:
@@ -61,7 +61,7 @@ class Teacher:
     def settings(self):
         """What the teacher's outputs depend on besides the audio: the key of its cache."""
         return {'format': FORMAT, 'members': [m['identity'] for m in self.members], 'labels': self.labels,
-                'multi_label': self.multi_label, **weights.decoding_settings()}
+                'multi_label': self.multi_label, **cache.decoding_settings()}
 
     def logits(self, paths):
         """Mean over the members of their logits on the clips `paths` [clips, classes]."""
@@ -89,7 +89,7 @@ def _load(spec, use_gpu=False):
                 'identity': {'export': files, 'settings': recorded},
                 'predict': lambda paths: predictor.predict(paths, batch_size=8)}
     if os.path.isdir(path):
-        from ..hub import load_module
+        from .. import load_module
         return _module_member(load_module(path), path, use_gpu)
     raise ValueError(f'teacher {spec!r}: expected a Module, a checkpoint directory (with meta.json) or an export '
                      f'directory (with export.json)')
@@ -120,7 +120,7 @@ def teacher_logits(teacher, dataset, root=None, progress=True):
         raise ValueError(f'the teacher is {"multi" if teacher.multi_label else "single"}-label but the data is '
                          f'not; use a teacher trained on data of the same kind')
     paths = [path for path, _ in items]
-    files, todo = weights.content_cache(root or cache_root(), teacher.settings(), paths)
+    files, todo = cache.content_cache(root or cache_root(), teacher.settings(), paths)
     with progress_bar(total=len(todo), desc='Teacher outputs', unit='clip', show=progress and bool(todo)) as bar:
         for start in range(0, len(todo), CLIPS_PER_CALL):
             batch = todo[start:start + CLIPS_PER_CALL]

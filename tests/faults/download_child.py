@@ -1,6 +1,6 @@
 """Download into the cache ($PADDLE_SOUNDCLS_HOME) in a process of its own.
 
-    python download_child.py fetch URL FILENAME SHA256     weights.fetch; prints the cached path
+    python download_child.py fetch URL FILENAME SHA256     cache.fetch; prints the cached path
     python download_child.py esc50 URL                     ESC50('dev', split=2); prints its data_dir
 
 Fault point (PSC_FAULT): 'unpacked', the ESC-50 archive is unpacked into its temporary
@@ -10,7 +10,7 @@ import sys
 import zipfile
 
 from faultkit import fault_point, fault_spec
-from paddle_soundcls import weights
+from paddle_soundcls import cache
 
 
 def main():
@@ -24,7 +24,7 @@ def main():
 
     if sys.argv[1] == 'fetch':
         _, _, url, filename, sha256 = sys.argv
-        print(weights.fetch(url, filename, sha256=sha256, timeout=30, progress=False), flush=True)
+        print(cache.fetch(url, filename, sha256=sha256, timeout=30, progress=False), flush=True)
     else:
         from paddle_soundcls.datasets import ESC50, esc50
         esc50.ESC50_URL = sys.argv[2]

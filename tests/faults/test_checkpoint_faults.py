@@ -12,8 +12,10 @@ import pytest
 
 from faultkit import ROOT
 from helpers import small_module, spec_with_url
-from paddle_soundcls import Module, Trainer, checkpoint, cli, fileio, registry, weights
-from paddle_soundcls.checkpoint import CheckpointError, UnsafeCheckpointError
+from paddle_soundcls import Module, Trainer, cache, cli, fileio
+from paddle_soundcls.checkpoints import pdparams, schema
+from paddle_soundcls.errors import CheckpointError, UnsafeCheckpointError
+from paddle_soundcls.models import registry
 from paddle_soundcls.datasets import AudioFolder
 
 TORCH_DATA = os.path.join(ROOT, 'tests', 'data', 'torch')
@@ -123,7 +125,7 @@ def test_damaged_meta_json_is_named(saved, tmp_path, damage):
     meta = directory / 'meta.json'
     text = meta.read_text()
     meta.write_text({'cut': text[:len(text) // 2], 'not-json-object': '[1, 2]',
-                     'fields-missing': json.dumps({'format': checkpoint.FORMAT, 'model': 'panns_cnn6'})}[damage])
+                     'fields-missing': json.dumps({'format': schema.META_FORMAT, 'model': 'panns_cnn6'})}[damage])
     with pytest.raises(CheckpointError) as info:
         Module('panns_cnn6', load_checkpoint=str(directory))
     assert str(meta) in str(info.value)
@@ -136,7 +138,7 @@ def test_damaged_pretrained_weights_in_the_cache_say_to_delete_them(server, monk
     buffer = io.BytesIO()
     paddle.save(ARCHITECTURES['cnn6']().state_dict(), buffer)
     good = buffer.getvalue()
-    cached = os.path.join(weights.cache_dir(), 'panns_cnn6.pdparams')
+    cached = os.path.join(cache.cache_dir(), 'panns_cnn6.pdparams')
     with open(cached, 'wb') as f:
         f.write(good[:-100])  # cut short, but within the size the check allows
     with pytest.raises(CheckpointError) as info:
@@ -162,7 +164,7 @@ def test_hostile_pdparams_is_refused_and_never_runs(tmp_path, saved):
             Module('panns_cnn6', load_checkpoint=str(source))
         assert not (tmp_path / MARKER).exists()
     with pytest.raises(UnsafeCheckpointError):
-        checkpoint.load_params(str(bare))
+        pdparams.load_params(str(bare))
     assert not (tmp_path / MARKER).exists()
 
 
@@ -170,7 +172,7 @@ def test_hostile_file_in_the_weights_cache_is_refused(tmp_path, monkeypatch):
     cfg = registry.get_spec('panns_cnn6').weights
     monkeypatch.setitem(registry._MODELS, 'panns_cnn6', spec_with_url('panns_cnn6', 'http://127.0.0.1:9/x'))
     data = hostile_pickle(tmp_path)
-    with open(os.path.join(weights.cache_dir(), 'panns_cnn6.pdparams'), 'wb') as f:
+    with open(os.path.join(cache.cache_dir(), 'panns_cnn6.pdparams'), 'wb') as f:
         f.write(data + b'\0' * (cfg.size_range[0] - len(data)))  # the size the check expects
     with pytest.raises(UnsafeCheckpointError, match='Delete'):
         Module('panns_cnn6', task=None)
@@ -226,7 +228,7 @@ def test_damaged_torch_weights_in_the_cache_say_to_delete_them(tmp_path, monkeyp
     import dataclasses
     url = 'http://127.0.0.1:9/mn04_as_mAP_432.pt'  # never asked: the file is in the cache
     spec = registry.get_spec('efficientat_mn04')
-    cached = os.path.join(weights.cache_dir(), spec.weights.filename)
+    cached = os.path.join(cache.cache_dir(), spec.weights.filename)
     cut(EFFICIENTAT_PT, cached, 0.5)
     monkeypatch.setitem(registry._MODELS, 'efficientat_mn04', dataclasses.replace(
         spec, weights=dataclasses.replace(spec.weights, url=url, size_range=None)))

@@ -19,7 +19,7 @@ import pytest
 
 from faultkit import HERE, child_env, closed_port, kill_at_marker
 from helpers import spec_with_url
-from paddle_soundcls import registry, weights
+from paddle_soundcls import cache, registry
 from paddle_soundcls.datasets import ESC50, DatasetError, esc50
 from test_datasets import make_esc50
 
@@ -29,7 +29,7 @@ SHA = hashlib.sha256(BODY).hexdigest()
 
 
 def cache_listing():
-    return sorted(os.listdir(weights.cache_dir()))
+    return sorted(os.listdir(cache.cache_dir()))
 
 
 def start(*args):
@@ -49,7 +49,7 @@ def test_two_processes_fetch_the_same_file_at_once(server):
     url = server.serve('/w.bin', BODY, chunk_delay=0.1)  # about 2 s per download: they overlap
     procs = [start('fetch', url, 'w.bin', SHA) for _ in range(2)]
     paths = [finish(p) for p in procs]
-    target = os.path.join(weights.cache_dir(), 'w.bin')
+    target = os.path.join(cache.cache_dir(), 'w.bin')
     assert paths == [target, target]
     assert server.requests == ['/w.bin', '/w.bin']  # both downloaded: the race did happen
     assert cache_listing() == ['w.bin'] and open(target, 'rb').read() == BODY
@@ -60,7 +60,7 @@ def test_a_download_killed_midway_is_cleaned_up_by_the_next_one(server):
     proc = start('fetch', url, 'w.bin', SHA)
     try:
         deadline = time.monotonic() + 60
-        while not any(name.startswith('.w.bin~') and os.path.getsize(os.path.join(weights.cache_dir(), name))
+        while not any(name.startswith('.w.bin~') and os.path.getsize(os.path.join(cache.cache_dir(), name))
                       for name in cache_listing()):
             assert time.monotonic() < deadline and proc.poll() is None, 'the download never started'
             time.sleep(0.05)
@@ -69,7 +69,7 @@ def test_a_download_killed_midway_is_cleaned_up_by_the_next_one(server):
         proc.communicate()
     assert [name for name in cache_listing() if not name.startswith('.')] == []  # only a hidden partial file
     server.serve('/w.bin', BODY)
-    path = weights.fetch(url, 'w.bin', sha256=SHA, progress=False)
+    path = cache.fetch(url, 'w.bin', sha256=SHA, progress=False)
     assert open(path, 'rb').read() == BODY
     assert cache_listing() == ['w.bin']  # the killed process's partial file is gone
 
@@ -77,23 +77,23 @@ def test_a_download_killed_midway_is_cleaned_up_by_the_next_one(server):
 def test_a_server_that_stalls_mid_body_times_out(server):
     url = server.serve('/w.bin', BODY, stall_after=len(BODY) // 2)
     start_time = time.monotonic()
-    with pytest.raises(weights.DownloadError) as info:
-        weights.fetch(url, 'w.bin', sha256=SHA, timeout=0.5, progress=False)
+    with pytest.raises(cache.DownloadError) as info:
+        cache.fetch(url, 'w.bin', sha256=SHA, timeout=0.5, progress=False)
     assert time.monotonic() - start_time < 5
     assert url in str(info.value) and '0.5 s' in str(info.value)
     assert cache_listing() == []
     server.serve('/w.bin', BODY)
-    assert open(weights.fetch(url, 'w.bin', sha256=SHA, progress=False), 'rb').read() == BODY
+    assert open(cache.fetch(url, 'w.bin', sha256=SHA, progress=False), 'rb').read() == BODY
 
 
 def test_a_body_cut_short_without_content_length_fails_its_checksum(server):
     url = server.serve('/w.bin', BODY[:len(BODY) // 3], length=None)  # the end of the body is the end of the stream
-    with pytest.raises(weights.DownloadError, match='is corrupt: its sha256') as info:
-        weights.fetch(url, 'w.bin', sha256=SHA, progress=False)
+    with pytest.raises(cache.DownloadError, match='is corrupt: its sha256') as info:
+        cache.fetch(url, 'w.bin', sha256=SHA, progress=False)
     assert url in str(info.value) and 'Nothing was saved' in str(info.value)
     assert cache_listing() == []
     server.serve('/w.bin', BODY, length=None)
-    assert open(weights.fetch(url, 'w.bin', sha256=SHA, progress=False), 'rb').read() == BODY
+    assert open(cache.fetch(url, 'w.bin', sha256=SHA, progress=False), 'rb').read() == BODY
 
 
 @pytest.fixture(scope='module')
@@ -118,9 +118,9 @@ def test_module_weights_download_fails_cleanly_then_succeeds(server, monkeypatch
         server.serve('/panns_cnn6.pdparams', cnn6_bytes, length=len(cnn6_bytes) + 1000)
     else:  # an error page served with status 200
         server.serve('/panns_cnn6.pdparams', b'<html>rate limited</html>')
-    with pytest.raises(weights.DownloadError) as info:
+    with pytest.raises(cache.DownloadError) as info:
         Module('panns_cnn6', task=None)
-    assert url in str(info.value) and os.path.join(weights.cache_dir(), 'panns_cnn6.pdparams') in str(info.value)
+    assert url in str(info.value) and os.path.join(cache.cache_dir(), 'panns_cnn6.pdparams') in str(info.value)
     assert cache_listing() == []
     server.serve('/panns_cnn6.pdparams', cnn6_bytes)
     tagger = Module('panns_cnn6', task=None)
@@ -161,7 +161,7 @@ ESC50_FAULTS = ['http-404', 'http-500', 'refused', 'no-answer', 'stall-mid-body'
 
 @pytest.mark.parametrize('fault', ESC50_FAULTS)
 def test_esc50_download_fails_cleanly_then_succeeds(server, monkeypatch, esc50_zip, fault):
-    monkeypatch.setattr(weights, 'DEFAULT_TIMEOUT', 0.5)
+    monkeypatch.setattr(cache, 'DEFAULT_TIMEOUT', 0.5)
     good_url = server.url + '/master.zip'
     url = good_url
     listener = None
@@ -181,7 +181,7 @@ def test_esc50_download_fails_cleanly_then_succeeds(server, monkeypatch, esc50_z
                      length=len(body) * 2 if fault == 'cut-short' else 'auto')
     monkeypatch.setattr(esc50, 'ESC50_URL', url)
     try:
-        with pytest.raises((weights.DownloadError, DatasetError)) as info:
+        with pytest.raises((cache.DownloadError, DatasetError)) as info:
             ESC50('dev', split=2, duration=0.2)
     finally:
         if listener is not None:
@@ -200,7 +200,7 @@ def test_two_processes_download_esc50_at_once(server, esc50_zip):
     url = server.serve('/master.zip', esc50_zip, chunk_delay=0.1)
     procs = [start('esc50', url) for _ in range(2)]
     folders = [finish(p) for p in procs]
-    target = os.path.join(weights.cache_dir(), 'ESC-50-master')
+    target = os.path.join(cache.cache_dir(), 'ESC-50-master')
     assert folders == [target, target]
     assert len(server.requests) == 2
     assert cache_listing() == ['ESC-50-master']

@@ -25,7 +25,7 @@ from faultkit import fault_point, fault_spec, install_dir_faults, target_of, tre
 from helpers import calm, prime_batchnorm
 from paddle_soundcls import Module, Trainer
 from paddle_soundcls.datasets import AudioFolder
-from paddle_soundcls.training import trainer as trainer_module
+from paddle_soundcls.training import losses
 from paddle_soundcls.training.schedules import warmup_cosine
 
 SPEC = fault_spec()
@@ -75,7 +75,7 @@ def main():
 
     if SPEC and SPEC['action'] == 'nan':
         # The trainer's own loss, NaN on the training batch of step N (evaluation runs without gradients).
-        real_build = trainer_module.losses.build_loss
+        real_build = losses.build_loss
 
         def build_loss(*a, **kw):
             real = real_build(*a, **kw)
@@ -86,18 +86,18 @@ def main():
                     return value * float('nan')
                 return value
             return loss
-        trainer_module.losses.build_loss = build_loss
+        losses.build_loss = build_loss
 
     trainer = Trainer(model, optimizer, checkpoint_dir=args.ckpt, use_vdl=False, seed=7, keep_last=1,
                       compare_metrics='loss')
     snapshots = {}
-    real_save_epoch = trainer._save_epoch
+    real_save = trainer.checkpoints.save
 
-    def save_epoch(epoch, *rest):
-        state = real_save_epoch(epoch, *rest)
+    def save(epoch, *rest):
+        state = real_save(epoch, *rest)
         snapshots[epoch] = tree(args.ckpt)
         return state
-    trainer._save_epoch = save_epoch
+    trainer.checkpoints.save = save
 
     os.makedirs(args.out, exist_ok=True)
     try:

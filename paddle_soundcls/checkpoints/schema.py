@@ -1,0 +1,119 @@
+"""What a checkpoint's meta.json and an export's export.json record, and how older files are read.
+
+Both describe a Module with the same fields (`module_settings`):
+    model        registry name, e.g. 'panns_cnn14'
+    task         'sound-cls' (a classification head) or 'tagging' (the 527 AudioSet tags)
+    labels       class names in output order (meta.json: null for 'tagging', whose labels are AudioSet's)
+    multi_label  independent sigmoid scores (true) or a softmax over the classes (false)
+    clip_seconds the clip length the model was trained on, or null (clips scored whole)
+    pooling      how clip scores come from the network (Module.POOLINGS)
+    frontend     FrontendConfig.to_dict(): the log-mel settings the network expects
+    events       the EventConfig.to_dict() the model was saved with (tuned thresholds), or null
+meta.json adds `format` (META_FORMAT); export.json (deploy/exportdir.py lists the rest) adds
+`min_seconds` and `frame_geometry`, which a runtime without the registry needs.
+
+Files written by earlier versions lack the fields added since; reading fills them with the value
+that reproduces how those files were used (the migrations below, one table per file).
+Paddle-free: the deployment runtime reads export.json through here.
+"""
+import json
+import os
+
+from ..errors import CheckpointError, ExportError
+from ..features.config import FrontendConfig
+from ..frames import FrameGeometry
+
+META_FILE = 'meta.json'
+META_FORMAT = 'paddle_soundcls/1'
+EXPORT_FORMAT = 'paddle_soundcls-export/1'
+TASKS = ('sound-cls', 'tagging')
+
+# Fields added after the first version of each file -> their value in files that lack them (a
+# function of the file's other fields, or a constant).
+_META_ADDED = {
+    'multi_label': lambda meta: meta['task'] == 'tagging',   # only the tagger was multi-label
+    'clip_seconds': None, 'events': None, 'pooling': 'embedding',
+}
+_EXPORT_ADDED = {
+    'multi_label': lambda meta: meta['output'].get('activation') == 'sigmoid',   # the activation says it
+    'clip_seconds': None, 'events': None, 'pooling': 'embedding',
+    'frame_geometry': None,   # detection refuses such exports
+}
+_META_REQUIRED = ('model', 'task', 'labels', 'frontend')
+_EXPORT_REQUIRED = ('model', 'task', 'labels', 'frontend', 'min_seconds', 'input', 'output', 'files')
+
+
+def module_settings(module):
+    """The fields meta.json and export.json share, for `module` (a Module)."""
+    return {'model': module.name, 'task': module.task, 'labels': list(module.labels),
+            'multi_label': module.multi_label, 'clip_seconds': module.clip_seconds, 'pooling': module.pooling,
+            'frontend': module.frontend_cfg.to_dict(),
+            'events': None if module.event_config is None else module.event_config.to_dict()}
+
+
+def checkpoint_meta(module):
+    """meta.json of `module`: what `Module(name, load_checkpoint=directory)` needs to rebuild it."""
+    meta = {'format': META_FORMAT, **module_settings(module)}
+    if module.task != 'sound-cls':
+        meta['labels'] = None
+    return meta
+
+
+def export_settings(module):
+    """What an export of `module` records besides the graph and its files (see deploy.exportdir)."""
+    return {**module_settings(module), 'min_seconds': module.min_seconds,
+            'frame_geometry': module.frame_geometry.to_dict()}
+
+
+def _read(path, expected_format, error, fix):
+    """The JSON object in `path`, checked to be of `expected_format`; `error` (with `fix`) otherwise."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise error(f'cannot read {path}: {exc}. {fix}') from None
+    found = data.get('format') if isinstance(data, dict) else None
+    if found != expected_format:
+        raise error(f'{path} has format {found!r}, not {expected_format!r}: it is not a paddle_soundcls file of '
+                    f'this kind, or one of another version. {fix}')
+    return data
+
+
+def _migrate(data, required, added, path, error, fix):
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise error(f'{path} lacks {missing}. {fix}')
+    for key, default in added.items():
+        if key not in data:
+            data[key] = default(data) if callable(default) else default
+    if data['task'] not in TASKS:
+        raise error(f"{path}: unknown task {data['task']!r}, expected one of {TASKS}. {fix}")
+    return data
+
+
+def read_meta(directory):
+    """meta.json of a checkpoint directory as a dict (fields of earlier versions filled in), or None
+    when the directory has none."""
+    path = os.path.join(directory, META_FILE)
+    if not os.path.isfile(path):
+        return None
+    fix = 'The checkpoint directory is damaged: use another one (an earlier epoch_N) or save the model again.'
+    meta = _read(path, META_FORMAT, CheckpointError, fix)
+    if meta.get('task', '') is None:   # the first version wrote the tagger's task as null
+        meta['task'] = 'tagging'
+    return _migrate(meta, _META_REQUIRED, _META_ADDED, path, CheckpointError, fix)
+
+
+def read_export_json(path, model_dir):
+    """export.json at `path` (in export directory `model_dir`) as a dict, checked, fields of earlier
+    versions filled in, with 'frontend_cfg' (a FrontendConfig) added."""
+    fix = (f'Export the model again (paddle-soundcls export --checkpoint CKPT_DIR --output {model_dir}).')
+    meta = _migrate(_read(path, EXPORT_FORMAT, ExportError, fix), _EXPORT_REQUIRED, _EXPORT_ADDED, path,
+                    ExportError, fix)
+    if meta['frame_geometry'] is not None:
+        try:
+            FrameGeometry.from_dict(meta['frame_geometry'])
+        except ValueError as exc:
+            raise ExportError(f'{path}: {exc}; export the model again') from None
+    meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
+    return meta
