@@ -28,7 +28,7 @@ setup(
         'train': TRAIN,                                    # with your own paddlepaddle / paddlepaddle-gpu
         'serve': SERVE,
         'cpu': ['paddlepaddle>=3.0'] + TRAIN + SERVE,      # everything, with the CPU build of Paddle
-        'test': ['pytest', 'scikit-learn', 'librosa>=0.10', 'httpx', 'selenium'] + SERVE,
+        'test': ['pytest', 'scikit-learn', 'librosa>=0.10', 'httpx', 'selenium', 'huggingface_hub'] + SERVE,
     },
     entry_points={'console_scripts': ['paddle-soundcls=paddle_soundcls.cli:main']},
 )

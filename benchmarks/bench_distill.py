@@ -22,12 +22,15 @@ except ImportError:
     # Run from a source checkout without installing the package.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from paddle_soundcls.scripts import silence_third_party_noise  # noqa: E402
+
+silence_third_party_noise()  # before Paddle is imported: its import warns about a compiler cache
+
 import paddle  # noqa: E402
 
 from paddle_soundcls import Module, Trainer  # noqa: E402
-from paddle_soundcls.cli import silence_third_party_noise  # noqa: E402
 from paddle_soundcls.datasets import ESC50, make_demo_dataset  # noqa: E402
-from paddle_soundcls.export.benchmark import machine_info  # noqa: E402
+from paddle_soundcls.analysis.benchmark import machine_info  # noqa: E402
 from paddle_soundcls.training import teacher as teacher_lib  # noqa: E402
 from paddle_soundcls.training.schedules import steps_per_epoch, warmup_cosine  # noqa: E402
 
@@ -46,7 +49,6 @@ def train(name, train_set, dev_set, ckpt, args, teacher=None, cache=None):
 
 
 def main(argv=None):
-    silence_third_party_noise()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--teacher', default='cpmobile_wide')
     p.add_argument('--student', default='cpmobile')
@@ -61,7 +63,7 @@ def main(argv=None):
     p.add_argument('--json', action='store_true')
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
-        data = make_demo_dataset(os.path.join(work, 'data'), num_classes=args.classes,
+        data = make_demo_dataset(os.path.join(work, 'data'), num_class=args.classes,
                                  clips_per_class=args.clips_per_class, seconds=2.0, seed=1)
         train_set = ESC50(mode='train', split=1, data_dir=data, duration=2.0, seed=args.seed)
         dev_set = ESC50(mode='dev', split=1, data_dir=data, duration=2.0)

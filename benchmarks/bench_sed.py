@@ -32,6 +32,10 @@ except ImportError:
     # Run from a source checkout without installing the package.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from paddle_soundcls.scripts import silence_third_party_noise  # noqa: E402
+
+silence_third_party_noise()  # before Paddle is imported: its import warns about a compiler cache
+
 import paddle  # noqa: E402
 
 from paddle_soundcls import Module, Trainer  # noqa: E402
@@ -42,7 +46,7 @@ from paddle_soundcls.datasets.strong import read_strong_labels  # noqa: E402
 from paddle_soundcls.deploy import Predictor  # noqa: E402
 from paddle_soundcls.deploy.event_metrics import event_based_metrics, segment_based_metrics  # noqa: E402
 from paddle_soundcls.export import export_static  # noqa: E402
-from paddle_soundcls.export.benchmark import machine_info  # noqa: E402
+from paddle_soundcls.analysis.benchmark import machine_info  # noqa: E402
 from paddle_soundcls.training.schedules import build_scheduler, steps_per_epoch  # noqa: E402
 
 CLASSES = ['tone', 'chirp', 'noise_burst', 'clicks', 'hum']

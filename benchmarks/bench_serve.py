@@ -48,7 +48,7 @@ except ImportError:
 
 from paddle_soundcls.deploy import Predictor  # noqa: E402
 from paddle_soundcls.deploy.engines import cpu_count  # noqa: E402
-from paddle_soundcls.export.benchmark import machine_info  # noqa: E402
+from paddle_soundcls.analysis.benchmark import machine_info  # noqa: E402
 
 MEMORY_CHECKPOINTS = (1000, 10000)
 SERVER_CODE = ('import argparse, sys\n'
@@ -60,7 +60,7 @@ def random_export(model, directory, num_classes=50):
     import paddle
 
     from paddle_soundcls.export import export_static
-    from paddle_soundcls.hub import Module
+    from paddle_soundcls import Module
     paddle.seed(0)
     module = Module(model, task='sound-cls', num_class=num_classes, pretrained=False)
     export_static(module, directory, opset=13)

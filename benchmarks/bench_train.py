@@ -26,14 +26,17 @@ except ImportError:
     # Run from a source checkout without installing the package.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from paddle_soundcls.scripts import silence_third_party_noise  # noqa: E402
+
+silence_third_party_noise()  # before Paddle is imported: its import warns about a compiler cache
+
 import paddle  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from paddle_soundcls import Module, Trainer  # noqa: E402
-from paddle_soundcls.cli import silence_third_party_noise  # noqa: E402
 from paddle_soundcls.datasets import AudioFolder  # noqa: E402
 from paddle_soundcls.device import cpu_threads, enable_mkl_avx2_on_amd  # noqa: E402
-from paddle_soundcls.export.benchmark import machine_info  # noqa: E402
+from paddle_soundcls.analysis.benchmark import machine_info  # noqa: E402
 from paddle_soundcls.training.trainer import bf16_autocast_works  # noqa: E402
 
 
@@ -108,7 +111,6 @@ def torch_baseline(args):
 
 
 def main(argv=None):
-    silence_third_party_noise()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', default='panns_cnn6')
     p.add_argument('--batch-size', type=int, default=8)

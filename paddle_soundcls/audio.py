@@ -11,13 +11,11 @@ from functools import lru_cache
 
 import numpy as np
 import soundfile as sf
+from . import validate
 from .errors import AudioError  # (re-exported: audio.AudioError is where callers know it)
+from .validate import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE  # (re-exported: the range of plausible rates)
 
 AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.mp3', '.aiff', '.aif', '.au')
-# Sample rates outside this range are not audio: in practice a damaged header. Resampling from
-# them would also cost time and memory out of all proportion (1 Hz -> 32 kHz is 32000x).
-MIN_SAMPLE_RATE = 1000
-MAX_SAMPLE_RATE = 768000
 # Larger sample values are not audio either (even unscaled 32-bit integer PCM stays below
 # 2.2e9), and squared in the front end they would overflow float32 to Inf.
 MAX_ABS_SAMPLE = 1e10
@@ -58,12 +56,8 @@ def wav_truncation(path):
 
 
 def check_sample_rate(sample_rate, name='sample_rate'):
-    """A plausible audio sample rate in Hz, as an int; AudioError naming `name` otherwise."""
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise AudioError(f'{name} must be a positive int (Hz), got {sample_rate!r}')
-    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise AudioError(f'{name} is {sample_rate} Hz, outside the {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz of audio')
-    return int(sample_rate)
+    """validate.sample_rate for the rate of audio (an argument or a file header): an AudioError."""
+    return validate.sample_rate(name, sample_rate, error=AudioError)
 
 
 def list_audio_files(root):
@@ -80,7 +74,7 @@ def list_audio_files(root):
     return sorted(found)
 
 
-def file_problem(path):
+def header_problem(path):
     """None when the header of `path` describes usable audio, else a sentence saying why not.
 
     Reads the header only: not found, empty, not an audio format, no frames, a sample rate
@@ -107,7 +101,7 @@ def read_audio(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise AudioError(f'audio file not found: {path}')
-    problem = file_problem(path)
+    problem = header_problem(path)
     if problem:
         raise AudioError(f'cannot use audio file {path}: {problem}. Replace the file or leave it out.')
     try:

@@ -3,6 +3,7 @@ import os
 import paddle
 
 from .deploy.engines import check_threads, cpu_count
+from .errors import DeviceError
 
 
 # The thread count last given to Paddle's CPU kernels (None: not set yet in this process).
@@ -12,10 +13,10 @@ _threads_set = None
 def check_gpu():
     """Raise a clear error when no CUDA GPU can be used (a CPU-only build, or none visible)."""
     if not paddle.is_compiled_with_cuda():
-        raise RuntimeError('use_gpu=True, but this PaddlePaddle build has no CUDA support. Install '
+        raise DeviceError('use_gpu=True, but this PaddlePaddle build has no CUDA support. Install '
                            'paddlepaddle-gpu, or pass use_gpu=False to run on the CPU.')
     if paddle.device.cuda.device_count() == 0:
-        raise RuntimeError('use_gpu=True, but no CUDA device is visible (check CUDA_VISIBLE_DEVICES and '
+        raise DeviceError('use_gpu=True, but no CUDA device is visible (check CUDA_VISIBLE_DEVICES and '
                            'the driver), or pass use_gpu=False to run on the CPU.')
 
 

@@ -55,3 +55,7 @@ class QuantizationRefused(SoundClsError, RuntimeError):
 
 class ServeError(SoundClsError, ValueError):
     """A serve command line that cannot be carried out."""
+
+
+class DeviceError(SoundClsError, RuntimeError):
+    """A device or precision asked for that this machine or PaddlePaddle build cannot provide."""

@@ -15,11 +15,11 @@ Output frames of event detection are at the front end's rate: frame i covers
 
 numpy only: the Paddle-free runtime uses it.
 """
-import math
-import numbers
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from . import validate
+from .errors import ArgumentError
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,10 @@ class FrameGeometry:
     offset: float = 0.0
 
     def __post_init__(self):
-        if isinstance(self.stride, bool) or not isinstance(self.stride, numbers.Integral) or self.stride < 1:
-            raise ValueError(f'frame geometry: stride must be a positive int of front-end frames, got {self.stride!r}')
-        if (isinstance(self.offset, bool) or not isinstance(self.offset, numbers.Real)
-                or not math.isfinite(self.offset) or not 0 <= self.offset < self.stride):
-            # Network frame 0 covers the start of the input: its centre lies within the first stride.
-            raise ValueError(f'frame geometry: offset must be front-end frames in [0, stride={self.stride}), got '
-                             f'{self.offset!r}')
+        validate.positive_int('frame geometry: stride', self.stride, hint='front-end frames')
+        # Network frame 0 covers the start of the input: its centre lies within the first stride.
+        validate.number_in('frame geometry: offset', self.offset, 0, self.stride, high_open=True,
+                           hint=f'front-end frames, below stride={self.stride}')
         object.__setattr__(self, 'stride', int(self.stride))
         object.__setattr__(self, 'offset', float(self.offset))
 
@@ -46,7 +43,7 @@ class FrameGeometry:
     @classmethod
     def from_dict(cls, data):
         if not isinstance(data, dict) or set(data) != {'stride', 'offset'}:
-            raise ValueError(f'frame geometry must be {{"stride": int, "offset": number}}, got {data!r}')
+            raise ArgumentError(f'frame geometry must be {{"stride": int, "offset": number}}, got {data!r}')
         return cls(**data)
 
     def seconds(self, frontend):
@@ -63,7 +60,7 @@ class FrameGeometry:
         network frames around it, the first and last held beyond them."""
         coarse = np.asarray(coarse, dtype=np.float32)
         if coarse.ndim != 2 or len(coarse) == 0:
-            raise ValueError(f'frame scores must be [frames, classes] with at least one frame, got {coarse.shape}')
+            raise ArgumentError(f'frame scores must be [frames, classes] with at least one frame, got {coarse.shape}')
         positions = np.arange(num_frames, dtype=np.float64) + 0.5
         centres = self.centres(len(coarse))
         fine = np.empty((num_frames, coarse.shape[1]), dtype=np.float32)

@@ -17,8 +17,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from . import fileio
+from . import fileio, validate
 from .checkpoints import files, schema
+from .deploy.engines import ENGINES
 from .device import inference_place, place_of
 from .errors import ArgumentError, CheckpointError
 from .features.config import FrontendConfig
@@ -50,9 +51,7 @@ def _labels_from(num_class, label_map):
     if label_map is None:
         if num_class is None:
             return None
-        if isinstance(num_class, bool) or not isinstance(num_class, int) or num_class < 1:
-            raise ArgumentError(f'num_class must be a positive int, got {num_class!r}')
-        return [str(i) for i in range(num_class)]
+        return [str(i) for i in range(validate.positive_int('num_class', num_class))]
     if isinstance(label_map, dict):  # PaddleHub style {index: label}
         if sorted(label_map) != list(range(len(label_map))):
             raise ArgumentError(f'label_map keys must be the class indices 0..{len(label_map) - 1}, '
@@ -70,9 +69,7 @@ def _labels_from(num_class, label_map):
 
 
 def _check_clip_seconds(value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-        raise ArgumentError(f'clip_seconds must be a positive number of seconds or None, got {value!r}')
-    return None if value is None else float(value)
+    return validate.positive_number('clip_seconds', value, unit='seconds', allow_none=True)
 
 
 def _initial_weights(spec, load_checkpoint, pretrained):
@@ -200,13 +197,12 @@ class Module(nn.Layer):
                  pretrained=True, multi_label=None, clip_seconds=None, seed=None, pooling=None, **kwargs):
         super().__init__()
         if kwargs:
-            raise TypeError(f'Module() got unexpected arguments: {sorted(kwargs)}')
+            raise ArgumentError(f'Module() got unexpected arguments: {sorted(kwargs)}')
         spec = registry.get_spec(name)
         args = dict(task=check_task(task), labels=_labels_from(num_class, label_map), label_map=label_map,
                     multi_label=multi_label, clip_seconds=_check_clip_seconds(clip_seconds), pooling=pooling,
                     frontend=spec.frontend)
-        if multi_label is not None and not isinstance(multi_label, bool):
-            raise ArgumentError(f'multi_label must be True, False or None, got {multi_label!r}')
+        validate.flag('multi_label', multi_label, allow_none=True)
         if seed is not None:
             paddle.seed(seed)
         state, source, meta = _initial_weights(spec, load_checkpoint, pretrained)
@@ -311,14 +307,14 @@ class Module(nn.Layer):
 
     # ------------------------------------------------------------------ inference
     @paddle.no_grad()
-    def predict(self, data, sample_rate=None, batch_size=1, feat_type='mel', use_gpu=False, topk=None,
-                window=None, hop=None, reduce='mean', engine='auto', threshold=None):
+    def predict(self, data, sample_rate=None, batch_size=1, feat_type='mel', use_gpu=False, top_k=None,
+                window=None, hop=None, reduce='mean', engine='auto', threshold=None, topk=None):
         """Classify or tag audio.
 
         data: an audio file path (read at its own rate), a numpy waveform ([samples] or
             [channels, samples] at `sample_rate` Hz), or a list of them.
         batch_size: clips (or windows) per forward pass.
-        topk: keep the best k labels of every result.
+        top_k: keep the best k labels of every result (`topk` is its deprecated spelling).
         threshold: keep only labels scoring at least this (multi-label models: every label
             that applies, possibly none).
         window, hop: seconds; slide a `window`-second window every `hop` seconds (default:
@@ -328,6 +324,7 @@ class Module(nn.Layer):
         engine: 'auto' runs onnxruntime (the Module exported once per set of weights and cached)
             for 4 or more inputs or any windowed call, and Paddle dygraph otherwise or with
             use_gpu=True; 'onnxruntime' or 'dygraph' force one. Both give the same scores (~1e-5).
+            ('paddle' and 'onnxruntime_int8' run exports: Predictor(export_dir, engine=...).)
         use_gpu: run dygraph on a GPU (this Module is moved to one if it is on the CPU); False runs
             where its parameters are. Paddle's global device (paddle.get_device()) never changes.
         Returns one OrderedDict(label -> score) per input, best first; for windowed calls one
@@ -337,14 +334,15 @@ class Module(nn.Layer):
         from .deploy import pipeline
         if feat_type != 'mel':
             raise ArgumentError(f"feat_type must be 'mel' (the model's own front end), got {feat_type!r}")
+        top_k = validate.renamed('topk', topk, 'top_k', top_k, stacklevel=4)  # past @paddle.no_grad()
         _check_engine(engine, use_gpu)
-        hop = pipeline.check_args(batch_size, topk, window, hop, reduce, threshold)
+        hop = pipeline.check_args(batch_size, top_k, window, hop, reduce, threshold)
         sources = pipeline.as_sources(data)
         self.eval()
         score_fn = _scorer(self, engine, use_gpu, windowed=window is not None, inputs=len(sources))
         raw = pipeline.run(sources, score_fn, sample_rate, self.frontend_cfg.sample_rate, self.min_seconds,
                            batch_size, window, hop, self.clip_seconds)
-        return pipeline.format_results(raw, self.labels, topk, reduce, threshold)
+        return pipeline.format_results(raw, self.labels, top_k, reduce, threshold)
 
     @paddle.no_grad()
     def detect(self, data, sample_rate=None, window=None, hop=None, config=None, use_gpu=False):
@@ -353,15 +351,16 @@ class Module(nn.Layer):
         data, sample_rate: as for predict.
         window, hop: seconds; long audio is scored window by window (default: the training
             clip length, or 10 s, and half of it; see deploy.detection).
-        config: an events.EventConfig (thresholds, median filter, durations); default: the one
-            saved with the model (thresholds tuned on a dev set), else EventConfig().
+        config: an events.EventConfig (thresholds, median filter, durations), or a dict of its
+            fields that replace those saved with the model (events.merge_settings); default: the
+            one saved with the model (thresholds tuned on a dev set), else EventConfig().
         Returns per input {'frame_hop': seconds, 'frame_scores': [frames, classes] numpy,
         'events': [{'label', 'onset', 'offset', 'confidence'}]}; no events is an empty list.
         """
         from .deploy import detection
         self.eval()
         inference_place(self, use_gpu)
-        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, config or self.event_config)
+        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, self._merged_events(config))
 
     def tune_event_thresholds(self, audio_files, strong_labels, window=None, hop=None, base_config=None):
         """Per-class event thresholds with the best event F1 on labelled dev recordings; they
@@ -393,8 +392,11 @@ class Module(nn.Layer):
         from .deploy import detection
         self.eval()
         rate = self.frontend_cfg.sample_rate if sample_rate is None else sample_rate
-        return detection.EventStream(self.frame_scorer(window, hop), rate,
-                                     config or self.event_config, channels)
+        return detection.EventStream(self.frame_scorer(window, hop), rate, self._merged_events(config), channels)
+
+    def _merged_events(self, config):
+        from .deploy.events import merge_settings
+        return merge_settings(config, self.event_config, 'this Module\'s event_config')
 
     def frame_scorer(self, window=None, hop=None):
         """A deploy.detection.FrameScorer running this Module in Paddle dygraph."""
@@ -406,10 +408,10 @@ class Module(nn.Layer):
         return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, self.frame_geometry, window, hop,
                                      self.min_seconds, self.clip_seconds)
 
-    def to_dict(self, scores, topk=None):
-        """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only."""
+    def to_dict(self, scores, top_k=None, topk=None):
+        """scores [classes] -> OrderedDict(label -> score), best first, the best `top_k` only."""
         from .deploy import pipeline
-        return pipeline.to_dict(scores, self.labels, topk)
+        return pipeline.to_dict(scores, self.labels, validate.renamed('topk', topk, 'top_k', top_k))
 
 
 def _event_config(data):
@@ -464,8 +466,11 @@ _ONNX_ENGINES = weakref.WeakKeyDictionary()
 
 
 def _check_engine(engine, use_gpu):
+    validate.one_of('engine', engine, ENGINES)
     if engine not in _PREDICT_ENGINES:
-        raise ArgumentError(f'engine must be one of {_PREDICT_ENGINES}, got {engine!r}')
+        raise ArgumentError(f"engine={engine!r} runs an export directory: export the Module (Module.export or "
+                            f"`paddle-soundcls export`) and use Predictor(export_dir, engine={engine!r}); "
+                            f"Module.predict takes engine {', '.join(map(repr, _PREDICT_ENGINES))}")
     if use_gpu and engine == 'onnxruntime':
         raise ArgumentError("engine='onnxruntime' runs on the CPU; use engine='dygraph' (or 'auto') with use_gpu=True")
 

@@ -19,10 +19,10 @@ def silence_third_party_noise():
 
 
 def run_script(main):
-    """Run an example script's main(): an error of the user's data, files or setup is one line on
-    stderr and exit status 2, not a traceback."""
-    try:
-        return main()
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
+    """Run an example script's main() under the command line's rule: the package's errors, a
+    missing optional package and a path the system refuses are one line on stderr and exit
+    status 2; anything else is a bug and shows its traceback."""
+    import os
+
+    from .cli.common import run_guarded  # Paddle-free, like this module
+    return run_guarded(lambda _args: main(), None, prog=os.path.basename(sys.argv[0]))

@@ -3,6 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
+from paddle_soundcls.errors import ArgumentError
 from paddle_soundcls.training import augment
 from paddle_soundcls.training.augment import AugmentConfig
 
@@ -41,7 +42,7 @@ def test_config_defaults_and_validation():
 
 
 def test_rng_must_be_a_generator():
-    with pytest.raises(TypeError, match='default_rng'):
+    with pytest.raises(ArgumentError, match='default_rng'):
         augment.random_gain(waves_batch(), 6.0, np.random.RandomState(0))
 
 

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from helpers import BLOCK_PADDLE
-from paddle_soundcls.hub import Module
+from paddle_soundcls import Module
 from signals import chirp, noise, tone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,17 +68,52 @@ def test_export_with_parity_check(workdir):
 
 
 def test_predict_export_dir_jsonl_and_table(workdir):
-    proc = run('predict', workdir / 'export', workdir / 'data', '--topk', 2)
+    proc = run('predict', workdir / 'export', workdir / 'data', '--top-k', 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [os.path.basename(r['input']) for r in lines] == ['dog.wav', 'rain.wav', 'siren.wav']
     assert all(len(r['scores']) == 2 and set(r['scores']) <= set(LABELS) for r in lines)
+    from paddle_soundcls.deploy import Predictor
+    expected = Predictor(workdir / 'export').predict([r['input'] for r in lines], top_k=2)
+    assert [list(r['scores']) for r in lines] == [list(e) for e in expected]
 
     proc = run('predict', workdir / 'export', workdir / 'data' / 'dog' / 'dog.wav', '--format', 'table',
                '--engine', 'paddle')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[0].endswith('dog.wav')
     assert sorted(line.split()[1] for line in proc.stdout.splitlines()[1:]) == sorted(LABELS)
+
+
+def test_the_old_spellings_give_the_same_results_with_a_note(workdir, capsys):
+    from paddle_soundcls.cli import main
+    clip = str(workdir / 'data' / 'dog' / 'dog.wav')
+    assert main(['predict', str(workdir / 'export'), clip, '--top-k', '2', '--engine', 'onnxruntime']) == 0
+    new = capsys.readouterr()
+    assert new.err == '' and len(json.loads(new.out)['scores']) == 2
+    assert main(['predict', str(workdir / 'export'), clip, '--topk', '2', '--engine', 'onnxruntime']) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out and '--topk is deprecated; use --top-k' in old.err
+
+
+def test_engine_names(workdir, capsys):
+    """The engines by the benchmark's names: onnxruntime_int8 asks the export for its int8 model
+    (or a checkpoint for an export); the old `--precision int8` asks the same, with a note."""
+    from paddle_soundcls.cli import main
+    clip = str(workdir / 'data' / 'dog' / 'dog.wav')
+    outputs = {}
+    for engine in ('auto', 'onnxruntime', 'paddle'):
+        assert main(['predict', str(workdir / 'export'), clip, '--engine', engine]) == 0
+        outputs[engine] = json.loads(capsys.readouterr().out)['scores']
+    assert list(outputs['auto']) == list(outputs['onnxruntime']) == list(outputs['paddle'])
+    for given in (['--engine', 'onnxruntime_int8'], ['--precision', 'int8']):
+        assert main(['predict', str(workdir / 'export'), clip] + given) == 2
+        err = capsys.readouterr().err
+        assert 'model.int8.onnx is missing' in err and '--quantize int8' in err
+        assert ('--precision is deprecated; use --engine onnxruntime_int8' in err) == (given[0] == '--precision')
+        assert main(['predict', str(workdir / 'ckpt'), clip] + given) == 2
+        assert 'needs an export directory' in capsys.readouterr().err
+    assert main(['predict', str(workdir / 'export'), clip, '--engine', 'dygraph']) == 2
+    assert '--engine dygraph needs a checkpoint directory' in capsys.readouterr().err
 
 
 def test_predict_checkpoint_matches_export(workdir):
@@ -92,7 +127,7 @@ def test_predict_checkpoint_matches_export(workdir):
 
 
 def test_predict_windows(workdir):
-    proc = run('predict', workdir / 'export', workdir / 'long.wav', '--window', 2, '--hop', 1, '--topk', 1,
+    proc = run('predict', workdir / 'export', workdir / 'long.wav', '--window', 2, '--hop', 1, '--top-k', 1,
                '--reduce', 'max')
     assert proc.returncode == 0, proc.stderr[-3000:]
     [record] = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -106,7 +141,7 @@ def test_tag_with_a_tagging_model(workdir):
     proc = run('export', '--checkpoint', workdir / 'tagger_ckpt', '--output', workdir / 'tagger')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)['task'] == 'tagging'
-    proc = run('tag', workdir / 'data' / 'dog' / 'dog.wav', '--model-dir', workdir / 'tagger', '--topk', 5)
+    proc = run('tag', workdir / 'data' / 'dog' / 'dog.wav', '--model-dir', workdir / 'tagger', '--top-k', 5)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [record] = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(record['scores']) == 5
@@ -147,6 +182,17 @@ def test_user_errors_are_one_line(workdir, tmp_path):
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
 
 
+def test_check_data_is_read_before_the_export(workdir, tmp_path, capsys):
+    from paddle_soundcls.cli import main
+    for given, words in ((['--check', str(tmp_path / 'nowhere')], 'nowhere'),
+                         (['--check', str(workdir / 'notes.txt')], 'notes.txt'),
+                         (['--check', str(workdir / 'data'), '--check-limit', '0'], '--check-limit')):
+        assert main(['export', '--checkpoint', str(workdir / 'ckpt'), '--output', str(tmp_path / 'x')] + given) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert words in line, line
+        assert not (tmp_path / 'x').exists()
+
+
 def test_benchmark_json(tmp_path):
     proc = run('benchmark', '--model', 'panns_cnn6', '--seconds', 1, '--batch-size', 2, '--iterations', 1, '--json')
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -182,7 +228,7 @@ def run_without_paddle(*args, also_blocked=()):
 
 def test_commands_on_exports_run_without_paddle(workdir, tmp_path):
     clips = [str(workdir / 'data' / label / f'{label}.wav') for label in LABELS]
-    proc = run_without_paddle('predict', workdir / 'export', *clips, '--topk', '1')
+    proc = run_without_paddle('predict', workdir / 'export', *clips, '--top-k', '1')
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line['input'] for line in lines] == clips and all(len(line['scores']) == 1 for line in lines)
@@ -195,7 +241,7 @@ def test_commands_on_exports_run_without_paddle(workdir, tmp_path):
     assert figures['onnxruntime']['clips_per_s'] > 0 and figures['setup']['machine']['paddle'] is None
     tagger = tmp_path / 'tagger_export'
     assert run('export', '--checkpoint', workdir / 'tagger_ckpt', '--output', tagger).returncode == 0
-    proc = run_without_paddle('tag', clips[0], '--model-dir', tagger, '--topk', '3')
+    proc = run_without_paddle('tag', clips[0], '--model-dir', tagger, '--top-k', '3')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(json.loads(proc.stdout)['scores']) == 3
     proc = run_without_paddle('--help')
@@ -203,7 +249,7 @@ def test_commands_on_exports_run_without_paddle(workdir, tmp_path):
     # What needs Paddle (a checkpoint, a registered tagger, export, complexity) or matplotlib (--plot)
     # says what to install, in one line with exit status 2, not a traceback.
     for args, words in ((('predict', workdir / 'ckpt', clips[0]), 'pip install paddlepaddle'),
-                        (('tag', clips[0], '--topk', '10'), 'pip install paddlepaddle'),
+                        (('tag', clips[0], '--top-k', '10'), 'pip install paddlepaddle'),
                         (('export', '--checkpoint', workdir / 'ckpt', '--output', tmp_path / 'x'),
                          'pip install paddlepaddle'),
                         (('complexity', 'cpmobile'), 'pip install paddlepaddle')):
@@ -267,4 +313,4 @@ def test_package_imports_have_no_cycles():
     done = set()
     for module in sorted(graph):
         visit(module, [], done)
-    assert 'paddle_soundcls.hub' in graph and 'paddle_soundcls.export.static' in graph
+    assert 'paddle_soundcls.module' in graph and 'paddle_soundcls.export.static' in graph

@@ -7,7 +7,7 @@ import json
 import paddle.nn as nn
 import pytest
 
-from paddle_soundcls import registry
+from paddle_soundcls.models import registry
 from paddle_soundcls.analysis.complexity import (add_complexity_arguments, check_budget, complexity,
                                                  run_complexity)
 from paddle_soundcls.features.config import FrontendConfig
@@ -162,16 +162,6 @@ def test_hooks_are_removed():
     network = Tiny()
     complexity(network, seconds=(1,), frontend=FrontendConfig(n_mels=8))
     assert not network.conv._forward_post_hooks and not network.fc._forward_post_hooks
-
-
-def test_the_old_import_paths_lead_to_the_analysis_modules():
-    # training/ and the benchmarks still import export.complexity / export.benchmark / plots.
-    from paddle_soundcls import plots
-    from paddle_soundcls.analysis import benchmark, plots as analysis_plots
-    from paddle_soundcls.export import benchmark as old_benchmark
-    from paddle_soundcls.export.complexity import check_budget as old_check_budget
-    assert old_check_budget is check_budget and old_benchmark.run is benchmark.run
-    assert plots.plot_events is analysis_plots.plot_events
 
 
 # ----- the benchmark's text report (analysis/benchmark.py), under the engine names of Predictor and --engine

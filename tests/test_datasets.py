@@ -15,7 +15,7 @@ import paddle
 import pytest
 import soundfile as sf
 
-from paddle_soundcls import weights
+from paddle_soundcls import cache
 from paddle_soundcls.datasets import (ESC50, GTZAN, AudioFolder, CSVDataset, DatasetError, UrbanSound8K,
                                       make_demo_dataset)
 from paddle_soundcls.datasets import base, esc50
@@ -255,11 +255,11 @@ def test_esc50_downloads_and_unpacks_once(tmp_path, file_server, monkeypatch):
     handler.files['/master.zip'] = open(archive, 'rb').read()
     monkeypatch.setattr(esc50, 'ESC50_URL', url + '/master.zip')
     ds = ESC50('dev', split=2, duration=0.2)
-    cache = weights.cache_dir()
-    assert ds.data_dir == os.path.join(cache, 'ESC-50-master')
-    assert sorted(os.listdir(cache)) == ['ESC-50-master']  # no archive, no temporary folder left
+    home = cache.cache_dir()
+    assert ds.data_dir == os.path.join(home, 'ESC-50-master')
+    assert sorted(os.listdir(home)) == ['ESC-50-master']  # no archive, no temporary folder left
     assert len(ds) == 3 and ds.labels == ['dog', 'rain', 'crackling_fire']
-    assert sorted(os.listdir(os.path.join(cache, 'ESC-50-master', 'audio'))) == \
+    assert sorted(os.listdir(os.path.join(home, 'ESC-50-master', 'audio'))) == \
         sorted(os.listdir(os.path.join(source, 'audio')))
     ESC50('train', split=2, duration=0.2)
     assert handler.requests == ['/master.zip']
@@ -269,12 +269,12 @@ def test_esc50_bad_archive_says_to_delete_it(tmp_path, file_server, monkeypatch)
     url, handler = file_server
     monkeypatch.setattr(esc50, 'ESC50_URL', url + '/master.zip')
     # A damaged archive already in the cache (a bad download never gets there: tests/faults).
-    with open(os.path.join(weights.cache_dir(), 'ESC-50-master.zip'), 'wb') as f:
+    with open(os.path.join(cache.cache_dir(), 'ESC-50-master.zip'), 'wb') as f:
         f.write(b'not a zip file')
-    with pytest.raises(weights.DownloadError, match='not a valid zip archive.*Delete it'):
+    with pytest.raises(cache.DownloadError, match='not a valid zip archive.*Delete it'):
         ESC50('dev')
     assert handler.requests == []
-    assert not os.path.exists(os.path.join(weights.cache_dir(), 'ESC-50-master'))
+    assert not os.path.exists(os.path.join(cache.cache_dir(), 'ESC-50-master'))
 
 
 def test_esc50_offline_says_where_to_put_the_files(monkeypatch):
@@ -284,12 +284,12 @@ def test_esc50_offline_says_where_to_put_the_files(monkeypatch):
     url = f'http://127.0.0.1:{port}/master.zip'
     monkeypatch.setattr(esc50, 'ESC50_URL', url)
     start = time.monotonic()
-    with pytest.raises(weights.DownloadError) as info:
+    with pytest.raises(cache.DownloadError) as info:
         ESC50('dev')
     assert time.monotonic() - start < 5
     message = str(info.value)
-    assert url in message and not os.path.exists(os.path.join(weights.cache_dir(), 'ESC-50-master'))
-    assert 'meta/esc50.csv' in message and 'audio/' in message and weights.cache_dir() in message
+    assert url in message and not os.path.exists(os.path.join(cache.cache_dir(), 'ESC-50-master'))
+    assert 'meta/esc50.csv' in message and 'audio/' in message and cache.cache_dir() in message
 
 
 # ----- folders and CSV files -----
@@ -486,7 +486,7 @@ def test_urbansound8k_folds(tmp_path):
 # ----- demo set -----
 
 def test_demo_set_is_deterministic_small_and_loads_as_esc50(tmp_path):
-    kwargs = dict(num_classes=3, clips_per_class=5, seconds=0.5, sample_rate=16000)
+    kwargs = dict(num_class=3, clips_per_class=5, seconds=0.5, sample_rate=16000)
     a = make_demo_dataset(tmp_path / 'a', seed=1, **kwargs)
     b = make_demo_dataset(tmp_path / 'b', seed=1, **kwargs)
     c = make_demo_dataset(tmp_path / 'c', seed=2, **kwargs)
@@ -514,3 +514,10 @@ def test_demo_set_is_deterministic_small_and_loads_as_esc50(tmp_path):
         make_demo_dataset(tmp_path / 'other')
     with pytest.raises(DatasetError, match='clips_per_class'):
         make_demo_dataset(tmp_path / 'x', clips_per_class=4)
+    # num_classes is the old name of num_class: the same set, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match='num_classes is deprecated: use num_class'):
+        old_name = make_demo_dataset(tmp_path / 'old', seed=1, num_classes=3, clips_per_class=5, seconds=0.5,
+                                     sample_rate=16000)
+    assert all(read(old_name, n) == read(a, n) for n in names)
+    with pytest.raises(ValueError, match='give num_class only'):
+        make_demo_dataset(tmp_path / 'both', num_class=3, num_classes=3)

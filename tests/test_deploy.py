@@ -85,8 +85,8 @@ def test_predictor_matches_module_on_any_rate_and_channels(export_dir, module, o
 
 
 def test_paddle_engine_matches_onnxruntime(export_dir, odd_files):
-    a = Predictor(export_dir, engine='paddle', num_threads=1).predict(odd_files, topk=2)
-    b = Predictor(export_dir, engine='onnxruntime', num_threads=1).predict(odd_files, topk=2)
+    a = Predictor(export_dir, engine='paddle', num_threads=1).predict(odd_files, top_k=2)
+    b = Predictor(export_dir, engine='onnxruntime', num_threads=1).predict(odd_files, top_k=2)
     assert_same_results(a, b)
     assert all(len(r) == 2 for r in a)
 
@@ -110,12 +110,20 @@ def test_waveform_inputs_and_argument_errors(export_dir):
         predictor.predict([stereo])
     with pytest.raises(ValueError, match='non-empty list'):
         predictor.predict([])
-    with pytest.raises(ValueError, match='topk'):
-        predictor.predict([stereo], sample_rate=44100, topk=0)
+    with pytest.raises(ValueError, match='top_k must be a positive int'):
+        predictor.predict([stereo], sample_rate=44100, top_k=0)
+    with pytest.raises(ValueError, match='top_k must be a positive int or None, got True'):
+        predictor.predict([stereo], sample_rate=44100, top_k=True)
+    with pytest.warns(DeprecationWarning, match='topk is deprecated: use top_k') as warned:
+        old = predictor.predict([stereo], sample_rate=44100, topk=2)
+    assert warned[0].filename == __file__
+    assert old == predictor.predict([stereo], sample_rate=44100, top_k=2) and len(old[0]) == 2
     with pytest.raises(ValueError, match='hop needs window'):
         predictor.predict([stereo], sample_rate=44100, hop=1.0)
     with pytest.raises(ValueError, match='window must be a positive'):
         predictor.predict([stereo], sample_rate=44100, window=-1)
+    with pytest.raises(ValueError, match=r'hop \(5 s\) must not be longer than window \(1 s\)'):
+        predictor.predict([stereo], sample_rate=44100, window=1, hop=5)   # the rule of detect and the server
     with pytest.raises(ValueError, match="reduce must be 'mean' or 'max'"):
         predictor.predict([stereo], sample_rate=44100, window=1, reduce='median')
     with pytest.raises(AudioError, match='NaN'):
@@ -187,7 +195,7 @@ def test_windows_stream_in_batches_with_bounded_memory():
 def test_window_results_structure(export_dir):
     predictor = Predictor(export_dir)
     wave = np.concatenate([noise(3.0, amp=0.01), tone(800, 2.0), noise(2.2, amp=0.01)])
-    [res] = predictor.predict([wave], sample_rate=SR, window=2.0, hop=1.0, topk=2)
+    [res] = predictor.predict([wave], sample_rate=SR, window=2.0, hop=1.0, top_k=2)
     assert set(res) == {'scores', 'timeline'} and len(res['scores']) == 2
     starts = [w['start'] for w in res['timeline']]
     assert starts == [0, 1, 2, 3, 4, 5, 5.2] and res['timeline'][-1]['end'] == 7.2
@@ -278,7 +286,7 @@ def test_module_predict_fast_and_dygraph_agree(module, odd_files):
     assert_same_results(fast, slow)
     cache = os.path.join(os.environ['PADDLE_SOUNDCLS_HOME'], 'onnx')
     assert len(os.listdir(cache)) == 1  # exported once, reused
-    assert_same_results(module.predict(odd_files, batch_size=2, topk=1), [
+    assert_same_results(module.predict(odd_files, batch_size=2, top_k=1), [
         dict(list(r.items())[:1]) for r in slow])
     assert len(os.listdir(cache)) == 1
     assert_same_results(module.predict(odd_files[:2]), slow[:2])    # 2 inputs: dygraph
@@ -286,6 +294,13 @@ def test_module_predict_fast_and_dygraph_agree(module, odd_files):
         module.predict(odd_files, engine='tensorrt')
     with pytest.raises(ValueError, match='runs on the CPU'):
         module.predict(odd_files, engine='onnxruntime', use_gpu=True)
+    # The engines of exports have the names Predictor gives them, and say where they run.
+    for engine in ('paddle', 'onnxruntime_int8'):
+        with pytest.raises(ValueError, match=rf"engine='{engine}' runs an export directory.*Predictor"):
+            module.predict(odd_files, engine=engine)
+    with pytest.warns(DeprecationWarning, match='topk is deprecated: use top_k') as warned:
+        assert_same_results(module.predict(odd_files[:2], topk=1), [dict(list(r.items())[:1]) for r in slow[:2]])
+    assert warned[0].filename == __file__   # charged to the caller's line, where Python shows it
 
 
 def test_module_predict_reexports_after_training(odd_files):
@@ -317,7 +332,7 @@ def test_runtime_works_without_paddle(tmp_path, export_dir, odd_files):
     code = BLOCK_PADDLE + textwrap.dedent(f'''
         import paddle_soundcls.deploy as deploy
         from paddle_soundcls.deploy import Predictor
-        results = Predictor({str(export_dir)!r}).predict({odd_files!r}, topk=2)
+        results = Predictor({str(export_dir)!r}).predict({odd_files!r}, top_k=2)
         [win] = Predictor({str(export_dir)!r}).predict({odd_files[1]!r}, window=0.5, hop=0.25)
         try:
             Predictor({str(export_dir)!r}, engine='paddle')

@@ -16,6 +16,7 @@ from paddle_soundcls import Module
 from paddle_soundcls.deploy import Predictor
 from paddle_soundcls.deploy.event_metrics import event_based_metrics
 from paddle_soundcls.deploy.events import EventConfig
+from paddle_soundcls.errors import ArgumentError
 from paddle_soundcls.export import export_static
 from signals import chirp, noise
 
@@ -222,6 +223,21 @@ def test_tuned_thresholds_travel_with_the_checkpoint_and_export(setup, tmp_path)
     proc = cli('events', tmp_path / 'export', root / 'scene.wav', '--onset-threshold', '0.45')
     assert proc.returncode == 2 and b'Traceback' not in proc.stderr
     assert b"saved settings" in proc.stderr and b'--offset-threshold' in proc.stderr, proc.stderr
+    # The same in Python: a dict of fields changes the saved settings; a clash names where the other came from.
+    predictor = Predictor(tmp_path / 'export')
+    with pytest.raises(ArgumentError, match=r'offset_threshold \(0.5\) must be <= onset_threshold \(0.45\)') as info:
+        predictor.detect([str(root / 'scene.wav')], config={'onset_threshold': 0.45})
+    message = str(info.value)
+    assert 'settings saved with the model' in message and 'export.json' in message
+    assert "'offset_threshold': [0.5, 0.4]" in message and 'offset_threshold together' in message
+    with pytest.raises(ArgumentError, match='settings saved with the model'):
+        predictor.stream(config={'onset_threshold': 0.45})
+    with pytest.raises(ArgumentError, match="this Module's event_config"):
+        restored.detect([str(root / 'scene.wav')], config={'onset_threshold': 0.45})
+    # Both thresholds given: the saved median filter and durations are kept, the thresholds replaced.
+    [merged] = predictor.detect([str(root / 'scene.wav')], config={'onset_threshold': 0.5, 'offset_threshold': 0.3})
+    [plain] = predictor.detect([str(root / 'scene.wav')], config=EventConfig(onset_threshold=0.5, offset_threshold=0.3))
+    assert merged['events'] == plain['events'] and merged['events']
 
 
 def test_detection_runs_without_paddle(setup):
@@ -430,7 +446,7 @@ def test_training_on_event_times_runs_on_the_frame_logits(tmp_path):
 def test_the_picture_of_digital_silence_draws_it_without_warnings(setup, tmp_path):
     import warnings
 
-    from paddle_soundcls.plots import plot_events
+    from paddle_soundcls.analysis.plots import plot_events
     root, _ = setup
     path = tmp_path / 'silence.wav'
     sf.write(path, np.zeros(3 * SR, 'float32'), SR)

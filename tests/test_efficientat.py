@@ -183,7 +183,7 @@ def test_pretrained_release_file_is_downloaded_converted_and_cached(monkeypatch)
 
     from test_weights import Server, closed_port
 
-    from paddle_soundcls import Module, weights
+    from paddle_soundcls import Module, cache as weights_cache
     from paddle_soundcls.models.registry import PretrainedCfg
     data = open(REF_PT, 'rb').read()
     server = Server()
@@ -200,7 +200,7 @@ def test_pretrained_release_file_is_downloaded_converted_and_cached(monkeypatch)
     expected = checkpoint_filter(load_state_dict(REF_PT), REF_PT)
     for key, value in model.backbone.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), expected[key], err_msg=key)
-    cache = weights.cache_dir()
+    cache = weights_cache.cache_dir()
     assert sorted(os.listdir(cache)) == ['efficientat_mn04.converted.pdparams', 'mn_tiny.pt']
     again = Module('efficientat_mn04', num_class=3)  # the server is gone: the cache serves it
     np.testing.assert_array_equal(again.backbone.features[0][0].weight.numpy(), expected['features.0.0.weight'])
@@ -209,5 +209,5 @@ def test_pretrained_release_file_is_downloaded_converted_and_cached(monkeypatch)
     offline = f'http://127.0.0.1:{closed_port()}/mn_tiny.pt'
     monkeypatch.setitem(registry._MODELS, 'efficientat_mn04',
                         dataclasses.replace(spec, weights=dataclasses.replace(spec.weights, url=offline)))
-    with pytest.raises(weights.DownloadError, match=r'(?s)mn_tiny.pt.*' + os.path.join(cache, 'mn_tiny.pt')):
+    with pytest.raises(weights_cache.DownloadError, match=r'(?s)mn_tiny.pt.*' + os.path.join(cache, 'mn_tiny.pt')):
         Module('efficientat_mn04', num_class=3)

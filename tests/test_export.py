@@ -10,7 +10,8 @@ import paddle
 import pytest
 import soundfile as sf
 
-from paddle_soundcls import checkpoint, registry
+from paddle_soundcls.errors import CheckpointError
+from paddle_soundcls.models import registry
 from paddle_soundcls.deploy import ExportError, Predictor, exportdir
 from paddle_soundcls.deploy.engines import OnnxEngine, PaddleEngine
 from paddle_soundcls import load_module
@@ -19,7 +20,7 @@ from paddle_soundcls.export import onnx as onnx_export
 from paddle_soundcls.export import static as static_export
 from paddle_soundcls.features.logmel import LogMel
 from paddle_soundcls.features.mel import logmel
-from paddle_soundcls.hub import Module
+from paddle_soundcls import Module
 from signals import chirp, noise, tone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,18 +135,18 @@ def test_checkpoint_without_meta_is_a_clear_error(tmp_path, ckpt_dir):
     bare = tmp_path / 'bare'
     bare.mkdir()
     (bare / 'model.pdparams').write_bytes((ckpt_dir / 'model.pdparams').read_bytes())
-    with pytest.raises(checkpoint.CheckpointError, match=r'no meta\.json.*--model NAME'):
+    with pytest.raises(CheckpointError, match=r'no meta\.json.*--model NAME'):
         load_module(bare)
     # What the message asks for works: the classes come from the head's shape.
     module = load_module(bare, model='panns_cnn6')
     assert module.num_class == 3
-    with pytest.raises(checkpoint.CheckpointError, match='holds a panns_cnn6 model'):
+    with pytest.raises(CheckpointError, match='holds a panns_cnn6 model'):
         load_module(ckpt_dir, model='panns_cnn10')
     with pytest.raises(ValueError, match='unknown model name'):
         load_module(bare, model='panns_cnn99')
     with pytest.raises(ValueError, match='task=tagging'):
         load_module(model='panns_cnn6')
-    with pytest.raises(checkpoint.CheckpointError, match='not found'):
+    with pytest.raises(CheckpointError, match='not found'):
         load_module(tmp_path / 'nowhere')
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_soundcls import registry
+from paddle_soundcls.models import registry
 from paddle_soundcls.features import FrontendConfig, LogMel, mel
 from paddle_soundcls.models.efficientat import EFFICIENTAT_FRONTEND
 from signals import chirp, noise, tone

@@ -10,6 +10,7 @@ import soundfile as sf
 from helpers import calm, prime_batchnorm
 from paddle_soundcls import Module, Trainer
 from paddle_soundcls.datasets import AudioFolder
+from paddle_soundcls.errors import ArgumentError, CheckpointError
 from paddle_soundcls.training import AugmentConfig, embeddings
 from test_trainer import SR, make_folder
 
@@ -211,7 +212,7 @@ def test_tagging_head_and_other_datasets_are_refused(folders):
         Trainer(tagger, paddle.optimizer.Adam(parameters=tagger.parameters()), freeze_backbone=True)
     model = calm(Module('panns_cnn6', label_map=LABELS, pretrained=False))
     waves = [(np.zeros(SR, dtype='float32'), np.int64(0))] * 4
-    with pytest.raises(TypeError, match='AudioDataset'):
+    with pytest.raises(ArgumentError, match='AudioDataset'):
         embeddings.embed_dataset(model, waves)
 
 
@@ -268,15 +269,26 @@ def test_frozen_epochs_hold_the_head_and_the_backbone_is_written_once(folders, m
         np.testing.assert_array_equal(resumed_weights[key], value, err_msg=key)
     assert [w for w in writes if w.startswith(str(ckpt / 'backbones'))] == written   # still once
 
+    def assert_loads_whole(directory, head):
+        for restored in (Module('panns_cnn6', load_checkpoint=str(directory)), load_module(str(directory))):
+            params = {k: v.numpy() for k, v in restored.state_dict().items()}
+            for key in backbone_keys:
+                np.testing.assert_array_equal(params[key], backbone[key])
+            for key in head_keys:
+                np.testing.assert_array_equal(params[key], head[key])
+
     # best_model is the whole model, wherever it is loaded.
-    best = ckpt / 'best_model'
-    best_head = load_params(str(ckpt / f'epoch_{resumed["best_epoch"]}' / 'model.pdparams'))
-    for restored in (Module('panns_cnn6', load_checkpoint=str(best)), load_module(str(best))):
-        params = {k: v.numpy() for k, v in restored.state_dict().items()}
-        for key in backbone_keys:
-            np.testing.assert_array_equal(params[key], backbone[key])
-        for key in head_keys:
-            np.testing.assert_array_equal(params[key], best_head[key])
+    assert_loads_whole(ckpt / 'best_model',
+                       load_params(str(ckpt / f'epoch_{resumed["best_epoch"]}' / 'model.pdparams')))
+    # An epoch of a frozen run loads as the whole model too (its head over the backbone it names),
+    # and a missing backbone file is named.
+    epoch_dir = ckpt / 'epoch_2'
+    assert_loads_whole(epoch_dir, load_params(str(epoch_dir / 'model.pdparams')))
+    moved = ckpt / 'moved.pdparams'
+    os.replace(ckpt / 'backbones' / name, moved)
+    with pytest.raises(CheckpointError, match=r'head of a frozen-backbone run; its backbone, .*backbones.* is missing'):
+        Module('panns_cnn6', load_checkpoint=str(epoch_dir))
+    os.replace(moved, ckpt / 'backbones' / name)
 
     # Epochs of whole models (as frozen runs wrote them before) resume as they did.
     old = tmp_path / 'c'

@@ -67,7 +67,7 @@ def test_tagger_predict_uses_audioset_labels_and_sigmoid():
     best = next(iter(result))
     assert best == labels[int(np.argmax(ref))]
     assert max(abs(result[label] - ref[i]) for i, label in enumerate(labels)) < 1e-3
-    assert list(model.predict([wave], sample_rate=32000, topk=5)[0]) == list(result)[:5]
+    assert list(model.predict([wave], sample_rate=32000, top_k=5)[0]) == list(result)[:5]
 
 
 def test_files_use_their_own_rate_and_channels(tmp_path):

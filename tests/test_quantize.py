@@ -20,7 +20,7 @@ from paddle_soundcls.deploy import ExportError, Predictor, exportdir
 from paddle_soundcls.export import check_parity, export_onnx, export_static
 from paddle_soundcls.export import quantize
 from paddle_soundcls.features.mel import logmel
-from paddle_soundcls.hub import Module
+from paddle_soundcls import Module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 32000
@@ -185,7 +185,7 @@ def test_bad_calibration_is_refused(work, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['export', 'silence']  # no temporary directory left
     Predictor(out)  # the float model still runs
     with pytest.raises(ExportError, match='model.int8.onnx is missing.*--quantize int8 --calibration'):
-        Predictor(out, precision='int8')
+        Predictor(out, engine='onnxruntime_int8')
 
     # Forced: kept, and export.json says it failed its check.
     info = quantize.quantize_export(out, silence, check=work / 'check', keep_float=(), force=True, progress=False)
@@ -239,7 +239,7 @@ def test_tagger_keeps_float_sigmoid_scores(work, tmp_path):
     import onnx
     assert onnx.load(str(tmp_path / 'tagger' / 'model.int8.onnx')).graph.node[-1].op_type == 'Sigmoid'
     assert 'Sigmoid.0' in info['nodes_excluded']
-    [tags] = Predictor(tmp_path / 'tagger', precision='int8').predict([str(work / 'check' / 'tone' / '000.wav')])
+    [tags] = Predictor(tmp_path / 'tagger', engine='onnxruntime_int8').predict([str(work / 'check' / 'tone' / '000.wav')])
     assert len(tags) == 527 and all(0 < score < 1 for score in tags.values())
 
 
@@ -255,16 +255,23 @@ def test_new_float_model_drops_the_old_int8(quantized, tmp_path):
     meta['int8'] = {'file': 'model.int8.onnx', 'source_sha256': '0' * 64}
     (out / 'export.json').write_text(json.dumps(meta))
     with pytest.raises(ExportError, match='made from another model.onnx'):
-        Predictor(out, precision='int8')
+        Predictor(out, engine='onnxruntime_int8')
 
 
 def test_predictor_arguments(quantized):
     out, _ = quantized
-    with pytest.raises(ValueError, match='precision must be one of'):
+    with pytest.raises(ValueError, match='precision must be .*int8'):
         Predictor(out, precision='int4')
-    with pytest.raises(ValueError, match="runs on engine='onnxruntime'"):
+    with pytest.raises(ValueError, match="runs on engine='onnxruntime'.*onnxruntime_int8"):
         Predictor(out, engine='paddle', precision='int8')
-    assert Predictor(out, precision='int8').precision == 'int8'
+    assert Predictor(out, engine='onnxruntime_int8').precision == 'int8'
+    # The old spelling still works, with a DeprecationWarning.
+    with pytest.warns(DeprecationWarning, match="engine='onnxruntime_int8'"):
+        old = Predictor(out, precision='int8')
+    assert old.precision == 'int8' and old.engine_name == 'onnxruntime'
+    with pytest.raises(ValueError, match="engine='dygraph' runs a Module"):
+        Predictor(out, engine='dygraph')
+    assert Predictor(out, engine='auto').engine_name == 'onnxruntime'
 
 
 def test_int8_predictor_runs_without_paddle(work, quantized):
@@ -272,7 +279,7 @@ def test_int8_predictor_runs_without_paddle(work, quantized):
     files = [str(p) for p in sorted((work / 'check' / 'chirp').glob('*.wav'))[:4]]
     code = BLOCK_PADDLE + textwrap.dedent(f'''
         from paddle_soundcls.deploy import Predictor
-        results = Predictor({str(out)!r}, precision='int8').predict({files!r})
+        results = Predictor({str(out)!r}, engine='onnxruntime_int8').predict({files!r})
         assert not any(m == 'paddle' or m.startswith('paddle.') for m in sys.modules), 'paddle was imported'
         print(json.dumps(results))
     ''')
@@ -280,7 +287,7 @@ def test_int8_predictor_runs_without_paddle(work, quantized):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = Predictor(out, precision='int8').predict(files)
+    expected = Predictor(out, engine='onnxruntime_int8').predict(files)
     assert [list(r) for r in results] == [list(r) for r in expected]
     for got, want in zip(results, expected):
         np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-6)
@@ -294,7 +301,7 @@ def test_cli_predict_int8(work, quantized):
     proc = run_tool(None, 'predict', out, clip, '--precision', 'int8', '--topk', 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [record] = [json.loads(line) for line in proc.stdout.splitlines()]
-    [expected] = Predictor(out, precision='int8').predict([str(clip)], topk=2)
+    [expected] = Predictor(out, engine='onnxruntime_int8').predict([str(clip)], top_k=2)
     assert list(record['scores']) == list(expected)
     proc = run_tool(None, 'predict', work / 'export', clip, '--precision', 'int8')
     assert proc.returncode == 2 and 'model.int8.onnx is missing' in proc.stderr and '--quantize int8' in proc.stderr
@@ -302,10 +309,10 @@ def test_cli_predict_int8(work, quantized):
     assert proc.returncode == 2 and 'needs an export directory' in proc.stderr
 
 
-def test_fixed_length_and_clip_selection(tmp_path):
+def test_centre_crop_or_pad_and_clip_selection(tmp_path):
     wave = np.arange(10, dtype='float32')
-    np.testing.assert_array_equal(quantize.fixed_length(wave, 4), [3, 4, 5, 6])
-    np.testing.assert_array_equal(quantize.fixed_length(wave[:3], 7), [0, 0, 0, 1, 2, 0, 0])
+    np.testing.assert_array_equal(quantize.centre_crop_or_pad(wave, 4), [3, 4, 5, 6])
+    np.testing.assert_array_equal(quantize.centre_crop_or_pad(wave[:3], 7), [0, 0, 0, 1, 2, 0, 0])
     data = write_set(tmp_path / 'data', 5, seed=3)  # 20 clips, 5 per class, sorted by class
     chosen = quantize.select_clips(data, limit=8)
     assert len(chosen) == 8 and {os.path.basename(os.path.dirname(p)) for p in chosen} == set(CLASSES)
@@ -316,7 +323,7 @@ def test_fixed_length_and_clip_selection(tmp_path):
 
 
 def test_benchmark_reports_int8():
-    from paddle_soundcls.export import benchmark
+    from paddle_soundcls.analysis import benchmark
     result = benchmark.run('panns_cnn6', seconds=1.0, batch_size=2, iterations=1)
     int8 = result['onnxruntime_int8']
     assert int8['clips_per_s'] > 0 and int8['speedup_vs_onnxruntime'] > 0

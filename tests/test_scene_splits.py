@@ -6,6 +6,7 @@ import pytest
 from paddle_soundcls.datasets import StrongLabelDataset
 from paddle_soundcls.datasets.scenes import make_scenes
 from paddle_soundcls.datasets.strong import read_strong_labels
+from paddle_soundcls.errors import DatasetError
 
 
 def test_the_split_covers_every_scene_once_and_loads(tmp_path):
@@ -34,3 +35,18 @@ def test_bad_splits_are_refused(tmp_path, split):
     with pytest.raises(ValueError, match=r'split must be the \(train, dev, test\) fractions'):
         make_scenes(str(tmp_path / 'bad'), num_scenes=2, seconds=2.0, split=split)
     assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_a_table_away_from_its_audio_says_where_it_looked_and_where_the_audio_is(tmp_path):
+    folder = make_scenes(str(tmp_path / 'scenes'), num_scenes=3, seconds=2.0, classes=2, sample_rate=16000,
+                         events_per_scene=(1, 1), event_seconds=(0.2, 0.5), split=(1.0, 0.0, 0.0))
+    table = os.path.join(folder, 'meta', 'events.csv')
+    with pytest.raises(DatasetError) as info:
+        StrongLabelDataset(table, mode='train', duration=2.0)
+    message = str(info.value)
+    assert f'missing from {os.path.join(folder, "meta")}' in message
+    assert f"audio_dir={os.path.join(folder, 'audio')!r}" in message
+    assert len(StrongLabelDataset(table, audio_dir=os.path.join(folder, 'audio'), duration=2.0)) == 3
+    os.rename(os.path.join(folder, 'audio'), os.path.join(folder, 'elsewhere'))  # no sibling audio/ holds them
+    with pytest.raises(DatasetError, match=r'missing from .*meta.*Pass audio_dir='):
+        StrongLabelDataset(table, mode='train', duration=2.0)

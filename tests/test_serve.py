@@ -192,14 +192,16 @@ def test_healthz_model_docs_and_page(url):
 # Errors -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('kwargs, status, code, words', [
-    (dict(content=WAV), 415, 'unsupported_media_type', 'Content-Type'),
+    (dict(content=b'not audio at all' * 10), 415, 'unsupported_media_type', 'without a Content-Type'),
+    (dict(content=b'{"inputs": "AAAA"}', headers={'content-type': 'application/octet-stream'}), 415,
+     'unsupported_media_type', 'application/octet-stream'),
     (dict(content=WAV, headers={'content-type': 'text/plain'}), 415, 'unsupported_media_type', 'audio/wav'),
     (dict(content=b'', headers={'content-type': 'audio/wav'}), 400, 'empty_audio', 'empty'),
     (dict(content=b'RIFF....WAVEjunk', headers={'content-type': 'audio/wav'}), 422, 'undecodable_audio',
      'not readable as audio'),
     (dict(content=b'{"inputs": ', headers={'content-type': 'application/json'}), 400, 'invalid_json', 'JSON'),
     (dict(json={'audio': 'x'}), 400, 'missing_field', '"inputs"'),
-    (dict(json={'inputs': 'x', 'top_k': 2}), 400, 'unknown_field', 'top_k'),
+    (dict(json={'inputs': 'x', 'top_k': 2}), 400, 'unknown_parameter', 'top_k'),
     (dict(json={'inputs': 'AAAA', 'parameters': {'topk': 2}}), 400, 'unknown_parameter', 'topk'),
     (dict(json={'inputs': 'AAAA', 'parameters': {'top_k': 0}}), 400, 'invalid_parameter', 'parameters.top_k'),
     (dict(json={'inputs': 'not base64 at all!'}), 400, 'invalid_base64', 'base64'),
@@ -215,6 +217,86 @@ def test_bad_requests_get_json_errors_naming_the_problem(url, kwargs, status, co
     assert response.status_code == status, response.text
     error = response.json()['error']
     assert error['code'] == code and words in error['message'], error
+
+
+def test_audio_without_a_content_type_is_known_by_its_bytes(url):
+    """Raw audio with no Content-Type (as Hugging Face's client sends it) or as
+    application/octet-stream: told by its first bytes, for every format the decoder reads."""
+    for data in (WAV, audio_bytes(tone(1.0, 48000), 48000, 'FLAC'), audio_bytes(tone(1.0, 22050), 22050, 'OGG',
+                                                                              'VORBIS')):
+        for headers in ({}, {'content-type': 'application/octet-stream'}):
+            response = httpx.post(url + '/v1/classify', content=data, headers=headers, timeout=30)
+            assert response.status_code == 200, (data[:4], headers, response.text)
+
+
+UNKNOWN_IN_EVERY_FORM = [
+    ('/v1/classify', dict(content=WAV, headers={'content-type': 'audio/wav'}, params={'topk': 3}), 'topk'),
+    ('/v1/classify', dict(files={'file': ('a.wav', WAV, 'audio/wav')}, data={'topk': '3'}), 'topk'),
+    ('/v1/classify', dict(json={'inputs': base64.b64encode(WAV).decode(), 'parameters': {'topk': 3}}),
+     'parameters.topk'),
+    ('/v1/classify', dict(content=WAV, headers={'content-type': 'audio/wav'}, params={'window': 2}), 'window'),
+    ('/v1/events', dict(content=WAV, headers={'content-type': 'audio/wav'}, params={'windw': 4}), 'windw'),
+    ('/v1/events', dict(files={'file': ('a.wav', WAV, 'audio/wav')}, data={'windw': '4'}), 'windw'),
+    ('/v1/events', dict(json={'inputs': base64.b64encode(WAV).decode(), 'parameters': {'top_k': 2}}),
+     'parameters.top_k'),
+    ('/hf/audio-classification', dict(content=WAV, params={'topk': 2}), 'topk'),
+    ('/v1/classify', dict(content=WAV, headers={'content-type': 'audio/wav'}, params={'api_key': 'k'}), 'api_key'),
+]
+
+
+@pytest.mark.parametrize('path, kwargs, field', UNKNOWN_IN_EVERY_FORM)
+def test_an_unknown_parameter_is_refused_in_every_form(url, path, kwargs, field):
+    response = httpx.post(url + path, timeout=30, **kwargs)
+    assert response.status_code == 400, response.text
+    error = response.json()['error']
+    assert error['code'] == 'unknown_parameter' and error['field'] == field, error
+    accepted = ['hop', 'window'] if path == '/v1/events' else ['top_k']
+    assert str(accepted) in error['message'], error
+
+
+def test_the_stream_start_message_follows_the_same_rule(url):
+    with ws_connect(url.replace('http', 'ws') + '/v1/stream', open_timeout=10) as ws:
+        ws.send(json.dumps({'sample_rate': 16000, 'topk': 2}))
+        error = json.loads(ws.recv(timeout=10))['error']
+    assert error['code'] == 'unknown_parameter' and "'topk'" in error['message'] and 'top_k' in error['message']
+
+
+def test_parameters_given_twice_or_in_any_one_form(url):
+    twice = httpx.post(url + '/v1/classify', files={'file': ('a.wav', WAV, 'audio/wav')}, data={'top_k': '1'},
+                       params={'top_k': 2})
+    assert twice.status_code == 400 and twice.json()['error']['code'] == 'duplicate_parameter', twice.text
+    b64_wav = base64.b64encode(WAV).decode()
+    for body in ('{"inputs": "%s", "parameters": {"top_k": 1, "top_k": 2}}' % b64_wav,
+                 '{"inputs": "%s", "inputs": "%s"}' % (b64_wav, b64_wav)):
+        same_key = httpx.post(url + '/v1/classify', content=body, headers={'content-type': 'application/json'})
+        assert same_key.status_code == 400 and same_key.json()['error']['code'] == 'duplicate_parameter', \
+            same_key.text
+    events_topk = httpx.post(url + '/v1/events', content=WAV, headers={'content-type': 'audio/wav'},
+                             params={'topk': 2}).json()['error']['message']
+    assert 'top_k is the name here' not in events_topk and "PaddleSpeech's spelling" in events_topk
+    data = audio_bytes(tone(3.0, 16000), 16000)
+    b64 = base64.b64encode(data).decode()
+    answers = [httpx.post(url + '/v1/events', content=data, headers={'content-type': 'audio/wav'},
+                          params={'window': '2', 'hop': '1'}, timeout=30),
+               httpx.post(url + '/v1/events', files={'file': ('a.wav', data, 'audio/wav')},
+                          data={'window': '2', 'hop': '1'}, timeout=30),
+               httpx.post(url + '/v1/events', json={'inputs': b64, 'parameters': {'window': 2, 'hop': 1}}, timeout=30)]
+    assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+    assert len({json.dumps(a.json()) for a in answers}) == 1
+
+
+def test_hugging_face_client_works_unchanged(url, predictor, tmp_path):
+    hub = pytest.importorskip('huggingface_hub', reason='huggingface_hub is not installed (pip install '
+                                                        'huggingface_hub): the Hugging Face client test needs it')
+    client = hub.InferenceClient(model=url + '/hf/audio-classification')
+    expected = expected_scores(predictor, tmp_path)
+    every = client.audio_classification(WAV)                  # raw bytes, no Content-Type
+    best_two = client.audio_classification(WAV, top_k=2)      # {"inputs": base64, "parameters": {"top_k": 2}}
+    (tmp_path / 'clip.wav').write_bytes(WAV)
+    from_path = client.audio_classification(str(tmp_path / 'clip.wav'))
+    assert [e.label for e in every] == list(expected)[:5] == [e.label for e in from_path]
+    np.testing.assert_allclose([e.score for e in every], list(expected.values()), atol=1e-5)
+    assert [e.label for e in best_two] == list(expected)[:2]
 
 
 def test_unknown_paths_and_methods(url):
@@ -382,6 +464,24 @@ def test_api_key(predictor):
             assert json.loads(ws.recv(timeout=10))['type'] == 'ready'
 
 
+def test_api_key_guards_every_route_but_the_open_ones(predictor):
+    """Every HTTP route of the app (the Hugging Face one included) needs the key, except the few
+    named open: a route added later is guarded without anyone remembering to list it."""
+    from starlette.routing import Mount, WebSocketRoute
+    from paddle_soundcls.serve.settings import OPEN_PATHS
+    app = create_app(predictor, ServeSettings(api_key='s3cret'))
+    routes = [r for r in app.routes if not isinstance(r, (Mount, WebSocketRoute))]
+    assert '/hf/audio-classification' in {r.path for r in routes}
+    with serve_in_thread(app) as base:
+        for route in routes:
+            for method in sorted(route.methods - {'HEAD'}):
+                answer = httpx.request(method, base + route.path, content=b'RIFF')
+                if route.path in OPEN_PATHS:
+                    assert answer.status_code != 401, route.path
+                else:
+                    assert answer.status_code == 401, (method, route.path, answer.status_code)
+
+
 def test_api_key_from_environment(monkeypatch, export_dir):
     parser = add_serve_arguments(argparse.ArgumentParser())
     monkeypatch.setenv('PADDLE_SOUNDCLS_API_KEY', 'from-env')
@@ -391,6 +491,21 @@ def test_api_key_from_environment(monkeypatch, export_dir):
     args = parser.parse_args([export_dir])
     assert settings_from_args(args).api_key is None
     assert (args.host, args.port, args.workers, args.cors_origin) == ('127.0.0.1', 8866, 1, [])
+
+
+def test_serve_names_engines_as_the_other_commands_do(export_dir, capsys):
+    """serve --engine takes the vocabulary of predict/events/benchmark; the old --precision int8
+    still works (as --engine onnxruntime_int8) with a note, and a contradiction is refused."""
+    from paddle_soundcls.cli.common import ENGINE_CHOICES
+    from paddle_soundcls.serve.command import SERVE_ENGINES, engine_from_args
+    assert set(SERVE_ENGINES) == set(ENGINE_CHOICES) - {'dygraph'}
+    parser = add_serve_arguments(argparse.ArgumentParser())
+    assert engine_from_args(parser.parse_args([export_dir])) == 'onnxruntime'
+    assert engine_from_args(parser.parse_args([export_dir, '--engine', 'onnxruntime_int8'])) == 'onnxruntime_int8'
+    assert engine_from_args(parser.parse_args([export_dir, '--precision', 'int8'])) == 'onnxruntime_int8'
+    assert '--precision is deprecated; use --engine onnxruntime_int8' in capsys.readouterr().err
+    with pytest.raises(ServeError, match='--engine onnxruntime_int8'):
+        engine_from_args(parser.parse_args([export_dir, '--precision', 'int8', '--engine', 'paddle']))
 
 
 def test_cors_is_off_unless_asked(url, predictor):
@@ -479,7 +594,7 @@ def test_stream_modes_are_pluggable(url):
 
 def test_resolve_model_dir(export_dir, tmp_path):
     from helpers import small_module
-    from paddle_soundcls.checkpoint import CheckpointError
+    from paddle_soundcls.errors import CheckpointError
     from paddle_soundcls.deploy import Predictor
     assert resolve_model_dir(export_dir) == export_dir
     # A checkpoint directory is exported once into the cache and served from there.
@@ -513,6 +628,12 @@ def test_run_serve_refuses_a_bad_command_line_before_starting(export_dir, tmp_pa
         run_serve(parser.parse_args([export_dir, '--max-batch', '0']))
     with pytest.raises(ServeError, match='--workers must be at least 1'):
         run_serve(parser.parse_args([export_dir, '--workers', '0']))
+    for size in ('inf', 'nan', '0'):
+        with pytest.raises(ServeError, match='--max-body-mb must be a positive number of MiB'):
+            run_serve(parser.parse_args([export_dir, '--max-body-mb', size]))
+    for hosts, says in (('localhost:8866', 'without a port'), ('', 'is empty')):
+        with pytest.raises(ServeError, match=f'--allowed-hosts .*{says}'):
+            run_serve(parser.parse_args([export_dir, '--allowed-hosts', hosts]))
     with socket.socket() as taken:
         taken.bind(('127.0.0.1', 0))
         taken.listen()

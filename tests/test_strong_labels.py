@@ -8,6 +8,7 @@ import soundfile as sf
 from paddle_soundcls.datasets.scenes import make_scenes
 from paddle_soundcls.datasets.strong import frame_targets, read_strong_labels, write_strong_labels
 from paddle_soundcls.deploy.events import EventConfig, detect_events
+from paddle_soundcls.errors import DatasetError
 
 
 def write(tmp_path, text, name='events.csv', encoding='utf-8'):
@@ -67,7 +68,7 @@ def test_errors_name_the_file_and_line(tmp_path, text, words):
 
 
 def test_missing_file_and_bad_arguments(tmp_path):
-    with pytest.raises(FileNotFoundError, match='strong-label file not found: .*nope.csv'):
+    with pytest.raises(DatasetError, match='strong-label file not found: .*nope.csv'):
         read_strong_labels(tmp_path / 'nope.csv')
     with pytest.raises(ValueError, match='path must be the path of a strong-label CSV file'):
         read_strong_labels(None)
@@ -210,15 +211,15 @@ def test_scene_classes_by_name(tmp_path):
 @pytest.mark.parametrize('kwargs, words', [
     ({'classes': ['tone', 'violin']}, "classes must be distinct names from ['tone', 'chirp'"),
     ({'classes': ['tone', 'tone']}, 'classes must be distinct names'),
-    ({'classes': 11}, 'classes must be between 1 and 10'),
-    ({'seconds': 0.5}, 'seconds must be between 1 and 600'),
-    ({'seconds': '10'}, "seconds must be between 1 and 600 for generated scenes, got '10'"),
-    ({'num_scenes': 0}, 'num_scenes must be >= 1'),
-    ({'sample_rate': 8000}, 'sample_rate must be >= 16000'),
+    ({'classes': 11}, 'classes must be an int from 1 to 10, got 11'),
+    ({'seconds': 0.5}, 'seconds must be a number of seconds in [1, 600]'),
+    ({'seconds': '10'}, "seconds must be a number of seconds in [1, 600] (for generated scenes), got '10'"),
+    ({'num_scenes': 0}, 'num_scenes must be a positive int, got 0'),
+    ({'sample_rate': 8000}, 'sample_rate must be an int >= 16000, got 8000'),
     ({'events_per_scene': (5, 2)}, 'events_per_scene must be a (smallest, largest) pair with'),
     ({'events_per_scene': 3}, 'events_per_scene must be a (smallest, largest) pair'),
     ({'event_seconds': (0.5, 20.0)}, 'event_seconds must be a (smallest, largest) pair with 0.05 <= smallest'),
-    ({'event_seconds': ('a', 1.0)}, 'event_seconds must be a pair of numbers of seconds'),
+    ({'event_seconds': ('a', 1.0)}, 'event_seconds must be a finite number of seconds'),
     ({'folder': 5}, 'folder must be a folder path'),
 ])
 def test_scene_arguments_are_checked(tmp_path, kwargs, words):
@@ -240,9 +241,9 @@ def test_scenes_refuse_a_folder_holding_other_files(tmp_path):
 # ----- StrongLabelDataset arguments -----
 
 @pytest.mark.parametrize('kwargs, words', [
-    ({'frame_hop_seconds': float('inf')}, 'frame_hop_seconds must be a positive, finite number of seconds'),
-    ({'frame_hop_seconds': float('nan')}, 'frame_hop_seconds must be a positive, finite number'),
-    ({'frame_hop_seconds': '0.01'}, "frame_hop_seconds must be a positive, finite number of seconds (the model's "
+    ({'frame_hop_seconds': float('inf')}, 'frame_hop_seconds must be a positive number of seconds'),
+    ({'frame_hop_seconds': float('nan')}, 'frame_hop_seconds must be a positive number'),
+    ({'frame_hop_seconds': '0.01'}, "frame_hop_seconds must be a positive number of seconds (the model's "
                                     "front-end hop, e.g. 0.01), got '0.01'"),
     ({'frame_hop_seconds': 0}, 'frame_hop_seconds must be a positive'),
     ({'frame_hop_seconds': True}, 'frame_hop_seconds must be a positive'),

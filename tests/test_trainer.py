@@ -9,7 +9,7 @@ import soundfile as sf
 
 from helpers import calm, prime_batchnorm
 from paddle_soundcls import Module, Trainer
-from paddle_soundcls.checkpoint import CheckpointError
+from paddle_soundcls.errors import CheckpointError
 from paddle_soundcls.datasets import AudioFolder
 from paddle_soundcls.training import AugmentConfig
 
@@ -212,6 +212,13 @@ def test_a_schedule_given_to_the_trainer_is_stepped_saved_and_resumed(data, tmp_
         np.testing.assert_allclose(resumed_model.state_dict()[key].numpy(), value.numpy(), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match='lr_scheduler must be a paddle.optimizer.lr.LRScheduler'):
         Trainer(model, paddle.optimizer.SGD(parameters=model.parameters()), lr_scheduler=0.1)
+    # A run with a constant rate cannot be continued by one with a schedule: a clear refusal, not
+    # Paddle's assertion about the missing scheduler state.
+    constant, constant_optimizer = build(train_set)
+    Trainer(constant, constant_optimizer, checkpoint_dir=str(tmp_path / 'c'), use_vdl=False).train(
+        train_set, epochs=1, batch_size=8)
+    with pytest.raises(CheckpointError, match='constant learning rate.*schedule.*new checkpoint_dir'):
+        run(tmp_path / 'c', 2)
 
 
 def test_unreadable_files_are_refused_naming_the_trainers_option(tmp_path):

@@ -11,7 +11,8 @@ import soundfile as sf
 
 import paddle_soundcls
 from helpers import calm
-from paddle_soundcls import Module, Trainer, registry
+from paddle_soundcls import Module, Trainer
+from paddle_soundcls.models import registry
 from paddle_soundcls.datasets import AudioDataset, AudioFolder, StrongLabelDataset
 from paddle_soundcls.datasets.strong import frame_targets
 from paddle_soundcls.deploy import event_metrics
@@ -213,7 +214,7 @@ def test_strong_label_training_is_evaluated_and_chosen_by_its_events(tmp_path):
     assert state['best_metric'] == max(scores) and history[state['best_epoch'] - 1]['eval']['event_f1'] == max(scores)
     # The reported figures are those of the events detect() finds in the whole dev recordings,
     # with 2 TP / (n_ref + n_est) as F1.
-    from paddle_soundcls.checkpoint import load_params
+    from paddle_soundcls.checkpoints.pdparams import load_params
     model.set_state_dict(load_params(str(tmp_path / 'ckpt' / 'epoch_2' / 'model.pdparams')))
     paths = [path for path, _ in dev.items]
     found = model.detect(paths)

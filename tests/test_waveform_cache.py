@@ -15,7 +15,7 @@ import paddle
 import pytest
 import soundfile as sf
 
-from paddle_soundcls import audio, weights
+from paddle_soundcls import audio, cache
 from paddle_soundcls.datasets import AudioFolder, DatasetError, StrongLabelDataset
 from signals import noise, tone
 
@@ -24,7 +24,7 @@ SR = 44100
 
 @pytest.fixture
 def cache_root(tmp_path, monkeypatch):
-    """The waveform cache folder of this test (weights.cache_dir() reads PADDLE_SOUNDCLS_HOME)."""
+    """The waveform cache folder of this test (cache.cache_dir() reads PADDLE_SOUNDCLS_HOME)."""
     monkeypatch.setenv('PADDLE_SOUNDCLS_HOME', str(tmp_path / 'home'))
     return str(tmp_path / 'home' / 'waveforms')
 
@@ -177,7 +177,7 @@ def test_dataloader_workers_use_the_cache(tmp_path, cache_root, monkeypatch):
         raise AssertionError('files were hashed again')
 
     # Workers get the dataset's mapping of files; they must not hash the audio again.
-    monkeypatch.setattr(weights, 'file_digest', no_hashing)
+    monkeypatch.setattr(cache, 'file_digest', no_hashing)
     for epoch in (0, 1):  # the worker fills the cache, then reads it
         plain.set_epoch(epoch)
         cached.set_epoch(epoch)

@@ -200,11 +200,6 @@ def test_a_download_is_readable_as_any_new_file(server):
     assert os.stat(path).st_mode & 0o777 == 0o644
 
 
-def test_the_old_module_name_is_the_cache_itself():
-    from paddle_soundcls import weights
-    assert weights is cache  # what is set through the old name is what the cache uses
-
-
 def test_one_file_hasher(tmp_path):
     from paddle_soundcls import fileio
     from paddle_soundcls.deploy import exportdir

@@ -24,7 +24,8 @@ from train import build_optimizer  # noqa: E402
 
 from paddle_soundcls import Module, Trainer, list_models  # noqa: E402
 from paddle_soundcls.datasets import ESC50, make_demo_dataset  # noqa: E402
-from paddle_soundcls.weights import cache_dir  # noqa: E402
+from paddle_soundcls.cache import cache_dir  # noqa: E402
+from paddle_soundcls.errors import ArgumentError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -68,7 +69,7 @@ def main(argv=None):
                                                            seconds=args.duration)
     args.duration = args.duration or 5.0
     if args.teacher is None and not args.demo:
-        raise ValueError('--teacher DIR is required (a fine-tuned checkpoint or export directory); --demo trains one')
+        raise ArgumentError('--teacher DIR is required (a fine-tuned checkpoint or export directory); --demo trains one')
     train_set = ESC50(mode='train', split=args.fold, data_dir=args.data_dir, duration=args.duration, seed=args.seed)
     dev_set = ESC50(mode='dev', split=args.fold, data_dir=args.data_dir, duration=args.duration)
     summary = {}

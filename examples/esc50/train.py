@@ -23,7 +23,7 @@ from paddle_soundcls.errors import ArgumentError  # noqa: E402
 from paddle_soundcls.device import enable_mkl_avx2_on_amd  # noqa: E402
 from paddle_soundcls.training import AugmentConfig  # noqa: E402
 from paddle_soundcls.training.schedules import build_scheduler, steps_per_epoch  # noqa: E402
-from paddle_soundcls.weights import cache_dir  # noqa: E402
+from paddle_soundcls.cache import cache_dir  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -1,7 +1,7 @@
 """CPU inference speed of registered models on every engine, measured in one run on the same inputs.
 
-The report's keys are the engines as `Predictor(engine=..., precision=...)` and
-`Module.predict(engine=...)` name them, the precision after the engine when it is not fp32
+The report's keys are the engines as `Predictor(engine=...)` and
+`Module.predict(engine=...)` name them (deploy.engines.ENGINES)
 (backbone only: log-mel features in, scores out):
     dygraph             the Module in Paddle dygraph (Module.predict(engine='dygraph'))
     paddle              the exported static model in Paddle Inference with oneDNN
@@ -9,7 +9,7 @@ The report's keys are the engines as `Predictor(engine=..., precision=...)` and
     onnxruntime         model.onnx in onnxruntime with deploy.engines.onnx_session_options:
                         Predictor's default engine, and Module.predict's for 4 clips or more
     onnxruntime_int8    model.int8.onnx (export/quantize.py with its default settings, calibrated
-                        on a few generated clips), as Predictor(precision='int8') runs it
+                        on a few generated clips), as Predictor(engine='onnxruntime_int8') runs it
 `onnxruntime` also holds the end-to-end figure (waveforms in, numpy log-mel front end included)
 and, under ORT_DEFAULTS, model.onnx timed with onnxruntime's own default session settings: the
 baseline the tuned settings are measured against.
@@ -36,16 +36,19 @@ import numpy as np
 from ..deploy import Predictor, exportdir
 from ..deploy.engines import OnnxEngine, PaddleEngine, check_threads
 from ..features.mel import logmel
+from .. import validate
+from ..errors import ArgumentError
 
 RUNS = (('dygraph', 'fp32'), ('paddle', 'fp32'), ('onnxruntime', 'fp32'), ('onnxruntime', 'int8'))
 ORT_DEFAULTS = 'ort_default_options'  # model.onnx with onnxruntime's own settings, under 'onnxruntime'
 END_TO_END = 'end_to_end'  # Predictor's default engine (onnxruntime) with the numpy front end: waveforms in
 CALIBRATION_CLIPS = 8
+DEFAULT_HEAD_CLASSES = 50  # the head timed: ESC-50's classes
 DESCRIPTIONS = {
     'dygraph': "Paddle dygraph (the Module), as Module.predict(engine='dygraph') runs it",
     'paddle': "Paddle Inference with oneDNN (inference.json), as Predictor(engine='paddle') runs it",
     'onnxruntime': 'model.onnx in onnxruntime with deploy.engines.onnx_session_options, as Predictor() runs it',
-    'onnxruntime_int8': "model.int8.onnx in onnxruntime, as Predictor(precision='int8') runs it",
+    'onnxruntime_int8': "model.int8.onnx in onnxruntime, as Predictor(engine='onnxruntime_int8') runs it",
     ORT_DEFAULTS: "model.onnx in onnxruntime with ORT's default SessionOptions (intra_op_num_threads set)",
 }
 
@@ -76,12 +79,10 @@ def machine_info():
 
 
 def _check_run_args(seconds, batch_size, iterations):
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f'iterations must be a positive int, got {iterations!r}')
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+    validate.positive_int('iterations', iterations)
+    validate.positive_int('batch_size', batch_size)
     if not seconds > 0:
-        raise ValueError(f'seconds must be positive, got {seconds!r}')
+        raise ArgumentError(f'seconds must be positive, got {seconds!r}')
 
 
 def _clips_per_s(batch_size, times):
@@ -103,7 +104,7 @@ def run_export(model_dir, seconds=5.0, batch_size=8, iterations=5, num_threads=N
     threads = check_threads(num_threads)
     _check_run_args(seconds, batch_size, iterations)
     precisions = ['fp32'] + (['int8'] if 'int8' in exportdir.read_export(model_dir) else [])
-    predictors = {engine_key('onnxruntime', p): Predictor(model_dir, num_threads=threads, precision=p)
+    predictors = {engine_key('onnxruntime', p): Predictor(model_dir, engine=engine_key('onnxruntime', p), num_threads=threads)
                   for p in precisions}
     first = predictors['onnxruntime']
     waves = _random_waves(batch_size, seconds, first.frontend.sample_rate)
@@ -131,7 +132,7 @@ def run_export(model_dir, seconds=5.0, batch_size=8, iterations=5, num_threads=N
     return result
 
 
-def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_threads=None, num_classes=50):
+def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_threads=None, num_class=None, num_classes=None):
     """Measure every engine of one registered model; returns a JSON-ready dict:
 
     ENGINES each: {'clips_per_s' (median batch), 'clips_per_s_mean', 'batch_seconds_median',
@@ -140,13 +141,16 @@ def run(model='panns_cnn14', seconds=5.0, batch_size=8, iterations=5, num_thread
     'onnxruntime' also: 'end_to_end_clips_per_s' (waveforms in), ORT_DEFAULTS (the same figures
         with onnxruntime's default session settings) and 'speedup_vs_ort_default_options';
     'onnxruntime_int8' also: 'speedup_vs_onnxruntime' and 'quantization' (its settings);
-    'setup': the settings and the machine.
+    'setup': the settings and the machine. num_class: the classes of the head timed (default 50;
+    num_classes is its deprecated name).
     """
-    return _measure([model], seconds, batch_size, iterations, num_threads, num_classes)[model]
+    num_class = validate.renamed('num_classes', num_classes, 'num_class', num_class)
+    num_class = DEFAULT_HEAD_CLASSES if num_class is None else validate.positive_int('num_class', num_class)
+    return _measure([model], seconds, batch_size, iterations, num_threads, num_class)[model]
 
 
-def run_models(models, seconds=5.0, batch_size=8, iterations=5, num_threads=None, num_classes=50,
-               complexity_seconds=10):
+def run_models(models, seconds=5.0, batch_size=8, iterations=5, num_threads=None, num_class=None,
+               complexity_seconds=10, num_classes=None):
     """Measure several registered models on every engine, side by side, in one run.
 
     The engines of all models take turns within each iteration (as `run` does for one model), so
@@ -158,11 +162,13 @@ def run_models(models, seconds=5.0, batch_size=8, iterations=5, num_threads=None
     model's}, 'setup': the settings and the machine.
     """
     from .complexity import complexity
+    num_class = validate.renamed('num_classes', num_classes, 'num_class', num_class)
+    num_class = DEFAULT_HEAD_CLASSES if num_class is None else validate.positive_int('num_class', num_class)
     models = list(models)
     if not models or len(set(models)) != len(models):
-        raise ValueError(f'models must be distinct registered model names, got {models!r}')
+        raise ArgumentError(f'models must be distinct registered model names, got {models!r}')
     modules = {}
-    results = _measure(models, seconds, batch_size, iterations, num_threads, num_classes, modules)
+    results = _measure(models, seconds, batch_size, iterations, num_threads, num_class, modules)
     lengths = sorted({float(seconds), float(complexity_seconds)})
     for name in models:
         results[name]['complexity'] = complexity(modules[name], seconds=lengths)
@@ -170,7 +176,7 @@ def run_models(models, seconds=5.0, batch_size=8, iterations=5, num_threads=None
                for name in models}
     setup = {key: value for key, value in results[models[0]]['setup'].items() if key not in ('model', 'frames')}
     setup['models'] = models
-    setup['complexity'] = (f'of the network timed (a sound-cls head with {num_classes} classes; '
+    setup['complexity'] = (f'of the network timed (a sound-cls head with {num_class} classes; '
                            f'analysis/complexity.py): parameters, and MACs on the log-mel input of one clip, front '
                            f'end excluded')
     return {'models': results, 'summary': summary, 'setup': setup}
@@ -195,7 +201,7 @@ def _summary_row(result, reference_result, reference, seconds, complexity_second
     }
 
 
-def _prepare(model, seconds, batch_size, threads, num_classes, tmp):
+def _prepare(model, seconds, batch_size, threads, num_class, tmp):
     """One model ready to time: its runners (ENGINES and ORT_DEFAULTS, each features -> scores),
     its Predictor (the default engine, for the end-to-end figure) and inputs."""
     import paddle
@@ -203,7 +209,7 @@ def _prepare(model, seconds, batch_size, threads, num_classes, tmp):
     from ..export import quantize
     from ..export.static import export_static
     from ..module import Module
-    module = Module(model, task='sound-cls', num_class=num_classes, pretrained=False)
+    module = Module(model, task='sound-cls', num_class=num_class, pretrained=False)
     cfg = module.frontend_cfg
     waves = _random_waves(batch_size, seconds, cfg.sample_rate)
     features = logmel(waves, cfg)
@@ -230,7 +236,7 @@ def _prepare(model, seconds, batch_size, threads, num_classes, tmp):
             'int8_settings': int8_settings}
 
 
-def _measure(models, seconds, batch_size, iterations, num_threads, num_classes, modules=None):
+def _measure(models, seconds, batch_size, iterations, num_threads, num_class, modules=None):
     """{model: run()'s result}: every engine of every model timed in turn within each iteration.
     `modules`, a dict, receives each model's Module (for its complexity report)."""
     from ..device import use_cpu_threads
@@ -238,7 +244,7 @@ def _measure(models, seconds, batch_size, iterations, num_threads, num_classes, 
     _check_run_args(seconds, batch_size, iterations)
     use_cpu_threads(threads)  # dygraph's CPU kernels get the threads the other engines get (device unchanged)
     with contextlib.ExitStack() as stack:
-        prepared = {model: _prepare(model, seconds, batch_size, threads, num_classes,
+        prepared = {model: _prepare(model, seconds, batch_size, threads, num_class,
                                     stack.enter_context(tempfile.TemporaryDirectory()))
                     for model in models}
         # One timed call per (model, runner), plus each model's end-to-end call (waveforms in).
@@ -258,11 +264,11 @@ def _measure(models, seconds, batch_size, iterations, num_threads, num_classes, 
                 times[model][name].append(time.perf_counter() - start)
     if modules is not None:
         modules.update((model, p['module']) for model, p in prepared.items())
-    return {model: _engine_report(model, p, times[model], seconds, batch_size, iterations, threads, num_classes)
+    return {model: _engine_report(model, p, times[model], seconds, batch_size, iterations, threads, num_class)
             for model, p in prepared.items()}
 
 
-def _engine_report(model, prepared, times, seconds, batch_size, iterations, threads, num_classes):
+def _engine_report(model, prepared, times, seconds, batch_size, iterations, threads, num_class):
     """run()'s result for one model from its batch times ({runner or END_TO_END: [seconds, ...]})."""
     result = {}
     for engine, precision in RUNS:
@@ -279,7 +285,7 @@ def _engine_report(model, prepared, times, seconds, batch_size, iterations, thre
         'method', 'per_channel', 'quant_format', 'activation_type', 'weight_type', 'keep_float', 'onnxruntime')}
     int8['quantization']['calibration'] = f'{CALIBRATION_CLIPS} generated clips'
     result['setup'] = {'model': model, 'seconds': seconds, 'batch_size': batch_size, 'iterations': iterations,
-                       'threads': threads, 'frames': int(prepared['features'].shape[1]), 'classes': num_classes,
+                       'threads': threads, 'frames': int(prepared['features'].shape[1]), 'classes': num_class,
                        'measures': 'backbone only (log-mel features in, scores out) unless named end_to_end',
                        'weights': 'random: speed does not depend on weight values',
                        'machine': machine_info()}

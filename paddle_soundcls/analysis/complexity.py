@@ -35,7 +35,9 @@ import textwrap
 
 import numpy as np
 
+from .. import validate
 from ..models import registry
+from ..errors import ArgumentError
 
 BYTES_PER_VALUE = {'fp32': 4, 'fp16': 2, 'int8': 1}
 DCASE_PARAM_MEMORY_KB = 128          # DCASE 2024 task 1: parameter memory, any data type
@@ -55,17 +57,17 @@ def _check_seconds(seconds):
     try:
         seconds = [float(s) for s in seconds]
     except (TypeError, ValueError):
-        raise ValueError(f'seconds must be a clip length or a list of them (seconds of audio), got {seconds!r}') \
+        raise ArgumentError(f'seconds must be a clip length or a list of them (seconds of audio), got {seconds!r}') \
             from None
     if not seconds or any(not s > 0 for s in seconds):
-        raise ValueError(f'seconds must be positive clip lengths, got {seconds!r}')
+        raise ArgumentError(f'seconds must be positive clip lengths, got {seconds!r}')
     return seconds
 
 
 def _check_min_seconds(name, seconds, min_seconds):
     too_short = [s for s in seconds if s < min_seconds]
     if too_short:
-        raise ValueError(f'{name} takes clips of at least {min_seconds:g} s (shorter ones are zero-padded to it); '
+        raise ArgumentError(f'{name} takes clips of at least {min_seconds:g} s (shorter ones are zero-padded to it); '
                          f'seconds {too_short} are shorter: count {min_seconds:g} s instead')
 
 
@@ -78,11 +80,12 @@ def _module_for(name, task, num_class):
     family has one (unless task says otherwise), else a 'sound-cls' head with num_class classes."""
     from ..module import Module
     spec = registry.get_spec(name)
+    num_class = validate.positive_int('num_class', num_class, allow_none=True)
     if task is None:
         task = 'tagging' if spec.audioset_head is not None and num_class is None else 'sound-cls'
     if task == 'tagging':
         if num_class is not None:
-            raise ValueError(f"num_class goes with task='sound-cls'; task='tagging' has the "
+            raise ArgumentError(f"num_class goes with task='sound-cls'; task='tagging' has the "
                              f"{registry.AUDIOSET_CLASSES} AudioSet classes")
         return Module(name, task='tagging', pretrained=False)
     return Module(name, task=task, num_class=num_class or DEFAULT_NUM_CLASS, pretrained=False)
@@ -232,9 +235,9 @@ def _network(name_or_module, seconds, task, num_class):
         return _module_for(name_or_module, task, num_class)
     if isinstance(name_or_module, nn.Layer):
         if task is not None or num_class is not None:
-            raise ValueError('task and num_class go with a model name; a Module or Layer is counted as it is')
+            raise ArgumentError('task and num_class go with a model name; a Module or Layer is counted as it is')
         return name_or_module
-    raise TypeError(f'name_or_module must be a registered model name, a Module or a paddle Layer, '
+    raise ArgumentError(f'name_or_module must be a registered model name, a Module or a paddle Layer, '
                     f'got {type(name_or_module).__name__}')
 
 
@@ -245,7 +248,7 @@ def _describe(module, from_name, frontend):
     total, statistics = _count_parameters(module)
     if not isinstance(module, Module):
         if frontend is None:
-            raise ValueError(f'a {type(module).__name__} that is not a Module needs frontend=FrontendConfig(...), '
+            raise ArgumentError(f'a {type(module).__name__} that is not a Module needs frontend=FrontendConfig(...), '
                              f'the front end of its log-mel input (its n_mels, sample rate and hop)')
         return {'model': type(module).__name__, 'task': None, 'classes': None, 'head': 'as given',
                 'total': total, 'backbone': None, 'statistics': statistics, 'spec': None, 'frontend': frontend,
@@ -323,7 +326,7 @@ def check_budget(report, max_params=None, max_macs_per_second=None):
                         f'{_si(max_macs_per_second)} MACs ({int(max_macs_per_second):,}; the DCASE rule allows '
                         f'{_si(DCASE_MACS_PER_SECOND)})')
     if over:
-        raise ValueError(f'{report["model"]} is over budget: ' + '; '.join(over))
+        raise ArgumentError(f'{report["model"]} is over budget: ' + '; '.join(over))
     return report
 
 

@@ -4,6 +4,7 @@
 rather than their names (release files end in .pt, .pth, .pdparams or nothing); none of them
 is run. Mapping the names onto a network is the builder's job (models/builder.py).
 """
+import json
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from ..fileio import atomic_write
 from . import pdparams, schema, torchfile
 
 PARAMS_FILE = 'model.pdparams'   # beside meta.json in a checkpoint directory
+TRAINER_STATE = 'trainer.json'   # in the Trainer's epoch_N directories
 FORMAT_NAMES = {'pdparams': 'a Paddle pickle', 'torch-zip': 'a PyTorch zip file',
                 'torch-legacy': 'a PyTorch file in the legacy format'}
 _HEAD_BYTES = 64  # enough for a zip header, or the legacy format's first pickle (its magic number)
@@ -43,6 +45,26 @@ def read_params(path):
     if file_format(path) == 'pdparams':
         return pdparams.load_params(path)
     return torchfile.strip_module_prefix(torchfile.load_state_dict(path))
+
+
+def read_checkpoint_params(path):
+    """The whole model's parameters of a checkpoint file: read_params(path), and for the epoch of a
+    frozen-backbone run (whose trainer.json names a backbone file saved once in the run's folder,
+    while the epoch holds the head) that backbone under them."""
+    params = read_params(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(os.path.join(directory, TRAINER_STATE), encoding='utf-8') as f:
+            backbone_file = json.load(f).get('backbone_file')
+    except (OSError, ValueError, AttributeError):
+        return params  # no trainer state, or not one that names a backbone: the file is the whole model
+    if not backbone_file:
+        return params
+    backbone = os.path.join(os.path.dirname(directory), backbone_file)
+    if not os.path.isfile(backbone):
+        raise CheckpointError(f'{directory} holds the head of a frozen-backbone run; its backbone, {backbone}, is '
+                              f'missing. Put it back, or use the run\'s best_model (a whole model)')
+    return {**read_params(backbone), **params}
 
 
 def save_pdparams(state, path):

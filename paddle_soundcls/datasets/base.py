@@ -5,8 +5,6 @@ and the model computes its features later, in batches, on the device.
 """
 import csv
 import logging
-import math
-import numbers
 import os
 import warnings
 
@@ -14,7 +12,8 @@ import numpy as np
 import paddle
 import soundfile as sf
 
-from .. import audio, fileio, weights
+from .. import audio, fileio, validate
+from ..cache import cache_dir, content_cache
 from ..progress import progress_bar
 from ..errors import DatasetError  # noqa: F401  (re-exported)
 
@@ -45,29 +44,12 @@ def check_mode(mode):
     return mode
 
 
-def check_sample_rate(sample_rate):
-    if sample_rate is None:
-        return DEFAULT_SAMPLE_RATE
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
-        raise DatasetError(f'sample_rate must be a positive int (Hz) or None for {DEFAULT_SAMPLE_RATE}, '
-                           f'got {sample_rate!r}')
-    return int(sample_rate)
-
-
 def check_duration(duration):
-    if (isinstance(duration, bool) or not isinstance(duration, numbers.Real)
-            or not math.isfinite(duration) or duration <= 0):
-        raise DatasetError(f'duration must be a positive number of seconds, got {duration!r}')
-    return float(duration)
+    return validate.positive_number('duration', duration, unit='seconds', error=DatasetError)
 
 
 def check_int(name, value, low=None, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise DatasetError(f'{name} must be an int, got {value!r}')
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f'between {low} and {high}' if high is not None else f'>= {low}'
-        raise DatasetError(f'{name} must be {bounds}, got {value}')
-    return int(value)
+    return validate.integer(name, value, low, high, error=DatasetError)
 
 
 def check_split(split):
@@ -77,10 +59,9 @@ def check_split(split):
     if not isinstance(split, (tuple, list)) or len(split) != 2:
         raise DatasetError(f'split must be None or a (dev_fraction, seed) pair, e.g. (0.2, 0), got {split!r}')
     fraction, seed = split
-    if (isinstance(fraction, bool) or not isinstance(fraction, numbers.Real)
-            or not 0 < fraction < 1):
-        raise DatasetError(f'split: dev_fraction must be a number between 0 and 1 (exclusive), got {fraction!r}')
-    return float(fraction), check_int('split: seed', seed, low=0)
+    fraction = validate.number_in('split: dev_fraction', fraction, 0, 1, low_open=True, high_open=True,
+                                  error=DatasetError)
+    return fraction, check_int('split: seed', seed, low=0)
 
 
 def check_dir(name, path, what_to_do=''):
@@ -160,14 +141,14 @@ def stratified_split(targets, num_classes, dev_fraction, seed):
     return sorted(train), sorted(dev)
 
 
-def file_problem(path):
+def decode_problem(path):
     """None when `path` is usable audio, else a sentence saying why not.
 
-    Checks the header (see audio.file_problem), then decodes every sample: a file that
+    Checks the header (audio.header_problem), then decodes every sample: a file that
     fails only half-way, or holds NaN or absurd values, is found here rather than in the
     middle of an epoch.
     """
-    problem = audio.file_problem(path)
+    problem = audio.header_problem(path)
     if problem:
         return problem
     try:
@@ -179,13 +160,14 @@ def file_problem(path):
 
 def waveform_cache_root():
     """The waveform cache folder: `<cache_dir()>/waveforms` ($PADDLE_SOUNDCLS_HOME/waveforms)."""
-    return os.path.join(weights.cache_dir(), 'waveforms')
+    return os.path.join(cache_dir(), 'waveforms')
 
 
 def load_cached(file):
     """A cached waveform, memory-mapped: a crop reads only its own part of the file."""
     wave = np.load(file, mmap_mode='r')
     if wave.dtype != np.float32 or wave.ndim != 1:
+        # (plain ValueError: the callers catch it and read the audio file again instead)
         raise ValueError(f'it holds {wave.dtype} {wave.shape}, not a float32 waveform')
     return wave
 
@@ -210,7 +192,7 @@ class AudioDataset(paddle.io.Dataset):
         multi_label: targets are multi-hot float32 [num_classes] instead of an int64 index.
         seed: seed of the random crops.
         cache: keep each file's decoded, mono, resampled waveform on disk (under
-            `weights.cache_dir()/waveforms`, found by the sha256 of the file) and read it from
+            `cache_dir()/waveforms`, found by the sha256 of the file) and read it from
             there: each file is decoded and resampled once instead of every epoch. The files are
             hashed when the dataset is built, so an edited file is decoded again.
 
@@ -222,11 +204,10 @@ class AudioDataset(paddle.io.Dataset):
                  seed=0, cache=False):
         super().__init__()
         self.mode = check_mode(mode)
-        self.sample_rate = check_sample_rate(sample_rate)
+        self.sample_rate = DEFAULT_SAMPLE_RATE if sample_rate is None else validate.sample_rate(
+            'sample_rate', sample_rate, hint=f'Hz; None for {DEFAULT_SAMPLE_RATE}', error=DatasetError)
         self.duration = check_duration(duration)
-        if not isinstance(multi_label, bool):
-            raise DatasetError(f'multi_label must be True or False, got {multi_label!r}')
-        self.multi_label = multi_label
+        self.multi_label = validate.flag('multi_label', multi_label, error=DatasetError)
         self.seed = check_int('seed', seed, low=0)
         labels = [str(label) for label in labels]
         if not labels:
@@ -239,9 +220,7 @@ class AudioDataset(paddle.io.Dataset):
             raise DatasetError(f'the {self.mode} part of this dataset holds no clips')
         self.num_samples = int(round(self.duration * self.sample_rate))
         self.epoch = 0
-        if not isinstance(cache, bool):
-            raise DatasetError(f'cache must be True or False, got {cache!r}')
-        self.cache = cache
+        self.cache = validate.flag('cache', cache, error=DatasetError)
         self.cache_files = self._cache_files() if cache else {}
 
     def _cache_files(self):
@@ -250,7 +229,7 @@ class AudioDataset(paddle.io.Dataset):
         paths = sorted({path for path, _ in self.items if os.path.isfile(path)})
         settings = {'format': CACHE_FORMAT, 'sample_rate': self.sample_rate, 'resampler': audio.RESAMPLER_VERSION,
                     'libsndfile': sf.__libsndfile_version__}  # its decoders (e.g. MP3) may change between versions
-        files, _ = weights.content_cache(waveform_cache_root(), settings, paths)
+        files, _ = content_cache(waveform_cache_root(), settings, paths)
         return dict(zip(paths, files))
 
     def _check_target(self, target, path):
@@ -339,7 +318,7 @@ class AudioDataset(paddle.io.Dataset):
         problems = []
         for path in progress_bar(paths, desc='Checking audio files', unit='file',
                                  show=len(paths) >= PROGRESS_MIN_FILES):
-            problem = file_problem(path)
+            problem = decode_problem(path)
             if problem:
                 problems.append((path, problem))
         if not problems:
@@ -397,7 +376,7 @@ def read_folds(rows, fold_column, source):
 
 def check_fold(split, folds, source):
     """`split` must be one of the folds found in the metadata."""
-    known = sorted(set(folds))
-    if isinstance(split, bool) or not isinstance(split, numbers.Integral) or split not in known:
-        raise DatasetError(f'split must be the dev fold, one of {known} (from {source}), got {split!r}')
-    return int(split)
+    known = sorted(set(int(fold) for fold in folds))
+    hint = f'the dev fold, one of {known} from {source}'
+    return validate.one_of('split', validate.integer('split', split, hint=hint, error=DatasetError), known,
+                           hint=hint, error=DatasetError)

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import soundfile as sf
 
+from .. import validate
 from ..fileio import replace_dir
 from .base import DatasetError, check_duration, check_int
 
@@ -175,7 +176,8 @@ def _complete(root, params):
             and all(os.path.isfile(os.path.join(root, 'audio', name)) for name in names))
 
 
-def make_demo_dataset(root, num_classes=5, clips_per_class=16, seconds=2.0, sample_rate=32000, seed=0):
+def make_demo_dataset(root, num_class=None, clips_per_class=16, seconds=2.0, sample_rate=32000, seed=0,
+                      num_classes=None):
     """Write a synthetic dataset in the ESC-50 layout and return `root`.
 
     root/audio/<fold>-<source id>-A-<target>.wav and root/meta/esc50.csv (5 folds; clip i of
@@ -185,17 +187,19 @@ def make_demo_dataset(root, num_classes=5, clips_per_class=16, seconds=2.0, samp
 
     Args:
         root: the folder to create (or a folder holding an earlier demo set).
-        num_classes: 2..10 classes: tone, chirp, noise_burst, clicks, hum, trill, beeps,
-            buzz, drip, rumble (the first num_classes).
+        num_class: 2..10 classes (default 5; num_classes is its deprecated name): tone, chirp,
+            noise_burst, clicks, hum, trill, beeps, buzz, drip, rumble (the first num_class).
         clips_per_class: at least 5, so that every fold holds every class.
         seconds: clip length, 0.25..30.
         sample_rate: rate of the files, at least 16000 Hz.
         seed: the random variation of the sounds.
     """
+    num_class = validate.renamed('num_classes', num_classes, 'num_class', num_class)
+    num_class = 5 if num_class is None else num_class
     if not isinstance(root, (str, os.PathLike)):
         raise DatasetError(f'root must be a folder path, got {root!r}')
     root = os.fspath(root)
-    params = {'version': VERSION, 'num_classes': check_int('num_classes', num_classes, 2, len(FAMILIES)),
+    params = {'version': VERSION, 'num_classes': check_int('num_class', num_class, 2, len(FAMILIES)),
               'clips_per_class': check_int('clips_per_class', clips_per_class, low=NUM_FOLDS),
               'seconds': check_duration(seconds), 'sample_rate': check_int('sample_rate', sample_rate, low=16000),
               'seed': check_int('seed', seed, low=0)}
@@ -211,13 +215,13 @@ def make_demo_dataset(root, num_classes=5, clips_per_class=16, seconds=2.0, samp
         os.makedirs(os.path.join(tmp, 'meta'))
         length = int(round(params['seconds'] * sample_rate))
         rows = []
-        for target in range(num_classes):
+        for target in range(num_class):
             for clip in range(clips_per_class):
                 rng = np.random.default_rng((seed, target, clip))
                 fold = clip % NUM_FOLDS + 1
                 source = 100000 + 1000 * target + clip
                 name = f'{fold}-{source}-A-{target}.wav'
-                sf.write(os.path.join(tmp, 'audio', name), make_clip(target, length, sample_rate, rng, num_classes),
+                sf.write(os.path.join(tmp, 'audio', name), make_clip(target, length, sample_rate, rng, num_class),
                          sample_rate, subtype=SUBTYPE)
                 rows.append([name, fold, target, FAMILIES[target][0], 'False', source, 'A'])
         rows.sort(key=lambda row: row[0])

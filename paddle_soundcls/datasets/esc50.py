@@ -5,7 +5,7 @@ import tempfile
 import zipfile
 import zlib
 
-from .. import weights
+from .. import cache
 from ..fileio import remove_stale, temp_prefix
 from .base import (AudioDataset, DatasetError, check_dir, check_exists, check_fold, check_mode,
                    labels_from_columns, read_csv, read_folds)
@@ -61,12 +61,12 @@ def _extract(archive, target):
 
 
 def download_esc50(root=None, progress=True):
-    """The ESC-50 folder in the cache (`weights.cache_dir()/ESC-50-master`), downloaded once.
+    """The ESC-50 folder in the cache (`cache.cache_dir()/ESC-50-master`), downloaded once.
 
-    Returns the folder path. Offline, raises weights.DownloadError saying where to put the files.
+    Returns the folder path. Offline, raises cache.DownloadError saying where to put the files.
     Several processes may call it at once; the cache ends up with one complete copy.
     """
-    root = root or weights.cache_dir()
+    root = root or cache.cache_dir()
     target = os.path.join(root, FOLDER)
     if os.path.isdir(target):
         return target
@@ -75,9 +75,9 @@ def download_esc50(root=None, progress=True):
     # it enters the cache, then the metadata and every clip it lists; check_files() reads each one).
     downloading = not os.path.exists(os.path.join(root, ARCHIVE))
     try:
-        archive = weights.fetch(ESC50_URL, ARCHIVE, root=root, progress=progress, check=_archive_problem)
-    except weights.DownloadError as exc:
-        raise weights.DownloadError(f'{exc}\nOr unpack ESC-50 yourself so that {root} holds\n{LAYOUT}\n'
+        archive = cache.fetch(ESC50_URL, ARCHIVE, root=root, progress=progress, check=_archive_problem)
+    except cache.DownloadError as exc:
+        raise cache.DownloadError(f'{exc}\nOr unpack ESC-50 yourself so that {root} holds\n{LAYOUT}\n'
                                     f'or pass data_dir=<a folder with audio/ and meta/ as above>.') from None
     try:
         _extract(archive, target)
@@ -112,7 +112,7 @@ class ESC50(AudioDataset):
             `split`, centre crops).
         split: the dev fold, 1..5.
         data_dir: the folder holding audio/ and meta/esc50.csv; None uses (and downloads
-            once to) `weights.cache_dir()/ESC-50-master`.
+            once to) `cache.cache_dir()/ESC-50-master`.
         sample_rate: rate of the returned waveforms (None: 32000); the clips are 44.1 kHz.
         duration: clip length in seconds (the clips are 5 s).
         seed: seed of the random training crops.

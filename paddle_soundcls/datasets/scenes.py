@@ -5,11 +5,13 @@ overlapping. The sounds are the families of the demo dataset (tone, chirp, noise
 clicks, ...), so a model fine-tuned on make_demo_dataset's classes can be scored here.
 """
 import json
+import numbers
 import os
 
 import numpy as np
 import soundfile as sf
 
+from .. import validate
 from ..fileio import replace_dir
 from .base import DatasetError, check_int
 from .demo import FAMILIES
@@ -32,7 +34,7 @@ FAMILY_NAMES = tuple(name for name, _ in FAMILIES)
 
 
 def _check_classes(classes):
-    if isinstance(classes, int) and not isinstance(classes, bool):
+    if isinstance(classes, numbers.Integral) and not isinstance(classes, bool):
         return list(FAMILY_NAMES[:check_int('classes', classes, 1, len(FAMILY_NAMES))])
     if isinstance(classes, str) or not isinstance(classes, (list, tuple)) or not classes:
         raise DatasetError(f'classes must be a count (1..{len(FAMILY_NAMES)}) or a list of sound families '
@@ -48,11 +50,10 @@ def _check_range(name, value, low, high, integer):
         raise DatasetError(f'{name} must be a (smallest, largest) pair, got {value!r}')
     if integer:
         lo, hi = (check_int(name, v, 0) for v in value)
-    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        lo, hi = (float(v) for v in value)
     else:
-        raise DatasetError(f'{name} must be a pair of numbers of seconds, got {value!r}')
-    if not low <= lo <= hi <= high:   # (NaN fails here too)
+        lo, hi = (validate.number(name, v, unit='seconds', hint='each of the pair', error=DatasetError)
+                  for v in value)
+    if not low <= lo <= hi <= high:
         raise DatasetError(f'{name} must be a (smallest, largest) pair with {low} <= smallest <= largest <= {high}, '
                            f'got {value!r}')
     return [lo, hi]
@@ -95,12 +96,14 @@ def make_scene(classes, seconds, sample_rate, rng, events_per_scene=(3, 8), even
 
 
 def _check_split(split):
-    if (not isinstance(split, (list, tuple)) or len(split) != len(SPLITS)
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in split)
-            or abs(sum(split) - 1) > 1e-9):
-        raise DatasetError(f'split must be the (train, dev, test) fractions of the scenes, three numbers in [0, 1] '
-                           f'summing to 1, e.g. (0.6, 0.2, 0.2); got {split!r}')
-    return [float(v) for v in split]
+    wanted = ('split must be the (train, dev, test) fractions of the scenes, three numbers in [0, 1] '
+              'summing to 1, e.g. (0.6, 0.2, 0.2)')
+    if not isinstance(split, (list, tuple)) or len(split) != len(SPLITS):
+        raise DatasetError(f'{wanted}; got {split!r}')
+    fractions = [validate.probability(f'split[{i}]', v, hint=wanted, error=DatasetError) for i, v in enumerate(split)]
+    if abs(sum(fractions) - 1) > 1e-9:
+        raise DatasetError(f'{wanted}; got {split!r}')
+    return fractions
 
 
 def split_scenes(names, fractions, seed):
@@ -159,9 +162,9 @@ def make_scenes(folder, num_scenes=10, seconds=10.0, classes=5, seed=0, sample_r
     if not isinstance(folder, (str, os.PathLike)):
         raise DatasetError(f'folder must be a folder path, got {folder!r}')
     folder = os.fspath(folder)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 1 <= seconds <= 600:
-        raise DatasetError(f'seconds must be between 1 and 600 for generated scenes, got {seconds!r}')
-    seconds = float(seconds)   # (so that 10 and 10.0 make, and reuse, the same set)
+    # (a float, so that 10 and 10.0 make, and reuse, the same set)
+    seconds = validate.number_in('seconds', seconds, 1, 600, unit='seconds', hint='for generated scenes',
+                                 error=DatasetError)
     if event_seconds is None:
         event_seconds = (0.3, min(2.0, seconds))
     params = {'version': VERSION, 'num_scenes': check_int('num_scenes', num_scenes, 1), 'seconds': seconds,

@@ -1,11 +1,9 @@
 """Clips with event times (strong labels) for training frame scores directly."""
-import math
-import numbers
 import os
 
 import numpy as np
 
-from .. import audio
+from .. import audio, validate
 from .base import AudioDataset, DatasetError, check_dir, check_duration, in_memory
 from .strong import frame_targets, read_strong_labels
 
@@ -38,10 +36,9 @@ class StrongLabelDataset(AudioDataset):
     def __init__(self, csv_path, audio_dir=None, labels=None, mode='train', sample_rate=None, duration=10.0, seed=0,
                  frame_hop_seconds=DEFAULT_FRAME_HOP, cache=False):
         # The arguments first, before the CSV and the audio files are read.
-        if (isinstance(frame_hop_seconds, bool) or not isinstance(frame_hop_seconds, numbers.Real)
-                or not math.isfinite(frame_hop_seconds) or frame_hop_seconds <= 0):
-            raise DatasetError(f'frame_hop_seconds must be a positive, finite number of seconds (the model\'s '
-                               f'front-end hop, e.g. {DEFAULT_FRAME_HOP}), got {frame_hop_seconds!r}')
+        frame_hop_seconds = validate.positive_number(
+            'frame_hop_seconds', frame_hop_seconds, unit='seconds',
+            hint=f"the model's front-end hop, e.g. {DEFAULT_FRAME_HOP}", error=DatasetError)
         duration = check_duration(duration)
         if round(duration / frame_hop_seconds) < 1:
             raise DatasetError(f'duration={duration} s holds no frame of frame_hop_seconds={frame_hop_seconds} s, so '
@@ -59,12 +56,10 @@ class StrongLabelDataset(AudioDataset):
             path = os.path.join(audio_dir, name)
             items.append((path, tuple(sorted({labels.index(label) for _, _, label in spans}))))
             self.events[path] = list(spans)
-        missing = [path for path, _ in items if not os.path.isfile(path)]
-        if missing:
-            raise DatasetError(f'{len(missing)} audio files listed in {csv_path} are missing, e.g. {missing[:3]}')
+        _check_audio_found(items, csv_path, audio_dir)
         super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration, multi_label=True,
                          seed=seed, cache=cache)
-        self.frame_hop_seconds = float(frame_hop_seconds)
+        self.frame_hop_seconds = frame_hop_seconds
         self.num_frames = int(round(self.duration / self.frame_hop_seconds))
 
     def __getitem__(self, index):
@@ -78,3 +73,20 @@ class StrongLabelDataset(AudioDataset):
         targets = frame_targets(self.events[path], self.num_frames, self.frame_hop_seconds, self.labels,
                                 frame_offset_seconds=offset / self.sample_rate)
         return wave, targets
+
+
+def _check_audio_found(items, csv_path, audio_dir):
+    """Error naming the folder searched, audio_dir=, and a sibling audio/ folder that holds the files."""
+    missing = [path for path, _ in items if not os.path.isfile(path)]
+    if not missing:
+        return
+    # make_scenes (and DESED-like layouts) keep the tables in meta/ and the audio in a sibling audio/.
+    sibling = os.path.join(os.path.dirname(os.path.abspath(audio_dir)), 'audio')
+    names = [os.path.relpath(path, audio_dir) for path in missing]
+    if os.path.abspath(sibling) != os.path.abspath(audio_dir) and all(
+            os.path.isfile(os.path.join(sibling, name)) for name in names):
+        hint = f'They are in {sibling}: pass audio_dir={sibling!r}.'
+    else:
+        hint = 'Pass audio_dir= (the folder holding the files named in the CSV).'
+    raise DatasetError(f'{len(missing)} of {len(items)} audio files listed in {csv_path} are missing from {audio_dir}, '
+                       f'e.g. {missing[:3]}. {hint}')

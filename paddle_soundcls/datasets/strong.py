@@ -13,12 +13,13 @@ Standard library and numpy only (no Paddle).
 """
 import csv
 import math
-import numbers
 import os
 
 import numpy as np
 
+from .. import validate
 from ..fileio import atomic_write_file
+from ..errors import ArgumentError, DatasetError
 
 COLUMNS = ('filename', 'onset', 'offset', 'label')
 # Header names accepted for each column (DESED calls the label column event_label).
@@ -43,7 +44,7 @@ def _header_columns(row, where):
     for field, accepted in HEADER_NAMES.items():
         found = [i for i, name in enumerate(names) if name in accepted]
         if not found:
-            raise ValueError(f'{where}: the header {row} has no {field!r} column; '
+            raise DatasetError(f'{where}: the header {row} has no {field!r} column; '
                              f'need the columns {", ".join(COLUMNS)}')
         columns[field] = found[0]
     return columns
@@ -53,7 +54,7 @@ def _check_labels(labels):
     if labels is None:
         return None
     if isinstance(labels, str) or not isinstance(labels, (list, tuple, set)) or not labels:
-        raise ValueError(f'labels must be a non-empty list of class names or None, got {labels!r}')
+        raise ArgumentError(f'labels must be a non-empty list of class names or None, got {labels!r}')
     return set(labels)
 
 
@@ -65,10 +66,10 @@ def read_strong_labels(path, labels=None):
     not numbers, negative or NaN/Inf times, onset >= offset, labels not in `labels`.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f'path must be the path of a strong-label CSV file, got {path!r}')
+        raise ArgumentError(f'path must be the path of a strong-label CSV file, got {path!r}')
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'strong-label file not found: {path}')
+        raise DatasetError(f'strong-label file not found: {path}')
     allowed = _check_labels(labels)
     with open(path, newline='', encoding='utf-8-sig') as f:   # -sig: a spreadsheet's byte-order mark
         text = f.read()
@@ -86,7 +87,7 @@ def read_strong_labels(path, labels=None):
     result = {}
     for line, row in rows:
         def fail(problem):
-            raise ValueError(f'{path}, line {line}: {problem}')
+            raise DatasetError(f'{path}, line {line}: {problem}')
 
         needed = max(columns.values()) + 1
         if len(row) < needed:
@@ -127,7 +128,7 @@ def write_strong_labels(path, events_by_file):
     """Write {filename: [(onset, offset, label)]} as `filename,onset,offset,label` rows (with that
     header); a clip with no events gets a row with the other fields empty, so it reads back."""
     if not isinstance(events_by_file, dict):
-        raise ValueError(f'events_by_file must be {{filename: [(onset, offset, label)]}}, '
+        raise ArgumentError(f'events_by_file must be {{filename: [(onset, offset, label)]}}, '
                          f'got {type(events_by_file).__name__}')
 
     def write(f):
@@ -151,29 +152,24 @@ def frame_targets(events, num_frames, frame_hop_seconds, labels, frame_offset_se
     contain any frame centre marks the frame holding its midpoint, so no event is lost.
     Events (or parts) outside the frames are left out.
     """
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 0:
-        raise ValueError(f'num_frames must be an int >= 0, got {num_frames!r}')
-    if (isinstance(frame_hop_seconds, bool) or not isinstance(frame_hop_seconds, numbers.Real)
-            or not math.isfinite(frame_hop_seconds) or frame_hop_seconds <= 0):
-        raise ValueError(f'frame_hop_seconds must be a positive number of seconds, got {frame_hop_seconds!r}')
-    if (isinstance(frame_offset_seconds, bool) or not isinstance(frame_offset_seconds, numbers.Real)
-            or not math.isfinite(frame_offset_seconds)):
-        raise ValueError(f'frame_offset_seconds must be a finite number of seconds, got {frame_offset_seconds!r}')
+    num_frames = validate.non_negative_int('num_frames', num_frames)
+    frame_hop_seconds = validate.positive_number('frame_hop_seconds', frame_hop_seconds, unit='seconds')
+    frame_offset_seconds = validate.number('frame_offset_seconds', frame_offset_seconds, unit='seconds')
     if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or not labels:
-        raise ValueError(f'labels must be a non-empty list of class names, got {labels!r}')
+        raise ArgumentError(f'labels must be a non-empty list of class names, got {labels!r}')
     if not isinstance(events, (list, tuple)):
-        raise ValueError(f'events must be a list of (onset, offset, label) tuples, got {type(events).__name__}')
+        raise ArgumentError(f'events must be a list of (onset, offset, label) tuples, got {type(events).__name__}')
     column = {label: i for i, label in enumerate(labels)}
     targets = np.zeros((int(num_frames), len(labels)), dtype=np.float32)
     for i, event in enumerate(events):
         if not isinstance(event, (list, tuple)) or len(event) != 3:
-            raise ValueError(f'events[{i}] must be an (onset, offset, label) tuple, got {event!r}')
+            raise ArgumentError(f'events[{i}] must be an (onset, offset, label) tuple, got {event!r}')
         onset, offset, label = event
         if label not in column:
-            raise ValueError(f'events[{i}]: label {label!r} is not one of the labels {list(labels)[:20]}')
+            raise ArgumentError(f'events[{i}]: label {label!r} is not one of the labels {list(labels)[:20]}')
         if not (isinstance(onset, (int, float)) and isinstance(offset, (int, float))
                 and math.isfinite(onset) and math.isfinite(offset) and onset < offset):
-            raise ValueError(f'events[{i}]: need finite times with onset < offset, got {onset!r}, {offset!r}')
+            raise ArgumentError(f'events[{i}]: need finite times with onset < offset, got {onset!r}, {offset!r}')
         # Frame i's centre is frame_offset + (i + 0.5) * hop: the first centre at or after the onset
         # up to the first centre at or after the offset.
         start = math.ceil((onset - frame_offset_seconds) / frame_hop_seconds - 0.5)

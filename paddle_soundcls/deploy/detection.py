@@ -17,15 +17,16 @@ Latency of a stream: a frame is reported once the window that keeps it is comple
 hop + (window - hop) / 2 seconds after it was pushed, plus the compute of one window, plus
 half the median filter of the event decisions (EventTracker.delay_seconds).
 """
-import math
 
 import numpy as np
 
 from .. import audio
 from ..frames import check_geometry, for_frontend
 from . import pipeline
-from .segments import SlidingWindow, pad_to
+from .segments import SlidingWindow, check_hop, pad_to
 from .events import EventTracker, detect_events
+from .. import validate
+from ..errors import ArgumentError, AudioError
 
 # Seconds per window when a model records no training clip length: the length of the
 # AudioSet clips the pretrained taggers learnt from.
@@ -53,14 +54,10 @@ class FrameScorer:
             window = max(clip_seconds or DEFAULT_WINDOW, min_seconds)
         hop = window / 2 if hop is None else hop
         for name, value in (('window', window), ('hop', hop)):
-            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                    or not value > 0):
-                raise ValueError(f'{name} must be a positive number of seconds, got {value!r}')
-        if hop > window:
-            raise ValueError(f'hop ({hop} s) must not be longer than window ({window} s): audio between windows '
-                             f'would never be scored')
+            validate.positive_number(name, value, unit='seconds')
+        check_hop(window, hop)
         if window < min_seconds:
-            raise ValueError(f'window ({window:g} s) is shorter than the shortest input the network takes '
+            raise ArgumentError(f'window ({window:g} s) is shorter than the shortest input the network takes '
                              f'({min_seconds:g} s); use a window of at least {min_seconds:g} s')
         self.geometry = for_frontend(check_geometry(geometry), frontend)
         self.score_frames, self.frontend, self.labels = score_frames, frontend, list(labels)
@@ -119,7 +116,7 @@ class FrameStream:
 
     def feed(self, samples):
         if self.finished:
-            raise ValueError('the stream is closed; start a new one')
+            raise ArgumentError('the stream is closed; start a new one')
         self.windows.push(samples)
 
     def finish(self):
@@ -152,7 +149,7 @@ class FrameStream:
 
     def push(self, samples):
         if self.closed:
-            raise ValueError('the stream is closed; start a new one')
+            raise ArgumentError('the stream is closed; start a new one')
         self.feed(samples)
         return self._score_ready()
 
@@ -192,9 +189,7 @@ class EventStream:
 
     def __init__(self, scorer, sample_rate, config=None, channels=1):
         self.sample_rate = audio.check_sample_rate(sample_rate, 'sample_rate')
-        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
-            raise ValueError(f'channels must be a positive int (channels of the chunks), got {channels!r}')
-        self.channels = int(channels)
+        self.channels = validate.positive_int('channels', channels, hint='channels of the chunks')
         self.target_sr = scorer.frontend.sample_rate
         self.frames = FrameStream(scorer)
         self.tracker = EventTracker(scorer.labels, scorer.frame_seconds, config)
@@ -210,7 +205,7 @@ class EventStream:
 
     def push(self, chunk):
         if self.closed:
-            raise ValueError('push after close: the stream is closed; start a new one with stream()')
+            raise ArgumentError('push after close: the stream is closed; start a new one with stream()')
         wave = self._mono(chunk)
         if wave.size:
             audio.check_waveform(wave, 'chunk')
@@ -225,7 +220,7 @@ class EventStream:
             return audio.to_mono(chunk, 'chunk')
         if chunk.ndim != 2 or chunk.shape[1] != self.channels:
             expected = '[frames] or [frames, 1]' if self.channels == 1 else f'[frames, {self.channels}]'
-            raise audio.AudioError(f'chunk: this stream has {self.channels} channel(s), so chunks are {expected} '
+            raise AudioError(f'chunk: this stream has {self.channels} channel(s), so chunks are {expected} '
                                    f'arrays; got shape {list(chunk.shape)}. Start the stream with channels=N for '
                                    f'N-channel audio, and pass chunks as [frames, channels]')
         # One channel at a time: to_mono scales integer PCM; the mean of the scaled channels.

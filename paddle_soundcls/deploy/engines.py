@@ -3,12 +3,18 @@
 `OnnxEngine` (onnxruntime) is the default everywhere. `PaddleEngine` (Paddle Inference with
 oneDNN) imports paddle only when it is created, so this module stays Paddle-free.
 """
+# The one vocabulary of engines (Module.predict, Predictor, the command line, the benchmark):
+# onnxruntime and onnxruntime_int8 run model.onnx / model.int8.onnx, paddle runs Paddle Inference
+# on an export's inference.json, dygraph runs a Module; auto picks one (see each caller).
+ENGINES = ('auto', 'onnxruntime', 'onnxruntime_int8', 'paddle', 'dygraph')
+
 import contextlib
 import os
 import sys
 import warnings
 
 import numpy as np
+from .. import validate
 
 
 def cpu_count():
@@ -22,9 +28,7 @@ def cpu_count():
 def check_threads(num_threads):
     if num_threads is None:
         return cpu_count()
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-        raise ValueError(f'num_threads must be a positive int or None (one per CPU), got {num_threads!r}')
-    return num_threads
+    return validate.positive_int('num_threads', num_threads, allow_none=True, hint='None: one per CPU')
 
 
 @contextlib.contextmanager

@@ -20,9 +20,10 @@ estimated events, recall with no reference events, and F1 then too (unless both 
 Numpy only: the Paddle-free runtime uses it.
 """
 import math
-import numbers
 
 import numpy as np
+from .. import validate
+from ..errors import ArgumentError
 
 COLLAR_SECONDS = 0.2           # onset collar, and the smallest offset collar
 OFFSET_COLLAR_FRACTION = 0.2   # offset collar: max(COLLAR_SECONDS, this x the reference event's length)
@@ -32,7 +33,7 @@ SEGMENT_SECONDS = 1.0
 def as_events(events, name, labels=None):
     """A list of events in either form -> [(onset, offset, label)], each checked."""
     if not isinstance(events, (list, tuple)):
-        raise ValueError(f'{name} must be a list of events, got {type(events).__name__}')
+        raise ArgumentError(f'{name} must be a list of events, got {type(events).__name__}')
     out = []
     for i, event in enumerate(events):
         if isinstance(event, dict):
@@ -41,17 +42,16 @@ def as_events(events, name, labels=None):
         elif isinstance(event, (list, tuple)) and len(event) == 3:
             onset, offset, label = event
         else:
-            raise ValueError(f'{name}[{i}] must be an (onset, offset, label) tuple or a dict with label, onset '
+            raise ArgumentError(f'{name}[{i}] must be an (onset, offset, label) tuple or a dict with label, onset '
                              f'and offset, got {event!r}')
         for what, value in (('onset', onset), ('offset', offset)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-                raise ValueError(f'{name}[{i}]: {what} must be a finite number of seconds, got {value!r}')
+            validate.number(f'{name}[{i}]: {what}', value, unit='seconds')
         if not 0 <= onset < offset:
-            raise ValueError(f'{name}[{i}]: need 0 <= onset < offset, got onset {onset}, offset {offset}')
+            raise ArgumentError(f'{name}[{i}]: need 0 <= onset < offset, got onset {onset}, offset {offset}')
         if not isinstance(label, str) or not label:
-            raise ValueError(f'{name}[{i}]: label must be a non-empty string, got {label!r}')
+            raise ArgumentError(f'{name}[{i}]: label must be a non-empty string, got {label!r}')
         if labels is not None and label not in labels:
-            raise ValueError(f'{name}[{i}]: label {label!r} is not one of the labels {list(labels)[:20]}'
+            raise ArgumentError(f'{name}[{i}]: label {label!r} is not one of the labels {list(labels)[:20]}'
                              + (' ...' if len(labels) > 20 else ''))
         out.append((float(onset), float(offset), label))
     return out
@@ -63,15 +63,15 @@ def _file_pairs(references, estimates, labels):
         references, estimates = {'': references}, {'': estimates}
     for name, value in (('references', references), ('estimates', estimates)):
         if not isinstance(value, dict):
-            raise ValueError(f'{name} must be {{filename: events}} or, for one file, a list of events; '
+            raise ArgumentError(f'{name} must be {{filename: events}} or, for one file, a list of events; '
                              f'got {type(value).__name__}')
     extra = [name for name in estimates if name not in references]
     if extra:
-        raise ValueError(f'estimates has files that references lacks: {extra[:10]}; list every evaluated file in '
+        raise ArgumentError(f'estimates has files that references lacks: {extra[:10]}; list every evaluated file in '
                          'references (with [] when it has no events), and check that both use the same file names')
     if labels is not None:
         if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or not labels:
-            raise ValueError(f'labels must be a non-empty list of class names or None, got {labels!r}')
+            raise ArgumentError(f'labels must be a non-empty list of class names or None, got {labels!r}')
         labels = list(labels)
     pairs = []
     for name, ref in references.items():
@@ -168,8 +168,7 @@ def event_based_metrics(references, estimates, labels=None, collar_seconds=COLLA
     label is an error.
     """
     for name, value in (('collar_seconds', collar_seconds), ('offset_collar_fraction', offset_collar_fraction)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-            raise ValueError(f'{name} must be a number >= 0, got {value!r}')
+        validate.non_negative_number(name, value)
     pairs, labels = _file_pairs(references, estimates, labels)
     counts = {label: [0, 0, 0] for label in labels}
     for ref, est in pairs:
@@ -202,12 +201,10 @@ def segment_based_metrics(references, estimates, labels=None, segment_seconds=SE
     file given as a list: durations is a number), else up to the last offset among its
     reference and estimated events.
     """
-    if (isinstance(segment_seconds, bool) or not isinstance(segment_seconds, numbers.Real)
-            or not math.isfinite(segment_seconds) or segment_seconds <= 0):
-        raise ValueError(f'segment_seconds must be a positive number of seconds, got {segment_seconds!r}')
+    validate.positive_number('segment_seconds', segment_seconds, unit='seconds')
     single = isinstance(references, (list, tuple))
     if durations is not None and not single and not isinstance(durations, dict):
-        raise ValueError(f'durations must be {{filename: seconds}} or None, got {type(durations).__name__}')
+        raise ArgumentError(f'durations must be {{filename: seconds}} or None, got {type(durations).__name__}')
     durations = {'': durations} if single else (durations or {})
     pairs, labels = _file_pairs(references, estimates, labels)
     names = [''] if single else list(references)
@@ -216,10 +213,9 @@ def segment_based_metrics(references, estimates, labels=None, segment_seconds=SE
         length = durations.get(name)
         if length is None:
             length = max([e[1] for e in ref + est], default=0.0)
-        elif (isinstance(length, bool) or not isinstance(length, numbers.Real) or not math.isfinite(length)
-              or length < 0):
-            raise ValueError(f'duration{"s[" + repr(name) + "]" if name else "s"} must be a number of seconds >= 0, '
-                             f'got {length!r}')
+        else:
+            length = validate.non_negative_number(f'durations[{name!r}]' if name else 'durations', length,
+                                                  unit='seconds')
         segments = int(math.ceil(length / segment_seconds))
         ref_roll = _activity(ref, labels, segments, segment_seconds)
         est_roll = _activity(est, labels, segments, segment_seconds)

@@ -24,14 +24,14 @@ microsecond). `confidence` is the highest filtered score inside the event.
 
 Numpy only: the Paddle-free runtime uses it.
 """
-import math
-import numbers
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from ..features.config import settings_from_dict
 from . import event_metrics
+from .. import validate
+from ..errors import ArgumentError
 
 # Tolerance of the duration and gap comparisons, so that e.g. 10 frames of 0.01 s count as 0.1 s.
 TIME_EPS = 1e-9
@@ -40,15 +40,11 @@ MEDIAN_BLOCK_VALUES = 1 << 22
 
 
 def _check_threshold(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value <= 1.0:
-        raise ValueError(f'{name} must be a score in (0, 1], got {value!r}')
-    return float(value)
+    return validate.number_in(name, value, 0, 1, low_open=True, noun='score')
 
 
 def _check_seconds(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f'{name} must be a number of seconds >= 0, got {value!r}')
-    return float(value)
+    return validate.non_negative_number(name, value, unit='seconds')
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,7 @@ class EventConfig:
             value = getattr(self, name)
             if isinstance(value, (list, tuple, np.ndarray)):
                 if len(value) == 0:
-                    raise ValueError(f'{name} must be a score or a non-empty list of scores (one per class)')
+                    raise ArgumentError(f'{name} must be a score or a non-empty list of scores (one per class)')
                 value = tuple(_check_threshold(f'{name}[{i}]', v) for i, v in enumerate(value))
             else:
                 value = _check_threshold(name, value)
@@ -81,14 +77,14 @@ class EventConfig:
             object.__setattr__(self, name, _check_seconds(name, getattr(self, name)))
         onset, offset = self.onset_threshold, self.offset_threshold
         if isinstance(onset, tuple) and isinstance(offset, tuple) and len(onset) != len(offset):
-            raise ValueError(f'onset_threshold has {len(onset)} values but offset_threshold has {len(offset)}; '
+            raise ArgumentError(f'onset_threshold has {len(onset)} values but offset_threshold has {len(offset)}; '
                              'give one per class in both')
         count = max(len(t) if isinstance(t, tuple) else 1 for t in (onset, offset))
         onsets, offsets = np.broadcast_to(onset, count), np.broadcast_to(offset, count)
         bad = np.flatnonzero(offsets > onsets)
         if len(bad):
             i = int(bad[0])
-            raise ValueError(f'offset_threshold ({offsets[i]}) must be <= onset_threshold ({onsets[i]})'
+            raise ArgumentError(f'offset_threshold ({offsets[i]}) must be <= onset_threshold ({onsets[i]})'
                              + (f' for class {i}' if count > 1 else '') + ': an event ends when the score '
                              'falls below the offset threshold, so it cannot be higher than the onset one')
 
@@ -102,7 +98,7 @@ class EventConfig:
     @classmethod
     def from_dict(cls, data):
         if not isinstance(data, dict):
-            raise ValueError(f'event settings must be a dict, got {type(data).__name__}')
+            raise ArgumentError(f'event settings must be a dict, got {type(data).__name__}')
         return settings_from_dict(cls, data, 'event')
 
     def thresholds(self, num_classes):
@@ -110,7 +106,7 @@ class EventConfig:
         for name in ('onset_threshold', 'offset_threshold'):
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) != num_classes:
-                raise ValueError(f'config.{name} has {len(value)} values but there are {num_classes} classes; '
+                raise ArgumentError(f'config.{name} has {len(value)} values but there are {num_classes} classes; '
                                  'give one per class (in label order) or a single number')
         return (np.broadcast_to(np.asarray(self.onset_threshold, dtype=np.float64), num_classes).copy(),
                 np.broadcast_to(np.asarray(self.offset_threshold, dtype=np.float64), num_classes).copy())
@@ -121,39 +117,58 @@ class EventConfig:
         return frames // 2  # an even count is widened by one frame: the window needs a centre
 
 
+def merge_settings(config, saved, origin):
+    """The EventConfig a detect or stream call runs with.
+
+    config: None (the saved settings, else the defaults), an EventConfig (used as it is), or a
+    dict of EventConfig fields that replace those of the saved settings, e.g.
+    {'onset_threshold': 0.6}. saved: the EventConfig saved with the model, or None. origin:
+    where the saved settings come from (a file), for the message when the given fields do not
+    fit with the saved ones (an onset threshold below a saved offset threshold).
+    """
+    if config is None or isinstance(config, EventConfig):
+        return config or saved or EventConfig()
+    if not isinstance(config, dict):
+        raise ArgumentError(f'config must be an EventConfig, a dict of EventConfig fields to change, or None; '
+                            f'got {type(config).__name__}')
+    base = saved or EventConfig()
+    try:
+        return EventConfig.from_dict({**base.to_dict(), **config})
+    except ArgumentError as exc:
+        kept = {k: v for k, v in base.to_dict().items() if k not in config}
+        where = f'the settings saved with the model ({origin}: {kept})' if saved else \
+            f'the defaults of EventConfig ({kept})'
+        raise ArgumentError(f'{exc}. The fields given ({sorted(config)}) were combined with {where}; give '
+                            f'onset_threshold and offset_threshold together') from None
+
+
 # ----- argument checks (each error names the argument) -----
 
 def check_labels(labels):
     if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or not labels:
-        raise ValueError(f'labels must be a non-empty list of class names, got {labels!r}')
+        raise ArgumentError(f'labels must be a non-empty list of class names, got {labels!r}')
     for i, label in enumerate(labels):
         if not isinstance(label, str) or not label:
-            raise ValueError(f'labels[{i}] must be a non-empty string, got {label!r}')
+            raise ArgumentError(f'labels[{i}] must be a non-empty string, got {label!r}')
     if len(set(labels)) != len(labels):
         twice = sorted({label for label in labels if labels.count(label) > 1})
-        raise ValueError(f'labels must be distinct; repeated: {twice}')
+        raise ArgumentError(f'labels must be distinct; repeated: {twice}')
     return list(labels)
 
 
 def check_hop(frame_hop_seconds):
-    if (isinstance(frame_hop_seconds, bool) or not isinstance(frame_hop_seconds, numbers.Real)
-            or not math.isfinite(frame_hop_seconds) or frame_hop_seconds <= 0):
-        raise ValueError(f'frame_hop_seconds must be a positive number of seconds, got {frame_hop_seconds!r}')
-    return float(frame_hop_seconds)
+    return validate.positive_number('frame_hop_seconds', frame_hop_seconds, unit='seconds')
 
 
 def check_frame_offset(frame_offset_seconds):
-    if (isinstance(frame_offset_seconds, bool) or not isinstance(frame_offset_seconds, numbers.Real)
-            or not math.isfinite(frame_offset_seconds)):
-        raise ValueError(f'frame_offset_seconds must be a finite number of seconds, got {frame_offset_seconds!r}')
-    return float(frame_offset_seconds)
+    return validate.number('frame_offset_seconds', frame_offset_seconds, unit='seconds')
 
 
 def check_config(config):
     if config is None:
         return EventConfig()
     if not isinstance(config, EventConfig):
-        raise ValueError(f'config must be an EventConfig (or None for the defaults), got {type(config).__name__}; '
+        raise ArgumentError(f'config must be an EventConfig (or None for the defaults), got {type(config).__name__}; '
                          'build one from a dict with EventConfig.from_dict(d)')
     return config
 
@@ -163,20 +178,20 @@ def check_scores(frame_scores, num_classes, name='frame_scores'):
     try:
         scores = np.array(frame_scores, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f'{name} must be a numeric array of shape [frames, classes], '
+        raise ArgumentError(f'{name} must be a numeric array of shape [frames, classes], '
                          f'got {type(frame_scores).__name__}') from None
     if scores.ndim != 2:
-        raise ValueError(f'{name} must have shape [frames, classes], got shape {list(scores.shape)}'
+        raise ArgumentError(f'{name} must have shape [frames, classes], got shape {list(scores.shape)}'
                          + ('; for one frame use scores[None, :]' if scores.ndim == 1 else ''))
     if scores.shape[1] != num_classes:
-        raise ValueError(f'{name} has {scores.shape[1]} classes (columns) but there are {num_classes} labels')
+        raise ArgumentError(f'{name} has {scores.shape[1]} classes (columns) but there are {num_classes} labels')
     bad = ~np.isfinite(scores)
     if bad.any():
         frame, cls = np.argwhere(bad)[0]
-        raise ValueError(f'{name} holds {int(bad.sum())} NaN/Inf values (first at frame {frame}, class {cls}); '
+        raise ArgumentError(f'{name} holds {int(bad.sum())} NaN/Inf values (first at frame {frame}, class {cls}); '
                          'scores must be finite: check the audio given to the model for NaN/Inf samples')
     if scores.size and (scores.min() < 0.0 or scores.max() > 1.0):
-        raise ValueError(f'{name} must be probabilities in [0, 1], got values from {scores.min():.4g} to '
+        raise ArgumentError(f'{name} must be probabilities in [0, 1], got values from {scores.min():.4g} to '
                          f'{scores.max():.4g}; apply a sigmoid to logits first')
     return scores
 
@@ -325,7 +340,7 @@ class EventTracker:
     def push(self, frame_scores):
         """Add a chunk of [frames, classes] scores; returns the start/end reports it completes."""
         if self._closed:
-            raise ValueError('push() after close(): this EventTracker is finished; make a new one for a new stream')
+            raise ArgumentError('push() after close(): this EventTracker is finished; make a new one for a new stream')
         scores = check_scores(frame_scores, len(self.labels))  # before any change: a bad chunk leaves no trace
         if len(scores) == 0:
             return []
@@ -416,18 +431,18 @@ DEFAULT_GRID = tuple((onset / 10, round(onset / 10 * ratio, 3))
 def _check_grid(grid):
     grid = DEFAULT_GRID if grid is None else grid
     if isinstance(grid, (str, bytes)) or not hasattr(grid, '__iter__'):
-        raise ValueError(f'grid must be a list of (onset_threshold, offset_threshold) pairs, got {grid!r}')
+        raise ArgumentError(f'grid must be a list of (onset_threshold, offset_threshold) pairs, got {grid!r}')
     pairs = []
     for i, pair in enumerate(grid):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f'grid[{i}] must be an (onset_threshold, offset_threshold) pair, got {pair!r}')
+            raise ArgumentError(f'grid[{i}] must be an (onset_threshold, offset_threshold) pair, got {pair!r}')
         onset = _check_threshold(f'grid[{i}][0] (onset threshold)', pair[0])
         offset = _check_threshold(f'grid[{i}][1] (offset threshold)', pair[1])
         if offset > onset:
-            raise ValueError(f'grid[{i}]: the offset threshold {offset} must be <= the onset threshold {onset}')
+            raise ArgumentError(f'grid[{i}]: the offset threshold {offset} must be <= the onset threshold {onset}')
         pairs.append((onset, offset))
     if not pairs:
-        raise ValueError('grid must hold at least one (onset_threshold, offset_threshold) pair')
+        raise ArgumentError('grid must hold at least one (onset_threshold, offset_threshold) pair')
     return pairs
 
 
@@ -455,13 +470,13 @@ def tune_thresholds(frame_scores_list, frame_hop_seconds, references, labels, ba
     config = check_config(base_config)
     pairs = _check_grid(grid)
     if isinstance(frame_scores_list, np.ndarray) or not isinstance(frame_scores_list, (list, tuple)):
-        raise ValueError('frame_scores_list must be a list of [frames, classes] arrays, one per dev clip')
+        raise ArgumentError('frame_scores_list must be a list of [frames, classes] arrays, one per dev clip')
     if not isinstance(references, (list, tuple)) or len(references) != len(frame_scores_list):
         got = len(references) if isinstance(references, (list, tuple)) else type(references).__name__
-        raise ValueError(f'references must be a list with the events of each clip, one per score array '
+        raise ArgumentError(f'references must be a list with the events of each clip, one per score array '
                          f'({len(frame_scores_list)}), got {got}')
     if not frame_scores_list:
-        raise ValueError('frame_scores_list is empty: give the scores of at least one labelled dev clip')
+        raise ArgumentError('frame_scores_list is empty: give the scores of at least one labelled dev clip')
     half = config.median_half_width(hop)
     smooth = [median_filter(check_scores(s, len(labels), f'frame_scores_list[{i}]'), half)
               for i, s in enumerate(frame_scores_list)]

@@ -89,7 +89,7 @@ def require_file(model_dir, meta, name, verify=True):
     path = os.path.join(model_dir, name)
     hint = {ONNX_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir}`',
             INT8_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir} --quantize int8 '
-                       f'--calibration CLIPS --check OTHER_CLIPS`, or run in float32 (precision fp32)',
+                       f'--calibration CLIPS --check OTHER_CLIPS`, or run in float32 (engine onnxruntime)',
             FRAMES_FILE: f'event detection needs the frame-scores graph: `paddle-soundcls export --model-dir {model_dir}` '
                          f'makes it from the static export (exports of earlier versions lack its static graph: '
                          f'export the checkpoint again with `paddle-soundcls export --checkpoint CKPT_DIR --output DIR`)',

@@ -10,15 +10,16 @@ Results:
       {'scores': OrderedDict(label -> score),          # clip level: mean or max over windows
        'timeline': [{'start': s, 'end': e,             # seconds from the start of the clip
                      'scores': OrderedDict(label -> score)}, ...]}   # one per window, in time order
-  `topk` keeps the best k labels in every OrderedDict.
+  `top_k` keeps the best k labels in every OrderedDict.
 """
 import os
 from collections import OrderedDict
 
 import numpy as np
 
-from .. import audio
-from .segments import clip_segments, pad_to, window_spans  # noqa: F401  (the one window cutter)
+from .. import audio, validate
+from .segments import check_hop, clip_segments, pad_to, window_spans  # noqa: F401  (the one window cutter)
+from ..errors import ArgumentError, AudioError
 
 REDUCTIONS = ('mean', 'max')
 
@@ -32,45 +33,39 @@ def as_sources(data):
     if isinstance(data, (str, os.PathLike, np.ndarray)):
         data = [data]
     if not isinstance(data, (list, tuple)) or not data:
-        raise ValueError('data must be a non-empty list of audio file paths or numpy waveforms')
+        raise ArgumentError('data must be a non-empty list of audio file paths or numpy waveforms')
     sources = []
     for i, item in enumerate(data):
         if isinstance(item, (str, os.PathLike)):
             path = os.fspath(item)
             if not os.path.isfile(path):
-                raise audio.AudioError(f'audio file not found: {path}')
-            problem = audio.file_problem(path)  # the header only: cheap, and the loader's own wording
+                raise AudioError(f'audio file not found: {path}')
+            problem = audio.header_problem(path)  # the header only: cheap, and the loader's own wording
             if problem:
-                raise audio.AudioError(f'cannot use audio file {path}: {problem}. Replace the file or leave it out.')
+                raise AudioError(f'cannot use audio file {path}: {problem}. Replace the file or leave it out.')
             sources.append((path, path))
         elif isinstance(item, np.ndarray):
             name = f'data[{i}]'
             audio.check_waveform(audio.to_mono(item, name), name)  # empty, NaN, wrong shape: before any work
             sources.append((name, item))
         else:
-            raise ValueError(f'data[{i}] is a {type(item).__name__}; expected an audio file path or a numpy waveform')
+            raise ArgumentError(f'data[{i}] is a {type(item).__name__}; expected an audio file path or a numpy waveform')
     return sources
 
 
-def check_args(batch_size=8, topk=None, window=None, hop=None, reduce='mean', threshold=None):
+def check_args(batch_size=8, top_k=None, window=None, hop=None, reduce='mean', threshold=None):
     """Validate the predict() arguments before any work; returns hop (default: window, no overlap)."""
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not 0.0 <= threshold <= 1.0):
-        raise ValueError(f'threshold must be a score between 0 and 1, or None, got {threshold!r}')
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
-    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
-        raise ValueError(f'topk must be a positive int or None, got {topk!r}')
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    validate.number_in('threshold', threshold, 0, 1, noun='score', allow_none=True)
+    validate.positive_int('batch_size', batch_size)
+    validate.positive_int('top_k', top_k, allow_none=True)
+    validate.one_of('reduce', reduce, REDUCTIONS)
     if window is None:
         if hop is not None:
-            raise ValueError('hop needs window (both in seconds), e.g. window=5.0, hop=2.5')
+            raise ArgumentError('hop needs window (both in seconds), e.g. window=5.0, hop=2.5')
         return None
-    for arg, value in (('window', window), ('hop', hop)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ValueError(f'{arg} must be a positive number of seconds, got {value!r}')
-    return float(window if hop is None else hop)
+    window = validate.positive_number('window', window, unit='seconds')
+    hop = validate.positive_number('hop', hop, unit='seconds', allow_none=True) or window
+    return check_hop(window, hop)
 
 
 def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, window=None, hop=None,
@@ -123,11 +118,11 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
     return results
 
 
-def to_dict(scores, labels, topk=None, threshold=None):
-    """scores [classes] -> OrderedDict(label -> score), best first, the best `topk` only,
+def to_dict(scores, labels, top_k=None, threshold=None):
+    """scores [classes] -> OrderedDict(label -> score), best first, the best `top_k` only,
     and only those >= `threshold` when given (for multi-label models: every label that applies;
     possibly none)."""
-    order = np.argsort(-np.asarray(scores), kind='stable')[:topk]
+    order = np.argsort(-np.asarray(scores), kind='stable')[:top_k]
     return OrderedDict((labels[j], float(scores[j])) for j in order if threshold is None or scores[j] >= threshold)
 
 
@@ -136,16 +131,16 @@ def reduce_windows(window_scores, reduce='mean'):
     return window_scores.mean(axis=0) if reduce == 'mean' else window_scores.max(axis=0)
 
 
-def format_results(raw, labels, topk=None, reduce='mean', threshold=None):
+def format_results(raw, labels, top_k=None, reduce='mean', threshold=None):
     """Output of `run` -> the documented result structures (see the module docstring)."""
     out = []
     for item in raw:
         if isinstance(item, tuple):
             spans, window_scores = item
-            timeline = [{'start': round(s, 6), 'end': round(e, 6), 'scores': to_dict(row, labels, topk, threshold)}
+            timeline = [{'start': round(s, 6), 'end': round(e, 6), 'scores': to_dict(row, labels, top_k, threshold)}
                         for (s, e), row in zip(spans, window_scores)]
-            out.append({'scores': to_dict(reduce_windows(window_scores, reduce), labels, topk, threshold),
+            out.append({'scores': to_dict(reduce_windows(window_scores, reduce), labels, top_k, threshold),
                         'timeline': timeline})
         else:
-            out.append(to_dict(item, labels, topk, threshold))
+            out.append(to_dict(item, labels, top_k, threshold))
     return out

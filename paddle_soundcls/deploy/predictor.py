@@ -1,13 +1,15 @@
 """`Predictor`: run an export directory on the CPU without the training stack."""
 import os
+import warnings
 
+from .. import validate
 from ..features.mel import logmel
 from ..frames import FrameGeometry
 from . import detection, exportdir, pipeline
-from .engines import OnnxEngine, PaddleEngine
-from .events import EventConfig
+from .engines import ENGINES, OnnxEngine, PaddleEngine, check_threads
+from .events import EventConfig, merge_settings
+from ..errors import ArgumentError, ExportError
 
-ENGINES = ('onnxruntime', 'paddle')
 PRECISIONS = ('fp32', 'int8')
 
 
@@ -16,28 +18,25 @@ class Predictor:
 
     Args:
         model_dir: an export directory (see `paddle_soundcls.deploy.exportdir`).
-        engine: 'onnxruntime' (model.onnx, the default and fastest on CPU) or 'paddle'
-            (Paddle Inference with oneDNN on inference.json + inference.pdiparams; imports paddle).
+        engine: 'onnxruntime' (model.onnx, the default and fastest on CPU), 'onnxruntime_int8'
+            (model.int8.onnx, the int8-quantized model made by `export --quantize int8`), 'paddle'
+            (Paddle Inference with oneDNN on inference.json + inference.pdiparams; imports paddle),
+            or 'auto' (onnxruntime, or paddle for an export without model.onnx); the names of
+            deploy.engines.ENGINES ('dygraph' runs a Module, not an export).
         num_threads: CPU threads for the engine; None uses every CPU this process may run on.
         verify: check the model files against the sha256 recorded in export.json, so a file
             from another model is refused rather than run.
-        precision: 'fp32' (default) or 'int8': model.int8.onnx, the int8-quantized model
-            (onnxruntime only; made by `export --quantize int8`). The front end is float32
-            either way.
+        precision: deprecated; precision='int8' is engine='onnxruntime_int8'. The front end is
+            float32 either way.
 
     Attributes: labels, task ('sound-cls' or 'tagging'), multi_label, clip_seconds, frontend
     (FrontendConfig), meta (export.json), precision.
     """
 
-    def __init__(self, model_dir, engine='onnxruntime', num_threads=None, verify=True, precision='fp32'):
-        if engine not in ENGINES:
-            raise ValueError(f'engine must be one of {ENGINES}, got {engine!r}')
-        if precision not in PRECISIONS:
-            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-        if precision == 'int8' and engine != 'onnxruntime':
-            raise ValueError(f"precision='int8' runs on engine='onnxruntime' (model.int8.onnx), not {engine!r}")
+    def __init__(self, model_dir, engine='onnxruntime', num_threads=None, verify=True, precision=None):
         self.model_dir = os.fspath(model_dir)
         self.meta = exportdir.read_export(self.model_dir)
+        engine, precision = _runtime(engine, precision, self.meta)
         self.labels = list(self.meta['labels'])
         self.task = self.meta['task']
         self.frontend = self.meta['frontend_cfg']
@@ -46,6 +45,7 @@ class Predictor:
         self.clip_seconds = self.meta['clip_seconds']
         self.event_config = EventConfig.from_dict(self.meta['events']) if self.meta['events'] else None
         self._frames_engine, self._verify = None, verify
+        num_threads = check_threads(num_threads)  # before loading: a bad count is not a damaged export
         if engine == 'onnxruntime':
             files = [exportdir.require_file(self.model_dir, self.meta, self._onnx_file(precision), verify)]
         else:
@@ -57,7 +57,7 @@ class Predictor:
         except ImportError:
             raise  # engine='paddle' without Paddle: its message says what to install
         except Exception as exc:  # each runtime raises its own types for a damaged model file
-            raise exportdir.ExportError(f'cannot load {" / ".join(files)}: {str(exc).strip().splitlines()[-1][:300]}. '
+            raise ExportError(f'cannot load {" / ".join(files)}: {str(exc).strip().splitlines()[-1][:300]}. '
                                         f'The export is damaged: export the model again') from None
         if engine == 'onnxruntime':
             self._check_onnx_io(files[0])
@@ -71,7 +71,7 @@ class Predictor:
         int8 = self.meta.get('int8')
         source = self.meta['files'].get(exportdir.ONNX_FILE, {}).get('sha256')
         if int8 is not None and int8.get('source_sha256') != source:
-            raise exportdir.ExportError(
+            raise ExportError(
                 f'{os.path.join(self.model_dir, exportdir.INT8_FILE)} was made from another model.onnx than the one '
                 f'in this export; quantize it again (`paddle-soundcls export --model-dir {self.model_dir} '
                 f'--quantize int8 --calibration CLIPS --check OTHER_CLIPS`)')
@@ -82,10 +82,10 @@ class Predictor:
         n_mels, num_classes = self.frontend.n_mels, len(self.labels)
         got_in, got_out = self.engine.input_shape(), self.engine.output_shape()
         if len(got_in) != 3 or got_in[2] != n_mels:
-            raise exportdir.ExportError(f'{path} takes input of shape {got_in}, but export.json says log-mel '
+            raise ExportError(f'{path} takes input of shape {got_in}, but export.json says log-mel '
                                         f'features [batch, frames, {n_mels}]: the file belongs to another model')
         if len(got_out) != 2 or got_out[1] != num_classes:
-            raise exportdir.ExportError(f'{path} outputs shape {got_out}, but export.json lists {num_classes} '
+            raise ExportError(f'{path} outputs shape {got_out}, but export.json lists {num_classes} '
                                         f'labels: the file belongs to another model')
 
     def features(self, waveforms):
@@ -96,7 +96,7 @@ class Predictor:
         """waveforms [batch, samples] (equal lengths) -> scores [batch, classes]."""
         scores = self.engine(self.features(waveforms))
         if scores.ndim != 2 or scores.shape[1] != len(self.labels):
-            raise exportdir.ExportError(f'{self.model_dir}: the model gave scores of shape {list(scores.shape)}, '
+            raise ExportError(f'{self.model_dir}: the model gave scores of shape {list(scores.shape)}, '
                                         f'expected [batch, {len(self.labels)}]; export the model again')
         return scores
 
@@ -107,14 +107,14 @@ class Predictor:
         return pipeline.run(sources, self.score_batch, sample_rate, self.frontend.sample_rate, self.min_seconds,
                             batch_size, window, hop, self.clip_seconds)
 
-    def predict(self, data, sample_rate=None, batch_size=8, topk=None, window=None, hop=None, reduce='mean',
-                threshold=None):
+    def predict(self, data, sample_rate=None, batch_size=8, top_k=None, window=None, hop=None, reduce='mean',
+                threshold=None, topk=None):
         """Classify or tag audio; the same results as `Module.predict`.
 
         data: an audio file path (read at its own rate), a numpy waveform ([samples] or
             [channels, samples] at `sample_rate` Hz), or a list of them.
         batch_size: clips (or windows) per engine call.
-        topk: keep the best k labels of every result.
+        top_k: keep the best k labels of every result (`topk` is its deprecated spelling).
         window, hop: seconds; slide a `window`-second window every `hop` seconds (default:
             hop = window) over each input, in batches, and return per input
             {'scores': clip-level OrderedDict, 'timeline': [{'start', 'end', 'scores'}, ...]}.
@@ -126,16 +126,17 @@ class Predictor:
         clip_seconds; exports of models without one score every clip whole).
         Returns one OrderedDict(label -> score) per input, best first (whole-clip calls).
         """
-        pipeline.check_args(batch_size, topk, window, hop, reduce, threshold)
+        top_k = validate.renamed('topk', topk, 'top_k', top_k)
+        pipeline.check_args(batch_size, top_k, window, hop, reduce, threshold)
         raw = self.scores(data, sample_rate, batch_size, window, hop)
-        return pipeline.format_results(raw, self.labels, topk, reduce, threshold)
+        return pipeline.format_results(raw, self.labels, top_k, reduce, threshold)
 
     # ----- when sounds happen -----
     @property
     def frame_geometry(self):
         """Where the frames of model.frames.onnx sit in time (frames.FrameGeometry, from export.json)."""
         if self.meta['frame_geometry'] is None:
-            raise exportdir.ExportError(
+            raise ExportError(
                 f'{os.path.join(self.model_dir, exportdir.EXPORT_FILE)} does not record where the network\'s frames '
                 f'sit in time (frame_geometry; exports of earlier versions), so event times would be off by up to '
                 f'a tenth of a second: export the model again (paddle-soundcls export --checkpoint CKPT_DIR '
@@ -159,9 +160,14 @@ class Predictor:
         """When each sound happens, without Paddle; the same results as `Module.detect`.
 
         Returns per input {'frame_hop', 'frame_scores' [frames, classes], 'events': [{'label',
-        'onset', 'offset', 'confidence'}]}; config defaults to the thresholds saved with the export.
+        'onset', 'offset', 'confidence'}]}. config: an EventConfig, or a dict of its fields that
+        replace those saved with the export (events.merge_settings); default: the saved settings
+        (thresholds tuned on a dev set), else EventConfig().
         """
-        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, config or self.event_config)
+        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, self._event_config(config))
+
+    def _event_config(self, config):
+        return merge_settings(config, self.event_config, os.path.join(self.model_dir, exportdir.EXPORT_FILE))
 
     def stream(self, sample_rate=None, window=None, hop=None, config=None, channels=1):
         """A live stream: stream.push(chunk) -> events that started or ended, stream.close() ->
@@ -169,10 +175,34 @@ class Predictor:
         model's); window, hop: seconds (shorter windows answer sooner: latency_seconds);
         channels: of the chunks, which are [frames, channels] arrays ([frames] when mono)."""
         rate = self.frontend.sample_rate if sample_rate is None else sample_rate
-        return detection.EventStream(self.frame_scorer(window, hop), rate,
-                                     config or self.event_config, channels)
+        return detection.EventStream(self.frame_scorer(window, hop), rate, self._event_config(config), channels)
 
     def __repr__(self):
         return (f'Predictor({self.model_dir!r}, model={self.meta["model"]}, task={self.task}, '
                 f'classes={len(self.labels)}, engine={self.engine_name}, precision={self.precision}, '
                 f'threads={self.engine.num_threads})')
+
+
+def _runtime(engine, precision, meta):
+    """(runtime, precision) for an engine of deploy.engines.ENGINES, e.g. ('onnxruntime', 'int8')
+    for 'onnxruntime_int8'; `precision` is the deprecated way to ask for int8."""
+    validate.one_of('engine', engine, ENGINES)
+    if engine == 'dygraph':
+        raise ArgumentError("engine='dygraph' runs a Module (a checkpoint: load_module(dir).predict), not an export; "
+                            "Predictor takes 'auto', 'onnxruntime', 'onnxruntime_int8' or 'paddle'")
+    if precision is not None:
+        validate.one_of('precision', precision, PRECISIONS)
+        warnings.warn("Predictor(precision=...) is deprecated: precision='int8' is engine='onnxruntime_int8'",
+                      DeprecationWarning, stacklevel=3)
+        if precision == 'int8':
+            if engine not in ('onnxruntime', 'onnxruntime_int8'):
+                raise ArgumentError(f"precision='int8' runs on engine='onnxruntime' (model.int8.onnx), not {engine!r}; "
+                                    f"use engine='onnxruntime_int8'")
+            engine = 'onnxruntime_int8'
+        elif engine == 'onnxruntime_int8':
+            raise ArgumentError("precision='fp32' contradicts engine='onnxruntime_int8': leave precision out")
+    if engine == 'auto':
+        engine = 'onnxruntime' if exportdir.ONNX_FILE in meta['files'] else 'paddle'
+    if engine == 'onnxruntime_int8':
+        return 'onnxruntime', 'int8'
+    return engine, 'fp32'

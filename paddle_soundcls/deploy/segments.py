@@ -11,6 +11,16 @@ numpy only: the Paddle-free runtime uses it.
 """
 import numpy as np
 
+from ..errors import ArgumentError
+
+
+def check_hop(window, hop):
+    """hop, if it is not longer than window: a longer hop would leave audio between windows unscored."""
+    if hop > window:
+        raise ArgumentError(f'hop ({hop:g} s) must not be longer than window ({window:g} s): audio between windows '
+                            f'would never be scored')
+    return hop
+
 
 def pad_to(wave, min_samples):
     """`wave` zero-padded at the end to at least `min_samples`."""

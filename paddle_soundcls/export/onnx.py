@@ -13,6 +13,8 @@ import os
 from .. import fileio
 from ..deploy import exportdir
 from ..deploy.engines import stdout_to_stderr
+from .. import validate
+from ..errors import ArgumentError, ExportError
 
 DEFAULT_OPSET = 13
 
@@ -26,8 +28,7 @@ def convert(static_dir, opset=DEFAULT_OPSET, prefix=exportdir.STATIC_PREFIX):
     import onnx
     import paddle2onnx
 
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= 23:
-        raise ValueError(f'opset must be an int between 7 and 23, got {opset!r}')
+    validate.integer('opset', opset, 7, 23)
     model_file = os.path.join(static_dir, prefix + '.json')
     params_file = os.path.join(static_dir, prefix + '.pdiparams')
     try:
@@ -36,12 +37,12 @@ def convert(static_dir, opset=DEFAULT_OPSET, prefix=exportdir.STATIC_PREFIX):
                                      auto_upgrade_opset=False, enable_onnx_checker=True, enable_optimize=True,
                                      optimize_tool=None, verbose=False)
     except Exception as exc:
-        raise RuntimeError(f'paddle2onnx could not convert {model_file} with opset {opset}: {exc}. '
+        raise ExportError(f'paddle2onnx could not convert {model_file} with opset {opset}: {exc}. '
                            f'Try a newer opset (e.g. --opset 17).') from None
     model = onnx.load_from_string(raw)
     graph = model.graph
     if len(graph.input) != 1 or len(graph.output) != 1:
-        raise RuntimeError(f'{model_file}: expected one input and one output, got {len(graph.input)} and '
+        raise ExportError(f'{model_file}: expected one input and one output, got {len(graph.input)} and '
                            f'{len(graph.output)}')
     _rename_value(graph, graph.output[0].name, exportdir.OUTPUT_NAME)
     _rename_value(graph, graph.input[0].name, exportdir.INPUT_NAME)
@@ -103,7 +104,7 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
         exportdir.require_file(model_dir, meta, name)
     output = os.path.abspath(os.fspath(output)) if output else os.path.join(model_dir, exportdir.ONNX_FILE)
     if os.path.dirname(output) != model_dir or not output.endswith('.onnx'):
-        raise ValueError(f'--output must be a .onnx file directly inside the model directory {model_dir} '
+        raise ArgumentError(f'--output must be a .onnx file directly inside the model directory {model_dir} '
                          f'(e.g. {os.path.join(model_dir, exportdir.ONNX_FILE)}), got {output}')
     filename = os.path.basename(output)
     meta.pop('frontend_cfg')

@@ -21,7 +21,7 @@ import zlib
 import numpy as np
 import paddle
 
-from .. import fileio, weights
+from .. import cache, fileio
 from .onnx import convert
 from .static import save_static
 
@@ -64,7 +64,7 @@ def cached_onnx(net, n_mels, name, settings, digest):
 
     key = hashlib.sha256(json.dumps([settings, digest, paddle.__version__, paddle2onnx.__version__],
                                     sort_keys=True).encode()).hexdigest()[:32]
-    folder = os.path.join(weights.cache_dir(), 'onnx')
+    folder = os.path.join(cache.cache_dir(), 'onnx')
     path = os.path.join(folder, f'{name}-{key}.onnx')
     if os.path.isfile(path):
         os.utime(path)  # most recently used: kept by the pruning below
@@ -73,7 +73,7 @@ def cached_onnx(net, n_mels, name, settings, digest):
         save_static(net, n_mels, tmp)
         model = convert(tmp)
     fileio.atomic_write(path, lambda tmp_path: onnx.save(model, tmp_path))
-    weights.prune_cache(folder, '.onnx', KEEP)
+    cache.prune_cache(folder, '.onnx', KEEP)
     return path
 
 
@@ -96,7 +96,7 @@ def cached_export(module, opset=13):
     settings = {'part': 'export', 'opset': opset, **module.export_settings()}
     key = hashlib.sha256(json.dumps([settings, weights_digest(module), paddle.__version__],
                                     sort_keys=True).encode()).hexdigest()[:32]
-    folder = os.path.join(weights.cache_dir(), 'exports')
+    folder = os.path.join(cache.cache_dir(), 'exports')
     path = os.path.join(folder, f'{module.name}-{key}')
     if not os.path.isfile(os.path.join(path, 'export.json')):
         export_static(module, path, opset=opset)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..audio import AUDIO_EXTENSIONS, list_audio_files
 from ..deploy import Predictor, exportdir
+from ..errors import DatasetError
 
 INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_ACCURACY_DROP = 0.5
@@ -36,15 +37,15 @@ def list_labelled_files(data):
     data = os.fspath(data)
     if os.path.isfile(data):
         if not data.lower().endswith('.csv'):
-            raise ValueError(f'{data}: expected a .csv file with path,label columns or a directory')
+            raise DatasetError(f'{data}: expected a .csv file with path,label columns or a directory')
         with open(data, newline='', encoding='utf-8') as f:
             rows = list(csv.DictReader(f))
         if not rows or 'path' not in rows[0]:
-            raise ValueError(f'{data} needs a header with a `path` column (and `label` for accuracies)')
+            raise DatasetError(f'{data} needs a header with a `path` column (and `label` for accuracies)')
         base = os.path.dirname(os.path.abspath(data))
         return [(os.path.join(base, r['path']), r.get('label') or None, None) for r in rows]
     if not os.path.isdir(data):
-        raise ValueError(f'data not found: {data}')
+        raise DatasetError(f'data not found: {data}')
     esc50 = os.path.join(data, 'meta', 'esc50.csv')
     if os.path.isfile(esc50):
         with open(esc50, newline='', encoding='utf-8') as f:
@@ -52,7 +53,7 @@ def list_labelled_files(data):
         return [(os.path.join(data, 'audio', r['filename']), r['category'], int(r['target'])) for r in rows]
     files = list_audio_files(data)
     if not files:
-        raise ValueError(f'{data} holds no audio files ({", ".join(AUDIO_EXTENSIONS)})')
+        raise DatasetError(f'{data} holds no audio files ({", ".join(AUDIO_EXTENSIONS)})')
     parents = [os.path.relpath(p, data).split(os.sep) for p in files]
     if all(len(parts) == 2 for parts in parents):
         return [(p, parts[0], None) for p, parts in zip(files, parents)]
@@ -113,8 +114,8 @@ def check_int8(model_dir, data, limit=None, batch_size=8, num_threads=None, min_
     """
     items = list_labelled_files(data)[:limit]
     paths = [path for path, _, _ in items]
-    fp32 = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads, precision='fp32')
-    int8 = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads, precision='int8')
+    fp32 = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads)
+    int8 = Predictor(model_dir, engine='onnxruntime_int8', num_threads=num_threads)
     a = np.stack(fp32.scores(paths, batch_size=batch_size))
     b = np.stack(int8.scores(paths, batch_size=batch_size))
     summary = {'model_dir': os.fspath(model_dir), 'data': os.fspath(data), 'clips': len(paths)}
@@ -158,7 +159,7 @@ def check_parity(model_dir, data, limit=None, batch_size=8, num_threads=None, to
                        'max_abs_diff': tolerance}
     summary['passed'] = bool(passed)
     if exportdir.INT8_FILE in onnx_predictor.meta['files']:
-        int8 = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads, precision='int8')
+        int8 = Predictor(model_dir, engine='onnxruntime_int8', num_threads=num_threads)
         summary['int8'] = compare_int8(b, np.stack(int8.scores(paths, batch_size=batch_size)), truth)
     return summary
 

@@ -31,7 +31,8 @@ import tempfile
 
 import numpy as np
 
-from ..errors import QuantizationRefused
+from .. import validate
+from ..errors import ArgumentError, ExportError, QuantizationRefused
 from .. import audio, fileio
 from ..deploy import exportdir
 from ..features.mel import logmel
@@ -68,8 +69,7 @@ def select_clips(data, limit=DEFAULTS['limit']):
     layout still gives clips of every class rather than the first classes only.
     """
     paths = [path for path, _, _ in list_labelled_files(data)]
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CLIPS:
-        raise ValueError(f'the calibration clip limit must be an int from 1 to {MAX_CLIPS}, got {limit!r}')
+    validate.integer('limit', limit, 1, MAX_CLIPS, hint='the number of calibration clips')
     if len(paths) > limit:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
     return paths
@@ -92,7 +92,7 @@ def refuse_overlap(calibration_paths, check_paths):
                    for p in by_size[size]}
         same += [p for p in candidates if exportdir.sha256_file(p) in digests]
     if same:
-        raise ValueError(f'{len(same)} of the {len(check_paths)} check clips are also calibration clips (e.g. '
+        raise ArgumentError(f'{len(same)} of the {len(check_paths)} check clips are also calibration clips (e.g. '
                          f'{same[0]}): check the int8 model on other clips (--check DATA with clips not in '
                          f'--calibration), so the check measures how it does on audio it was not fitted to')
 
@@ -105,8 +105,9 @@ def list_digest(paths):
     return h.hexdigest()
 
 
-def fixed_length(wave, samples):
-    """Centre-crop or centre-pad (zeros on both sides) a 1-D waveform to `samples`."""
+def centre_crop_or_pad(wave, samples):
+    """Centre-crop or centre-pad (zeros on both sides) a 1-D waveform to `samples`; unlike
+    audio.fix_length, which pads at the end as the training crops do."""
     n = len(wave)
     if n >= samples:
         start = (n - samples) // 2
@@ -148,7 +149,7 @@ class FeatureReader:
         if batch is None:
             return None
         sr = self.cfg.sample_rate
-        waves = [fixed_length(audio.load(clip, sr, sr), self.samples) for clip in batch]
+        waves = [centre_crop_or_pad(audio.load(clip, sr, sr), self.samples) for clip in batch]
         self.bar.update(len(batch))
         return {exportdir.INPUT_NAME: logmel(np.stack(waves), self.cfg)}
 
@@ -179,7 +180,7 @@ def float_nodes(model, keep_float):
     children = [{j for out in node.output for j in consumers.get(out, ())} for node in nodes]
     is_conv = [node.op_type == 'Conv' for node in nodes]
     if not any(is_conv):
-        raise ValueError('the ONNX graph has no Conv node: the stem and head kept in float are found around the '
+        raise ExportError('the ONNX graph has no Conv node: the stem and head kept in float are found around the '
                          'convolutions; quantize with keep_float=() or keep the model float')
 
     # conv_above[i]: a Conv is node i or one of its ancestors; conv_below[i]: a Conv is one of its descendants.
@@ -208,17 +209,16 @@ def float_nodes(model, keep_float):
 
 def check_settings(method, quant_format, keep_float):
     if method not in METHODS:
-        raise ValueError(f'calibration method must be one of {METHODS}, got {method!r}')
+        raise ArgumentError(f'calibration method must be one of {METHODS}, got {method!r}')
     if quant_format not in FORMATS:
-        raise ValueError(f'quant_format must be one of {FORMATS}, got {quant_format!r}')
+        raise ArgumentError(f'quant_format must be one of {FORMATS}, got {quant_format!r}')
     unknown = set(keep_float) - set(KEEP_FLOAT_CHOICES)
     if unknown:
-        raise ValueError(f'keep_float takes {KEEP_FLOAT_CHOICES}, got {sorted(unknown)}')
+        raise ArgumentError(f'keep_float takes {KEEP_FLOAT_CHOICES}, got {sorted(unknown)}')
 
 
 def check_seconds(seconds):
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0.5 <= seconds <= 60:
-        raise ValueError(f'calibration clip length must be 0.5 to 60 seconds, got {seconds!r}')
+    validate.number_in('seconds', seconds, 0.5, 60, unit='seconds', hint='the calibration clip length')
 
 
 def quantize_onnx(float_path, int8_path, reader, method=DEFAULTS['method'], per_channel=DEFAULTS['per_channel'],

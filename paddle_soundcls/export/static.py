@@ -17,6 +17,7 @@ import paddle
 
 from .. import fileio
 from ..deploy import exportdir
+from ..errors import ExportError
 
 
 def save_static(net, n_mels, directory, prefix=exportdir.STATIC_PREFIX):
@@ -27,7 +28,7 @@ def save_static(net, n_mels, directory, prefix=exportdir.STATIC_PREFIX):
     paddle.jit.save(net, os.path.join(directory, prefix), input_spec=[spec])
     for name in (prefix + '.json', prefix + '.pdiparams'):
         if not os.path.isfile(os.path.join(directory, name)):
-            raise RuntimeError(f'paddle.jit.save did not write {name} (Paddle {paddle.__version__}); '
+            raise ExportError(f'paddle.jit.save did not write {name} (Paddle {paddle.__version__}); '
                                f'Paddle 3.x with PIR is required')
 
 

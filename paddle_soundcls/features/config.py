@@ -1,6 +1,7 @@
 """Front-end settings, kept as plain data so a checkpoint or export can record them."""
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
+from ..errors import ArgumentError
 
 
 def settings_from_dict(cls, data, what):
@@ -12,7 +13,7 @@ def settings_from_dict(cls, data, what):
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f'unknown {what} settings {sorted(unknown)}; known: {sorted(known)}')
+        raise ArgumentError(f'unknown {what} settings {sorted(unknown)}; known: {sorted(known)}')
     return cls(**data)
 
 
@@ -62,9 +63,9 @@ class FrontendConfig:
         choices = {'mel_banks': ('librosa', 'kaldi'), 'log': ('db', 'ln'), 'window': ('hann',)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f'front-end setting {name}={getattr(self, name)!r}: use one of {list(allowed)}')
+                raise ArgumentError(f'front-end setting {name}={getattr(self, name)!r}: use one of {list(allowed)}')
         if self.win_length > self.n_fft:
-            raise ValueError(f'front-end win_length {self.win_length} is longer than n_fft {self.n_fft}')
+            raise ArgumentError(f'front-end win_length {self.win_length} is longer than n_fft {self.n_fft}')
 
     def to_dict(self):
         return asdict(self)

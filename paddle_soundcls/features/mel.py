@@ -5,6 +5,7 @@ from functools import lru_cache
 import numpy as np
 
 from .config import FrontendConfig
+from ..errors import ArgumentError, AudioError
 
 
 def hz_to_mel(freq, htk=False):
@@ -44,7 +45,7 @@ def mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max=None, htk=False, nor
     if banks == 'kaldi':
         return kaldi_mel_banks(sample_rate, n_fft, n_mels, f_min, f_max)
     if banks != 'librosa':
-        raise ValueError(f"mel banks must be 'librosa' or 'kaldi', got {banks!r}")
+        raise ArgumentError(f"mel banks must be 'librosa' or 'kaldi', got {banks!r}")
     f_max = sample_rate / 2.0 if f_max is None else float(f_max)
     fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
     mel_points = mel_to_hz(np.linspace(hz_to_mel(f_min, htk), hz_to_mel(f_max, htk), n_mels + 2), htk)
@@ -56,7 +57,7 @@ def mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max=None, htk=False, nor
     if norm == 'slaney':
         weights *= (2.0 / (mel_points[2:n_mels + 2] - mel_points[:n_mels]))[:, None]
     elif norm is not None:
-        raise ValueError(f"mel_norm must be 'slaney' or None, got {norm!r}")
+        raise ArgumentError(f"mel_norm must be 'slaney' or None, got {norm!r}")
     return weights
 
 
@@ -73,7 +74,7 @@ def kaldi_mel_banks(sample_rate, n_fft, n_mels, f_min, f_max=None):
     if f_max <= 0.0:  # Kaldi's convention: a non-positive high frequency counts back from Nyquist
         f_max += nyquist
     if not 0.0 <= f_min < f_max <= nyquist:
-        raise ValueError(f'Kaldi mel banks need 0 <= f_min < f_max <= {nyquist} Hz, got f_min {f_min}, f_max {f_max}')
+        raise ArgumentError(f'Kaldi mel banks need 0 <= f_min < f_max <= {nyquist} Hz, got f_min {f_min}, f_max {f_max}')
     mel_low, mel_high = 1127.0 * np.log1p(np.array([f_min, f_max]) / 700.0)
     delta = (mel_high - mel_low) / (n_mels + 1)
     left = mel_low + delta * np.arange(n_mels)[:, None]
@@ -92,7 +93,7 @@ def config_filterbank(cfg: FrontendConfig):
 def window(name, length, periodic=True):
     """Periodic (the STFT convention) or symmetric window, float64."""
     if name != 'hann':
-        raise ValueError(f"only the 'hann' window is supported, got {name!r}")
+        raise ArgumentError(f"only the 'hann' window is supported, got {name!r}")
     n = np.arange(length)
     period = length if periodic else length - 1
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / max(period, 1))
@@ -147,7 +148,7 @@ def logmel(waveforms, cfg: FrontendConfig = FrontendConfig()):
     if cfg.center:
         pad = cfg.n_fft // 2
         if x.shape[-1] <= pad and cfg.pad_mode == 'reflect':
-            raise ValueError(f'clip of {x.shape[-1]} samples is too short for reflect padding of {pad}')
+            raise AudioError(f'clip of {x.shape[-1]} samples is too short for reflect padding of {pad}')
         x = np.pad(x, ((0, 0), (pad, pad)), mode=cfg.pad_mode)
     frames = np.lib.stride_tricks.sliding_window_view(x, cfg.n_fft, axis=-1)[:, ::cfg.hop_length]
     window_, fbank_t = _analysis_arrays(cfg)

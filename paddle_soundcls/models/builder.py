@@ -87,7 +87,7 @@ def pretrained_state(spec):
 def read_checkpoint(load_checkpoint):
     """A checkpoint file or directory -> ({name: array} in the file's names, the file, its meta.json or None)."""
     source, meta = files.resolve(load_checkpoint)
-    return files.read_params(source), source, meta
+    return files.read_checkpoint_params(source), source, meta
 
 
 # ----------------------------------------------------------------------------- layouts

@@ -64,11 +64,11 @@ class PretrainedCfg:
 
     def __post_init__(self):
         if self.file_format not in FILE_FORMATS:
-            raise ValueError(f'file_format must be one of {FILE_FORMATS}, got {self.file_format!r}')
+            raise ArgumentError(f'file_format must be one of {FILE_FORMATS}, got {self.file_format!r}')
         if self.labels is not None and self.labels not in LABEL_SETS:
-            raise ValueError(f'labels must be one of {LABEL_SETS} or None, got {self.labels!r}')
+            raise ArgumentError(f'labels must be one of {LABEL_SETS} or None, got {self.labels!r}')
         if (self.labels is None) != (self.classifier is None):
-            raise ValueError(f'{self.filename}: a classifier needs its labels, and labels a classifier '
+            raise ArgumentError(f'{self.filename}: a classifier needs its labels, and labels a classifier '
                              f'(got classifier={self.classifier!r}, labels={self.labels!r})')
 
 
@@ -95,7 +95,7 @@ class ModelSpec:
             if own is None:
                 object.__setattr__(self, key, pretrained)   # frozen: set once, here
             elif pretrained is not None and own != pretrained:
-                raise ValueError(f'{self.name}: {key} {own!r} differs from that of its pretrained weights '
+                raise ArgumentError(f'{self.name}: {key} {own!r} differs from that of its pretrained weights '
                                  f'{pretrained!r}; give it once, in the PretrainedCfg')
 
     @property
@@ -110,19 +110,19 @@ _loaded = False
 def _check(spec):
     """Refuse a spec whose parts disagree: what every family must state, and state consistently."""
     if not isinstance(spec, ModelSpec):
-        raise TypeError(f'register_model takes a ModelSpec, got {type(spec).__name__}')
+        raise ArgumentError(f'register_model takes a ModelSpec, got {type(spec).__name__}')
     if not isinstance(spec.frontend, FrontendConfig):
-        raise TypeError(f'{spec.name}: frontend must be a FrontendConfig (on the spec or its weights), '
+        raise ArgumentError(f'{spec.name}: frontend must be a FrontendConfig (on the spec or its weights), '
                         f'got {spec.frontend!r}')
     if not isinstance(spec.frame_geometry, FrameGeometry):
-        raise TypeError(f'{spec.name}: frame_geometry must be a FrameGeometry (on the spec or its weights), '
+        raise ArgumentError(f'{spec.name}: frame_geometry must be a FrameGeometry (on the spec or its weights), '
                         f'got {spec.frame_geometry!r}')
     unknown = sorted(set(spec.published) - set(PUBLISHED_KEYS))
     if unknown:
-        raise ValueError(f'{spec.name}: published figures {unknown} are not among {sorted(PUBLISHED_KEYS)}')
+        raise ArgumentError(f'{spec.name}: published figures {unknown} are not among {sorted(PUBLISHED_KEYS)}')
     w = spec.weights
     if w is not None and (w.labels == 'audioset') != (w.classifier is not None and w.classifier == spec.audioset_head):
-        raise ValueError(f'{spec.name}: the AudioSet classifier of {w.filename} ({w.classifier!r}, labels '
+        raise ArgumentError(f'{spec.name}: the AudioSet classifier of {w.filename} ({w.classifier!r}, labels '
                          f'{w.labels!r}) must be the backbone\'s AudioSet head ({spec.audioset_head!r})')
 
 
@@ -130,7 +130,7 @@ def register_model(spec):
     """Add a model to the registry (called by the family modules at import)."""
     _check(spec)
     if spec.name in _MODELS and _MODELS[spec.name] is not spec:
-        raise ValueError(f'a model named {spec.name!r} is registered already (family {_MODELS[spec.name].family})')
+        raise ArgumentError(f'a model named {spec.name!r} is registered already (family {_MODELS[spec.name].family})')
     _MODELS[spec.name] = spec
     return spec
 

@@ -3,6 +3,7 @@
 Imports no web framework until the server starts, so the command line can list the options
 without the `serve` extra installed.
 """
+import argparse
 import json
 import logging
 import math
@@ -12,11 +13,15 @@ import sys
 
 from ..deploy import exportdir
 from ..deploy.engines import cpu_count
-from .settings import API_KEY_ENV, MAX_STREAM_MESSAGE_BYTES, MiB, ServeSettings
+from .settings import API_KEY_ENV, LOOPBACK_HOSTS, MAX_STREAM_MESSAGE_BYTES, MiB, ServeSettings
 from ..errors import ServeError  # noqa: F401  (re-exported)
+
+# The engines that run an export ('dygraph' runs a Module in Python, not a server's export).
+SERVE_ENGINES = ('auto', 'onnxruntime', 'onnxruntime_int8', 'paddle')
 
 DEFAULT_HOST = '127.0.0.1'
 DEFAULT_PORT = 8866
+LOOPBACK_ADDRESSES = ('127.0.0.1', 'localhost', '::1')
 SWITCH_INTERVAL_SECONDS = 0.0005
 # No per-message compression on the WebSocket: PCM hardly compresses, and a compressed stream
 # lets a client park a thousand times more audio in the connection's buffers (1 MiB of
@@ -42,7 +47,7 @@ def resolve_model_dir(model_or_dir):
                          f'checkpoint directory or a registered model name')
     try:
         from ..export.onnx_cache import cached_export
-        from ..hub import load_module
+        from ..module import load_module
     except ImportError as exc:
         raise ServeError(f'{path} is not an export directory (it has no {exportdir.EXPORT_FILE}); serving a '
                          f'checkpoint or a model name exports it first, which needs PaddlePaddle ({exc}). Install '
@@ -50,7 +55,7 @@ def resolve_model_dir(model_or_dir):
     if os.path.isdir(path):
         module = load_module(path)
     else:
-        from ..registry import list_models
+        from ..models.registry import list_models
         if path not in list_models():
             raise ServeError(f'{path} is neither an export directory, a checkpoint directory nor a registered model '
                              f'name ({", ".join(list_models())})')
@@ -71,8 +76,10 @@ def add_serve_arguments(parser):
                         help='server processes, each with its own model and queue (default 1)')
     parser.add_argument('--threads', type=int, default=None,
                         help='engine threads per worker (default: the CPUs this process may use, divided by --workers)')
-    parser.add_argument('--precision', choices=('fp32', 'int8'), default='fp32',
-                        help='fp32 (model.onnx) or int8 (model.int8.onnx) (default fp32)')
+    parser.add_argument('--engine', choices=SERVE_ENGINES, default='onnxruntime',
+                        help='onnxruntime (model.onnx, the default), onnxruntime_int8 (model.int8.onnx), paddle '
+                             '(Paddle Inference; imports paddle) or auto, as for the other commands')
+    parser.add_argument('--precision', choices=('fp32', 'int8'), default=None, help=argparse.SUPPRESS)
     parser.add_argument('--max-batch', type=int, default=defaults.max_batch,
                         help=f'most clips per engine call (default {defaults.max_batch})')
     parser.add_argument('--max-wait-ms', type=float, default=defaults.max_wait_ms,
@@ -108,8 +115,37 @@ def add_serve_arguments(parser):
     parser.add_argument('--cors-origin', action='append', default=[], metavar='ORIGIN',
                         help='allow browser pages of ORIGIN (e.g. https://example.org) to call the API; '
                              'repeat for several (default: none)')
+    parser.add_argument('--allowed-hosts', default=None, metavar='NAMES',
+                        help='comma-separated names requests must be addressed to (the Host header), "*" for any. '
+                             'Default: on a loopback --host without an API key, localhost, 127.0.0.1, [::1] and '
+                             '--host (so a web page cannot reach the server through a name of its own that points '
+                             'here); any name otherwise (behind 0.0.0.0 a load balancer may use its own)')
     parser.add_argument('--access-log', action='store_true', help='log every request (default off)')
     return parser
+
+
+def allowed_hosts_for(args, api_key):
+    """--allowed-hosts, or its default for --host: the loopback names on a loopback address
+    without a key, any name otherwise."""
+    if args.allowed_hosts is not None:
+        names = tuple(name.strip() for name in args.allowed_hosts.split(',') if name.strip())
+        if not names:
+            raise ServeError('--allowed-hosts is empty: give the names requests are addressed to (e.g. '
+                             'localhost,127.0.0.1), or * for any')
+        with_port = [n for n in names if _has_port(n)]
+        if with_port:
+            raise ServeError(f'--allowed-hosts takes host names without a port (the port is not checked), got '
+                             f'{", ".join(with_port)}')
+        return names
+    host = getattr(args, 'host', DEFAULT_HOST)
+    if api_key is not None or host not in LOOPBACK_ADDRESSES:
+        return ()
+    return LOOPBACK_HOSTS + ((host,) if host not in LOOPBACK_HOSTS else ())
+
+
+def _has_port(name):
+    """'host:8866' or '[::1]:8866' (a bare IPv6 address has more than one colon and no port)."""
+    return ']:' in name if name.startswith('[') else name.count(':') == 1
 
 
 def settings_from_args(args):
@@ -121,7 +157,7 @@ def settings_from_args(args):
                          max_decode_samples=samples,
                          max_window_seconds=args.max_window_seconds, max_overlap=args.max_overlap,
                          timeout=args.timeout, default_top_k=args.top_k, api_key=api_key,
-                         cors_origins=tuple(args.cors_origin))
+                         cors_origins=tuple(args.cors_origin), allowed_hosts=allowed_hosts_for(args, api_key))
 
 
 def _check_args(args):
@@ -133,8 +169,8 @@ def _check_args(args):
                              f'got {value}')
     if args.threads is not None and args.threads < 1:
         raise ServeError(f'--threads must be at least 1, got {args.threads}')
-    if args.max_body_mb <= 0:
-        raise ServeError(f'--max-body-mb must be positive, got {args.max_body_mb:g}')
+    if not math.isfinite(args.max_body_mb) or args.max_body_mb <= 0:
+        raise ServeError(f'--max-body-mb must be a positive number of MiB, got {args.max_body_mb:g}')
 
 
 def check_port_free(host, port):
@@ -151,10 +187,22 @@ def check_port_free(host, port):
                          f'the program that uses it') from None
 
 
-def build_app(model_dir, settings, threads=None, precision='fp32'):
+def engine_from_args(args):
+    """--engine, with the old `--precision int8` read as `--engine onnxruntime_int8` (and a note)."""
+    if args.precision is None:
+        return args.engine
+    engine = 'onnxruntime_int8' if args.precision == 'int8' else args.engine
+    if args.precision == 'int8' and args.engine not in ('onnxruntime', 'onnxruntime_int8'):
+        raise ServeError(f'--precision int8 runs on onnxruntime (model.int8.onnx), not --engine {args.engine}: use '
+                         f'--engine onnxruntime_int8')
+    print(f'note: --precision is deprecated; use --engine {engine}', file=sys.stderr)
+    return engine
+
+
+def build_app(model_dir, settings, threads=None, engine='onnxruntime'):
     from ..deploy import Predictor
     from .app import create_app
-    return create_app(Predictor(model_dir, num_threads=threads, precision=precision), settings)
+    return create_app(Predictor(model_dir, engine=engine, num_threads=threads), settings)
 
 
 def app_from_environment():
@@ -163,7 +211,8 @@ def app_from_environment():
     config = json.loads(os.environ[CONFIG_ENV])
     settings = dict(config['settings'], api_key=os.environ.get(API_KEY_ENV) or None)
     settings['cors_origins'] = tuple(settings['cors_origins'])
-    return build_app(config['model_dir'], ServeSettings(**settings), config['threads'], config['precision'])
+    settings['allowed_hosts'] = tuple(settings['allowed_hosts'])
+    return build_app(config['model_dir'], ServeSettings(**settings), config['threads'], config['engine'])
 
 
 def run_serve(args):
@@ -178,6 +227,7 @@ def run_serve(args):
     except ImportError as exc:
         raise ServeError(f'{SERVE_EXTRA_HINT} ({exc})') from None
     _check_args(args)
+    engine = engine_from_args(args)
     # The event loop shares the interpreter with the engine thread, whose numpy work (resampling,
     # features) holds it for stretches: a shorter switch interval hands it back to the loop
     # sooner, so /healthz and small requests stay quick while the engine is busy.
@@ -192,17 +242,20 @@ def run_serve(args):
     options = dict(host=args.host, port=args.port, access_log=args.access_log, log_level='info',
                    ws_max_size=MAX_STREAM_MESSAGE_BYTES, ws_per_message_deflate=WS_DEFLATE,
                    limit_concurrency=args.max_connections,
-                   timeout_keep_alive=5)
-    if args.host not in ('127.0.0.1', 'localhost', '::1') and settings.api_key is None:
+                   timeout_keep_alive=5,
+                   # On SIGTERM, requests in flight finish (each is bounded by --timeout); then streams
+                   # and anything left are closed, so a stop never waits on one client.
+                   timeout_graceful_shutdown=math.ceil(settings.timeout) + 1)
+    if args.host not in LOOPBACK_ADDRESSES and settings.api_key is None:
         logging.getLogger(__name__).warning('listening on %s without an API key: anyone who reaches this address '
                                             'can use the server (set --api-key or %s)', args.host, API_KEY_ENV)
     if args.workers == 1:
         # Load the model before binding the port, so a bad export fails with its own message.
-        uvicorn.run(build_app(model_dir, settings, threads, args.precision), **options)
+        uvicorn.run(build_app(model_dir, settings, threads, engine), **options)
         return 0
     from ..deploy import Predictor
-    Predictor(model_dir, num_threads=1, precision=args.precision)  # check the export once, in the parent
-    config = {'model_dir': os.path.abspath(model_dir), 'threads': threads, 'precision': args.precision,
+    Predictor(model_dir, engine=engine, num_threads=1)  # check the export once, in the parent
+    config = {'model_dir': os.path.abspath(model_dir), 'threads': threads, 'engine': engine,
               'settings': {k: v for k, v in settings.to_dict().items() if k != 'api_key'}}
     os.environ[CONFIG_ENV] = json.dumps(config)
     if settings.api_key is not None:

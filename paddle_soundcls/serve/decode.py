@@ -42,6 +42,26 @@ def wav_truncation(data):
     return None
 
 
+def sniff_format(data):
+    """The audio format the first bytes of `data` announce ('wav', 'flac', 'ogg', 'mp3', 'aiff',
+    'au', 'caf', 'w64'), or None: how a body sent without a Content-Type (as Hugging Face's client
+    sends raw audio) or as application/octet-stream is told from text, JSON or anything else."""
+    head = bytes(data[:16])
+    if head[:4] in (b'RIFF', b'RF64', b'RIFX') and head[8:12] == b'WAVE':
+        return 'wav'
+    if head[:4] == b'FORM' and head[8:12] in (b'AIFF', b'AIFC'):
+        return 'aiff'
+    signatures = ((b'fLaC', 'flac'), (b'OggS', 'ogg'), (b'ID3', 'mp3'), (b'.snd', 'au'), (b'caff', 'caf'),
+                  (b'riff\x2e\x91\xcf\x11', 'w64'))
+    for signature, name in signatures:
+        if head.startswith(signature):
+            return name
+    # An MPEG audio frame: 11 bits of frame sync, then a layer that is not 00 (reserved).
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06:
+        return 'mp3'
+    return None
+
+
 _OPENING = re.compile(r'^Error opening <[^>]*>: ')
 
 

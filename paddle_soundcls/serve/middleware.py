@@ -1,6 +1,9 @@
 """Plain ASGI middleware that guards every HTTP request before an endpoint runs.
 
-RequireApiKey: refuses /v1/* and /paddlespeech/* without the key, before any body is read.
+AllowedHosts: refuses a request (HTTP or WebSocket) whose Host header is not one of the
+server's names (421), so a web page of another site cannot reach a server on this machine by
+pointing its own name at 127.0.0.1 (DNS rebinding).
+RequireApiKey: refuses every path but the open ones (settings.OPEN_PATHS) without the key, before any body is read.
 RequestLimits: refuses oversized headers (431), then reads the whole body first, within the
 size limit and the request timeout, so a slow or oversized upload is answered (408 / 413)
 without reaching an endpoint, and endpoints (including form parsing) only ever see a complete
@@ -13,7 +16,7 @@ import contextlib
 import json
 import time
 
-from .settings import PROTECTED_PREFIXES, error_body, key_from_headers, key_matches
+from .settings import error_body, host_allowed, key_from_headers, key_matches, needs_api_key
 
 DEADLINE_KEY = 'paddle_soundcls.deadline'   # scope key: time.monotonic() by which to answer
 # uvicorn's parser limits only headers that arrive in pieces; headers that arrive at once are
@@ -36,6 +39,27 @@ async def send_json(send, status, body, headers=None, close=False):
     await send({'type': 'http.response.body', 'body': payload})
 
 
+class AllowedHosts:
+    def __init__(self, app, settings):
+        self.app = app
+        self.allowed = settings.allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] not in ('http', 'websocket'):
+            return await self.app(scope, receive, send)
+        host = header_map(scope).get('host', '')
+        if host_allowed(self.allowed, host):
+            return await self.app(scope, receive, send)
+        if scope['type'] == 'websocket':   # refused before the handshake is answered: HTTP 403
+            await receive()
+            return await send({'type': 'websocket.close', 'code': 1008, 'reason': 'host not allowed'})
+        shown = host if len(host) <= 100 else host[:100] + '...'
+        body = error_body(scope['path'], 421, 'host_not_allowed',
+                          f'this server answers requests for {", ".join(self.allowed)}, not for Host {shown!r} '
+                          f'(--allowed-hosts): use one of those names in the URL')
+        await send_json(send, 421, body, close=True)
+
+
 class RequireApiKey:
     def __init__(self, app, settings):
         self.app = app
@@ -43,7 +67,7 @@ class RequireApiKey:
 
     async def __call__(self, scope, receive, send):
         if (scope['type'] != 'http' or self.settings.api_key is None or scope.get('method') == 'OPTIONS'
-                or not scope['path'].startswith(PROTECTED_PREFIXES)):
+                or not needs_api_key(scope['path'])):
             return await self.app(scope, receive, send)
         presented = key_from_headers(header_map(scope))
         if key_matches(self.settings, presented):

@@ -1,15 +1,25 @@
 """The server's settings and its JSON errors. No web framework imported here, so the command
 line can build its parser without the `serve` extra installed."""
 import hmac
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Tuple
+
+from .. import validate
+from ..errors import ArgumentError
 
 MiB = 1 << 20
 API_KEY_ENV = 'PADDLE_SOUNDCLS_API_KEY'
 # Paths that need the API key when one is set. The page, its files, /healthz (probed by load
 # balancers) and the OpenAPI docs stay open: they reveal nothing and run no model.
-PROTECTED_PREFIXES = ('/v1/', '/paddlespeech/')
+# With an API key, every path needs it except these: what a load balancer, a browser loading the
+# page and a client reading the API's description ask for. Open by name, so a new route is
+# guarded unless it is added here.
+OPEN_PATHS = ('/', '/healthz', '/openapi.json', '/docs', '/docs/oauth2-redirect', '/redoc')
+OPEN_PREFIXES = ('/static/',)
+
+
+def needs_api_key(path):
+    return path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
 PADDLESPEECH_PREFIX = '/paddlespeech/'
 # One WebSocket message of PCM; 1 MiB is 16 s of 16-kHz int16, far more than a chunk needs.
 MAX_STREAM_MESSAGE_BYTES = MiB
@@ -36,7 +46,9 @@ class ServeSettings:
     timeout: seconds for a request from its first byte to its answer (and for a stream between
     two messages); default_top_k: labels answered when a request names no top_k; api_key: None
     for an open server (surrounding whitespace is dropped, as it is from a presented key);
-    cors_origins: origins allowed to call from a browser page of another site (none by default).
+    cors_origins: origins allowed to call from a browser page of another site (none by default);
+    allowed_hosts: the names (Host header, port ignored) requests must be addressed to, () for
+    any (the command line sets them for a loopback address without a key; see host_allowed).
     """
     max_batch: int = 8
     max_wait_ms: float = 5.0
@@ -50,23 +62,20 @@ class ServeSettings:
     default_top_k: int = 5
     api_key: Optional[str] = field(default=None, repr=False)
     cors_origins: Tuple[str, ...] = ()
+    allowed_hosts: Tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ('max_batch', 'max_queue', 'max_body_bytes', 'max_decode_samples', 'default_top_k'):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name} must be a positive int, got {value!r}')
-        for name, low in (('max_wait_ms', 0.0), ('max_audio_seconds', None), ('max_window_seconds', None),
-                          ('max_overlap', 1.0), ('timeout', None)):
-            value = getattr(self, name)
-            if name == 'max_audio_seconds' and value is None:
-                continue
-            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            if bad or (value < low if low is not None else value <= 0):
-                kind = f'a number >= {low:g}' if low is not None else 'a positive number'
-                raise ValueError(f'{name} must be {kind}, got {value!r}')
+            validate.positive_int(name, getattr(self, name))
+        validate.non_negative_number('max_wait_ms', self.max_wait_ms)
+        validate.positive_number('max_audio_seconds', self.max_audio_seconds, allow_none=True,
+                                 hint="None: the model's default")
+        validate.positive_number('max_window_seconds', self.max_window_seconds)
+        validate.number('max_overlap', self.max_overlap, 1.0)
+        validate.positive_number('timeout', self.timeout)
         object.__setattr__(self, 'api_key', check_api_key(self.api_key))
         object.__setattr__(self, 'cors_origins', tuple(self.cors_origins))
+        object.__setattr__(self, 'allowed_hosts', tuple(name.strip().lower() for name in self.allowed_hosts))
 
     def to_dict(self):
         return asdict(self)
@@ -96,10 +105,10 @@ def check_api_key(key):
     if key is None:
         return None
     if not isinstance(key, str) or not key.strip():
-        raise ValueError('api_key must be a non-empty string, or None for a server without a key')
+        raise ArgumentError('api_key must be a non-empty string, or None for a server without a key')
     key = key.strip()
     if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise ValueError('api_key contains a control character (a line break or tab inside it?), which no HTTP '
+        raise ArgumentError('api_key contains a control character (a line break or tab inside it?), which no HTTP '
                          'header can carry: choose a key of printable characters')
     return key
 
@@ -156,6 +165,19 @@ def origin_allowed(settings, headers):
     return bool(sep) and bool(host) and netloc.strip().lower().rstrip('/') == host
 
 
+LOOPBACK_HOSTS = ('localhost', '127.0.0.1', '[::1]')
+
+
+def host_allowed(allowed, host):
+    """True when `allowed` is empty or holds the name of the Host header `host` (its port
+    dropped, case ignored); '*' in `allowed` lets every name through."""
+    if not allowed or '*' in allowed:
+        return True
+    host = host.strip().lower()
+    name = host.rpartition(':')[0] if host.rpartition(':')[2].isdigit() and not host.endswith(']') else host
+    return name in allowed
+
+
 @dataclass(frozen=True)
 class WindowLimits:
     """What windows of one served model may be, in seconds: min_window, the network's shortest
@@ -177,7 +199,7 @@ def window_and_hop(window, hop, limits):
 
 
 def _seconds(value):
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    return isinstance(value, (int, float)) and validate.is_finite_number(value) and value > 0
 
 
 def check_window_hop(window, hop, limits):
@@ -186,7 +208,7 @@ def check_window_hop(window, hop, limits):
     and a hop finer than its frames would repeat work, multiplying what each second of audio
     costs; so would a large window / hop."""
     for name, value in (('window', window), ('hop', hop)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if not _seconds(value):
             raise ApiError(400, 'invalid_parameter', f'{name} must be a positive number of seconds, got {value!r}',
                            name)
     window, hop = float(window), float(hop)

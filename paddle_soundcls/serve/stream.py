@@ -19,8 +19,13 @@ window and hop follow the rule of /v1/events (settings.check_window_hop), and ha
 at least the model's shortest input and at most --max-window-seconds, hop at least the
 network's frame hop and at most the window, window / hop at most --max-overlap.
 
-Errors: {"type": "error", "error": {"code", "message"}} and the socket is closed (1008 for a bad
-start message, a missing key or a silent client, 1007 for bad PCM, 1003 for a text message that
+The start message is at most MAX_START_MESSAGE_BYTES; a field it does not take is refused
+(`unknown_parameter`, the rule of every endpoint: params.py); sample_rate is at least
+MIN_STREAM_SAMPLE_RATE. A wrong key in the handshake's headers is refused before the handshake
+is answered (HTTP 403).
+
+Errors: {"type": "error", "error": {"code", "message"}} and the socket is closed, the close
+frame's reason carrying the code (1008 for a bad start message, a missing key or a silent client, 1007 for bad PCM, 1003 for a text message that
 is not JSON); a client sending more than MAX_MESSAGES_PER_SECOND messages a second gets
 "too_many_messages" and its connection is dropped. A window refused because the server is
 busy gets an error message with its "start" and "end", and the stream goes on. A handshake
@@ -47,14 +52,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 from starlette.websockets import WebSocketDisconnect
 
-from .. import audio
+from .. import audio, validate
 from ..deploy import pcm
 from ..deploy.detection import FrameStream
 from ..deploy.events import EventConfig, EventTracker
 from ..deploy.segments import SlidingWindow
+from ..errors import ArgumentError
+from . import params
+from .params import unknown_message
 from .settings import (MAX_STREAM_MESSAGE_BYTES, ApiError, key_from_headers, key_matches, window_and_hop,
                        origin_allowed)
 
@@ -67,6 +74,13 @@ PIECE_SAMPLES = 1 << 16           # stream samples resampled in one step
 # chunk's rate. Each message costs the server's event loop its parsing however small it is,
 # so a flood of tiny ones is dropped, connection and all (its buffered data with it).
 MAX_MESSAGES_PER_SECOND = 5000
+# Below this rate a stream is not audio a sound model can use, and each sample would be
+# upsampled many times over to the model's rate (1 kHz -> 32 kHz is 32 samples each).
+MIN_STREAM_SAMPLE_RATE = 8000
+# The start message is a few fields (with per-class thresholds in "options", a few kB); more is
+# refused before it is parsed.
+MAX_START_MESSAGE_BYTES = 64 * 1024
+MAX_START_ITEMS = 4096
 INLINE_ELEMENTS = 1 << 18         # a resampling step this small (samples x filter taps) runs on the event loop
 
 
@@ -160,9 +174,9 @@ def parse_start(message, settings, num_labels, limits):
     if not isinstance(message, dict):
         raise _bad_start('the first message must be a JSON object such as {"sample_rate": 16000, "format": "int16"}')
     known = set(StreamConfig.__dataclass_fields__) | {'api_key'}
-    unknown = sorted(set(message) - known)
-    if unknown:
-        raise _bad_start(f'unknown fields {unknown} in the start message; known: {sorted(known)}')
+    for name in sorted(message):
+        if name not in known:
+            raise StreamError('unknown_parameter', unknown_message(name, known, 'the start message'), CLOSE_POLICY)
     if 'sample_rate' not in message:
         raise _bad_start('the start message needs "sample_rate" (Hz) of the PCM you will send')
     values = {k: v for k, v in message.items() if k != 'api_key'}
@@ -172,6 +186,10 @@ def parse_start(message, settings, num_labels, limits):
         config.sample_rate = audio.check_sample_rate(config.sample_rate, 'sample_rate')
     except audio.AudioError as exc:
         raise _bad_start(str(exc)) from None
+    if config.sample_rate < MIN_STREAM_SAMPLE_RATE:
+        raise _bad_start(f'sample_rate is {config.sample_rate} Hz; streams take at least {MIN_STREAM_SAMPLE_RATE} Hz '
+                         f'(lower rates carry too little of the sound, and would be upsampled many times over to '
+                         f'the model\'s rate): send the audio at {MIN_STREAM_SAMPLE_RATE} Hz or more')
     # Each field's type before its value: an unhashable list or object must not reach a lookup.
     for name, table in (('format', pcm.SAMPLE_FORMATS), ('mode', STREAM_MODES)):
         value = getattr(config, name)
@@ -183,11 +201,19 @@ def parse_start(message, settings, num_labels, limits):
         config.window, config.hop = window_and_hop(config.window, config.hop, limits)
     except ApiError as exc:
         raise _bad_start(exc.message) from None
-    if isinstance(config.top_k, bool) or not isinstance(config.top_k, int) or config.top_k < 1:
-        raise _bad_start(f'top_k must be a positive int, got {config.top_k!r}')
-    config.top_k = min(config.top_k, num_labels)
+    try:
+        config.top_k = min(validate.positive_int('top_k', config.top_k), num_labels)
+    except ArgumentError as exc:
+        raise _bad_start(str(exc)) from None
     if not isinstance(config.options, dict):
-        raise _bad_start(f'options must be a JSON object, got {config.options!r}')
+        raise _bad_start(f'options must be a JSON object, got {validate.shown(config.options)}')
+    if config.options and config.mode != 'events':
+        raise _bad_start(f'options are the event thresholds of mode "events"; mode {config.mode!r} takes none')
+    median = config.options.get('median_filter_seconds')
+    if validate.is_finite_number(median) and median > limits.max_window:
+        # The tracker holds and sorts this many seconds of frame scores for every frame it decides.
+        raise _bad_start(f'options.median_filter_seconds must be at most {limits.max_window:g} seconds (the '
+                         f"server's longest window), got {validate.shown(median)}")
     return config
 
 
@@ -241,6 +267,10 @@ async def run_stream(websocket, settings, labels, meta, model_rate, limits, engi
         # Browsers open WebSockets to any site without asking it; the Origin header says which page did.
         await websocket.close(CLOSE_POLICY)   # before accept: the handshake is answered with HTTP 403
         return
+    presented = key_from_headers(websocket.headers)
+    if presented and not key_matches(settings, presented):
+        await websocket.close(CLOSE_POLICY)   # a wrong key in the handshake: refused before any message is read
+        return
     await websocket.accept()
     try:
         await _session(websocket, settings, labels, meta, model_rate, limits, engine)
@@ -254,21 +284,34 @@ async def run_stream(websocket, settings, labels, meta, model_rate, limits, engi
                                 1011)
 
 
+def close_reason(code, message):
+    """The reason of a close frame: the error's code and the start of its message, within the
+    123 bytes a close frame carries."""
+    return f'{code}: {message}'.encode('utf-8')[:123].decode('utf-8', 'ignore')
+
+
 async def _close_with_error(websocket, code, message, close_code):
     try:
         await websocket.send_json({'type': 'error', 'error': {'code': code, 'message': message}})
         if close_code is not None:
-            await websocket.close(close_code)
+            await websocket.close(close_code, reason=close_reason(code, message))
     except Exception:  # the client may already be gone
         pass
 
 
 async def _receive(websocket, timeout, waiting_for):
+    # Not asyncio.wait_for: before Python 3.12 it can swallow a cancellation that arrives as the
+    # message does, and a reader cancelled that way would go on waiting for the client.
+    receiving = asyncio.ensure_future(websocket.receive())
     try:
-        message = await asyncio.wait_for(websocket.receive(), timeout)
-    except asyncio.TimeoutError:
+        done, _ = await asyncio.wait({receiving}, timeout=timeout)
+    finally:
+        if not receiving.done():
+            receiving.cancel()
+    if not done:
         raise StreamError('timeout', f'no message for {timeout:g} s (--timeout) while waiting for {waiting_for}; '
-                                     f'closing the stream', CLOSE_POLICY) from None
+                                     f'closing the stream', CLOSE_POLICY)
+    message = receiving.result()
     if message['type'] == 'websocket.disconnect':
         raise WebSocketDisconnect(message.get('code', 1000))
     return message
@@ -276,7 +319,9 @@ async def _receive(websocket, timeout, waiting_for):
 
 def _json_text(message, code='bad_message', close_code=CLOSE_UNSUPPORTED):
     try:
-        return json.loads(message['text'])
+        return json.loads(message['text'], object_pairs_hook=params.object_without_duplicates)
+    except params.DuplicateKey as exc:
+        raise StreamError('duplicate_parameter', str(exc), close_code) from None
     except (ValueError, RecursionError) as exc:
         reason = 'nested too deeply' if isinstance(exc, RecursionError) else str(exc)
         raise StreamError(code, f'text messages must be JSON ({reason}); send audio as binary messages',
@@ -285,9 +330,13 @@ def _json_text(message, code='bad_message', close_code=CLOSE_UNSUPPORTED):
 
 async def _session(websocket, settings, labels, meta, model_rate, limits, engine):
     first = await _receive(websocket, settings.timeout, 'the start message')
-    if first.get('text') is None:
+    text = first.get('text')
+    if text is None:
         raise _bad_start('send the start message (JSON text, e.g. {"sample_rate": 16000}) before any audio')
-    start = _json_text(first)
+    if len(text) > MAX_START_MESSAGE_BYTES or sum(text.count(c) for c in ',[{') > MAX_START_ITEMS:
+        raise _bad_start(f'the start message holds {len(text)} characters; it takes at most '
+                         f'{MAX_START_MESSAGE_BYTES} (and {MAX_START_ITEMS} JSON items): send its fields only')
+    start = _json_text(first, 'bad_start', CLOSE_POLICY)
     presented, from_header = key_from_headers(websocket.headers), True
     if not presented and isinstance(start, dict):
         presented, from_header = start.get('api_key'), False

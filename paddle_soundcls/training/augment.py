@@ -4,8 +4,6 @@ The tensor work runs in Paddle, on whatever device the batch is on. All random d
 from the numpy Generator `rng` passed in: build one per step from (seed, epoch, step) and a
 run is reproducible, and a resumed run draws the same numbers, without saving any RNG state.
 """
-import math
-import numbers
 import os
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -14,6 +12,8 @@ import numpy as np
 import paddle
 
 from ..features.config import settings_from_dict
+from .. import validate
+from ..errors import ArgumentError, DatasetError
 
 
 @dataclass(frozen=True)
@@ -50,27 +50,18 @@ class AugmentConfig:
     def __post_init__(self):
         for name in ('time_masks', 'time_mask_width', 'freq_masks', 'freq_mask_width'):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-                raise ValueError(f'AugmentConfig.{name} must be an integer >= 0, got {value!r}')
+            validate.non_negative_int(f'AugmentConfig.{name}', value)
         for count, width in (('time_masks', 'time_mask_width'), ('freq_masks', 'freq_mask_width')):
             if getattr(self, count) > 0 and getattr(self, width) == 0:
-                raise ValueError(f'AugmentConfig.{count} > 0 needs {width} > 0 (masks of width 0 do nothing)')
+                raise ArgumentError(f'AugmentConfig.{count} > 0 needs {width} > 0 (masks of width 0 do nothing)')
         for name in ('mixup_alpha', 'gain_db'):
-            value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
-                raise ValueError(f'AugmentConfig.{name} must be a finite number >= 0, got {value!r}')
+            validate.non_negative_number(f'AugmentConfig.{name}', getattr(self, name))
         for name in ('impulse_response_p', 'freq_mixstyle_p'):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
-                raise ValueError(f'AugmentConfig.{name} must be a probability in [0, 1], got {value!r}')
-        if not _is_number(self.freq_mixstyle_alpha) or not self.freq_mixstyle_alpha > 0:
-            raise ValueError(f'AugmentConfig.freq_mixstyle_alpha must be > 0, got {self.freq_mixstyle_alpha!r}')
+            validate.probability(f'AugmentConfig.{name}', getattr(self, name))
+        validate.positive_number('AugmentConfig.freq_mixstyle_alpha', self.freq_mixstyle_alpha)
         if (self.impulse_responses is None) != (self.impulse_response_p == 0):
-            raise ValueError('AugmentConfig.impulse_responses (a folder) and impulse_response_p > 0 go together')
-        if self.noise_snr_db is not None and (not _is_number(self.noise_snr_db)
-                                              or not math.isfinite(self.noise_snr_db)):
-            raise ValueError(f'AugmentConfig.noise_snr_db must be a finite number of dB or None, '
-                             f'got {self.noise_snr_db!r}')
+            raise ArgumentError('AugmentConfig.impulse_responses (a folder) and impulse_response_p > 0 go together')
+        validate.number('AugmentConfig.noise_snr_db', self.noise_snr_db, unit='dB', allow_none=True)
 
     @property
     def changes_audio(self):
@@ -96,18 +87,14 @@ class AugmentConfig:
         return settings_from_dict(cls, data, 'augmentation')
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _check_rng(rng):
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(f'rng must be a numpy Generator (np.random.default_rng(...)), got {type(rng).__name__}')
+        raise ArgumentError(f'rng must be a numpy Generator (np.random.default_rng(...)), got {type(rng).__name__}')
 
 
 def _check_ndim(name, x, ndim, shape):
     if x.ndim != ndim:
-        raise ValueError(f'{name} must be {shape}, got shape {x.shape}')
+        raise ArgumentError(f'{name} must be {shape}, got shape {x.shape}')
 
 
 def _to_device(array, like):
@@ -213,12 +200,12 @@ def mixup(feats, targets, alpha, rng):
     """
     _check_rng(rng)
     if targets is None:
-        raise ValueError('mixup needs the targets: pass one-hot [batch, classes] float targets')
+        raise ArgumentError('mixup needs the targets: pass one-hot [batch, classes] float targets')
     if targets.ndim != 2 or targets.shape[0] != feats.shape[0]:
-        raise ValueError(f'mixup needs one-hot or multi-hot targets [batch, classes] = [{feats.shape[0]}, C], '
+        raise ArgumentError(f'mixup needs one-hot or multi-hot targets [batch, classes] = [{feats.shape[0]}, C], '
                          f'got shape {targets.shape}; one-hot encode class indices first')
     if not alpha > 0:
-        raise ValueError(f'mixup alpha must be > 0, got {alpha!r}')
+        raise ArgumentError(f'mixup alpha must be > 0, got {alpha!r}')
     lam = float(rng.beta(alpha, alpha))
     perm = paddle.to_tensor(rng.permutation(feats.shape[0]), place=feats.place)
     if targets.dtype not in (paddle.float16, paddle.bfloat16, paddle.float32, paddle.float64):
@@ -235,7 +222,7 @@ def load_impulse_responses(folder, sample_rate):
     key = (os.path.abspath(folder), sample_rate)
     if key not in _IMPULSE_RESPONSES:
         if not os.path.isdir(folder):
-            raise ValueError(f'impulse_responses: no such folder: {folder}')
+            raise DatasetError(f'impulse_responses: no such folder: {folder}')
         responses = []
         for path in audio.list_audio_files(folder):
             try:
@@ -246,7 +233,7 @@ def load_impulse_responses(folder, sample_rate):
             if energy > 0:
                 responses.append((ir / energy).astype(np.float32))
         if not responses:
-            raise ValueError(f'impulse_responses: {folder} holds no readable audio files '
+            raise DatasetError(f'impulse_responses: {folder} holds no readable audio files '
                              f'({", ".join(audio.AUDIO_EXTENSIONS)}) to use as impulse responses')
         _IMPULSE_RESPONSES[key] = responses
     return _IMPULSE_RESPONSES[key]
@@ -292,7 +279,7 @@ def apply(cfg, waves, rng, sample_rate=None):
     _check_rng(rng)
     if cfg.impulse_response_p > 0:
         if sample_rate is None:
-            raise ValueError('impulse responses need the sample rate of the waveforms')
+            raise ArgumentError('impulse responses need the sample rate of the waveforms')
         responses = load_impulse_responses(cfg.impulse_responses, sample_rate)
         waves = convolve_impulse_responses(waves, responses, cfg.impulse_response_p, rng)
     if cfg.gain_db > 0:

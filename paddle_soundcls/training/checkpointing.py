@@ -23,15 +23,15 @@ import shutil
 import paddle
 
 from .. import fileio
-from ..checkpoints.files import PARAMS_FILE
-from ..checkpoints.pdparams import load_params, load_state
+from ..checkpoints.files import PARAMS_FILE, TRAINER_STATE, read_checkpoint_params
+from ..checkpoints.pdparams import load_state
 from ..checkpoints.schema import META_FILE, read_meta
+from .. import validate
 from ..errors import ArgumentError, CheckpointError
 from . import metrics
 
 logger = logging.getLogger(__name__)
 
-TRAINER_STATE = 'trainer.json'
 OPT_FILE = 'model.pdopt'
 BEST_MODEL = 'best_model'
 BACKBONES = 'backbones'
@@ -45,10 +45,8 @@ def new_state():
 
 
 def check_keep_last(keep_last):
-    if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
-        raise ArgumentError(f'keep_last must be a positive int (epoch_N directories kept for resuming) or None '
-                            f'(keep all), got {keep_last!r}')
-    return keep_last
+    return validate.positive_int('keep_last', keep_last, allow_none=True,
+                                 hint='epoch_N directories kept for resuming; None keeps all')
 
 
 class CheckpointDir:
@@ -88,9 +86,14 @@ class CheckpointDir:
             raise ArgumentError(f'{self.root} chose its best model by {saved_metric!r}, not by {compare_metrics!r}: '
                                 f'the scores cannot be compared. Pass compare_metrics={saved_metric!r} to continue '
                                 f'this run, or use a new checkpoint_dir.')
-        self.model.set_state_dict(self._params(directory, state))
+        self.model.set_state_dict(self._params(directory))
         opt_state = rename_optimizer_state(self.model, load_state(os.path.join(directory, OPT_FILE)),
                                            load=True)
+        if 'LR_Scheduler' not in opt_state and 'LR_Scheduler' in self.optimizer.state_dict():
+            # Paddle cannot start a schedule from the state of a constant rate (it fails an assertion).
+            raise CheckpointError(f'{directory} was trained with a constant learning rate and this run has a '
+                                  f'learning-rate schedule: they cannot continue each other. Use a new '
+                                  f'checkpoint_dir (or the constant rate of the earlier run)')
         saved_frozen = bool(state.get('freeze_backbone', False))
         if saved_frozen != freeze_backbone:
             # The saved moments cover the parameters that were trained then: a head alone, or the
@@ -103,17 +106,10 @@ class CheckpointDir:
         logger.info('resuming from %s (epoch %d done)', directory, epoch)
         return state
 
-    def _params(self, directory, state):
+    def _params(self, directory):
         """The whole model's parameters saved for an epoch: its own file, over the backbone file it names."""
         # Read without unpickling arbitrary objects: a damaged or hostile file is named and refused.
-        params = load_params(os.path.join(directory, PARAMS_FILE))
-        if state.get('backbone_file'):
-            backbone = os.path.join(self.root, state['backbone_file'])
-            if not os.path.isfile(backbone):
-                raise CheckpointError(f'{directory} holds the head of a frozen-backbone run; its backbone, {backbone}, '
-                                      f'is missing. Put it back, or resume from {BEST_MODEL} with a new checkpoint_dir')
-            params = {**load_params(backbone), **params}
-        return params
+        return read_checkpoint_params(os.path.join(directory, PARAMS_FILE))
 
     # ------------------------------------------------------------------- save
     def save(self, epoch, state, best_result=None):

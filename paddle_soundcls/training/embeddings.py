@@ -40,6 +40,7 @@ from ..device import place_of
 from ..deploy.segments import clip_segments
 from ..progress import progress_bar
 from ..features.mel import logmel
+from ..errors import ArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +143,10 @@ def embed_dataset(module, dataset, cut='center', clip_samples=None, batch_size=B
     """
     from ..export.onnx_cache import weights_digest
     if cut not in CUTS:
-        raise ValueError(f'cut must be one of {CUTS}, got {cut!r}')
+        raise ArgumentError(f'cut must be one of {CUTS}, got {cut!r}')
     items = getattr(dataset, 'items', None)
     if items is None or not hasattr(dataset, 'waveform'):
-        raise TypeError(f'freeze_backbone=True caches embeddings per audio file, so it needs a paddle_soundcls '
+        raise ArgumentError(f'freeze_backbone=True caches embeddings per audio file, so it needs a paddle_soundcls '
                         f'AudioDataset (items of (path, label)); got {type(dataset).__name__}')
     root = root or cache_root()
     clip_samples = dataset.num_samples if clip_samples is None else clip_samples

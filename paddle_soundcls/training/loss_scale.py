@@ -12,6 +12,7 @@ works on any device, so its behaviour is tested on every machine.
 import math
 
 import paddle
+from ..errors import ArgumentError
 
 INITIAL_SCALE = 2.0 ** 15
 GROWTH_INTERVAL = 1000
@@ -28,7 +29,7 @@ class DynamicLossScaler:
 
     def __init__(self, scale=INITIAL_SCALE, growth_interval=GROWTH_INTERVAL):
         if not (scale > 0 and math.log2(scale).is_integer()):
-            raise ValueError(f'the loss scale must be a positive power of two, got {scale!r}')
+            raise ArgumentError(f'the loss scale must be a positive power of two, got {scale!r}')
         self.scale = float(scale)
         self.growth_interval = int(growth_interval)
         self.good_steps = 0    # steps since the last overflow or growth

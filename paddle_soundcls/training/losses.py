@@ -10,6 +10,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .. import validate
 from ..errors import ArgumentError
 
 LOSSES = ('ce', 'class_balanced', 'focal', 'class_balanced_focal', 'bce')
@@ -30,13 +31,13 @@ def class_balanced_weights(class_counts, beta=0.999):
     """
     counts = np.asarray(class_counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size == 0:
-        raise ValueError(f'class_counts must be a non-empty 1-D sequence, got shape {counts.shape}')
+        raise ArgumentError(f'class_counts must be a non-empty 1-D sequence, got shape {counts.shape}')
     for index, n in enumerate(counts):
         if not n > 0:
-            raise ValueError(f'class {index} has {n:g} training samples; class-balanced weights need '
+            raise ArgumentError(f'class {index} has {n:g} training samples; class-balanced weights need '
                              'at least one sample of every class (check the label list and the dataset)')
     if not 0.0 <= beta < 1.0:
-        raise ValueError(f'beta must be in [0, 1), got {beta!r}')
+        raise ArgumentError(f'beta must be in [0, 1), got {beta!r}')
     weights = (1.0 - beta) / (1.0 - np.power(beta, counts))
     return (weights * counts.size / weights.sum()).astype(np.float32)
 
@@ -46,7 +47,7 @@ def _weights_tensor(class_weights):
         return None
     w = np.asarray(class_weights, dtype=np.float32)
     if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError('class_weights must be a 1-D sequence of finite, non-negative numbers '
+        raise ArgumentError('class_weights must be a 1-D sequence of finite, non-negative numbers '
                          f'(one per class), got {class_weights!r}')
     return paddle.to_tensor(w)
 
@@ -54,26 +55,26 @@ def _weights_tensor(class_weights):
 def _float_targets(logits, target):
     """Target as float [B, C] in the logits' dtype; class indices become one-hot rows."""
     if logits.ndim != 2:
-        raise ValueError(f'logits must be [batch, classes], got shape {logits.shape}')
+        raise ArgumentError(f'logits must be [batch, classes], got shape {logits.shape}')
     batch, num_classes = logits.shape
     if target.dtype in (paddle.int32, paddle.int64):
         if target.ndim == 2 and target.shape[1] == 1:
             target = target.squeeze(1)
         if target.ndim != 1 or target.shape[0] != batch:
-            raise ValueError(f'class-index targets must be [batch] = [{batch}], got shape {target.shape}')
+            raise ArgumentError(f'class-index targets must be [batch] = [{batch}], got shape {target.shape}')
         # Out-of-range indices would give a silently wrong one-hot row on some devices.
         low, high = int(target.min()), int(target.max())
         if low < 0 or high >= num_classes:
-            raise ValueError(f'class indices must be in [0, {num_classes}), got values from {low} to {high}')
+            raise ArgumentError(f'class indices must be in [0, {num_classes}), got values from {low} to {high}')
         return F.one_hot(target.astype('int64'), num_classes).astype(logits.dtype)
     if list(target.shape) != [batch, num_classes]:
-        raise ValueError(f'float targets must have the logits shape {[batch, num_classes]}, got {target.shape}')
+        raise ArgumentError(f'float targets must have the logits shape {[batch, num_classes]}, got {target.shape}')
     return target.astype(logits.dtype)
 
 
 def _check_weights(weights, num_classes):
     if weights is not None and weights.shape[0] != num_classes:
-        raise ValueError(f'class_weights has {weights.shape[0]} entries but the logits have {num_classes} classes')
+        raise ArgumentError(f'class_weights has {weights.shape[0]} entries but the logits have {num_classes} classes')
 
 
 class CrossEntropyLoss(nn.Layer):
@@ -97,7 +98,7 @@ class CrossEntropyLoss(nn.Layer):
     def __init__(self, label_smoothing=0.0, class_weights=None):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing!r}')
+            raise ArgumentError(f'label_smoothing must be in [0, 1), got {label_smoothing!r}')
         self.label_smoothing = float(label_smoothing)
         weights = _weights_tensor(class_weights)
         # A buffer, so the weights follow the layer to the training device.
@@ -137,7 +138,7 @@ class FocalLoss(nn.Layer):
     def __init__(self, gamma=2.0, class_weights=None):
         super().__init__()
         if not gamma >= 0:
-            raise ValueError(f'gamma must be >= 0, got {gamma!r}')
+            raise ArgumentError(f'gamma must be >= 0, got {gamma!r}')
         self.gamma = float(gamma)
         self.register_buffer('class_weights', _weights_tensor(class_weights), persistable=False)
 
@@ -192,13 +193,13 @@ def build_loss(name, class_counts=None, label_smoothing=0.0, beta=0.999, gamma=2
         paddle.nn.Layer computing loss(logits, target).
     """
     if name not in LOSSES:
-        raise ValueError(f'unknown loss {name!r}; known: {", ".join(LOSSES)}')
+        raise ArgumentError(f'unknown loss {name!r}; known: {", ".join(LOSSES)}')
     if label_smoothing and name not in ('ce', 'class_balanced'):
-        raise ValueError(f"label_smoothing applies to 'ce' and 'class_balanced' only, not {name!r}")
+        raise ArgumentError(f"label_smoothing applies to 'ce' and 'class_balanced' only, not {name!r}")
     weights = None
     if name.startswith('class_balanced'):
         if class_counts is None:
-            raise ValueError(f'loss {name!r} needs class_counts (training samples per class)')
+            raise ArgumentError(f'loss {name!r} needs class_counts (training samples per class)')
         weights = class_balanced_weights(class_counts, beta)
     if name in ('ce', 'class_balanced'):
         return CrossEntropyLoss(label_smoothing, weights)
@@ -253,11 +254,9 @@ class DistillationLoss(nn.Layer):
 
     def __init__(self, task_loss, kd_lambda=0.5, temperature=2.0, multi_label=False):
         super().__init__()
-        if isinstance(kd_lambda, bool) or not isinstance(kd_lambda, (int, float)) or not 0.0 <= kd_lambda <= 1.0:
-            raise ValueError(f'kd_lambda must be a number in [0, 1], got {kd_lambda!r}')
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f'kd_temperature must be a positive number, got {temperature!r}')
-        self.task_loss, self.kd_lambda, self.temperature = task_loss, float(kd_lambda), float(temperature)
+        self.task_loss = task_loss
+        self.kd_lambda = validate.probability('kd_lambda', kd_lambda)
+        self.temperature = validate.positive_number('kd_temperature', temperature)
         self.multi_label = multi_label
 
     def teacher_probs(self, teacher_logits):
@@ -278,7 +277,7 @@ class DistillationLoss(nn.Layer):
 
     def forward(self, logits, target, teacher_logits=None, teacher_probs=None):
         if (teacher_logits is None) == (teacher_probs is None):
-            raise ValueError('DistillationLoss needs the teacher as teacher_logits or as teacher_probs (one of them)')
+            raise ArgumentError('DistillationLoss needs the teacher as teacher_logits or as teacher_probs (one of them)')
         hard = self.task_loss(logits, target)
         if self.kd_lambda == 0:
             return hard
@@ -299,9 +298,7 @@ class SupConLoss(nn.Layer):
 
     def __init__(self, temperature=0.1):
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f'supcon_temperature must be a positive number, got {temperature!r}')
-        self.temperature = float(temperature)
+        self.temperature = validate.positive_number('supcon_temperature', temperature)
 
     def forward(self, embeddings, labels):
         z = F.normalize(embeddings.astype('float32'), axis=1)

@@ -4,6 +4,7 @@ Scalar results are Python floats and per-class results are lists, so a metrics d
 written to JSON or logged as it is.
 """
 import csv
+import numbers
 import os
 
 import numpy as np
@@ -54,7 +55,7 @@ def check_metric_fits(name, dataset, role):
 def scalars(result):
     """The single-number entries of a metrics dict, as floats."""
     return {name: float(value) for name, value in result.items()
-            if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)}
+            if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))}
 
 
 def _as_labels(labels, num_samples):
@@ -62,16 +63,16 @@ def _as_labels(labels, num_samples):
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.shape[0] != num_samples:
-        raise ValueError(f'labels must be [N] = [{num_samples}] class indices, got shape {labels.shape}')
+        raise ArgumentError(f'labels must be [N] = [{num_samples}] class indices, got shape {labels.shape}')
     if labels.size and not np.all(labels == np.round(labels)):
-        raise ValueError('labels must be integer class indices')
+        raise ArgumentError('labels must be integer class indices')
     return labels.astype(np.int64)
 
 
 def _as_scores(scores):
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
-        raise ValueError(f'scores must be a non-empty [N, C] array, got shape {scores.shape}')
+        raise ArgumentError(f'scores must be a non-empty [N, C] array, got shape {scores.shape}')
     return scores
 
 
@@ -104,7 +105,7 @@ def classification_metrics(labels, scores, k=5):
     num_samples, num_classes = scores.shape
     labels = _as_labels(labels, num_samples)
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f'labels must be in [0, {num_classes}), got values from {labels.min()} to {labels.max()}')
+        raise ArgumentError(f'labels must be in [0, {num_classes}), got values from {labels.min()} to {labels.max()}')
     predicted = scores.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
@@ -186,7 +187,7 @@ def multilabel_metrics(targets, scores):
     scores = _as_scores(scores)
     targets = np.asarray(targets)
     if targets.shape != scores.shape:
-        raise ValueError(f'targets must have the scores shape {scores.shape}, got {targets.shape}')
+        raise ArgumentError(f'targets must have the scores shape {scores.shape}, got {targets.shape}')
     positive = targets > 0.5
     ap, auc = [], []
     for c in range(scores.shape[1]):
@@ -221,11 +222,11 @@ def save_confusion_matrix(confusion, class_names, directory, name='confusion_mat
     """
     matrix = np.asarray(confusion, dtype=np.int64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f'confusion must be a square [C, C] matrix, got shape {matrix.shape}')
+        raise ArgumentError(f'confusion must be a square [C, C] matrix, got shape {matrix.shape}')
     num_classes = matrix.shape[0]
     names = [str(i) for i in range(num_classes)] if class_names is None else [str(n) for n in class_names]
     if len(names) != num_classes:
-        raise ValueError(f'{len(names)} class names for a {num_classes}-class confusion matrix')
+        raise ArgumentError(f'{len(names)} class names for a {num_classes}-class confusion matrix')
     os.makedirs(directory, exist_ok=True)
     csv_path = os.path.join(directory, name + '.csv')
     png_path = os.path.join(directory, name + '.png')

@@ -10,25 +10,21 @@ Build the scheduler, pass it to the optimizer, and call `scheduler.step()` after
 `optimizer.step()`.
 """
 import math
-import numbers
 
 from paddle.optimizer.lr import LRScheduler
 
+from .. import validate
 from ..errors import ArgumentError
 
 SCHEDULES = ('constant', 'warmup_cosine', 'step')
 
 
 def _check_lr(learning_rate):
-    if not isinstance(learning_rate, numbers.Real) or isinstance(learning_rate, bool) or learning_rate <= 0:
-        raise ValueError(f'learning_rate must be a positive number, got {learning_rate!r}')
-    return float(learning_rate)
+    return validate.positive_number('learning_rate', learning_rate)
 
 
 def _check_count(name, value, minimum):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}')
-    return int(value)
+    return validate.integer(name, value, minimum)
 
 
 class _ClosedForm(LRScheduler):
@@ -72,9 +68,9 @@ class WarmupCosine(_ClosedForm):
         self.total_steps = _check_count('total_steps', total_steps, 1)
         self.warmup_steps = _check_count('warmup_steps', warmup_steps, 0)
         if self.warmup_steps > self.total_steps:
-            raise ValueError(f'warmup_steps ({warmup_steps}) must not exceed total_steps ({total_steps})')
+            raise ArgumentError(f'warmup_steps ({warmup_steps}) must not exceed total_steps ({total_steps})')
         if not 0.0 <= min_lr <= learning_rate:
-            raise ValueError(f'min_lr must be in [0, learning_rate={learning_rate}], got {min_lr!r}')
+            raise ArgumentError(f'min_lr must be in [0, learning_rate={learning_rate}], got {min_lr!r}')
         self.min_lr = float(min_lr)
         super().__init__(learning_rate, last_epoch)
 
@@ -92,7 +88,7 @@ class StepDecayLR(_ClosedForm):
         learning_rate = _check_lr(learning_rate)
         self.step_size = _check_count('step_size', step_size, 1)
         if not 0.0 < gamma <= 1.0:
-            raise ValueError(f'gamma must be in (0, 1], got {gamma!r}')
+            raise ArgumentError(f'gamma must be in (0, 1], got {gamma!r}')
         self.gamma = float(gamma)
         super().__init__(learning_rate, last_epoch)
 
@@ -138,9 +134,9 @@ def build_scheduler(name, learning_rate, total_steps, warmup_steps=0, step_size=
         return warmup_cosine(learning_rate, total_steps, warmup_steps)
     if name == 'step':
         if step_size is None:
-            raise ValueError("the 'step' schedule needs step_size (optimizer steps between decays)")
+            raise ArgumentError("the 'step' schedule needs step_size (optimizer steps between decays)")
         return step_decay(learning_rate, step_size, gamma)
-    raise ValueError(f'unknown schedule {name!r}; known: {", ".join(SCHEDULES)}')
+    raise ArgumentError(f'unknown schedule {name!r}; known: {", ".join(SCHEDULES)}')
 
 
 def steps_per_epoch(num_clips, batch_size, world_size=None):

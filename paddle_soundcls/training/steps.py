@@ -24,6 +24,7 @@ import paddle.nn.functional as F
 
 from ..frames import for_frontend
 from . import augment as augment_lib
+from ..errors import ArgumentError
 
 OUTPUTS = ('logits', 'frames', 'embeddings')
 
@@ -47,7 +48,7 @@ class TrainingNet(nn.Layer):
         if output == 'embeddings':
             embeddings = self.module.forward_features(features)
             return embeddings, self.module.forward_head(embeddings)
-        raise ValueError(f'output must be one of {OUTPUTS}, got {output!r}')
+        raise ArgumentError(f'output must be one of {OUTPUTS}, got {output!r}')
 
 
 def network_targets(module, frame_targets, count, place=None):

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import cache, fileio
 from ..progress import progress_bar
+from ..errors import ArgumentError
 
 FORMAT = 2
 # What an export or Module records that does not change its scores: left out of the cache key
@@ -48,12 +49,12 @@ class Teacher:
     def __init__(self, spec, use_gpu=False):
         members = list(spec) if isinstance(spec, (list, tuple)) else [spec]
         if not members:
-            raise ValueError('teacher: an empty list; give a Module, a checkpoint directory or an export directory')
+            raise ArgumentError('teacher: an empty list; give a Module, a checkpoint directory or an export directory')
         self.members = [_load(member, use_gpu) for member in members]
         first = self.members[0]
         for other in self.members[1:]:
             if other['labels'] != first['labels'] or other['multi_label'] != first['multi_label']:
-                raise ValueError(f'the teachers of an ensemble must share their labels and multi_label setting: '
+                raise ArgumentError(f'the teachers of an ensemble must share their labels and multi_label setting: '
                                  f'{first["name"]} has {first["labels"][:5]}..., {other["name"]} '
                                  f'{other["labels"][:5]}...')
         self.labels, self.multi_label = first['labels'], first['multi_label']
@@ -91,7 +92,7 @@ def _load(spec, use_gpu=False):
     if os.path.isdir(path):
         from .. import load_module
         return _module_member(load_module(path), path, use_gpu)
-    raise ValueError(f'teacher {spec!r}: expected a Module, a checkpoint directory (with meta.json) or an export '
+    raise ArgumentError(f'teacher {spec!r}: expected a Module, a checkpoint directory (with meta.json) or an export '
                      f'directory (with export.json)')
 
 
@@ -109,15 +110,15 @@ def teacher_logits(teacher, dataset, root=None, progress=True):
     computing what is missing. The dataset must be an AudioDataset (files and labels)."""
     items = getattr(dataset, 'items', None)
     if items is None:
-        raise TypeError(f'distillation caches the teacher\'s outputs per audio file, so it needs a paddle_soundcls '
+        raise ArgumentError(f'distillation caches the teacher\'s outputs per audio file, so it needs a paddle_soundcls '
                         f'AudioDataset (items of (path, label)); got {type(dataset).__name__}')
     if list(dataset.labels) != list(teacher.labels):
-        raise ValueError(f'the teacher\'s labels differ from the data\'s, in names or in order:\n'
+        raise ArgumentError(f'the teacher\'s labels differ from the data\'s, in names or in order:\n'
                          f'  teacher: {teacher.labels[:12]}{" ..." if len(teacher.labels) > 12 else ""}\n'
                          f'  data:    {list(dataset.labels)[:12]}{" ..." if len(dataset.labels) > 12 else ""}\n'
                          f'Distil from a teacher trained on these classes (label_map=dataset.labels).')
     if bool(getattr(dataset, 'multi_label', False)) != teacher.multi_label:
-        raise ValueError(f'the teacher is {"multi" if teacher.multi_label else "single"}-label but the data is '
+        raise ArgumentError(f'the teacher is {"multi" if teacher.multi_label else "single"}-label but the data is '
                          f'not; use a teacher trained on data of the same kind')
     paths = [path for path, _ in items]
     files, todo = cache.content_cache(root or cache_root(), teacher.settings(), paths)

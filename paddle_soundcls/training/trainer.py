@@ -25,6 +25,7 @@ import paddle
 import paddle.distributed as dist
 
 from ..device import set_device
+from .. import validate
 from ..errors import ArgumentError
 from ..progress import progress_bar
 from . import data as data_lib
@@ -84,7 +85,7 @@ class Trainer:
             on, one process; steps.SupConStep).
         max_params, max_macs_per_second: a complexity budget (e.g. DCASE task 1: 128 kB of
             parameters, 30 M MACs per second of audio): a model over it is refused before the
-            first step, naming the figures (export.complexity.check_budget).
+            first step, naming the figures (analysis.complexity.check_budget).
         amp: mixed precision for the network's forward pass: None (float32), 'bf16' (GPUs where
             paddle.amp.is_bfloat16_supported()) or 'fp16' (CUDA GPUs, with dynamic loss scaling);
             see modes.Precision. Resumes exactly as float32 runs do. A precision the device cannot
@@ -111,8 +112,7 @@ class Trainer:
         losses.DistillationLoss(None, kd_lambda, kd_temperature)  # checks the two settings before any work
         self.compare_metrics = metrics.check_compare_metric(compare_metrics)
         losses.check_loss(loss, model)
-        if not (isinstance(supcon_weight, (int, float)) and supcon_weight >= 0) or isinstance(supcon_weight, bool):
-            raise ArgumentError(f'supcon_weight must be a number >= 0, got {supcon_weight!r}')
+        validate.non_negative_number('supcon_weight', supcon_weight)
         self.model, self.optimizer = model, optimizer
         self.augment = augment or AugmentConfig()
         self.freeze_backbone = bool(freeze_backbone)
@@ -162,8 +162,7 @@ class Trainer:
         """
         for arg, value in (('epochs', epochs), ('batch_size', batch_size), ('log_interval', log_interval),
                            ('save_interval', save_interval)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ArgumentError(f'{arg} must be a positive int, got {value!r}')
+            validate.positive_int(arg, value)
         state = self._start(train_dataset, eval_dataset)
         if state['epoch'] >= epochs:
             logger.info('%s already holds %d epochs; nothing to train', self.checkpoint_dir, state['epoch'])

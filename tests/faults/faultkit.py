@@ -110,7 +110,7 @@ def fault_point(name, spec, path=None):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path or name)
 
 
-_TMP = re.compile(r'^\.(.+?)~')  # a temporary file or folder of paddle_soundcls.checkpoint: .<target>~pid@host~...
+_TMP = re.compile(r'^\.(.+?)~')  # a temporary file or folder of the checkpoint writers (paddle_soundcls.fileio): .<target>~pid@host~...
 
 
 def target_of(path):

@@ -19,7 +19,8 @@ import pytest
 
 from faultkit import HERE, child_env, closed_port, kill_at_marker
 from helpers import spec_with_url
-from paddle_soundcls import cache, registry
+from paddle_soundcls import cache
+from paddle_soundcls.models import registry
 from paddle_soundcls.datasets import ESC50, DatasetError, esc50
 from test_datasets import make_esc50
 

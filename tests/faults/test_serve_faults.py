@@ -163,7 +163,8 @@ def test_empty_bodies(url):
     ('text/plain', WAV, 415, 'unsupported_media_type'),
     ('application/x-www-form-urlencoded', WAV, 415, 'unsupported_media_type'),   # curl --data-binary's default
     ('image/png', WAV, 415, 'unsupported_media_type'),
-    ('', WAV, 415, 'unsupported_media_type'),
+    ('', b'hello, this is not audio\n' * 40, 415, 'unsupported_media_type'),   # no type, bytes not audio
+    ('application/octet-stream', json.dumps({'inputs': 'AAAA'}).encode(), 415, 'unsupported_media_type'),
     ('application/json', WAV, 400, 'invalid_json'),
     ('application/json', b'[1, 2, 3]', 400, 'missing_field'),
     ('application/json', b'"a string"', 400, 'missing_field'),
@@ -329,16 +330,26 @@ START = json.dumps({'sample_rate': 16000})
 
 
 @pytest.mark.parametrize('name, sends, code, error', [
-    ('garbage_text_first', ['{{{ not json'], 1003, 'bad_message'),
+    ('garbage_text_first', ['{{{ not json'], 1008, 'bad_start'),
     ('binary_first', [b'\x00\x01' * 100], 1008, 'bad_start'),
     ('start_not_an_object', ['[16000]'], 1008, 'bad_start'),
     ('start_without_rate', ['{"format": "int16"}'], 1008, 'bad_start'),
-    ('start_unknown_field', ['{"sample_rate": 16000, "rate": 1}'], 1008, 'bad_start'),
+    ('start_unknown_field', ['{"sample_rate": 16000, "rate": 1}'], 1008, 'unknown_parameter'),
+    ('start_rate_below_the_floor', ['{"sample_rate": 4000}'], 1008, 'bad_start'),
+    ('start_too_large', [json.dumps({'sample_rate': 16000, 'options': {'x': 'y' * 100_000}})], 1008, 'bad_start'),
+    ('start_too_many_items', [json.dumps({'sample_rate': 16000, 'options': {'x': [0] * 5000}})], 1008,
+     'bad_start'),
     ('start_bad_rate', ['{"sample_rate": 7}'], 1008, 'bad_start'),
     ('start_bad_format', ['{"sample_rate": 16000, "format": "int24"}'], 1008, 'bad_start'),
     ('start_bad_window', ['{"sample_rate": 16000, "window": -1}'], 1008, 'bad_start'),
     ('start_too_long_window', ['{"sample_rate": 16000, "window": 1e9}'], 1008, 'bad_start'),
     ('start_bad_mode', ['{"sample_rate": 16000, "mode": "karaoke"}'], 1008, 'bad_start'),
+    ('start_huge_int_window', ['{"sample_rate": 16000, "window": 1' + '0' * 400 + '}'], 1008, 'bad_start'),
+    ('start_duplicate_field', ['{"sample_rate": 4000, "sample_rate": 16000}'], 1008, 'duplicate_parameter'),
+    ('start_options_in_scores_mode', ['{"sample_rate": 16000, "options": {"bogus": 1}}'], 1008, 'bad_start'),
+    # the tracker sorts this many seconds of frame scores per frame, on the event loop
+    ('start_median_filter_too_long', ['{"sample_rate": 16000, "mode": "events", '
+                                      '"options": {"median_filter_seconds": 3000}}'], 1008, 'bad_start'),
     ('odd_int16_chunk', [START, b'\x00\x01\x02'], 1007, 'bad_chunk'),
     ('float_nan_chunk', ['{"sample_rate": 16000, "format": "float32"}',
                          np.array([np.nan] * 100, '<f4').tobytes()], 1007, 'bad_chunk'),
@@ -351,8 +362,9 @@ def test_websocket_garbage(url, name, sends, code, error):
         for message in sends:
             ws.send(message)
         messages, close_code = messages_until_closed(ws)
+        reason = ws.close_reason
     assert messages[-1]['type'] == 'error' and messages[-1]['error']['code'] == error, messages
-    assert close_code == code
+    assert close_code == code and reason.startswith(error + ':'), reason   # the close frame says why
     assert_stream_works(url)
 
 
@@ -735,3 +747,95 @@ def test_api_keys_as_clients_send_them(predictor):
             assert post(base, WAV, headers={'x-api-key': b'wrong'}).status_code == 401
     with pytest.raises(ValueError, match='control character'):
         ServeSettings(api_key='abc\ndef')
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, 1e30])
+@pytest.mark.parametrize('mode', ['scores', 'events'])
+def test_a_stream_of_bad_samples_then_its_end_is_closed_at_once(url, bad, mode):
+    """NaN / inf / absurd samples followed at once by the end message: the stream gets its error
+    and is closed at once, never left waiting for the client."""
+    wave = np.full(16000 * 3, bad, np.float32)
+    wave[::2] = 0.1
+    started = time.monotonic()
+    with ws_connect(ws_url(url), open_timeout=10) as ws:
+        ws.send(json.dumps({'sample_rate': 16000, 'format': 'float32', 'window': 1.0, 'hop': 0.5, 'mode': mode}))
+        with contextlib.suppress(ConnectionClosed):   # the server may have closed before the end is sent
+            ws.send(wave.tobytes())
+            ws.send(json.dumps({'type': 'end'}))
+        messages, code = messages_until_closed(ws)
+    assert messages[-1]['error']['code'] == 'bad_chunk' and code == 1007, messages
+    assert time.monotonic() - started < TIMEOUT, 'the stream waited for the client instead of closing'
+
+
+def test_a_wrong_key_in_the_handshake_is_refused_before_any_message(predictor):
+    with serve_in_thread(create_app(predictor, ServeSettings(api_key='k', timeout=TIMEOUT))) as base:
+        with pytest.raises(InvalidStatus) as refused:
+            ws_connect(ws_url(base), open_timeout=10, additional_headers={'X-API-Key': 'wrong'})
+        assert refused.value.response.status_code == 403
+        with ws_connect(ws_url(base), open_timeout=10, additional_headers={'X-API-Key': 'k'}) as ws:
+            ws.send(START)
+            assert json.loads(ws.recv(timeout=10))['type'] == 'ready'
+
+
+@pytest.mark.parametrize('body', [
+    '{"inputs": "AAAA", "parameters": {"top_k": 1e400}}',
+    '{"inputs": "AAAA", "parameters": {"top_k": -1e400}}',
+    '{"inputs": "AAAA", "parameters": {"top_k": %s}}' % ('9' * 5000),
+    '{"inputs": "AAAA", "parameters": {"top_k": NaN}}',
+])
+def test_odd_json_numbers_are_client_mistakes(url, body):
+    response = httpx.post(url + '/v1/classify', content=body, headers={'content-type': 'application/json'})
+    assert response.status_code == 400, response.text
+    assert response.json()['error']['code'] in ('invalid_parameter', 'invalid_json')
+
+
+def test_paddlespeech_topk_out_of_range_numbers_get_its_422(url):
+    audio = base64.b64encode(WAV).decode()
+    for topk in ('1e400', '-1e400', 'NaN'):
+        response = httpx.post(url + '/paddlespeech/cls', content='{"audio": "%s", "topk": %s}' % (audio, topk))
+        assert response.status_code == 422 and response.json()['detail'][0]['loc'] == ['body', 'topk'], response.text
+
+
+def test_a_bulky_json_body_is_refused_before_it_is_parsed(url):
+    """Many small items (100,000 numbers in 200 kB) would cost tens of bytes of memory each once
+    parsed: refused from a count of its commas and brackets."""
+    body = '{"inputs": "AAAA", "parameters": {"top_k": [%s]}}' % ','.join(['1'] * 100_000)
+    assert len(body) < MAX_BODY
+    tracemalloc.start()
+    try:
+        response = httpx.post(url + '/v1/classify', content=body, headers={'content-type': 'application/json'})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 400 and response.json()['error']['code'] == 'invalid_json', response.text
+    assert 'items' in response.json()['error']['message']
+    assert peak < 20 * len(body), peak   # the body and its copies, never a parsed list of 100,000 ints
+
+
+def test_host_names_outside_the_allowlist_are_refused(predictor):
+    """Bound to a loopback address without a key, a request for another name (a web page's own
+    domain pointed at 127.0.0.1) is refused, on HTTP and on the WebSocket."""
+    from paddle_soundcls.serve.settings import LOOPBACK_HOSTS
+    with serve_in_thread(create_app(predictor, ServeSettings(allowed_hosts=LOOPBACK_HOSTS))) as base:
+        assert post(base, WAV).status_code == 200                                   # Host: 127.0.0.1:PORT
+        assert post(base, WAV, headers={'host': 'localhost'}).status_code == 200
+        rebound = post(base, WAV, headers={'host': 'evil.example'})
+        assert rebound.status_code == 421 and rebound.json()['error']['code'] == 'host_not_allowed'
+        assert 'evil.example' in rebound.json()['error']['message']
+        with raw_connection(base) as sock:   # a handshake of its own: the client library sets Host itself
+            sock.sendall(b'GET /v1/stream HTTP/1.1\r\nHost: evil.example\r\nUpgrade: websocket\r\n'
+                         b'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
+                         b'Sec-WebSocket-Version: 13\r\n\r\n')
+            assert read_answer(sock).startswith(b'HTTP/1.1 403')
+
+
+def test_the_command_line_allowlist_depends_on_the_address_and_the_key():
+    import argparse
+    from paddle_soundcls.serve import add_serve_arguments
+    from paddle_soundcls.serve.command import settings_from_args
+    parser = add_serve_arguments(argparse.ArgumentParser())
+    assert set(settings_from_args(parser.parse_args(['x'])).allowed_hosts) == {'localhost', '127.0.0.1', '[::1]'}
+    assert settings_from_args(parser.parse_args(['x', '--host', '0.0.0.0'])).allowed_hosts == ()
+    assert settings_from_args(parser.parse_args(['x', '--api-key', 'k'])).allowed_hosts == ()
+    assert settings_from_args(parser.parse_args(['x', '--allowed-hosts', 'a.example, b'])).allowed_hosts == (
+        'a.example', 'b')

@@ -1,0 +1,148 @@
+"""`paddle-soundcls export`: a checkpoint or tagger as a static graph + ONNX in one step, or
+model.onnx added to an existing export; then the optional parity check and int8 model."""
+import argparse
+import json
+import os
+import sys
+
+from .common import PROG, UsageError
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser('export', help='static graph + ONNX in one step, optionally with a parity check and '
+                              'int8')
+    p.add_argument('--checkpoint', default=None, help='fine-tuned checkpoint directory')
+    p.add_argument('--model', default=None, help='model name: the pretrained tagger with --task tagging, or for a '
+                   'checkpoint without meta.json')
+    p.add_argument('--task', choices=('sound-cls', 'tagging'), default='sound-cls')
+    p.add_argument('--model-dir', default=None, metavar='EXPORT_DIR',
+                   help='instead of --checkpoint/--model: (re)make the ONNX model of this existing export')
+    p.add_argument('--output', default=None, help='the export directory to write (replaced only once complete); '
+                   'with --model-dir, the .onnx file inside it (default EXPORT_DIR/model.onnx)')
+    p.add_argument('--no-onnx', action='store_true', help='the Paddle static model only')
+    p.add_argument('--opset', type=int, default=13)
+    p.add_argument('--check', default=None, metavar='DATA', help='parity check on these clips: a folder, an ESC-50 '
+                   'or class-folder dataset, or a CSV with path,label columns')
+    p.add_argument('--check-limit', type=int, default=None, help='check only the first N clips')
+    add_quantize_args(p)
+    return p
+
+
+def run(args):
+    """Exit status 0, or 1 when the parity check fails or the int8 model is refused."""
+    export_dir, summary = (_onnx_of_export(args) if args.model_dir is not None else _new_export(args))
+    status = 0
+    if args.check:
+        from ..export import check_parity
+        summary['parity'] = check_parity(export_dir, args.check, limit=args.check_limit)
+        status = 0 if summary['parity']['passed'] else 1
+    if args.quantize:
+        status = max(status, run_quantize(args, export_dir, summary))
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return status
+
+
+def _onnx_of_export(args):
+    """--model-dir: (re)make the ONNX model of an existing export; (export dir, summary)."""
+    if args.checkpoint is not None or args.model is not None:
+        raise UsageError('--model-dir converts an existing export; it goes without --checkpoint and --model')
+    if args.no_onnx:
+        raise UsageError('--model-dir makes the ONNX model of an existing export; --no-onnx makes no sense with it')
+    check_data_args(args)
+    from ..export import export_onnx
+    meta = export_onnx(args.model_dir, args.output, opset=args.opset)
+    return args.model_dir, {'model_dir': os.path.abspath(args.model_dir), 'onnx': meta['onnx'],
+                            'file': meta['files'][meta['onnx']['file']]}
+
+
+def _new_export(args):
+    """--checkpoint / --model: a new export directory; (export dir, summary)."""
+    if args.checkpoint is None and args.model is None:
+        raise UsageError('pass --checkpoint CKPT_DIR (a fine-tuned model), --model NAME --task tagging (a '
+                         'pretrained tagger), or --model-dir EXPORT_DIR (add model.onnx to an export)')
+    if args.output is None:
+        raise UsageError('--output EXPORT_DIR is required: the export directory to write')
+    if args.no_onnx and (args.check or args.quantize):
+        raise UsageError('--check and --quantize need the ONNX model; leave out --no-onnx')
+    check_data_args(args)
+    from ..export import export_static
+    from ..module import load_module
+    module = load_module(args.checkpoint, model=args.model, task=args.task)
+    meta = export_static(module, args.output, opset=None if args.no_onnx else args.opset)
+    return args.output, {'output': os.path.abspath(args.output), 'model': meta['model'], 'task': meta['task'],
+                         'classes': len(meta['labels']), 'files': meta['files']}
+
+
+def add_quantize_args(parser):
+    """The int8 options of `paddle-soundcls export` (need --check DATA to be checked)."""
+    from ..export import quantize
+    d = quantize.DEFAULTS
+    g = parser.add_argument_group('int8 quantization (onnxruntime static quantization; model.int8.onnx)')
+    g.add_argument('--quantize', choices=('int8',), default=None,
+                   help='also write model.int8.onnx, calibrated on --calibration and checked on --check')
+    g.add_argument('--calibration', default=None, metavar='DATA',
+                   help='clips to fit the int8 activation ranges to (same layouts as --check); not the --check clips')
+    g.add_argument('--calibration-limit', type=int, default=d['limit'],
+                   help=f'use at most N calibration clips, spread over the list (default {d["limit"]})')
+    g.add_argument('--calibration-method', choices=quantize.METHODS, default=d['method'],
+                   help=f'how activation ranges are chosen (default {d["method"]})')
+    g.add_argument('--calibration-seconds', type=float, default=d['seconds'],
+                   help=f'calibration clips are centre-cropped / zero-padded to this length (default {d["seconds"]:g})')
+    g.add_argument('--quant-format', choices=quantize.FORMATS, default=d['quant_format'],
+                   help=f'qdq (QuantizeLinear/DequantizeLinear nodes) or qoperator (default {d["quant_format"]})')
+    g.add_argument('--per-channel', action=argparse.BooleanOptionalAction, default=d['per_channel'],
+                   help='one weight scale per output channel (default on)')
+    g.add_argument('--keep-float', default=','.join(d['keep_float']), metavar='PARTS',
+                   help=f'parts left in float32, comma-separated from {",".join(quantize.KEEP_FLOAT_CHOICES)}, or '
+                        f'"none" (default {",".join(d["keep_float"])})')
+    g.add_argument('--reduce-range', action='store_true',
+                   help='7-bit weights, for CPUs without VNNI (avx512_vnni / avx_vnni) whose int8 kernels may saturate')
+    g.add_argument('--force-int8', action='store_true',
+                   help='keep the int8 model even when it fails the check (the figures are recorded in export.json)')
+
+
+def _keep_float(text):
+    return () if text.strip().lower() == 'none' else tuple(part.strip() for part in text.split(',') if part.strip())
+
+
+def check_data_args(args):
+    """Fail before any export work on --check and int8 options that cannot work (including
+    calibration clips that are also check clips)."""
+    from .. import validate
+    from ..export import quantize
+    from ..export.parity import list_labelled_files
+    validate.positive_int('--check-limit', args.check_limit, allow_none=True)
+    check_clips = [path for path, _, _ in list_labelled_files(args.check)[:args.check_limit]] if args.check else []
+    if not args.quantize:
+        if args.calibration is not None or args.force_int8:
+            raise UsageError('--calibration and --force-int8 go with --quantize int8')
+        return
+    if args.calibration is None:
+        raise UsageError('--quantize int8 needs --calibration DATA: a few hundred clips like those the model will '
+                         'see (a folder, an ESC-50 or class-folder dataset, or a CSV with a path column)')
+    quantize.check_settings(args.calibration_method, args.quant_format, _keep_float(args.keep_float))
+    quantize.check_seconds(args.calibration_seconds)
+    clips = quantize.select_clips(args.calibration, args.calibration_limit)
+    if args.check:
+        quantize.refuse_overlap(clips, check_clips)
+
+
+def run_quantize(args, model_dir, summary, prog=PROG):
+    """Quantize the export `model_dir` as the int8 options say; adds summary['int8']; returns the exit status."""
+    from ..errors import QuantizationRefused
+    from ..export import quantize
+    try:
+        info = quantize.quantize_export(
+            model_dir, args.calibration, check=args.check, limit=args.calibration_limit, check_limit=args.check_limit,
+            method=args.calibration_method, per_channel=args.per_channel, quant_format=args.quant_format,
+            keep_float=_keep_float(args.keep_float), reduce_range=args.reduce_range,
+            seconds=args.calibration_seconds, force=args.force_int8)
+    except QuantizationRefused as exc:
+        summary['int8'] = {'refused': True, 'check': exc.summary}
+        print(f'{prog}: {exc}', file=sys.stderr)
+        return 1
+    summary['int8'] = info
+    if 'files' in summary:
+        from ..deploy import exportdir
+        summary['files'] = exportdir.read_export(model_dir)['files']
+    return 0

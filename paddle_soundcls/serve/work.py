@@ -1,0 +1,192 @@
+"""The server's work: every piece of it through its one Batcher (decoding, clip scores, frame
+scores), each unit admitted by the queue and bounded by its request's deadline."""
+import asyncio
+import time
+
+import numpy as np
+
+from ..deploy import pipeline
+from ..deploy.detection import DEFAULT_WINDOW as DEFAULT_EVENTS_WINDOW
+from ..deploy.detection import FrameStream
+from ..deploy.detection import result as detection_result
+from ..deploy.exportdir import ExportError
+from .batching import Flow, QueueFull, ShuttingDown, run_steps
+from .decode import decode_steps
+from .middleware import DEADLINE_KEY
+from .settings import ApiError, WindowLimits
+
+
+def deadline_of(request, settings):
+    """time.monotonic() by which `request` must be answered (set by middleware.RequestLimits)."""
+    return request.scope.get(DEADLINE_KEY) or time.monotonic() + settings.timeout
+
+
+def remaining(deadline):
+    return max(0.0, deadline - time.monotonic())
+
+
+def network_frame_hop(predictor):
+    """Seconds between two frames of the network's output: its frame geometry's stride, or (for
+    exports that do not record it) the front end's hop, at least 10 ms."""
+    frontend = predictor.frontend
+    try:
+        geometry = getattr(predictor, 'frame_geometry', None)
+    except Exception:  # an export without it: its property says so when detection needs it
+        geometry = None
+    if geometry is not None:
+        return float(geometry.seconds(frontend))
+    return max(0.01, frontend.hop_length / frontend.sample_rate)
+
+
+def _timeout_error(settings):
+    return ApiError(504, 'timeout', f'no answer within {settings.timeout:g} s (--timeout): the server is '
+                                    f'overloaded; retry later', headers={'Retry-After': '1'})
+
+
+NOT_RUNNING = ('the model is not running (the server is starting or stopping): retry in a moment, or on another '
+               'server')
+
+
+class Work:
+    """Every piece of the server's work, through its one Batcher: decoding, clip scores, frame
+    scores. Each unit is admitted by the queue (503 when full) and waits at most until its
+    request's deadline (504); a cancelled request drops its waiting units."""
+
+    def __init__(self, batcher, predictor, settings):
+        self.batcher, self.predictor, self.settings = batcher, predictor, settings
+        self.labels = list(predictor.labels)
+        self.rate = predictor.frontend.sample_rate
+        self.min_samples = int(round(float(predictor.min_seconds) * self.rate))
+        clip_seconds = getattr(predictor, 'clip_seconds', None)
+        self.clip_samples = int(round(clip_seconds * self.rate)) if clip_seconds else None
+        max_window = max(settings.max_window_seconds, clip_seconds or 0.0)
+        self.limits = WindowLimits(min_window=float(predictor.min_seconds), min_hop=network_frame_hop(predictor),
+                                   max_window=max_window, max_overlap=settings.max_overlap,
+                                   default_window=min(max(clip_seconds or DEFAULT_EVENTS_WINDOW,
+                                                          float(predictor.min_seconds)), max_window))
+        self._score_frames = None    # the export's frame-scores graph, loaded on first use
+
+    @staticmethod
+    def flow():
+        return Flow()
+
+    def close(self):
+        pass
+
+    def run_scores(self, items):
+        """Clip scores of equal-length waveforms at the model's rate, in one engine call."""
+        return list(self.predictor.score_batch(np.stack(items)))
+
+    def run_frames(self, items):
+        """Frame scores of equal-length windows at the model's rate, in one engine call."""
+        return list(np.asarray(self._score_frames(np.stack(items))))
+
+    def submit(self, items, flow, run=None, key=None):
+        try:
+            return self.batcher.submit_many(items, flow, run, key)
+        except QueueFull as exc:
+            raise ApiError(503, 'busy', f'the server is busy ({self.batcher.max_queue} units of work queued, '
+                                        f'--max-queue): retry after {exc.retry_after} s',
+                           headers={'Retry-After': str(exc.retry_after)}) from None
+        except ShuttingDown:
+            raise ApiError(503, 'not_running', NOT_RUNNING, headers={'Retry-After': '1'}) from None
+
+    async def wait(self, futures, timeout):
+        """The results of `futures`; all of them are dropped when one fails or the time runs out."""
+        try:
+            return await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except asyncio.TimeoutError:
+            raise _timeout_error(self.settings) from None
+        except ShuttingDown:
+            raise ApiError(503, 'not_running', NOT_RUNNING, headers={'Retry-After': '1'}) from None
+        finally:
+            for future in futures:
+                future.cancel()
+
+    async def step(self, fn, flow, timeout):
+        """fn() run alone in the engine thread."""
+        [result] = await self.wait(self.submit([fn], flow, run=run_steps, key=object()), timeout)
+        return result
+
+    async def steps(self, generator, flow, deadline):
+        """Runs a generator of steps (decode.decode_steps, decode.base64_steps) in the engine thread,
+        one step per unit of work; its return value."""
+        def advance():
+            try:
+                next(generator)
+            except StopIteration as done:
+                return True, done.value
+            return False, None
+        try:
+            while True:
+                finished, value = await self.step(advance, flow, remaining(deadline))
+                if finished:
+                    return value
+        finally:
+            generator.close()
+
+    async def decode(self, data, field, flow, deadline):
+        """Audio file bytes -> (mono waveform at the model's rate, seconds), decoded in bounded steps."""
+        settings = self.settings
+        return await self.steps(decode_steps(data, self.rate, settings.max_audio_seconds, settings.max_decode_samples,
+                                             field), flow, deadline)
+
+    async def classify(self, data, field, flow, deadline):
+        """Audio file bytes -> (OrderedDict(label -> score), best first; seconds of audio)."""
+        wave, duration = await self.decode(data, field, flow, deadline)
+        return await self.clip_scores(wave, flow, remaining(deadline)), duration
+
+    def segments(self, wave):
+        """The pieces one clip is scored in, exactly as Predictor.predict cuts them (so the server's
+        scores are the runtime's): windows of the model's training clip length; without one (the
+        pretrained taggers), the whole clip, in one engine call of up to --max-audio-seconds."""
+        return [segment for _, _, segment in pipeline.clip_segments(wave, self.clip_samples, self.min_samples)]
+
+    async def clip_scores(self, wave, flow, timeout):
+        """One waveform at the model's rate -> OrderedDict(label -> score), best first: the mean of its
+        segments' scores."""
+        by_length = {}
+        for segment in self.segments(wave):
+            by_length.setdefault(len(segment), []).append(segment)
+        futures = []
+        try:
+            for length, segments in by_length.items():
+                futures += self.submit(segments, flow, self.run_scores, ('scores', length))
+        except ApiError:
+            for future in futures:
+                future.cancel()
+            raise
+        rows = await self.wait(futures, timeout)
+        return pipeline.to_dict(np.mean(rows, axis=0), self.labels)
+
+    async def frame_scorer(self, window, hop):
+        """The export's detection.FrameScorer for `window` and `hop`; its windows are scored through
+        the queue (frame_scores), not by the scorer itself."""
+        try:   # the first call loads the frame-scores graph: not on the event loop
+            scorer = await asyncio.get_running_loop().run_in_executor(None, self.predictor.frame_scorer, window, hop)
+        except ExportError as exc:
+            raise ApiError(501, 'events_unsupported', f'this export cannot detect events: {exc}') from None
+        except ValueError as exc:  # window / hop the detector cannot use
+            raise ApiError(400, 'invalid_parameter', str(exc), 'window') from None
+        if self._score_frames is None:
+            self._score_frames = scorer.score_frames   # every scorer of the export runs the same graph
+        return scorer
+
+    async def frame_scores(self, window, flow, timeout):
+        """Network frame scores of one detection.Window, as a unit of work through the queue."""
+        samples = window.samples
+        [scores] = await self.wait(self.submit([samples], flow, self.run_frames, ('frames', len(samples))), timeout)
+        return scores
+
+    async def events(self, wave, window, hop, flow, deadline):
+        """detection.detect of one waveform: the same windows and decisions (FrameStream), each window
+        waiting its turn in the queue; the client leaving or the deadline stops it between windows."""
+        scorer = await self.frame_scorer(window, hop)
+        frames = FrameStream(scorer)
+        frames.feed(wave)
+        frames.finish()
+        parts = []
+        while (next_window := frames.next_window()) is not None:
+            coarse = await self.frame_scores(next_window, flow, remaining(deadline))
+            parts.append(frames.keep(next_window, coarse))
+        return detection_result(scorer, parts, getattr(self.predictor, 'event_config', None))
