@@ -204,6 +204,8 @@ def test_healthz_model_docs_and_page(url):
     (dict(json={'inputs': 'x', 'top_k': 2}), 400, 'unknown_parameter', 'top_k'),
     (dict(json={'inputs': 'AAAA', 'parameters': {'topk': 2}}), 400, 'unknown_parameter', 'topk'),
     (dict(json={'inputs': 'AAAA', 'parameters': {'top_k': 0}}), 400, 'invalid_parameter', 'parameters.top_k'),
+    # a JSON number is a number, as in the stream's start message (text is for query strings and forms)
+    (dict(json={'inputs': 'AAAA', 'parameters': {'top_k': '2'}}), 400, 'invalid_parameter', 'parameters.top_k'),
     (dict(json={'inputs': 'not base64 at all!'}), 400, 'invalid_base64', 'base64'),
     (dict(json={'inputs': 42}), 400, 'invalid_base64', 'string'),
     (dict(files={'upload': ('a.wav', WAV, 'audio/wav')}), 400, 'missing_field', '"file"'),

@@ -18,7 +18,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import audio, validate
-from .segments import check_hop, clip_segments, pad_to, window_spans  # noqa: F401  (the one window cutter)
+from .segments import clip_segments, pad_to, window_spans  # noqa: F401  (the one window cutter)
 from ..errors import ArgumentError, AudioError
 
 REDUCTIONS = ('mean', 'max')
@@ -64,8 +64,9 @@ def check_args(batch_size=8, top_k=None, window=None, hop=None, reduce='mean', t
             raise ArgumentError('hop needs window (both in seconds), e.g. window=5.0, hop=2.5')
         return None
     window = validate.positive_number('window', window, unit='seconds')
-    hop = validate.positive_number('hop', hop, unit='seconds', allow_none=True) or window
-    return check_hop(window, hop)
+    # A hop longer than the window is allowed here: it samples a long recording (one window every
+    # hop seconds), which a clip score may do; detection needs every frame and refuses it.
+    return validate.positive_number('hop', hop, unit='seconds', allow_none=True) or window
 
 
 def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, window=None, hop=None,

@@ -65,7 +65,7 @@ async def read_audio_request(request, work, accepted, flow, deadline):
         sources = [('the form fields', '', fields)]
     elif media == 'application/json' or media.endswith('+json'):
         text, parameters = await read_json(request, work, flow, deadline)
-        sources = [('"parameters"', 'parameters.', parameters)]
+        sources = [('"parameters"', params.JSON_PREFIX, parameters)]
         found = params.gather([('the query string', '', query)] + sources, accepted)
         data = await work.steps(base64_steps(text, 'inputs'), flow, deadline)
         return data, 'inputs', found

@@ -91,8 +91,15 @@ def object_without_duplicates(pairs):
     return obj
 
 
+JSON_PREFIX = 'parameters.'   # the fields of a JSON body's "parameters" (inputs.read_audio_request)
 TEXT_INT = re.compile(r'\+?[0-9]{1,9}')   # ASCII digits only: str.isdigit() is true for '²'
 TEXT_NUMBER = re.compile(r'[+]?([0-9]{1,9}(\.[0-9]{0,9})?|\.[0-9]{1,9})')   # decimal seconds, no exponent
+
+
+def _from_text(field, value):
+    """A string from the query string or a form field, where every value is text; in JSON a
+    number is a number ("2" is refused there, as in the stream's start message)."""
+    return isinstance(value, str) and not field.startswith(JSON_PREFIX)
 
 
 def _shown(value):
@@ -106,7 +113,7 @@ def top_k(found, default, num_labels):
     if 'top_k' not in found:
         return min(default, num_labels)
     value, field = found['top_k']
-    if isinstance(value, str) and TEXT_INT.fullmatch(value.strip()):
+    if _from_text(field, value) and TEXT_INT.fullmatch(value.strip()):
         value = int(value.strip())
     try:
         return min(validate.positive_int(field, value), num_labels)
@@ -121,7 +128,7 @@ def seconds(found, name):
     if name not in found:
         return None
     value, field = found[name]
-    if isinstance(value, str) and TEXT_NUMBER.fullmatch(value.strip()):
+    if _from_text(field, value) and TEXT_NUMBER.fullmatch(value.strip()):
         value = float(value.strip())
     try:
         return validate.positive_number(field, value, unit='seconds')
