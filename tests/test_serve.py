@@ -596,7 +596,6 @@ def test_stream_modes_are_pluggable(url):
 
 def test_resolve_model_dir(export_dir, tmp_path):
     from helpers import small_module
-    from paddle_soundcls.errors import CheckpointError
     from paddle_soundcls.deploy import Predictor
     assert resolve_model_dir(export_dir) == export_dir
     # A checkpoint directory is exported once into the cache and served from there.
@@ -612,8 +611,10 @@ def test_resolve_model_dir(export_dir, tmp_path):
     assert resolve_model_dir(tmp_path / 'ckpt') == served  # not exported again
     assert os.path.getmtime(os.path.join(served, 'export.json')) == stamp
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(CheckpointError, match='meta.json'):
+    with pytest.raises(ServeError, match=r'neither an export directory \(no export.json\) nor a checkpoint '
+                                         r'directory .*\(no meta.json\)') as refused:
         resolve_model_dir(tmp_path / 'empty')
+    assert '--model' not in str(refused.value)   # an option of other commands, not of serve
     with pytest.raises(ServeError, match='neither an export directory.*panns_cnn14'):
         resolve_model_dir('no_such_model')
     (tmp_path / 'file.wav').write_bytes(WAV)

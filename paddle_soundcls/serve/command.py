@@ -53,6 +53,12 @@ def resolve_model_dir(model_or_dir):
                          f'checkpoint or a model name exports it first, which needs PaddlePaddle ({exc}). Install '
                          f'paddlepaddle, or serve an export directory (`paddle-soundcls export`)') from None
     if os.path.isdir(path):
+        from ..checkpoints.schema import META_FILE
+        if not os.path.isfile(os.path.join(path, META_FILE)):
+            # load_module would ask for --model, which serve does not take: say what serve takes.
+            raise ServeError(f'{path} is neither an export directory (no {exportdir.EXPORT_FILE}) nor a checkpoint '
+                             f'directory written by the Trainer (no {META_FILE}): serve one of those, e.g. '
+                             f'ckpt/best_model or the output of `paddle-soundcls export`, or a registered model name')
         module = load_module(path)
     else:
         from ..models.registry import list_models
