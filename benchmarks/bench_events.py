@@ -46,7 +46,7 @@ def real_time_factors(name, seconds, window, hop, work):
     export = os.path.join(work, name)
     export_static(model, export, opset=13)
     predictor = Predictor(export)
-    sr = predictor.frontend.sample_rate
+    sr = predictor.frontend_cfg.sample_rate
     wave = (0.05 * np.random.default_rng(0).standard_normal(int(seconds * sr))).astype(np.float32)
     predictor.detect([wave[:sr]], sr, window=window, hop=hop)  # warm-up
     start = time.perf_counter()

@@ -314,7 +314,7 @@ def attacks(predictor):
     """(name, what, attacker) of the worst request or stream of each kind the defaults allow."""
     from paddle_soundcls.serve import ServeSettings
     defaults = ServeSettings().for_model(predictor)
-    rate = predictor.frontend.sample_rate
+    rate = predictor.frontend_cfg.sample_rate
     longest = audio_bytes(defaults.max_audio_seconds, rate)                     # the longest clip, model's rate
     big = audio_bytes(defaults.max_audio_seconds, 48000, 2, subtype='PCM_24')   # 48 kHz stereo 24-bit
     encoded = base64.b64encode(big).decode()
@@ -368,7 +368,7 @@ def abuse(model_dir, attack_seconds, normal_seconds, only=None):
     """Figures of the server under each attack, and with none (see the module docstring)."""
     import httpx
     predictor = Predictor(model_dir)
-    rate = predictor.frontend.sample_rate
+    rate = predictor.frontend_cfg.sample_rate
     normal = audio_bytes(normal_seconds, rate)
     chosen = [a for a in attacks(predictor) if only is None or a[0] in only]
     del predictor
@@ -519,7 +519,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or random_export(args.model, os.path.join(tmp, 'export'))
         predictor = Predictor(model_dir)
-        rate = predictor.frontend.sample_rate
+        rate = predictor.frontend_cfg.sample_rate
         paths = write_clips(tmp, args.clips, args.clip_seconds, rate)
         bodies = [open(p, 'rb').read() for p in paths]
         in_process = [in_process_clips_per_s(predictor, paths, args.max_batch, args.duration)]

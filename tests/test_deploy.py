@@ -82,6 +82,11 @@ def test_predictor_matches_module_on_any_rate_and_channels(export_dir, module, o
     assert_same_results(ours, ref)
     assert list(ours[0]) == sorted(ours[0], key=ours[0].get, reverse=True)  # best first
     assert abs(sum(ours[0].values()) - 1) < 1e-5  # softmax scores
+    # The front end's settings have one name on both: frontend_cfg (Predictor.frontend is its old name).
+    predictor = Predictor(export_dir)
+    assert predictor.frontend_cfg == module.frontend_cfg
+    with pytest.warns(DeprecationWarning, match='use Predictor.frontend_cfg'):
+        assert predictor.frontend is predictor.frontend_cfg
 
 
 def test_paddle_engine_matches_onnxruntime(export_dir, odd_files):

@@ -107,8 +107,8 @@ def run_export(model_dir, seconds=5.0, batch_size=8, iterations=5, num_threads=N
     predictors = {engine_key('onnxruntime', p): Predictor(model_dir, engine=engine_key('onnxruntime', p), num_threads=threads)
                   for p in precisions}
     first = predictors['onnxruntime']
-    waves = _random_waves(batch_size, seconds, first.frontend.sample_rate)
-    features = logmel(waves, first.frontend)
+    waves = _random_waves(batch_size, seconds, first.frontend_cfg.sample_rate)
+    features = logmel(waves, first.frontend_cfg)
     times = {key: [] for key in predictors}
     end_to_end = {key: [] for key in predictors}
     for predictor in predictors.values():  # warm-up: onnxruntime prepares kernels on the first run

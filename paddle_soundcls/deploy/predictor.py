@@ -29,8 +29,9 @@ class Predictor:
         precision: deprecated; precision='int8' is engine='onnxruntime_int8'. The front end is
             float32 either way.
 
-    Attributes: labels, task ('sound-cls' or 'tagging'), multi_label, clip_seconds, frontend
-    (FrontendConfig), meta (export.json), precision.
+    Attributes: labels, task ('sound-cls' or 'tagging'), multi_label, clip_seconds, frontend_cfg
+    (FrontendConfig, as Module.frontend_cfg; `frontend` is its deprecated name), meta
+    (export.json), precision.
     """
 
     def __init__(self, model_dir, engine='onnxruntime', num_threads=None, verify=True, precision=None):
@@ -39,7 +40,7 @@ class Predictor:
         engine, precision = _runtime(engine, precision, self.meta)
         self.labels = list(self.meta['labels'])
         self.task = self.meta['task']
-        self.frontend = self.meta['frontend_cfg']
+        self.frontend_cfg = self.meta['frontend_cfg']
         self.min_seconds = float(self.meta['min_seconds'])
         self.multi_label = bool(self.meta['multi_label'])
         self.clip_seconds = self.meta['clip_seconds']
@@ -64,6 +65,13 @@ class Predictor:
         self.engine_name = engine
         self.precision = precision
 
+    @property
+    def frontend(self):
+        """Deprecated name of frontend_cfg (on a Module, `frontend` is the Layer that computes features)."""
+        warnings.warn('Predictor.frontend is deprecated: use Predictor.frontend_cfg (a FrontendConfig, the name '
+                      'Module uses)', DeprecationWarning, stacklevel=2)
+        return self.frontend_cfg
+
     def _onnx_file(self, precision):
         """The ONNX file for `precision`; an int8 model must have been made from this export's model.onnx."""
         if precision == 'fp32':
@@ -79,7 +87,7 @@ class Predictor:
 
     def _check_onnx_io(self, path):
         """The ONNX graph must take [batch, frames, n_mels] and give [batch, len(labels)]."""
-        n_mels, num_classes = self.frontend.n_mels, len(self.labels)
+        n_mels, num_classes = self.frontend_cfg.n_mels, len(self.labels)
         got_in, got_out = self.engine.input_shape(), self.engine.output_shape()
         if len(got_in) != 3 or got_in[2] != n_mels:
             raise ExportError(f'{path} takes input of shape {got_in}, but export.json says log-mel '
@@ -89,8 +97,8 @@ class Predictor:
                                         f'labels: the file belongs to another model')
 
     def features(self, waveforms):
-        """waveforms [batch, samples] at frontend.sample_rate -> log-mel [batch, frames, n_mels]."""
-        return logmel(waveforms, self.frontend)
+        """waveforms [batch, samples] at frontend_cfg.sample_rate -> log-mel [batch, frames, n_mels]."""
+        return logmel(waveforms, self.frontend_cfg)
 
     def score_batch(self, waveforms):
         """waveforms [batch, samples] (equal lengths) -> scores [batch, classes]."""
@@ -104,7 +112,7 @@ class Predictor:
         """Raw scores: per input an array [classes], or (spans, [windows, classes]) when windowed."""
         hop = pipeline.check_args(batch_size, None, window, hop)
         sources = pipeline.as_sources(data)
-        return pipeline.run(sources, self.score_batch, sample_rate, self.frontend.sample_rate, self.min_seconds,
+        return pipeline.run(sources, self.score_batch, sample_rate, self.frontend_cfg.sample_rate, self.min_seconds,
                             batch_size, window, hop, self.clip_seconds)
 
     def predict(self, data, sample_rate=None, batch_size=8, top_k=None, window=None, hop=None, reduce='mean',
@@ -153,7 +161,7 @@ class Predictor:
 
         def score_frames(waveforms):
             return engine(self.features(waveforms))
-        return detection.FrameScorer(score_frames, self.frontend, self.labels, geometry, window, hop,
+        return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, geometry, window, hop,
                                      self.min_seconds, self.clip_seconds)
 
     def detect(self, data, sample_rate=None, window=None, hop=None, config=None):
@@ -174,7 +182,7 @@ class Predictor:
         the rest (see deploy.detection.EventStream). sample_rate: of the chunks (default the
         model's); window, hop: seconds (shorter windows answer sooner: latency_seconds);
         channels: of the chunks, which are [frames, channels] arrays ([frames] when mono)."""
-        rate = self.frontend.sample_rate if sample_rate is None else sample_rate
+        rate = self.frontend_cfg.sample_rate if sample_rate is None else sample_rate
         return detection.EventStream(self.frame_scorer(window, hop), rate, self._event_config(config), channels)
 
     def __repr__(self):

@@ -84,7 +84,7 @@ def create_app(predictor, settings=None):
     work = Work(batcher, predictor, settings)
     batcher.run_batch = work.run_scores
     server = Server(predictor, settings, batcher, work, list(predictor.labels), predictor.meta.get('model', 'model'),
-                    predictor.frontend.sample_rate)
+                    predictor.frontend_cfg.sample_rate)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -146,7 +146,7 @@ async def model_info(request: Request):
     server = server_of(request)
     predictor, limits = server.predictor, server.work.limits
     return {'name': server.model_name, 'task': predictor.task, 'labels': server.labels,
-            'sample_rate': server.model_rate, 'frontend': predictor.frontend.to_dict(),
+            'sample_rate': server.model_rate, 'frontend': predictor.frontend_cfg.to_dict(),
             'precision': predictor.precision, 'min_seconds': float(predictor.meta.get('min_seconds', 0.0)),
             'max_audio_seconds': server.settings.max_audio_seconds,
             'windows': {'min_window': limits.min_window, 'max_window': limits.max_window,

@@ -28,7 +28,7 @@ def remaining(deadline):
 def network_frame_hop(predictor):
     """Seconds between two frames of the network's output: its frame geometry's stride, or (for
     exports that do not record it) the front end's hop, at least 10 ms."""
-    frontend = predictor.frontend
+    frontend = predictor.frontend_cfg
     try:
         geometry = getattr(predictor, 'frame_geometry', None)
     except Exception:  # an export without it: its property says so when detection needs it
@@ -55,7 +55,7 @@ class Work:
     def __init__(self, batcher, predictor, settings):
         self.batcher, self.predictor, self.settings = batcher, predictor, settings
         self.labels = list(predictor.labels)
-        self.rate = predictor.frontend.sample_rate
+        self.rate = predictor.frontend_cfg.sample_rate
         self.min_samples = int(round(float(predictor.min_seconds) * self.rate))
         clip_seconds = getattr(predictor, 'clip_seconds', None)
         self.clip_samples = int(round(clip_seconds * self.rate)) if clip_seconds else None
