@@ -1,10 +1,10 @@
 """paddle_soundcls: fine-tune, tag, export and deploy pretrained sound classifiers with PaddlePaddle.
 
-Public API: Module, Trainer, create_model, list_models, load_module. Paddle is imported on
+Public API: Module, Ensemble, Trainer, create_model, list_models, load_module. Paddle is imported on
 first use, so the Paddle-free deployment runtime (`paddle_soundcls.deploy`) can import this package.
 """
 __version__ = '0.1.0'
-__all__ = ['Module', 'Trainer', 'create_model', 'list_models', 'load_module']
+__all__ = ['Ensemble', 'Module', 'Trainer', 'create_model', 'list_models', 'load_module']
 
 
 def list_models():
@@ -22,6 +22,9 @@ def __getattr__(name):
     if name in ('Module', 'load_module'):
         from . import module
         return getattr(module, name)
+    if name == 'Ensemble':
+        from .ensemble import Ensemble
+        return Ensemble
     if name == 'Trainer':
         from .training.trainer import Trainer
         return Trainer

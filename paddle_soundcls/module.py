@@ -423,7 +423,8 @@ def load_module(checkpoint_dir=None, model=None, task='sound-cls'):
     """The Module of a checkpoint directory, or a registered tagger.
 
     checkpoint_dir: a fine-tuned checkpoint directory (model.pdparams + meta.json, written
-        by the Trainer or `Module.save`). A directory without meta.json needs `model` (and
+        by the Trainer or `Module.save`), or an ensemble's (ensemble.json, `Ensemble.save`:
+        an Ensemble is returned). A directory without meta.json needs `model` (and
         task='tagging' for an AudioSet tagger).
     model: a registry name; without checkpoint_dir it must be task='tagging' (the official
         pretrained tagger, whose weights must be in the cache or downloadable).
@@ -441,6 +442,11 @@ def load_module(checkpoint_dir=None, model=None, task='sound-cls'):
     path = os.fspath(checkpoint_dir)
     if not os.path.isdir(path):
         raise CheckpointError(f'checkpoint directory not found: {path}')
+    from .ensemble import is_ensemble_dir, load_ensemble
+    if is_ensemble_dir(path):
+        if model is not None:
+            raise CheckpointError(f'{path} holds an ensemble (ensemble.json), not one {model} model; drop --model')
+        return load_ensemble(path)
     meta = schema.read_meta(path)
     if meta is None:
         if model is None:

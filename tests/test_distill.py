@@ -8,7 +8,7 @@ import paddle
 import pytest
 
 from helpers import calm
-from paddle_soundcls import Module, Trainer
+from paddle_soundcls import Ensemble, Module, Trainer
 from paddle_soundcls.datasets import AudioFolder
 from paddle_soundcls.export import export_static
 from paddle_soundcls.training import AugmentConfig, losses
@@ -67,8 +67,9 @@ def test_multi_label_loss_is_the_formula():
 
 def test_teacher_outputs_are_cached_and_recomputed_only_when_they_must(data, tmp_path, monkeypatch):
     calls = []
-    real = teacher_lib.Teacher.logits
-    monkeypatch.setattr(teacher_lib.Teacher, 'logits', lambda self, paths: calls.append(len(paths)) or real(self, paths))
+    real = teacher_lib.Teacher.member_logits
+    monkeypatch.setattr(teacher_lib.Teacher, 'member_logits',
+                        lambda self, member, paths: calls.append(len(paths)) or real(self, member, paths))
     teacher = small(seed=5)
     root = str(tmp_path / 'cache')
     first = teacher_lib.teacher_logits(teacher_lib.Teacher(teacher), data, root)
@@ -87,10 +88,18 @@ def test_teacher_outputs_are_cached_and_recomputed_only_when_they_must(data, tmp
     export_static(teacher, tmp_path / 'export', opset=13)
     exported = teacher_lib.teacher_logits(teacher_lib.Teacher(str(tmp_path / 'export')), data, root)
     np.testing.assert_allclose(exported, first, atol=1e-4)
-    # An ensemble: the mean of the members' logits.
+    # An ensemble: the mean of the members' logits, each member's outputs cached on their own
+    # (both are known already: nothing is computed), and weighted as the ensemble says.
+    done = sum(calls)
     both = teacher_lib.teacher_logits(teacher_lib.Teacher([teacher, other]), data, root)
-    np.testing.assert_allclose(both, (first + teacher_lib.teacher_logits(teacher_lib.Teacher(other), data, root)) / 2,
-                               atol=1e-5)
+    second = teacher_lib.teacher_logits(teacher_lib.Teacher(other), data, root)
+    np.testing.assert_allclose(both, (first + second) / 2, atol=1e-5)
+    weighted = teacher_lib.teacher_logits(teacher_lib.Teacher(Ensemble([teacher, other], weights=[3, 1])), data, root)
+    np.testing.assert_allclose(weighted, (3 * first + second) / 4, atol=1e-5)
+    assert sum(calls) == done
+    third = small(seed=7)
+    teacher_lib.teacher_logits(teacher_lib.Teacher([teacher, third]), data, root)
+    assert sum(calls) == done + len(data)   # only the new member
 
 
 def test_the_teacher_cache_keys_on_pooling_and_on_how_audio_is_decoded(data, tmp_path, monkeypatch):
@@ -109,8 +118,8 @@ def test_the_teacher_cache_keys_on_pooling_and_on_how_audio_is_decoded(data, tmp
         outputs.append(got)
     assert np.abs(outputs[0] - outputs[1]).max() > 0.01   # the two really differ
     calls = []
-    real = teacher_lib.Teacher.logits
-    monkeypatch.setattr(teacher_lib.Teacher, 'logits', lambda self, p: calls.append(len(p)) or real(self, p))
+    real = teacher_lib.Teacher.member_logits
+    monkeypatch.setattr(teacher_lib.Teacher, 'member_logits', lambda self, m, p: calls.append(len(p)) or real(self, m, p))
     teacher_lib.teacher_logits(teacher_lib.Teacher(pooled), data, root)
     assert calls == []                                    # cached
     monkeypatch.setattr(audio, 'RESAMPLER_VERSION', audio.RESAMPLER_VERSION + 1)

@@ -33,9 +33,22 @@ CENTRES = (3.6, 7.45, 10.4)   # 7.45: where two detection windows are stitched (
 FIRST_BIAS = 110.0           # above the -100 dB floor of the PANNs log-mel
 
 
+# The symmetric detector below makes every channel of a token equal, which a transformer's per-token
+# LayerNorm maps to zero: PaSST's geometry is checked on its patch spans in tests/test_passt.py.
+NO_SYMMETRIC_DETECTOR = {'passt': 'per-token LayerNorm erases a constant-channel response; see tests/test_passt.py'}
+
+
 def cases():
-    return [pytest.param(name, marks=pytest.mark.slow) if registry.get_spec(name).published.get('params', 0) > LARGE
-            else name for name in list_models()]
+    out = []
+    for name in list_models():
+        spec = registry.get_spec(name)
+        if spec.family in NO_SYMMETRIC_DETECTOR:
+            out.append(pytest.param(name, marks=pytest.mark.skip(reason=NO_SYMMETRIC_DETECTOR[spec.family])))
+        elif spec.published.get('params', 0) > LARGE:
+            out.append(pytest.param(name, marks=pytest.mark.slow))
+        else:
+            out.append(name)
+    return out
 
 
 def symmetric_detector(name):

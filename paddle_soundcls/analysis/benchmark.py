@@ -103,7 +103,12 @@ def run_export(model_dir, seconds=5.0, batch_size=8, iterations=5, num_threads=N
     out, plus end_to_end_clips_per_s with the numpy front end. Random input audio."""
     threads = check_threads(num_threads)
     _check_run_args(seconds, batch_size, iterations)
-    precisions = ['fp32'] + (['int8'] if 'int8' in exportdir.read_export(model_dir) else [])
+    meta = exportdir.read_export(model_dir)
+    if meta.get('ensemble'):
+        first = os.path.join(os.fspath(model_dir), meta['ensemble']['members'][0]['dir'])
+        raise ArgumentError(f'{model_dir} is an ensemble export; benchmark each of its members (e.g. '
+                            f'`paddle-soundcls benchmark {first}`): the ensemble costs their sum')
+    precisions = ['fp32'] + (['int8'] if 'int8' in meta else [])
     predictors = {engine_key('onnxruntime', p): Predictor(model_dir, engine=engine_key('onnxruntime', p), num_threads=threads)
                   for p in precisions}
     first = predictors['onnxruntime']

@@ -26,6 +26,9 @@ from ..frames import FrameGeometry
 META_FILE = 'meta.json'
 META_FORMAT = 'paddle_soundcls/1'
 EXPORT_FORMAT = 'paddle_soundcls-export/1'
+# An ensemble checkpoint (paddle_soundcls.ensemble): ensemble.json beside members/0, members/1, ...
+ENSEMBLE_FILE = 'ensemble.json'
+ENSEMBLE_FORMAT = 'paddle_soundcls-ensemble/1'
 TASKS = ('sound-cls', 'tagging')
 
 # Fields added after the first version of each file -> their value in files that lack them (a
@@ -104,6 +107,31 @@ def read_meta(directory):
     return _migrate(meta, _META_REQUIRED, _META_ADDED, path, CheckpointError, fix)
 
 
+def read_ensemble(directory):
+    """ensemble.json of an ensemble checkpoint directory, checked: {'members': [{'dir', 'model',
+    'weight'}], 'events'}."""
+    path = os.path.join(directory, ENSEMBLE_FILE)
+    fix = 'The ensemble directory is damaged: save the ensemble again (Ensemble.save or paddle-soundcls ensemble).'
+    data = _read(path, ENSEMBLE_FORMAT, CheckpointError, fix)
+    check_ensemble_members(data.get('members'), path, CheckpointError, fix)
+    return data
+
+
+def check_ensemble_members(members, path, error, fix):
+    """The member list of ensemble.json or of an ensemble export's export.json: relative folders
+    inside the directory, each with its weight."""
+    if not isinstance(members, list) or len(members) < 2:
+        raise error(f'{path}: `members` must list two or more members. {fix}')
+    for record in members:
+        if not (isinstance(record, dict) and isinstance(record.get('dir'), str)
+                and isinstance(record.get('weight'), (int, float)) and not isinstance(record.get('weight'), bool)):
+            raise error(f'{path}: a member must be {{"dir": "members/N", "model": ..., "weight": number}}, got '
+                        f'{str(record)[:120]}. {fix}')
+        parts = record['dir'].replace('\\', '/').split('/')
+        if os.path.isabs(record['dir']) or '..' in parts:
+            raise error(f'{path}: member folder {record["dir"]!r} lies outside the ensemble\'s directory. {fix}')
+
+
 def read_export_json(path, model_dir):
     """export.json at `path` (in export directory `model_dir`) as a dict, checked, fields of earlier
     versions filled in, with 'frontend_cfg' (a FrontendConfig) added."""
@@ -115,5 +143,8 @@ def read_export_json(path, model_dir):
             FrameGeometry.from_dict(meta['frame_geometry'])
         except ValueError as exc:
             raise ExportError(f'{path}: {exc}; export the model again') from None
+    if meta.get('ensemble') is not None:
+        check_ensemble_members(meta['ensemble'].get('members') if isinstance(meta['ensemble'], dict) else None,
+                               path, ExportError, fix)
     meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
     return meta

@@ -11,7 +11,7 @@ from .common import PROG, UsageError
 def add_parser(subparsers):
     p = subparsers.add_parser('export', help='static graph + ONNX in one step, optionally with a parity check and '
                               'int8')
-    p.add_argument('--checkpoint', default=None, help='fine-tuned checkpoint directory')
+    p.add_argument('--checkpoint', default=None, help='fine-tuned checkpoint directory (or a saved ensemble)')
     p.add_argument('--model', default=None, help='model name: the pretrained tagger with --task tagging, or for a '
                    'checkpoint without meta.json')
     p.add_argument('--task', choices=('sound-cls', 'tagging'), default='sound-cls')
@@ -51,6 +51,10 @@ def _onnx_of_export(args):
     check_data_args(args)
     from ..export import export_onnx
     meta = export_onnx(args.model_dir, args.output, opset=args.opset)
+    if meta.get('ensemble'):
+        return args.model_dir, {'model_dir': os.path.abspath(args.model_dir),
+                                'members': [{'onnx': m['onnx'], 'file': m['files'][m['onnx']['file']]}
+                                            for m in meta['members']]}
     return args.model_dir, {'model_dir': os.path.abspath(args.model_dir), 'onnx': meta['onnx'],
                             'file': meta['files'][meta['onnx']['file']]}
 
@@ -69,8 +73,11 @@ def _new_export(args):
     from ..module import load_module
     module = load_module(args.checkpoint, model=args.model, task=args.task)
     meta = export_static(module, args.output, opset=None if args.no_onnx else args.opset)
-    return args.output, {'output': os.path.abspath(args.output), 'model': meta['model'], 'task': meta['task'],
-                         'classes': len(meta['labels']), 'files': meta['files']}
+    summary = {'output': os.path.abspath(args.output), 'model': meta['model'], 'task': meta['task'],
+               'classes': len(meta['labels']), 'files': meta['files']}
+    if meta.get('ensemble'):
+        summary['members'] = meta['ensemble']['members']
+    return args.output, summary
 
 
 def add_quantize_args(parser):

@@ -7,6 +7,7 @@ from ..features.mel import logmel
 from ..frames import FrameGeometry
 from . import detection, exportdir, pipeline
 from .engines import ENGINES, OnnxEngine, PaddleEngine, check_threads
+from .ensemble import EnsembleScorer, Member, check_members
 from .events import EventConfig, merge_settings
 from ..errors import ArgumentError, ExportError
 
@@ -32,12 +33,19 @@ class Predictor:
     Attributes: labels, task ('sound-cls' or 'tagging'), multi_label, clip_seconds, frontend_cfg
     (FrontendConfig, as Module.frontend_cfg; `frontend` is its deprecated name), meta
     (export.json), precision.
+
+    An ensemble export (export.json with an `ensemble` entry, written by export_static of an
+    Ensemble) runs a Predictor per member (`members`), each with its own front end, and
+    combines them as deploy/ensemble.py says; `engine` then applies to every member, and
+    frontend_cfg is the first member's (the sample rate all members share).
     """
 
     def __init__(self, model_dir, engine='onnxruntime', num_threads=None, verify=True, precision=None):
         self.model_dir = os.fspath(model_dir)
         self.meta = exportdir.read_export(self.model_dir)
+        requested = engine
         engine, precision = _runtime(engine, precision, self.meta)
+        self.name = self.meta['model']
         self.labels = list(self.meta['labels'])
         self.task = self.meta['task']
         self.frontend_cfg = self.meta['frontend_cfg']
@@ -47,6 +55,11 @@ class Predictor:
         self.event_config = EventConfig.from_dict(self.meta['events']) if self.meta['events'] else None
         self._frames_engine, self._verify = None, verify
         num_threads = check_threads(num_threads)  # before loading: a bad count is not a damaged export
+        self.members, self._ensemble = None, None
+        if self.meta.get('ensemble'):   # 'auto' is each member's choice
+            self._load_members('auto' if requested == 'auto' else 'onnxruntime_int8' if precision == 'int8' else engine,
+                               num_threads, verify)
+            return
         if engine == 'onnxruntime':
             files = [exportdir.require_file(self.model_dir, self.meta, self._onnx_file(precision), verify)]
         else:
@@ -64,6 +77,22 @@ class Predictor:
             self._check_onnx_io(files[0])
         self.engine_name = engine
         self.precision = precision
+
+    def _load_members(self, engine, num_threads, verify):
+        """An ensemble export: a Predictor per member (members/N), combined by deploy.ensemble."""
+        records = self.meta['ensemble']['members']
+        self.members = [Predictor(os.path.join(self.model_dir, r['dir']), engine, num_threads, verify) for r in records]
+        for member, record in zip(self.members, records):
+            member.name = f'{record["dir"]} ({member.meta["model"]})'
+        check_members(self.members)
+        if [m.labels for m in self.members][0] != self.labels:
+            raise ExportError(f'{os.path.join(self.model_dir, exportdir.EXPORT_FILE)} lists other labels than its '
+                              f'members: export the ensemble again')
+        self._ensemble = EnsembleScorer(
+            [Member(m.name, m.score_batch, m.score_frames, m.frame_geometry_or_none(), m.frontend_cfg, r['weight'])
+             for m, r in zip(self.members, records)], self.multi_label)
+        self.engine = None   # each member has its own
+        self.engine_name, self.precision = self.members[0].engine_name, self.members[0].precision
 
     @property
     def frontend(self):
@@ -102,6 +131,8 @@ class Predictor:
 
     def score_batch(self, waveforms):
         """waveforms [batch, samples] (equal lengths) -> scores [batch, classes]."""
+        if self._ensemble is not None:
+            return self._ensemble.score_batch(waveforms)
         scores = self.engine(self.features(waveforms))
         if scores.ndim != 2 or scores.shape[1] != len(self.labels):
             raise ExportError(f'{self.model_dir}: the model gave scores of shape {list(scores.shape)}, '
@@ -151,17 +182,28 @@ class Predictor:
                 f'--output DIR) to detect events with it')
         return FrameGeometry.from_dict(self.meta['frame_geometry'])
 
-    def frame_scorer(self, window=None, hop=None):
-        """A detection.FrameScorer running this export's frame-scores graph (model.frames.onnx)."""
-        geometry = self.frame_geometry
+    def frame_geometry_or_none(self):
+        return None if self.meta['frame_geometry'] is None else self.frame_geometry
+
+    def score_frames(self, waveforms):
+        """waveforms [batch, samples] -> the network's frame scores [batch, frames', classes]
+        (model.frames.onnx; for an ensemble, the combined scores at the front end's frame rate)."""
+        if self._ensemble is not None:
+            return self._ensemble.score_frames(waveforms)
         if self._frames_engine is None:
             path = exportdir.require_file(self.model_dir, self.meta, exportdir.FRAMES_FILE, self._verify)
             self._frames_engine = OnnxEngine(path, self.engine.num_threads)
-        engine = self._frames_engine
+        return self._frames_engine(self.features(waveforms))
 
-        def score_frames(waveforms):
-            return engine(self.features(waveforms))
-        return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, geometry, window, hop,
+    def frame_scorer(self, window=None, hop=None):
+        """A detection.FrameScorer running this export's frame-scores graph (model.frames.onnx)."""
+        frontend = self.frontend_cfg
+        if self._ensemble is not None:
+            for member in self.members:
+                member.frame_geometry   # an export that records none cannot place its frames: refused here
+            self._ensemble.check_frames()
+            frontend = self._ensemble.frame_frontend()
+        return detection.FrameScorer(self.score_frames, frontend, self.labels, self.frame_geometry, window, hop,
                                      self.min_seconds, self.clip_seconds)
 
     def detect(self, data, sample_rate=None, window=None, hop=None, config=None):
@@ -185,10 +227,14 @@ class Predictor:
         rate = self.frontend_cfg.sample_rate if sample_rate is None else sample_rate
         return detection.EventStream(self.frame_scorer(window, hop), rate, self._event_config(config), channels)
 
+    @property
+    def num_threads(self):
+        return (self.members[0] if self.members else self).engine.num_threads
+
     def __repr__(self):
         return (f'Predictor({self.model_dir!r}, model={self.meta["model"]}, task={self.task}, '
                 f'classes={len(self.labels)}, engine={self.engine_name}, precision={self.precision}, '
-                f'threads={self.engine.num_threads})')
+                f'threads={self.num_threads})')
 
 
 def _runtime(engine, precision, meta):

@@ -96,10 +96,19 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
     The directory is rebuilt beside itself (existing files hard-linked, not copied) and
     swapped in complete, so a failed conversion leaves the old export as it was. An int8
     model (model.int8.onnx) is dropped: it was made from the old model.onnx; quantize again.
-    Returns the updated export.json contents.
+    Returns the updated export.json contents (an ensemble's, with 'members': each member's).
+    An ensemble export gets an ONNX model in every member.
     """
     model_dir = os.path.abspath(os.fspath(model_dir))
     meta = exportdir.read_export(model_dir)
+    if meta.get('ensemble'):
+        if output:
+            raise ArgumentError(f'{model_dir} is an ensemble export: each member gets its own model.onnx; leave '
+                                f'--output out')
+        meta['members'] = [export_onnx(os.path.join(model_dir, m['dir']), None, opset)
+                           for m in meta['ensemble']['members']]
+        meta.pop('frontend_cfg')
+        return meta
     for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS):
         exportdir.require_file(model_dir, meta, name)
     output = os.path.abspath(os.fspath(output)) if output else os.path.join(model_dir, exportdir.ONNX_FILE)

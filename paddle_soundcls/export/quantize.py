@@ -277,6 +277,7 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
     force: keep an int8 model that fails the check (the figures are still recorded).
     method, per_channel, quant_format, keep_float, reduce_range, seconds: see quantize_onnx
         and FeatureReader.
+    An ensemble export has each member quantized and checked ({'members': [their entries]}).
     Returns export.json's 'int8' entry. Raises QuantizationRefused (after removing the int8
     model from the export, which otherwise stays as it was) when the check fails.
 
@@ -287,6 +288,11 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
     check_settings(method, quant_format, keep_float)
     check_seconds(seconds)
     meta = exportdir.read_export(model_dir)
+    if meta.get('ensemble'):   # each member quantized and checked on its own; the first refusal stops
+        return {'members': [quantize_export(
+            os.path.join(model_dir, m['dir']), calibration, check, limit, check_limit, method, per_channel,
+            quant_format, keep_float, reduce_range, seconds, force, batch_size, num_threads, progress)
+            for m in meta['ensemble']['members']]}
     exportdir.require_file(model_dir, meta, exportdir.ONNX_FILE)
     clips = select_clips(calibration, limit)
     if check is not None:

@@ -9,7 +9,8 @@ paddle_soundcls.features.mel, using the settings recorded in export.json.
 
 The exporter knows nothing of how the model was built: it takes any Layer with
 `export_settings()` (what export.json records; see Module.export_settings) and
-`part('scores')` (the features -> scores Layer). Loading checkpoints is the Module's job.
+`part('scores')` (the features -> scores Layer), or an ensemble of them (`members`).
+Loading checkpoints is the Module's job.
 """
 import os
 
@@ -47,8 +48,41 @@ def export_meta(model):
     }
 
 
+def ensemble_meta(ensemble):
+    """export.json of an ensemble export: the ensemble's settings; each member is an export of its
+    own under members/N, so the ensemble's graphs and files are its members' (see deploy/ensemble.py)."""
+    settings = ensemble.export_settings()
+    return {
+        'format': exportdir.FORMAT,
+        **settings,
+        'input': None,   # waveforms: each member computes its own features
+        'output': {'name': exportdir.OUTPUT_NAME, 'shape': [None, len(settings['labels'])], 'dtype': 'float32',
+                   'activation': 'sigmoid' if settings['multi_label'] else 'softmax'},
+        'files': {},
+        'paddle': paddle.__version__,
+    }
+
+
+def _write_export(model, directory, opset):
+    """The graphs of `model` (a Module) and their export.json in the existing folder `directory`."""
+    from .onnx import write_onnx
+    meta = export_meta(model)
+    # The scores network and, for event detection, the frame-scores network (features ->
+    # [batch, frames', classes]); both static, so ONNX can be made from them later too.
+    save_static(model.part('scores'), meta['frontend']['n_mels'], directory)
+    save_static(model.part('frames'), meta['frontend']['n_mels'], directory, exportdir.FRAMES_STATIC_PREFIX)
+    for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS, exportdir.FRAMES_STATIC_MODEL,
+                 exportdir.FRAMES_STATIC_PARAMS):
+        meta['files'][name] = exportdir.file_record(os.path.join(directory, name))
+    if opset is not None:
+        write_onnx(directory, meta, opset)
+    fileio.write_json(os.path.join(directory, exportdir.EXPORT_FILE), meta)
+    return meta
+
+
 def export_static(model, output_dir, opset=None):
-    """Write an export directory for `model` (a Module) at `output_dir`.
+    """Write an export directory for `model` (a Module, or an Ensemble: one export per member
+    under members/N) at `output_dir`.
 
     Everything is built in a temporary directory next to `output_dir` and swapped in once
     complete, so an existing export is never replaced by a half-written one.
@@ -56,22 +90,21 @@ def export_static(model, output_dir, opset=None):
         this opset in the same step; export_onnx does it later otherwise.
     Returns the export.json contents.
     """
-    from .onnx import write_onnx
+    from ..deploy.ensemble import member_dir
 
     model.eval()
-    meta = export_meta(model)
+    members = getattr(model, 'members', None)
+    result = {}
 
     def build(tmp):
-        # The scores network and, for event detection, the frame-scores network (features ->
-        # [batch, frames', classes]); both static, so ONNX can be made from them later too.
-        save_static(model.part('scores'), meta['frontend']['n_mels'], tmp)
-        save_static(model.part('frames'), meta['frontend']['n_mels'], tmp, exportdir.FRAMES_STATIC_PREFIX)
-        for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS, exportdir.FRAMES_STATIC_MODEL,
-                     exportdir.FRAMES_STATIC_PARAMS):
-            meta['files'][name] = exportdir.file_record(os.path.join(tmp, name))
-        if opset is not None:
-            write_onnx(tmp, meta, opset)
-        fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
+        if members is None:
+            result.update(_write_export(model, tmp, opset))
+            return
+        for i, member in enumerate(members):
+            os.makedirs(os.path.join(tmp, member_dir(i)))
+            _write_export(member, os.path.join(tmp, member_dir(i)), opset)
+        result.update(ensemble_meta(model))
+        fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), result)
 
     fileio.replace_dir(build, os.fspath(output_dir))
-    return meta
+    return result

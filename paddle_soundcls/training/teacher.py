@@ -1,25 +1,28 @@
 """Teachers for knowledge distillation: their outputs on a dataset's clips, computed once and cached.
 
-A teacher is a Module, a checkpoint directory, an export directory, or a list of them (an
-ensemble: the mean of their logits). Each clip is scored as `predict` scores it (the whole
+A teacher is a Module, a checkpoint directory, an export directory, a saved ensemble
+(paddle_soundcls.Ensemble, its directory or its export: its members with their weights), or a
+list of them (an ensemble: the weighted mean of their logits). Each clip is scored as `predict` scores it (the whole
 clip: padded to the teacher's training clip length, or the mean over windows of it), so the
 teacher sees every clip whole while the student trains on random crops of it; the teacher's
 targets are therefore clip-level, the same for every crop of a clip.
 
-Outputs are stored as logits: the scores predict gives turned back (log p for a softmax, whose
-softmax at any temperature they reproduce; log(p / (1 - p)) for sigmoids), so Modules,
-checkpoints and exports are one kind of teacher. Layout of the cache
+Outputs are stored as logits, member by member: the scores predict gives turned back (log p
+for a softmax, whose softmax at any temperature they reproduce; log(p / (1 - p)) for sigmoids),
+so Modules, checkpoints and exports are one kind of teacher, and a member shared by several
+ensembles is computed once. The teacher's targets are the weighted mean of its members' logits
+(deploy.ensemble.weighted_mean, the combination an exported ensemble uses). Layout of the cache
 (`<cache_dir()>/teachers` by default):
 
-    <teacher key>/settings.json     what the outputs below depend on (for people reading the cache)
-    <teacher key>/<sha256>.npy      the teacher's logits (float32 [classes]) for the file with that content
+    <member key>/settings.json     what the outputs below depend on (for people reading the cache)
+    <member key>/<sha256>.npy      the member's logits (float32 [classes]) for the file with that content
 
-The key hashes everything the outputs depend on: for each member its weights digest (or the
-sha256 of an export's files) and the settings an export records (Module.export_settings(): model,
-task, labels, multi_label, pooling, clip length, shortest input, front end, frame geometry;
-not the event thresholds, which do not change scores), and the versions of the resampler and
-of libsndfile's decoders (cache.decoding_settings). A clip is found by the sha256 of its file,
-so an edited file, other teacher weights or another way of pooling are never served stale
+The key hashes everything a member's outputs depend on: its weights digest (or the sha256 of an
+export's files) and the settings an export records (Module.export_settings(): model, task,
+labels, multi_label, pooling, clip length, shortest input, front end, frame geometry; not the
+event thresholds, which do not change scores), and the versions of the resampler and of
+libsndfile's decoders (cache.decoding_settings). A clip is found by the sha256 of its file, so
+an edited file, other teacher weights or another way of pooling are never served stale
 outputs. Each output is written as soon as it is computed, so an interrupted pass resumes where
 it stopped.
 """
@@ -28,15 +31,15 @@ import os
 import numpy as np
 
 from .. import cache, fileio
+from ..deploy.ensemble import to_logits, weighted_mean
 from ..progress import progress_bar
 from ..errors import ArgumentError
 
-FORMAT = 2
+FORMAT = 3   # 3: one cache entry per member (2 cached the combined logits of an ensemble)
 # What an export or Module records that does not change its scores: left out of the cache key
 # (tuning the event thresholds must not recompute the teacher's outputs).
 _NOT_OUTPUTS = ('events', 'files', 'frontend_cfg', 'format')
 CLIPS_PER_CALL = 16
-_EPS = 1e-7  # scores are clipped away from 0 and 1 before the log
 
 
 def cache_root():
@@ -44,13 +47,16 @@ def cache_root():
 
 
 class Teacher:
-    """One or several teacher models with the same labels: scores(paths) -> [clips, classes]."""
+    """One or several teacher models with the same labels: scores(paths) -> [clips, classes].
+    A saved ensemble (an Ensemble, its checkpoint directory or its export) adds its members with
+    their weights."""
 
     def __init__(self, spec, use_gpu=False):
-        members = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-        if not members:
+        specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+        if not specs:
             raise ArgumentError('teacher: an empty list; give a Module, a checkpoint directory or an export directory')
-        self.members = [_load(member, use_gpu) for member in members]
+        loaded = [pair for one in specs for pair in _load(one, use_gpu)]
+        self.members, self.weights = [m for m, _ in loaded], [w for _, w in loaded]
         first = self.members[0]
         for other in self.members[1:]:
             if other['labels'] != first['labels'] or other['multi_label'] != first['multi_label']:
@@ -60,40 +66,62 @@ class Teacher:
         self.labels, self.multi_label = first['labels'], first['multi_label']
 
     def settings(self):
-        """What the teacher's outputs depend on besides the audio: the key of its cache."""
-        return {'format': FORMAT, 'members': [m['identity'] for m in self.members], 'labels': self.labels,
-                'multi_label': self.multi_label, **cache.decoding_settings()}
+        """What the teacher's targets depend on besides the audio."""
+        out = {'format': FORMAT, 'members': [m['identity'] for m in self.members], 'labels': self.labels,
+               'multi_label': self.multi_label, **cache.decoding_settings()}
+        if len(set(self.weights)) > 1:
+            out['weights'] = self.weights
+        return out
+
+    def member_settings(self, member):
+        """The cache key of one member's outputs."""
+        return {'format': FORMAT, 'member': member['identity'], 'labels': self.labels, 'multi_label': self.multi_label}
+
+    def member_logits(self, member, paths):
+        """One member's logits on the clips `paths` [clips, classes] (float64)."""
+        scores = [[s[label] for label in self.labels] for s in member['predict'](paths)]
+        return to_logits(scores, self.multi_label)
 
     def logits(self, paths):
-        """Mean over the members of their logits on the clips `paths` [clips, classes]."""
-        out = []
-        for member in self.members:
-            scores = member['predict'](paths)
-            scores = np.clip(np.asarray([[s[label] for label in self.labels] for s in scores], np.float64),
-                             _EPS, 1 - _EPS)
-            out.append(np.log(scores / (1 - scores)) if self.multi_label else np.log(scores))
-        return np.mean(out, axis=0).astype(np.float32)
+        """Weighted mean over the members of their logits on the clips `paths` [clips, classes]."""
+        return self.combine([self.member_logits(m, paths) for m in self.members])
+
+    def combine(self, member_logits):
+        """The teacher's targets from its members' logits (deploy.ensemble: the exported ensemble's rule)."""
+        return weighted_mean(member_logits, self.weights).astype(np.float32)
 
 
 def _load(spec, use_gpu=False):
-    """A member: {'name', 'labels', 'multi_label', 'identity', 'predict'}."""
+    """[(member, weight)] of one teacher spec; a member: {'name', 'labels', 'multi_label', 'identity', 'predict'}."""
     from ..deploy import exportdir
+    from ..ensemble import Ensemble, is_ensemble_dir, load_ensemble
+    if isinstance(spec, Ensemble):
+        return [(_module_member(m, 'Ensemble member', use_gpu), w) for m, w in zip(spec.members, spec.weights)]
     if hasattr(spec, 'predict') and hasattr(spec, 'state_dict'):   # a Module
-        return _module_member(spec, 'Module', use_gpu)
+        return [(_module_member(spec, 'Module', use_gpu), 1.0)]
     path = os.fspath(spec)
     if exportdir.is_export_dir(path):
         from ..deploy import Predictor
         predictor = Predictor(path)
-        files = {name: record['sha256'] for name, record in predictor.meta['files'].items()}
-        recorded = {k: v for k, v in predictor.meta.items() if k not in _NOT_OUTPUTS}
-        return {'name': path, 'labels': list(predictor.labels), 'multi_label': predictor.multi_label,
-                'identity': {'export': files, 'settings': recorded},
-                'predict': lambda paths: predictor.predict(paths, batch_size=8)}
+        if predictor.members:
+            return [(_export_member(m, os.path.join(path, r['dir'])), r['weight'])
+                    for m, r in zip(predictor.members, predictor.meta['ensemble']['members'])]
+        return [(_export_member(predictor, path), 1.0)]
+    if is_ensemble_dir(path):
+        return _load(load_ensemble(path), use_gpu)
     if os.path.isdir(path):
         from .. import load_module
-        return _module_member(load_module(path), path, use_gpu)
+        return [(_module_member(load_module(path), path, use_gpu), 1.0)]
     raise ArgumentError(f'teacher {spec!r}: expected a Module, a checkpoint directory (with meta.json) or an export '
                      f'directory (with export.json)')
+
+
+def _export_member(predictor, path):
+    files = {name: record['sha256'] for name, record in predictor.meta['files'].items()}
+    recorded = {k: v for k, v in predictor.meta.items() if k not in _NOT_OUTPUTS}
+    return {'name': path, 'labels': list(predictor.labels), 'multi_label': predictor.multi_label,
+            'identity': {'export': files, 'settings': recorded},
+            'predict': lambda paths: predictor.predict(paths, batch_size=8)}
 
 
 def _module_member(module, name, use_gpu):
@@ -121,12 +149,17 @@ def teacher_logits(teacher, dataset, root=None, progress=True):
         raise ArgumentError(f'the teacher is {"multi" if teacher.multi_label else "single"}-label but the data is '
                          f'not; use a teacher trained on data of the same kind')
     paths = [path for path, _ in items]
-    files, todo = cache.content_cache(root or cache_root(), teacher.settings(), paths)
-    with progress_bar(total=len(todo), desc='Teacher outputs', unit='clip', show=progress and bool(todo)) as bar:
+    return teacher.combine([_member_outputs(teacher, member, paths, root, progress) for member in teacher.members])
+
+
+def _member_outputs(teacher, member, paths, root, progress):
+    """One member's logits for every path [clips, classes], from the cache, computing what is missing."""
+    files, todo = cache.content_cache(root or cache_root(), teacher.member_settings(member), paths)
+    desc = 'Teacher outputs' if len(teacher.members) == 1 else f'Teacher outputs ({member["name"]})'
+    with progress_bar(total=len(todo), desc=desc, unit='clip', show=progress and bool(todo)) as bar:
         for start in range(0, len(todo), CLIPS_PER_CALL):
             batch = todo[start:start + CLIPS_PER_CALL]
-            for i, row in zip(batch, teacher.logits([paths[i] for i in batch])):
-                fileio.write_npy(files[i], row)
+            for i, row in zip(batch, teacher.member_logits(member, [paths[i] for i in batch])):
+                fileio.write_npy(files[i], row.astype(np.float32))
             bar.update(len(batch))
-    return np.stack([np.load(file) for file in files])
-
+    return np.stack([np.load(file) for file in files]).astype(np.float64)
