@@ -19,9 +19,12 @@ def create_model(name, **kwargs):
 
 
 def __getattr__(name):
-    if name in ('Module', 'load_module'):
-        from . import module
-        return getattr(module, name)
+    if name == 'Module':
+        from .module import Module
+        return Module
+    if name == 'load_module':   # checkpoints and saved ensembles
+        from .ensemble import load_module
+        return load_module
     if name == 'Ensemble':
         from .ensemble import Ensemble
         return Ensemble

@@ -23,7 +23,7 @@ from .errors import ArgumentError, CheckpointError
 
 
 def _as_module(member):
-    from .module import Module, load_module
+    from .module import Module
     from .models import registry
     if isinstance(member, Module):
         return member
@@ -159,6 +159,18 @@ class Ensemble:
         return directory
 
 
+def load_module(checkpoint_dir=None, model=None, task='sound-cls'):
+    """module.load_module, or the Ensemble saved in `checkpoint_dir` (ensemble.json): what
+    paddle_soundcls.load_module, the command line and distillation load a directory with."""
+    from . import module
+    if checkpoint_dir is not None and is_ensemble_dir(checkpoint_dir):
+        if model is not None:
+            raise CheckpointError(f'{checkpoint_dir} holds an ensemble (ensemble.json), not one {model} model; drop '
+                                  f'--model')
+        return load_ensemble(checkpoint_dir)
+    return module.load_module(checkpoint_dir, model=model, task=task)
+
+
 def is_ensemble_dir(path):
     return os.path.isfile(os.path.join(os.fspath(path), schema.ENSEMBLE_FILE))
 
@@ -166,7 +178,6 @@ def is_ensemble_dir(path):
 def load_ensemble(directory):
     """The Ensemble saved in `directory` (Ensemble.save)."""
     from .deploy.events import EventConfig
-    from .module import load_module
     directory = os.fspath(directory)
     data = schema.read_ensemble(directory)
     members = []

@@ -423,8 +423,8 @@ def load_module(checkpoint_dir=None, model=None, task='sound-cls'):
     """The Module of a checkpoint directory, or a registered tagger.
 
     checkpoint_dir: a fine-tuned checkpoint directory (model.pdparams + meta.json, written
-        by the Trainer or `Module.save`), or an ensemble's (ensemble.json, `Ensemble.save`:
-        an Ensemble is returned). A directory without meta.json needs `model` (and
+        by the Trainer or `Module.save`). paddle_soundcls.load_module (ensemble.load_module)
+        also takes an ensemble's directory. A directory without meta.json needs `model` (and
         task='tagging' for an AudioSet tagger).
     model: a registry name; without checkpoint_dir it must be task='tagging' (the official
         pretrained tagger, whose weights must be in the cache or downloadable).
@@ -442,11 +442,9 @@ def load_module(checkpoint_dir=None, model=None, task='sound-cls'):
     path = os.fspath(checkpoint_dir)
     if not os.path.isdir(path):
         raise CheckpointError(f'checkpoint directory not found: {path}')
-    from .ensemble import is_ensemble_dir, load_ensemble
-    if is_ensemble_dir(path):
-        if model is not None:
-            raise CheckpointError(f'{path} holds an ensemble (ensemble.json), not one {model} model; drop --model')
-        return load_ensemble(path)
+    if os.path.isfile(os.path.join(path, schema.ENSEMBLE_FILE)):
+        raise CheckpointError(f'{path} holds an ensemble (ensemble.json), not one model: load it with '
+                              f'paddle_soundcls.load_module (ensemble.load_module)')
     meta = schema.read_meta(path)
     if meta is None:
         if model is None:

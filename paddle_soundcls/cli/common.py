@@ -108,7 +108,7 @@ def _checkpoint_module(model_dir, engine, threads, model, tagging):
                          f'OTHER_CLIPS`, then predict with DIR')
     if threads is not None:
         raise UsageError('--threads applies to export directories; a checkpoint uses every CPU')
-    from ..module import load_module
+    from ..ensemble import load_module
     return load_module(model_dir, model=model, task='tagging' if tagging else 'sound-cls')
 
 

@@ -70,7 +70,7 @@ def _new_export(args):
         raise UsageError('--check and --quantize need the ONNX model; leave out --no-onnx')
     check_data_args(args)
     from ..export import export_static
-    from ..module import load_module
+    from ..ensemble import load_module
     module = load_module(args.checkpoint, model=args.model, task=args.task)
     meta = export_static(module, args.output, opset=None if args.no_onnx else args.opset)
     summary = {'output': os.path.abspath(args.output), 'model': meta['model'], 'task': meta['task'],
