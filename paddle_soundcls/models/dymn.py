@@ -50,7 +50,7 @@ from ..errors import ArgumentError, CheckpointError
 from .base import Backbone
 from .builder import has_torch_batchnorm, paddle_bn_name
 from .efficientat import (EFFICIENTAT_FRONTEND, FRAME_GEOMETRY, HEAD_DROPOUT, LAST_CHANNEL, MOBILENET_V3_BLOCKS,
-                          RELEASE_URL, _check_frontend_buffer)
+                          RELEASE_URL, _check_frontend_buffer, mlp_head)
 from .layers import ACTIVATIONS, conv_bn_act, make_divisible
 from .registry import AUDIOSET_CLASSES, ModelSpec, PretrainedCfg, register_model
 
@@ -231,12 +231,7 @@ class DyMN(Backbone):
             self.layers.append(DynamicBlock(*block, width_mult, temperature))
         self.out_c = conv_bn_act(last_in, 6 * last_in, 1, activation='hardswish', norm=_norm)
         self.emb_size = make_divisible(LAST_CHANNEL * width_mult)
-        # Numbered as EfficientAT's `mlp` head: pool, flatten, Linear (2), Hardswish, Dropout, Linear (5).
-        head = [nn.AdaptiveAvgPool2D(1), nn.Flatten(1), nn.Linear(6 * last_in, self.emb_size), nn.Hardswish(),
-                nn.Dropout(dropout)]
-        if audioset_head:
-            head.append(nn.Linear(self.emb_size, num_classes))
-        self.classifier = nn.Sequential(*head)
+        self.classifier = mlp_head(6 * last_in, self.emb_size, audioset_head, num_classes, dropout)
         self.has_audioset_head = audioset_head
 
     def set_temperature(self, temperature):

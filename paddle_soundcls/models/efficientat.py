@@ -95,6 +95,16 @@ class InvertedResidual(nn.Layer):
         return out + x if self.use_residual else out
 
 
+def mlp_head(in_channels, emb_size, audioset_head, num_classes, dropout):
+    """EfficientAT's `mlp` head, numbered as theirs: pool, flatten, Linear (2), Hardswish, Dropout,
+    and with the AudioSet head Linear (5)."""
+    head = [nn.AdaptiveAvgPool2D(1), nn.Flatten(1), nn.Linear(in_channels, emb_size), nn.Hardswish(),
+            nn.Dropout(dropout)]
+    if audioset_head:
+        head.append(nn.Linear(emb_size, num_classes))
+    return nn.Sequential(*head)
+
+
 class MobileNetV3(Backbone):
     """EfficientAT's MN backbone: log-mel [batch, frames, n_mels] -> embedding -> AudioSet logits."""
 
@@ -108,12 +118,7 @@ class MobileNetV3(Backbone):
         layers.append(_conv_bn_act(last_in, 6 * last_in, 1, activation='hardswish'))
         self.features = nn.Sequential(*layers)
         self.emb_size = make_divisible(LAST_CHANNEL * width_mult)
-        # Numbered as EfficientAT's `mlp` head: pool, flatten, Linear (2), Hardswish, Dropout, Linear (5).
-        head = [nn.AdaptiveAvgPool2D(1), nn.Flatten(1), nn.Linear(6 * last_in, self.emb_size), nn.Hardswish(),
-                nn.Dropout(dropout)]
-        if audioset_head:
-            head.append(nn.Linear(self.emb_size, num_classes))
-        self.classifier = nn.Sequential(*head)
+        self.classifier = mlp_head(6 * last_in, self.emb_size, audioset_head, num_classes, dropout)
         self.has_audioset_head = audioset_head
 
     def pooled_features(self, features):
