@@ -17,7 +17,7 @@ import os
 
 from . import fileio
 from .checkpoints import schema
-from .deploy import detection, pipeline
+from .deploy import detection, exportdir, pipeline
 from .deploy.ensemble import FRONTEND_RATE, EnsembleScorer, Member, check_members, check_weights, member_dir
 from .errors import ArgumentError, CheckpointError
 
@@ -33,6 +33,10 @@ def _as_module(member):
         raise ArgumentError(f'an ensemble member must be a Module, a checkpoint directory or a registered model name, '
                             f'got {type(member).__name__}')
     path = os.fspath(member)
+    if exportdir.is_export_dir(path) and not os.path.isfile(os.path.join(path, schema.META_FILE)):
+        raise ArgumentError(f'ensemble member {path} is an export directory; an ensemble is made of checkpoint '
+                            f'directories or registered model names: give the checkpoint it was exported from (an '
+                            f'ensemble of exports is exported from the ensemble of their checkpoints)')
     if os.path.isdir(path):
         loaded = load_module(path)
         if isinstance(loaded, Ensemble):
@@ -44,14 +48,27 @@ def _as_module(member):
                         f'(registered: {", ".join(registry.list_models())})')
 
 
+def _check_event_config(config):
+    from .deploy.events import EventConfig
+    if config is None or isinstance(config, EventConfig):
+        return config
+    if isinstance(config, dict):
+        try:
+            return EventConfig.from_dict(config)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(f'event_config: {exc}') from None
+    raise ArgumentError(f'event_config: give a deploy.events.EventConfig, a dict of its fields or None, got '
+                        f'{type(config).__name__}')
+
+
 class Ensemble:
     """Several Modules as one model: scores are the activation of the weighted mean of their logits.
 
     Args:
         members: Modules, checkpoint directories or registered model names (their AudioSet taggers).
         weights: one non-negative number per member (default: equal weights).
-        event_config: how detect() turns frame scores into events (deploy.events.EventConfig);
-            saved with the ensemble and its exports. None: the defaults.
+        event_config: how detect() turns frame scores into events (deploy.events.EventConfig, or a
+            dict of its fields); saved with the ensemble and its exports. None: the defaults.
     """
 
     name = 'ensemble'
@@ -66,7 +83,7 @@ class Ensemble:
         self.labels, self.multi_label, self.task = list(first.labels), first.multi_label, first.task
         self.clip_seconds, self.frontend_cfg = first.clip_seconds, first.frontend_cfg
         self.min_seconds = max(m.min_seconds for m in self.members)
-        self.event_config = event_config
+        self.event_config = _check_event_config(event_config)
 
     @property
     def num_class(self):

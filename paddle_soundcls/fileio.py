@@ -20,6 +20,8 @@ import socket
 import sys
 import tempfile
 
+from .errors import ArgumentError
+
 
 def _default_mode(base):
     """`base` less the process umask: what open()/mkdir() would have given (mkstemp gives 0600)."""
@@ -184,6 +186,11 @@ def replace_dir(build, target):
     `target` or at `target.old` (see recover_dir).
     """
     target = os.fspath(target)
+    if not target:
+        raise ArgumentError('the output directory is an empty path: name the folder to write')
+    if os.path.lexists(target) and not os.path.isdir(target):   # never moved aside for a directory
+        raise ArgumentError(f'{target} is a file, not a directory: name a folder to write (it is replaced only '
+                            f'once complete), or remove the file first')
     parent = os.path.dirname(os.path.abspath(target)) or '.'
     name = os.path.basename(os.path.abspath(target))
     os.makedirs(parent, exist_ok=True)

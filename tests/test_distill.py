@@ -262,3 +262,32 @@ def test_distillation_loss_stays_finite_in_float16():
     value = float(kd.soft_loss(student, teacher))
     p, q = softmax(np.array([20.0, 19.0, -20.0])), softmax(np.array([1.0, 0.5, 0.0]))
     assert value == pytest.approx(4.0 * float(np.sum(p * (np.log(p) - np.log(q)))), rel=1e-4)
+
+
+def _distill_example():
+    import importlib.util
+    import sys
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'examples', 'esc50',
+                        'distill.py')
+    spec = importlib.util.spec_from_file_location('esc50_distill_example', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('argv, match', [
+    (['--teacher-models', 'cpmobile', 'panns_cnn6', '--teacher-weights', '-1', '2'], r'--teacher-weights: -1 \(the '
+                                                                                      r'weight of cpmobile\)'),
+    (['--teacher-models', 'cpmobile', 'panns_cnn6', '--teacher-weights', '0', '0'], '--teacher-weights: .*positive'),
+    (['--teacher-models', 'cpmobile', 'panns_cnn6', '--teacher-weights', '1'], 'one weight per --teacher-models'),
+    (['--teacher-models', 'cpmobile', '--teacher-epochs', '0'], '--teacher-epochs must be 1 or more'),
+    (['--teacher', 'ckpt_a', 'ckpt_b', '--teacher-weights', '1', '2'], 'save them as one ensemble'),
+    (['--teacher-models', 'cpmobile', 'cpmobile'], 'cpmobile more than once'),
+])
+def test_distill_example_refuses_teacher_options_before_training_anything(argv, match, tmp_path):
+    from paddle_soundcls.errors import ArgumentError
+    # A data folder that does not exist: without the early check, loading the data would fail instead.
+    example = _distill_example()
+    with pytest.raises(ArgumentError, match=match):
+        example.main(['--data-dir', str(tmp_path / 'no_such_data'), '--checkpoint-dir', str(tmp_path / 'ck'), *argv])
+    assert not (tmp_path / 'ck').exists()

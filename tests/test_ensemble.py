@@ -277,3 +277,235 @@ def test_an_ensemble_export_is_served_like_any_export(tmp_path, members):
         events = httpx.post(base + '/v1/events', content=data, headers={'content-type': 'audio/wav'}, timeout=60)
         assert events.status_code == 200, events.text
         assert [e['label'] for e in events.json()['events']] == [e['label'] for e in frames['events']]
+
+
+# ----- refusals and limits of saved and exported ensembles
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory, members):
+    """An export of Ensemble(members, weights=[1, 2]); tests edit copies of it."""
+    out = tmp_path_factory.mktemp('exported') / 'exp'
+    export_static(Ensemble(members, weights=[1.0, 2.0]), out, opset=13)
+    return out
+
+
+def copy_of(exported, tmp_path):
+    import shutil
+    shutil.copytree(exported, tmp_path / 'exp')
+    return tmp_path / 'exp'
+
+
+def edit_members(path, edit):
+    data = json.loads(path.read_text())
+    records = data['ensemble']['members'] if 'ensemble' in data else data['members']
+    edit(records)
+    path.write_text(json.dumps(data))
+
+
+def test_hand_edited_member_weights_and_folders_are_refused(tmp_path, exported, members):
+    exp = copy_of(exported, tmp_path)
+    original = (exp / 'export.json').read_text()
+    for weights, match in (([-1, 1], r'ensemble.members\[0\].weight'), ([float('nan'), 1], r'members\[0\].weight'),
+                           ([1, float('inf')], r'members\[1\].weight'), ([0, 0], 'positive weight'),
+                           ([1e308, 1e308], 'sum')):
+        (exp / 'export.json').write_text(original)
+        edit_members(exp / 'export.json', lambda records: [r.update(weight=w) for r, w in zip(records, weights)])
+        with pytest.raises(ExportError, match=match):
+            Predictor(exp)
+        with pytest.raises(ExportError, match=match):
+            Teacher(str(exp))
+    for folder in ('.', '', './', 'members/..//.'):
+        (exp / 'export.json').write_text(original)
+        edit_members(exp / 'export.json', lambda records: records[0].update(dir=folder))
+        with pytest.raises(ExportError, match="own directory|outside"):
+            Predictor(exp)
+    Ensemble(members).save(tmp_path / 'ens')
+    for change, match in ((dict(dir='./'), 'own directory'), (dict(weight=float('nan')), r'members\[1\].weight')):
+        edit_members(tmp_path / 'ens' / 'ensemble.json', lambda records: records[1].update(**change))
+        with pytest.raises(CheckpointError, match=match):
+            load_module(tmp_path / 'ens')
+        edit_members(tmp_path / 'ens' / 'ensemble.json', lambda records: records[1].update(dir='members/1', weight=1))
+
+
+def test_nested_or_missing_export_members_are_refused(tmp_path, exported):
+    import shutil
+    exp = copy_of(exported, tmp_path)
+    shutil.rmtree(exp / 'members' / '1')
+    with pytest.raises(ExportError, match=r'members/1 is missing: .*export.json lists it'):
+        Predictor(exp)
+    shutil.rmtree(exp / 'members' / '0')
+    shutil.copytree(exported, exp / 'members' / '0')
+    shutil.copytree(exported / 'members' / '1', exp / 'members' / '1')
+    with pytest.raises(ExportError, match='itself an ensemble export'):
+        Predictor(exp)
+
+
+def test_scores_keep_logit_gaps_beyond_what_1e7_clipping_allows():
+    from paddle_soundcls.deploy.ensemble import combine_scores
+    sigmoid = lambda x: 1 / (1 + np.exp(-np.asarray(x, dtype=np.float64)))   # noqa: E731
+    # Softmax members with logits [30, 0, 0] and [0, 12, 0]: the ensemble is softmax([15, 6, 0]).
+    members = [softmax(np.array([30.0, 0, 0])).astype(np.float32), softmax(np.array([0, 12.0, 0])).astype(np.float32)]
+    got = combine_scores(members, [1, 1], multi_label=False)
+    np.testing.assert_allclose(got, softmax(np.array([15.0, 6.0, 0.0])), rtol=1e-5)
+    # Sigmoid members (-25, 14) and (5, -3): sigmoid of (-10, 5.5).
+    members = [sigmoid([-25.0, 14.0]).astype(np.float32), sigmoid([5.0, -3.0]).astype(np.float32)]
+    got = combine_scores(members, [1, 1], multi_label=True)
+    np.testing.assert_allclose(got, sigmoid([-10.0, 5.5]), rtol=1e-4)
+    # An ensemble of one model twice is that model, however sure it is.
+    sure = softmax(np.array([40.0, 0, -3])).astype(np.float32)
+    np.testing.assert_allclose(combine_scores([sure, sure], [1, 3], multi_label=False), sure, rtol=1e-5, atol=0)
+    assert combine_scores([sure, sure], [1, 1], multi_label=False)[0] == np.float32(1.0)
+
+
+def test_weights_whose_sum_overflows_and_bad_event_settings_are_refused(members):
+    from paddle_soundcls.deploy.ensemble import check_weights
+    from paddle_soundcls.deploy.events import EventConfig
+    with pytest.raises(ArgumentError, match='sum'):
+        check_weights([1e308, 1e308], 2)
+    with pytest.raises(ArgumentError, match='event_config'):
+        Ensemble(members, event_config='x')
+    assert Ensemble(members, event_config={'onset_threshold': 0.7}).event_config == EventConfig(onset_threshold=0.7)
+
+
+def test_a_listed_ensemble_counts_once_however_its_weights_are_scaled(members):
+    a, b = members
+    first = Teacher([Ensemble([a, b], weights=[3, 1]), b])
+    second = Teacher([Ensemble([a, b], weights=[0.75, 0.25]), b])
+    assert first.weights == second.weights == [0.75, 0.25, 1.0]
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(size=(4, 3)) for _ in range(3)]
+    expected = (0.75 * logits[0] + 0.25 * logits[1] + logits[2]) / 2   # (ensemble + b) / 2
+    np.testing.assert_allclose(first.combine(logits), expected, rtol=1e-5)
+    assert Teacher(Ensemble([a, b], weights=[3, 1])).weights == [3.0, 1.0]   # alone: its own weights
+
+
+def test_the_server_allows_no_finer_hop_than_the_finest_member(exported, members):
+    from paddle_soundcls.serve.work import network_frame_hop
+    # mn04: a frame every 32 front-end frames of 320 samples at 32 kHz (0.32 s); CNN6 every 16 (0.16 s).
+    hops = [m.frame_geometry.stride * m.frontend_cfg.hop_length / m.frontend_cfg.sample_rate for m in members]
+    assert hops == pytest.approx([0.32, 0.16])
+    assert network_frame_hop(Predictor(exported)) == pytest.approx(min(hops))
+    assert network_frame_hop(Ensemble(members)) == pytest.approx(min(hops))
+
+
+def test_an_ensemble_that_cannot_detect_says_so_before_any_audio(tmp_path, members):
+    import httpx
+    from websockets.sync.client import connect as ws_connect
+
+    from paddle_soundcls.serve.app import create_app
+    from serve_fixtures import audio_bytes, serve_in_thread
+    # CP-Mobile's front end hops 500 samples, mn04's 320: scores combine, frames do not.
+    export_static(Ensemble([members[0], Module('cpmobile', label_map=LABELS, pretrained=False)]), tmp_path / 'exp',
+                  opset=13)
+    predictor = Predictor(tmp_path / 'exp')
+    with pytest.raises(ExportError, match='frame grid'):
+        predictor.frame_scorer()
+    with serve_in_thread(create_app(predictor)) as base:
+        data = audio_bytes(clips(1, seconds=3.0)[0], RATE)
+        events = httpx.post(base + '/v1/events', content=data, headers={'content-type': 'audio/wav'}, timeout=60)
+        assert events.status_code == 501 and events.json()['error']['code'] == 'events_unsupported', events.text
+        with ws_connect(base.replace('http', 'ws') + '/v1/stream', open_timeout=10) as ws:
+            ws.send(json.dumps({'sample_rate': RATE, 'format': 'float32', 'mode': 'events'}))
+            first = json.loads(ws.recv(timeout=30))
+        assert first['type'] == 'error' and first['error']['code'] == 'events_unsupported', first
+        classify = httpx.post(base + '/v1/classify', content=data, headers={'content-type': 'audio/wav'}, timeout=60)
+        assert classify.status_code == 200, classify.text
+
+
+def test_command_line_refuses_outputs_that_would_replace_a_member(tmp_path, members, capsys):
+    for i, m in enumerate(members):
+        m.save(tmp_path / f'ckpt{i}')
+    before = sorted(os.listdir(tmp_path / 'ckpt0'))
+    ckpts = [str(tmp_path / 'ckpt0'), str(tmp_path / 'ckpt1')]
+    for output in (ckpts[0], str(tmp_path / 'ckpt0' / 'inside'), str(tmp_path)):
+        assert cli.main(['ensemble', *ckpts, '--output', output]) == 2
+        assert 'would replace member' in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / 'ckpt0')) == before
+    (tmp_path / 'a_file').write_text('keep me')
+    for output, message in ((str(tmp_path / 'a_file'), 'is a file'), ('', 'empty path')):
+        assert cli.main(['ensemble', *ckpts, '--output', output]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / 'a_file').read_text() == 'keep me'
+    assert cli.main(['ensemble', *ckpts, '--output', str(tmp_path / 'ens'), '--weights', '-1', '2']) == 2
+    err = capsys.readouterr().err
+    assert '--weights: -1' in err and 'weights[0]' not in err
+    # The API refuses the same outputs (fileio.replace_dir never moves a file aside for a folder).
+    with pytest.raises(ArgumentError, match='is a file'):
+        Ensemble(members).save(tmp_path / 'a_file')
+    with pytest.raises(ArgumentError, match='empty path'):
+        Ensemble(members).save('')
+    assert (tmp_path / 'a_file').read_text() == 'keep me'
+
+
+def test_messages_for_exports_as_members_and_saved_ensembles_where_exports_go(tmp_path, exported, members, capsys):
+    from paddle_soundcls.errors import ServeError
+    from paddle_soundcls.serve.command import resolve_model_dir
+    member_export = str(exported / 'members' / '0')
+    with pytest.raises(ArgumentError, match='is an export directory.*checkpoint it was exported from') as info:
+        Ensemble([member_export, members[1]])
+    assert '--model' not in str(info.value)
+    Ensemble(members).save(tmp_path / 'ens')
+    with pytest.raises(ServeError, match=r'saved ensemble .*export --checkpoint .*ens --output DIR'):
+        resolve_model_dir(str(tmp_path / 'ens'))
+    assert cli.main(['benchmark', str(tmp_path / 'ens')]) == 2
+    err = capsys.readouterr().err
+    assert 'saved ensemble' in err and f'--output {tmp_path / "ens"}' not in err
+
+
+def test_quantizing_an_ensemble_is_all_or_nothing(tmp_path, exported, monkeypatch):
+    from paddle_soundcls.errors import QuantizationRefused
+    from paddle_soundcls.export import quantize
+    exp = copy_of(exported, tmp_path)
+    original = (exp / 'export.json').read_text()
+    for folder in ('calibration', 'check'):
+        (tmp_path / folder).mkdir()
+        for i, wave in enumerate(clips(2, seed=len(folder))):
+            sf.write(tmp_path / folder / f'{folder}{i}.wav', wave, RATE)
+    verdicts = iter([True, False])   # the first member passes its check, the second does not
+
+    def judged(model_dir, data, **kwargs):
+        agreement = 1.0 if next(verdicts) else 0.5
+        return {'clips': 2, 'top1_agreement': agreement, 'accuracy_drop': None, 'passed': agreement >= 0.99,
+                'rule': {'min_top1_agreement': 0.99, 'max_accuracy_drop_points': 0.5}}
+
+    monkeypatch.setattr(quantize, 'check_int8', judged)
+    with pytest.raises(QuantizationRefused, match=r'ensemble member members/1 \(panns_cnn6\).*No member'):
+        quantize.quantize_export(exp, tmp_path / 'calibration', check=tmp_path / 'check', limit=2, seconds=1.0,
+                                 progress=False)
+    assert not list(exp.rglob('model.int8.onnx'))
+    assert (exp / 'export.json').read_text() == original
+    assert json.loads((exp / 'members' / '0' / 'export.json').read_text()).get('int8') is None
+
+
+
+def test_converting_an_ensemble_to_onnx_is_all_or_nothing(tmp_path, exported, monkeypatch):
+    from paddle_soundcls.export import onnx as onnx_export
+    exp = copy_of(exported, tmp_path)
+    before = {p: (p.read_bytes(), p.stat().st_ino) for p in exp.rglob('*') if p.is_file()}
+    real, calls = onnx_export.write_onnx, []
+
+    def fails_on_the_second_member(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise ExportError('conversion failed')
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, 'write_onnx', fails_on_the_second_member)
+    with pytest.raises(ExportError, match='conversion failed'):
+        onnx_export.export_onnx(exp)
+    assert len(calls) == 2
+    assert {p: (p.read_bytes(), p.stat().st_ino) for p in exp.rglob('*') if p.is_file()} == before   # untouched
+
+
+def test_an_export_json_that_disagrees_with_its_members_is_refused(tmp_path, exported):
+    exp = copy_of(exported, tmp_path)
+    original = json.loads((exp / 'export.json').read_text())
+    member = json.loads((exp / 'members' / '0' / 'export.json').read_text())
+    for field, value in (('multi_label', not original['multi_label']), ('clip_seconds', 1.0),
+                         ('min_seconds', original['min_seconds'] + 1), ('labels', ['rain', 'dog', 'siren'])):
+        (exp / 'export.json').write_text(json.dumps({**original, field: value}))
+        with pytest.raises(ExportError, match=f'{field} is .* but its members say'):
+            Predictor(exp)
+    assert member['multi_label'] == original['multi_label'] and member['labels'] == original['labels']
+    (exp / 'export.json').write_text(json.dumps(original))
+    assert Predictor(exp).labels == LABELS

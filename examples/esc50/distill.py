@@ -23,6 +23,7 @@ scored on the same dev clips.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -138,10 +139,44 @@ def _members_of(path):
     return [os.path.basename(os.path.dirname(os.path.abspath(path))) or path], [path]
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def check_teacher_args(args):
+    """Refuse teacher options that cannot work before anything is trained (the teachers take longest)."""
+    from paddle_soundcls.deploy.ensemble import check_weights
     if args.teacher is not None and args.teacher_models is not None:
         raise ArgumentError('--teacher (trained teachers) and --teacher-models (teachers to train) exclude each other')
+    if args.teacher is not None and (args.teacher_weights is not None or args.teacher_epochs is not None):
+        raise ArgumentError('--teacher-weights and --teacher-epochs are for the teachers --teacher-models trains; '
+                            'to weigh trained teachers, save them as one ensemble first (`paddle-soundcls ensemble '
+                            'DIR1 DIR2 --weights W1 W2 --output ENSEMBLE_DIR`) and pass --teacher ENSEMBLE_DIR')
+    if args.teacher_epochs is not None and args.teacher_epochs < 1:
+        raise ArgumentError(f'--teacher-epochs must be 1 or more, got {args.teacher_epochs} (leave it out to train '
+                            f'the teachers for --epochs)')
+    names = args.teacher_models or (DEMO_TEACHERS if args.demo and args.teacher is None else None)
+    if names is not None:
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ArgumentError(f'--teacher-models lists {", ".join(repeated)} more than once (each trains into '
+                                f'{args.checkpoint_dir}/teacher_NAME): list each model once, and give it more '
+                                f'weight with --teacher-weights')
+    if args.teacher_weights is not None:
+        if names is None:
+            raise ArgumentError('--teacher-weights weigh the --teacher-models models: give those too')
+        if len(args.teacher_weights) != len(names):
+            raise ArgumentError(f'--teacher-weights: give one weight per --teacher-models model ({len(names)}: '
+                                f'{" ".join(names)}), got {len(args.teacher_weights)}')
+        for name, weight in zip(names, args.teacher_weights):
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ArgumentError(f'--teacher-weights: {weight:g} (the weight of {name}) must be a finite number '
+                                    f'>= 0')
+        try:
+            check_weights(args.teacher_weights, len(names))
+        except ArgumentError as exc:   # all zero, or a sum beyond any float
+            raise ArgumentError(f'--teacher-{exc}') from None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_teacher_args(args)
     summary = {}
     if args.demo:
         args.duration = args.duration or 2.0

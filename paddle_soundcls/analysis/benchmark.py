@@ -222,7 +222,10 @@ def _prepare(model, seconds, batch_size, threads, num_class, tmp):
     export_static(module, export_dir, opset=13)
     predictor = Predictor(export_dir, engine='onnxruntime', num_threads=threads)
     int8_path = os.path.join(tmp, exportdir.INT8_FILE)
-    reader = quantize.FeatureReader(calibration_clips(cfg.sample_rate, seconds), cfg, seconds, progress=False)
+    # One clip per calibration pass (the ranges do not depend on the batching): PaSST's activations
+    # for a batch of 8 ten-second clips take more than 12 GB in onnxruntime's calibration.
+    reader = quantize.FeatureReader(calibration_clips(cfg.sample_rate, seconds), cfg, seconds, batch_size=1,
+                                    progress=False)
     int8_settings = quantize.quantize_onnx(os.path.join(export_dir, exportdir.ONNX_FILE), int8_path, reader)
 
     def dygraph(x):

@@ -17,9 +17,11 @@ that reproduces how those files were used (the migrations below, one table per f
 Paddle-free: the deployment runtime reads export.json through here.
 """
 import json
+import math
 import os
+import posixpath
 
-from ..errors import CheckpointError, ExportError
+from ..errors import ArgumentError, CheckpointError, ExportError
 from ..features.config import FrontendConfig
 from ..frames import FrameGeometry
 
@@ -117,9 +119,9 @@ def read_ensemble(directory):
     return data
 
 
-def check_ensemble_members(members, path, error, fix):
-    """The member list of ensemble.json or of an ensemble export's export.json: relative folders
-    inside the directory, each with its weight."""
+def check_ensemble_members(members, path, error, fix, field='members'):
+    """The member list of ensemble.json or of an ensemble export's export.json (`field` names it in
+    messages): relative folders inside the directory, each with its weight."""
     if not isinstance(members, list) or len(members) < 2:
         raise error(f'{path}: `members` must list two or more members. {fix}')
     for record in members:
@@ -130,6 +132,24 @@ def check_ensemble_members(members, path, error, fix):
         parts = record['dir'].replace('\\', '/').split('/')
         if os.path.isabs(record['dir']) or '..' in parts:
             raise error(f'{path}: member folder {record["dir"]!r} lies outside the ensemble\'s directory. {fix}')
+        if posixpath.normpath(record['dir'].replace('\\', '/') or '.') == '.':   # the ensemble itself
+            raise error(f'{path}: member folder {record["dir"]!r} is the ensemble\'s own directory; a member lies in '
+                        f'a sub-folder (members/N). {fix}')
+    for i, record in enumerate(members):
+        if not (record['weight'] >= 0 and _finite(record['weight'])):
+            raise error(f'{path}: {field}[{i}].weight must be a finite number >= 0, got {record["weight"]!r}. {fix}')
+    from ..deploy.ensemble import check_weights   # the rule Ensemble(weights=...) applies to the whole list
+    try:
+        check_weights([record['weight'] for record in members], len(members))
+    except ArgumentError as exc:
+        raise error(f'{path}: {field}: {str(exc).removeprefix("weights: ")}. {fix}') from None
+
+
+def _finite(number):
+    try:
+        return math.isfinite(number)
+    except OverflowError:   # an integer beyond any float
+        return False
 
 
 def read_export_json(path, model_dir):
@@ -145,6 +165,6 @@ def read_export_json(path, model_dir):
             raise ExportError(f'{path}: {exc}; export the model again') from None
     if meta.get('ensemble') is not None:
         check_ensemble_members(meta['ensemble'].get('members') if isinstance(meta['ensemble'], dict) else None,
-                               path, ExportError, fix)
+                               path, ExportError, fix, field='ensemble.members')
     meta['frontend_cfg'] = FrontendConfig.from_dict(meta['frontend'])
     return meta

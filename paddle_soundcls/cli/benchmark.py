@@ -1,6 +1,7 @@
 """`paddle-soundcls benchmark`: clips/s of an export directory (without Paddle), or of every
 engine for a registered model with random weights."""
 import json
+import os
 
 from .common import UsageError
 
@@ -34,6 +35,7 @@ def print_benchmark(args):
     if args.model_dir is not None and args.model is not None:
         raise UsageError('give an export directory or --model NAME, not both')
     if args.model_dir is not None:
+        _refuse_saved_ensemble(args.model_dir)
         result = benchmark.run_export(args.model_dir, args.seconds, args.batch_size, args.iterations, args.threads)
     else:
         result = benchmark.run(args.model or 'panns_cnn14', args.seconds, args.batch_size, args.iterations,
@@ -43,3 +45,14 @@ def print_benchmark(args):
         return 0
     print(benchmark.format_report(result))
     return 0
+
+
+def _refuse_saved_ensemble(path):
+    """A saved ensemble is no export; exporting it to its own folder would replace it."""
+    from ..checkpoints.schema import ENSEMBLE_FILE
+    from ..deploy.exportdir import EXPORT_FILE
+    if os.path.isfile(os.path.join(path, ENSEMBLE_FILE)) and not os.path.isfile(os.path.join(path, EXPORT_FILE)):
+        member = os.path.join(path, 'members', '0')
+        raise UsageError(f'{path} is a saved ensemble ({ENSEMBLE_FILE}), not an export directory; an ensemble costs '
+                         f'the sum of its members: export one into a new folder (`paddle-soundcls export --checkpoint '
+                         f'{member} --output DIR`) and benchmark DIR')

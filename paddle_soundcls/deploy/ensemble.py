@@ -4,8 +4,10 @@ An ensemble's scores are the activation (softmax or sigmoid) of the weighted mea
 members' logits, as EfficientAT's `EnsemblerModel` averages logits and as distillation averages
 its teachers. Every engine gives scores, not logits (the exported graphs end in the
 activation), so the logits are recovered from the scores: log p for a softmax (whose softmax
-the mean of log p reproduces, the per-member constant cancelling) and log(p / (1 - p)) for
-sigmoids, scores clipped to [1e-7, 1 - 1e-7] first. Module-side ensembles (paddle_soundcls.ensemble)
+the mean of log p reproduces, the per-member constant cancelling) and log p - log(1 - p) for
+sigmoids. Scores are clipped only where float32 scores end (to the smallest normal float32, and
+sigmoids below 1 - 2**-24, the largest float32 under 1), so confident members keep their logit
+gaps: a softmax member's scores hold logit gaps up to about 87, a sigmoid's from about -87 to 16.6. Module-side ensembles (paddle_soundcls.ensemble)
 and exported ones (Predictor) combine through the same `EnsembleScorer`, so they agree.
 
 Members must share labels, multi_label, sample rate and training clip length (the waveforms
@@ -17,6 +19,7 @@ An ensemble on disk (a checkpoint directory with ensemble.json, or an export dir
 export.json has an `ensemble` entry) keeps its members in numbered sub-folders `members/0`, ...
 """
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -25,7 +28,10 @@ from .. import validate
 from ..errors import ArgumentError
 from ..frames import FrameGeometry, check_geometry, for_frontend
 
-EPS = 1e-7
+# Scores are float32: nothing below the smallest normal float32 is meaningful, and a sigmoid under
+# 1 is at most 1 - 2**-24.
+TINY = float(np.finfo(np.float32).tiny)
+BELOW_ONE = 1.0 - 2.0 ** -24
 MEMBERS_DIR = 'members'
 # The frame grid of combined frame scores: one frame per front-end frame, centred at i + 0.5,
 # which FrameGeometry.to_frame_rate maps onto itself.
@@ -39,8 +45,11 @@ def member_dir(index):
 
 def to_logits(scores, multi_label):
     """Scores (softmax or sigmoid outputs) -> logits, float64 (see the module docstring)."""
-    p = np.clip(np.asarray(scores, dtype=np.float64), EPS, 1 - EPS)
-    return np.log(p / (1 - p)) if multi_label else np.log(p)
+    p = np.asarray(scores, dtype=np.float64)
+    if multi_label:
+        p = np.clip(p, TINY, BELOW_ONE)
+        return np.log(p) - np.log1p(-p)
+    return np.log(np.clip(p, TINY, None))
 
 
 def from_logits(logits, multi_label):
@@ -72,6 +81,9 @@ def check_weights(weights, count):
     out = [float(validate.non_negative_number(f'weights[{i}]', w)) for i, w in enumerate(weights)]
     if sum(out) <= 0:
         raise ArgumentError('weights: at least one member needs a positive weight')
+    if not math.isfinite(sum(out)):   # the weighted mean divides by the sum
+        raise ArgumentError(f'weights: {validate.shown(weights)} sum to more than the largest float; scale them '
+                            f'down (only their ratios matter)')
     return out
 
 

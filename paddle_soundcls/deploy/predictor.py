@@ -81,13 +81,31 @@ class Predictor:
     def _load_members(self, engine, num_threads, verify):
         """An ensemble export: a Predictor per member (members/N), combined by deploy.ensemble."""
         records = self.meta['ensemble']['members']
-        self.members = [Predictor(os.path.join(self.model_dir, r['dir']), engine, num_threads, verify) for r in records]
-        for member, record in zip(self.members, records):
+        export_file = os.path.join(self.model_dir, exportdir.EXPORT_FILE)
+        self.members = []
+        for record in records:
+            path = os.path.join(self.model_dir, record['dir'])
+            if not os.path.isdir(path):
+                raise ExportError(f'{path} is missing: {export_file} lists it as a member of the ensemble; export the '
+                                  f'ensemble again')
+            member = Predictor(path, engine, num_threads, verify)
+            if member.members is not None:
+                raise ExportError(f'{path} is itself an ensemble export, listed as a member in {export_file}; an '
+                                  f'ensemble\'s members are single models: export the ensemble again')
             member.name = f'{record["dir"]} ({member.meta["model"]})'
+            self.members.append(member)
         check_members(self.members)
-        if [m.labels for m in self.members][0] != self.labels:
-            raise ExportError(f'{os.path.join(self.model_dir, exportdir.EXPORT_FILE)} lists other labels than its '
-                              f'members: export the ensemble again')
+        first = self.members[0]
+        # What the ensemble's export.json says of all its members must be what they say (a hand edit would
+        # change how scores combine or how clips are cut).
+        recorded = {'labels': (self.labels, first.labels), 'multi_label': (self.multi_label, first.multi_label),
+                    'clip_seconds': (self.clip_seconds, first.clip_seconds),
+                    'min_seconds': (self.min_seconds, max(m.min_seconds for m in self.members)),
+                    'frontend.sample_rate': (self.frontend_cfg.sample_rate, first.frontend_cfg.sample_rate)}
+        for field, (ensemble_value, members_value) in recorded.items():
+            if ensemble_value != members_value:
+                raise ExportError(f'{export_file}: {field} is {validate.shown(ensemble_value)}, but its members say '
+                                  f'{validate.shown(members_value)}: export the ensemble again')
         self._ensemble = EnsembleScorer(
             [Member(m.name, m.score_batch, m.score_frames, m.frame_geometry_or_none(), m.frontend_cfg, r['weight'])
              for m, r in zip(self.members, records)], self.multi_label)
@@ -201,7 +219,10 @@ class Predictor:
         if self._ensemble is not None:
             for member in self.members:
                 member.frame_geometry   # an export that records none cannot place its frames: refused here
-            self._ensemble.check_frames()
+            try:
+                self._ensemble.check_frames()
+            except ArgumentError as exc:   # a property of the export, not of the call
+                raise ExportError(f'{self.model_dir}: {exc}') from None
             frontend = self._ensemble.frame_frontend()
         return detection.FrameScorer(self.score_frames, frontend, self.labels, self.frame_geometry, window, hop,
                                      self.min_seconds, self.clip_seconds)

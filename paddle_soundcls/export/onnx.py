@@ -9,6 +9,7 @@ never reaches the Python optimizer step; optimize_tool=None says the same explic
 onnxruntime folds constants itself when it loads the model.
 """
 import os
+import shutil
 
 from .. import fileio
 from ..deploy import exportdir
@@ -105,8 +106,13 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
         if output:
             raise ArgumentError(f'{model_dir} is an ensemble export: each member gets its own model.onnx; leave '
                                 f'--output out')
-        meta['members'] = [export_onnx(os.path.join(model_dir, m['dir']), None, opset)
-                           for m in meta['ensemble']['members']]
+        # Every member converted in a copy of the ensemble (files hard-linked) swapped in whole: a
+        # member that fails leaves every member as it was.
+        def build_ensemble(tmp):
+            shutil.copytree(model_dir, tmp, dirs_exist_ok=True, copy_function=_link_or_copy)
+            meta['members'] = [export_onnx(os.path.join(tmp, m['dir']), None, opset)
+                               for m in meta['ensemble']['members']]
+        fileio.replace_dir(build_ensemble, model_dir)
         meta.pop('frontend_cfg')
         return meta
     for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS):
@@ -136,3 +142,10 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
 
     fileio.replace_dir(build, model_dir)
     return meta
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # links not supported here
+        shutil.copy2(src, dst)

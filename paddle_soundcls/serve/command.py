@@ -53,7 +53,10 @@ def resolve_model_dir(model_or_dir):
                          f'checkpoint or a model name exports it first, which needs PaddlePaddle ({exc}). Install '
                          f'paddlepaddle, or serve an export directory (`paddle-soundcls export`)') from None
     if os.path.isdir(path):
-        from ..checkpoints.schema import META_FILE
+        from ..checkpoints.schema import ENSEMBLE_FILE, META_FILE
+        if os.path.isfile(os.path.join(path, ENSEMBLE_FILE)):
+            raise ServeError(f'{path} is a saved ensemble ({ENSEMBLE_FILE}): export it first (`paddle-soundcls export '
+                             f'--checkpoint {path} --output DIR`) and serve DIR')
         if not os.path.isfile(os.path.join(path, META_FILE)):
             # load_module would ask for --model, which serve does not take: say what serve takes.
             raise ServeError(f'{path} is neither an export directory (no {exportdir.EXPORT_FILE}) nor a checkpoint '

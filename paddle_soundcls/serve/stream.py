@@ -350,24 +350,31 @@ async def _session(websocket, settings, labels, meta, model_rate, limits, engine
         raise
     except Exception as exc:  # a mode's own check of the options
         raise _bad_start(f'options: {exc}') from None
+    scorer = None
+    if getattr(mode, 'frames', False):   # refused before `ready`: a model that cannot detect events says so first
+        try:
+            scorer = await engine.frame_scorer(config.window, config.hop)
+        except ApiError as exc:
+            raise StreamError(exc.code, exc.message, CLOSE_POLICY) from None
     await websocket.send_json({'type': 'ready', 'model': meta.get('model'), 'sample_rate': config.sample_rate,
                                'format': config.format, 'channels': config.channels, 'window': config.window,
                                'hop': config.hop, 'mode': config.mode})
     flow = engine.flow()
     inbox = Inbox(READ_AHEAD_BYTES)
     reader = asyncio.ensure_future(_read(websocket, inbox, config, settings.timeout))
-    scorer = asyncio.ensure_future(_score(websocket, inbox, config, mode, model_rate, settings, engine, flow))
+    scoring = asyncio.ensure_future(_score(websocket, inbox, config, mode, model_rate, settings, engine, flow,
+                                           scorer))
     try:
-        done, _ = await asyncio.wait({reader, scorer}, return_when=asyncio.FIRST_COMPLETED)
-        if scorer in done:
-            scorer.result()
+        done, _ = await asyncio.wait({reader, scoring}, return_when=asyncio.FIRST_COMPLETED)
+        if scoring in done:
+            scoring.result()
         else:
             # The client left, went silent or sent something wrong: its waiting work goes at once.
             flow.cancel()
             reader.result()
     finally:
         flow.cancel()
-        for task in (reader, scorer):
+        for task in (reader, scoring):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
@@ -473,14 +480,11 @@ class FrameWindows:
                 await self.websocket.send_json(reply)
 
 
-async def _score(websocket, inbox, config, mode, model_rate, settings, engine, flow):
-    """Scores the windows of the PCM in `inbox` as they complete, one at a time; at the end, the rest."""
+async def _score(websocket, inbox, config, mode, model_rate, settings, engine, flow, scorer=None):
+    """Scores the windows of the PCM in `inbox` as they complete, one at a time; at the end, the rest.
+    scorer: the detection.FrameScorer of a frame mode (engine.frame_scorer)."""
     resampler = audio.Resampler(config.sample_rate, model_rate)
     if getattr(mode, 'frames', False):
-        try:
-            scorer = await engine.frame_scorer(config.window, config.hop)
-        except ApiError as exc:
-            raise StreamError(exc.code, exc.message, CLOSE_POLICY) from None
         windows = FrameWindows(websocket, mode, scorer, engine, flow, settings.timeout)
     else:
         windows = ClipWindows(websocket, mode, config, model_rate, engine, flow, settings.timeout)

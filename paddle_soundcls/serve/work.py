@@ -27,7 +27,12 @@ def remaining(deadline):
 
 def network_frame_hop(predictor):
     """Seconds between two frames of the network's output: its frame geometry's stride, or (for
-    exports that do not record it) the front end's hop, at least 10 ms."""
+    exports that do not record it) the front end's hop, at least 10 ms. An ensemble's combined frames
+    sit on the front end's grid, but no member scores more often than its own network frame hop:
+    the finest of those is the ensemble's (a finer hop only repeats the members' work)."""
+    members = getattr(predictor, 'members', None)
+    if members:
+        return min(network_frame_hop(member) for member in members)
     frontend = predictor.frontend_cfg
     try:
         geometry = getattr(predictor, 'frame_geometry', None)

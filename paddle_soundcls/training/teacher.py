@@ -2,13 +2,14 @@
 
 A teacher is a Module, a checkpoint directory, an export directory, a saved ensemble
 (paddle_soundcls.Ensemble, its directory or its export: its members with their weights), or a
-list of them (an ensemble: the weighted mean of their logits). Each clip is scored as `predict` scores it (the whole
-clip: padded to the teacher's training clip length, or the mean over windows of it), so the
-teacher sees every clip whole while the student trains on random crops of it; the teacher's
-targets are therefore clip-level, the same for every crop of a clip.
+list of them (an ensemble: the weighted mean of their logits, each listed teacher counting once:
+a saved ensemble's member weights are divided by their sum). Each clip is scored as `predict`
+scores it (the whole clip: padded to the teacher's training clip length, or the mean over
+windows of it), so the teacher sees every clip whole while the student trains on random crops
+of it; the teacher's targets are therefore clip-level, the same for every crop of a clip.
 
 Outputs are stored as logits, member by member: the scores predict gives turned back (log p
-for a softmax, whose softmax at any temperature they reproduce; log(p / (1 - p)) for sigmoids),
+for a softmax, whose softmax at any temperature they reproduce; log p - log(1 - p) for sigmoids),
 so Modules, checkpoints and exports are one kind of teacher, and a member shared by several
 ensembles is computed once. The teacher's targets are the weighted mean of its members' logits
 (deploy.ensemble.weighted_mean, the combination an exported ensemble uses). Layout of the cache
@@ -49,13 +50,17 @@ def cache_root():
 class Teacher:
     """One or several teacher models with the same labels: scores(paths) -> [clips, classes].
     A saved ensemble (an Ensemble, its checkpoint directory or its export) adds its members with
-    their weights."""
+    their weights; in a list of teachers, those weights are divided by their sum, so every listed
+    teacher weighs as much as any other."""
 
     def __init__(self, spec, use_gpu=False):
         specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
         if not specs:
             raise ArgumentError('teacher: an empty list; give a Module, a checkpoint directory or an export directory')
-        loaded = [pair for one in specs for pair in _load(one, use_gpu)]
+        groups = [_load(one, use_gpu) for one in specs]
+        if len(groups) > 1:   # each listed teacher counts once, however its ensemble's weights are scaled
+            groups = [_weights_summing_to_one(group) for group in groups]
+        loaded = [pair for group in groups for pair in group]
         self.members, self.weights = [m for m, _ in loaded], [w for _, w in loaded]
         first = self.members[0]
         for other in self.members[1:]:
@@ -89,6 +94,11 @@ class Teacher:
     def combine(self, member_logits):
         """The teacher's targets from its members' logits (deploy.ensemble: the exported ensemble's rule)."""
         return weighted_mean(member_logits, self.weights).astype(np.float32)
+
+
+def _weights_summing_to_one(pairs):
+    total = sum(weight for _, weight in pairs)
+    return [(member, weight / total) for member, weight in pairs]
 
 
 def _load(spec, use_gpu=False):
