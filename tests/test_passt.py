@@ -195,6 +195,29 @@ def test_patchout_only_in_training():
         fresh.set_patchout(time=-1)
 
 
+
+def test_one_second_inputs_train_with_the_dcase_teachers_patchout():
+    """DCASE 2023's PaSST teachers were fine-tuned on 1-s clips with frequency patchout only
+    (s_patchout_t=0, s_patchout_f=6): the time embedding is cut to the clip's 9 columns, 6 of the
+    12 frequency rows are dropped in training, none in evaluation, and the loss reaches every block."""
+    model = tiny()
+    x = features(1.0, batch=2)
+    assert (x.shape[1] - 16) // 10 + 1 == 9
+    model.set_patchout(time=0, freq=6, unstructured=0)
+    with paddle.no_grad():
+        eval_out = model.forward_features(x).numpy()
+    model.train()
+    windows, count, width, *_ = model._windows(x)
+    assert (int(np.ravel(count)[0]), int(np.ravel(width)[0])) == (1, 9)
+    tokens, rows = model._tokens(windows, frames_kept=False)
+    assert rows == 6 and tokens.shape[1] == 2 + 6 * 9
+    loss = model.forward_features(x).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.blocks[0].parameters())
+    model.eval()
+    with paddle.no_grad():
+        np.testing.assert_array_equal(model.forward_features(x).numpy(), eval_out)
+
 # ----- checkpoints
 
 def test_checkpoint_filter_maps_upstream_layout():
@@ -319,3 +342,18 @@ def test_frame_geometry_is_each_columns_patch_span():
         seen = np.flatnonzero(changed[:, j])
         assert list(seen) == list(range(10 * j, 10 * j + 16)), j
         assert seen.mean() == centres[j]
+
+
+def test_inputs_shorter_than_one_patch_are_refused_clearly():
+    """Fewer than 16 frames hold no patch: a clear error, in eval and in training, rather than
+    Paddle's own about a reshape or a division by zero; 16 frames are one column."""
+    model = PaSST(**TINY)
+    short = paddle.zeros([2, 15, 128])
+    for training in (False, True):
+        model.train() if training else model.eval()
+        for forward in (model.forward_features, model.forward_frames):
+            with pytest.raises(ArgumentError, match='at least 16 feature frames.*got 15'):
+                forward(short)
+    model.eval()
+    with paddle.no_grad():
+        assert model.forward_frames(paddle.zeros([2, 16, 128])).shape[:2] == [2, 1]

@@ -310,6 +310,13 @@ RUNS = {
                                      None),
     ('supcon', 'no_augment'): ({}, dict(supcon_weight=0.5), None),
     ('strong', 'embedding_pooling'): (dict(multi_label=True), {}, 'strong'),
+    ('domain', 'frozen'): ({}, dict(domain_adversarial_weight=0.5, freeze_backbone=True), None),
+    ('domain', 'supcon'): ({}, dict(domain_adversarial_weight=0.5, supcon_weight=0.5, augment=AUG), None),
+    ('domain', 'mixup'): ({}, dict(domain_adversarial_weight=0.5, augment=AugmentConfig(mixup_alpha=0.2)), None),
+    ('domain', 'decision_pooling'): (dict(multi_label=True, pooling='max'), dict(domain_adversarial_weight=0.5),
+                                     None),
+    ('domain', 'no_devices'): ({}, dict(domain_adversarial_weight=0.5), 'no devices'),
+    ('domain', 'one_device'): ({}, dict(domain_adversarial_weight=0.5), 'one device'),
 }
 
 
@@ -327,7 +334,8 @@ def test_modes_that_do_not_combine_are_refused_with_the_tables_message(pair, tmp
              'strong': 'event times', 'mixup': 'mixup_alpha=0.2', 'data_parallel': '2 processes',
              'multi_label': 'multi-label data', 'tagging': "task='tagging'", 'decision_pooling': "pooling='max'",
              'augment': 'augmentation (on: gain_db)', 'no_augment': 'without augmentation',
-             'embedding_pooling': "pooling='embedding'"}
+             'embedding_pooling': "pooling='embedding'", 'domain': 'domain_adversarial_weight > 0',
+             'no_devices': 'without devices', 'one_device': 'of one device'}
     labels = LABELS if 'multi_label' in module_kwargs else ['hiss', 'tone']
     if 'task' in module_kwargs:
         model = Module('panns_cnn6', pretrained=False, **module_kwargs)
@@ -341,11 +349,16 @@ def test_modes_that_do_not_combine_are_refused_with_the_tables_message(pair, tmp
     def run():
         trainer = Trainer(model, paddle.optimizer.SGD(parameters=model.parameters()), use_vdl=False,
                           checkpoint_dir=str(tmp_path / 'ckpt'), **trainer_kwargs)
-        if data in ('strong', 'multi'):
+        if data in ('strong', 'multi', 'one device', 'no devices'):
             train = strong_set(tmp_path / 'data')
             if data == 'multi':
                 train = AudioDataset([(path, (0,)) for path, _ in train.items], LABELS, mode='train',
                                      duration=2.0, multi_label=True)
+            if data in ('one device', 'no devices'):
+                train = AudioDataset([(path, i % 2) for i, (path, _) in enumerate(train.items)], labels,
+                                     mode='train', duration=2.0)
+                if data == 'one device':
+                    train.devices = ['a'] * len(train)
             trainer.train(train, epochs=1)
 
     with pytest.raises(ValueError) as info:

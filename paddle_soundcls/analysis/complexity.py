@@ -1,33 +1,50 @@
 """How big and how costly a model is: parameters, parameter memory, MACs and peak activation memory.
 
-    from paddle_soundcls.analysis.complexity import complexity, check_budget
-    report = complexity('efficientat_mn10', seconds=(1, 10))
-    check_budget(report, max_params=128_000, max_macs_per_second=30e6)   # DCASE task 1 limits
+    from paddle_soundcls.analysis.complexity import complexity, check_budget, check_dcase_budget
+    report = complexity('cpmobile', seconds=1)        # 61,138 parameters, 29,120,666 MACs
+    check_dcase_budget(report)                        # DCASE task 1: 128 kB at int8, 30 M MACs per 1 s
+    check_budget(report, max_params=64_000, max_macs_per_second=20e6)   # any other budget
 
-    paddle-soundcls complexity efficientat_mn04 panns_cnn14 --seconds 1 10 [--json]
+    paddle-soundcls complexity efficientat_mn04 panns_cnn14 --seconds 1 10 [--json] [--layers]
+    paddle-soundcls complexity cpmobile --seconds 1 --budget-dcase
 
 Figures are counted on the network input, the log-mel features [1, frames, n_mels] of one
 clip: the front end is excluded, as the DCASE low-complexity rules count them. They come from
 one forward pass of the real network with forward post-hooks on its layers, so they hold for
 any registered family without knowing its architecture.
 
-What is counted (convolutions and Linear layers as torchinfo's "mult-adds" and EfficientAT's
-helpers/flop_count.py count them):
-- MACs: every Conv1D / Conv2D / Conv3D (grouped and depthwise ones with their in_channels /
-  groups inputs per output) and every Linear (applied to every row of its input), each bias
-  counted as one MAC per output value. BatchNorm is not counted: at inference it is folded
-  into the preceding convolution. Activations, pooling, the squeeze-excitation means, residual
-  additions and other element-wise operations are not counted either (they cost well under a
-  MAC per activation value).
-- Parameters: learnt weights, as PyTorch and torchinfo count them; BatchNorm running means
-  and variances (Paddle keeps them as non-trainable parameters) are reported apart, since
-  they are folded into the convolutions at inference. Parameter memory is parameters x 4, 2
-  or 1 bytes (fp32 / fp16 / int8); 1 kB = 1000 bytes, as in the DCASE rules.
-- Peak activation memory: the largest input + output of one Conv or Linear layer for one clip,
-  the per-layer definition of MCUNetV2 (Lin et al., 2021) that EfficientAT's
-  helpers/peak_memory.py uses. Conv and Linear are the operators left once BatchNorm and
-  activations are fused into them, as inference engines do. Tensors kept alive beside them (a
-  residual branch) are not added, so a runtime holding every live tensor needs somewhat more.
+Two countings (`counting=`), which differ in normalisation layers (and transposed convolutions):
+- 'dcase' (the default): as the DCASE task 1 organisers count, with NeSsi's get_torch_size,
+  i.e. torchinfo.summary's total_mult_adds and total_params (the DCASE 2024 baseline's
+  helpers/nessi.py; its README's 61,148 parameters and 29,419,156 MACs). A layer's MACs are its
+  own parameters times the positions it is applied at. Conv1D / 2D / 3D (and transposed ones):
+  weights and bias at every output position, i.e. in / groups x kernel MACs per output value,
+  plus one for the bias. Linear: weights and bias at every row of its input (torchinfo 1.8.0
+  counts a Linear once per batch item whatever the rows, which it fixed later; the two agree
+  on a Linear on pooled [batch, features] input). Any other layer with weights (BatchNorm,
+  LayerNorm, GroupNorm, ...): its parameters once per clip (BatchNorm: 2 x channels).
+  Activations, pooling, the squeeze-excitation means, residual additions and matrix products
+  outside Linear layers are not counted.
+- 'fused': as an inference engine runs the network once BatchNorm is folded into the
+  preceding convolution: the same Conv and Linear MACs, and nothing for normalisations
+  (EfficientAT's helpers/flop_count.py counts this way).
+Parameters are the same in both: learnt weights, as PyTorch and torchinfo count them, BatchNorm
+scale and shift included. Its running means and variances (Paddle keeps them as non-trainable
+parameters, PyTorch as buffers) are reported apart. Parameter memory is parameters x 4, 2 or 1
+bytes (fp32 / fp16 / int8); 1 kB = 1000 bytes, as in the DCASE rules (128 kB = 128,000
+parameters at int8, NeSsi's MAX_PARAMS_MEMORY).
+
+Peak activation memory: the largest input + output of one Conv or Linear layer for one clip,
+the per-layer definition of MCUNetV2 (Lin et al., 2021) that EfficientAT's
+helpers/peak_memory.py uses. Conv and Linear are the operators left once BatchNorm and
+activations are fused into them, as inference engines do. Tensors kept alive beside them (a
+residual branch) are not added, so a runtime holding every live tensor needs somewhat more.
+
+The DCASE 2024 baseline counts 10 parameters and 298,490 MACs more than the registered
+`cpmobile` (61,138 and 29,120,666) on a 1-s clip: its classifier is a 1x1 conv without bias +
+BatchNorm (1,060 parameters) applied at each of the 32 x 9 positions of the last feature map
+before the average (299,540 MACs); ours averages first and then applies the Module's Linear
+with bias (1,050 parameters and MACs). The rest of the network counts the same, layer by layer.
 """
 import json
 import sys
@@ -40,15 +57,25 @@ from ..models import registry
 from ..errors import ArgumentError
 
 BYTES_PER_VALUE = {'fp32': 4, 'fp16': 2, 'int8': 1}
-DCASE_PARAM_MEMORY_KB = 128          # DCASE 2024 task 1: parameter memory, any data type
+DCASE_PARAM_MEMORY_KB = 128          # DCASE 2024 task 1: parameter memory, any data type (1 kB = 1000 bytes)
+DCASE_PARAM_DTYPE = 'int8'           # the budget's default: parameters quantised to 1 byte each
 DCASE_MACS_PER_SECOND = 30e6         # DCASE 2024 task 1: MACs for one 1-s clip
 DEFAULT_SECONDS = (1, 10)
 DEFAULT_NUM_CLASS = 10               # the new head of families without an AudioSet head
-COUNTING = ('MACs of Conv1D/2D/3D (grouped and depthwise included) and Linear layers, biases as one MAC per '
-            'output; BatchNorm (folded into the convolutions), activations, pooling and element-wise operations '
-            'not counted. Front end excluded: counted on the log-mel input of one clip. Parameters: learnt '
-            'weights (BatchNorm running statistics apart). Peak activation: the largest input + output of one '
-            'Conv or Linear layer for one clip.')
+DEFAULT_COUNTING = 'dcase'
+_COMMON = ('Front end excluded: counted on the log-mel input of one clip. Parameters: learnt weights, BatchNorm '
+           'scale and shift included (its running statistics apart). Peak activation: the largest input + output '
+           'of one Conv or Linear layer for one clip.')
+COUNTINGS = {
+    'dcase': ('as the DCASE task 1 organisers count (NeSsi, torchinfo): MACs of Conv1D/2D/3D (grouped and depthwise '
+              'included) at every output position and of Linear layers at every input row, biases as one MAC per '
+              'output; BatchNorm, LayerNorm and other layers with weights: their parameters once per clip; '
+              'activations, pooling and element-wise operations not counted. ' + _COMMON),
+    'fused': ('with BatchNorm folded into the convolutions, as inference engines run them: MACs of Conv1D/2D/3D '
+              '(grouped and depthwise included) and Linear layers, biases as one MAC per output; normalisations, '
+              'activations, pooling and element-wise operations not counted. ' + _COMMON),
+}
+COUNTING = COUNTINGS[DEFAULT_COUNTING]
 
 
 def _check_seconds(seconds):
@@ -119,60 +146,89 @@ def _numel(tensor):
     return int(np.prod(tensor.shape))
 
 
-class _Counter:
-    """Forward post-hooks on the Conv and Linear layers of a network: their MACs, and the largest
-    input + output of one of them."""
+def _own_parameters(layer):
+    """{name: parameter} of `layer` itself, without BatchNorm's running statistics."""
+    return {name: param for name, param in layer.named_parameters(include_sublayers=False)
+            if not (param.stop_gradient and name in ('_mean', '_variance'))}
 
-    def __init__(self, network):
+
+class _Counter:
+    """Forward post-hooks on the layers of a network that `counting` counts: their MACs, each
+    layer's figures, and the largest input + output of one Conv or Linear layer."""
+
+    def __init__(self, network, counting):
         import paddle.nn as nn
-        self.conv_types = (nn.Conv1D, nn.Conv2D, nn.Conv3D)
         # Folded into the convolutions at inference (BatchNorm) or element-wise (the others).
         normalisations = (nn.BatchNorm, nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.SyncBatchNorm,
                           nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1D, nn.InstanceNorm2D, nn.InstanceNorm3D)
-        self.macs = {'conv': 0, 'linear': 0}
+        convs = (nn.Conv1D, nn.Conv2D, nn.Conv3D)
+        if counting == 'dcase':
+            # torchinfo counts every layer whose class name has "Conv" as a convolution.
+            convs += (nn.Conv1DTranspose, nn.Conv2DTranspose, nn.Conv3DTranspose)
+        self.macs = {'conv': 0, 'linear': 0, 'other': 0}
+        self.layers = []
         self.peak = (0, None)
         self.uncounted = set()
         self.handles = []
         for name, layer in network.named_sublayers(include_self=True):
-            if isinstance(layer, self.conv_types):
-                self.handles.append(layer.register_forward_post_hook(self._hook(name or 'network', self._count_conv)))
+            name = name or 'network'
+            own = _own_parameters(layer)
+            if isinstance(layer, convs):
+                self.handles.append(layer.register_forward_post_hook(self._hook(name, 'conv', self._conv_macs)))
             elif isinstance(layer, nn.Linear):
-                self.handles.append(layer.register_forward_post_hook(self._hook(name or 'network', self._count_linear)))
-            elif (not isinstance(layer, normalisations)
-                  and any(True for _ in layer.parameters(include_sublayers=False))):
+                self.handles.append(layer.register_forward_post_hook(self._hook(name, 'linear', self._linear_macs)))
+            elif (counting == 'dcase' and own and set(own) <= {'weight', 'bias'}
+                  and not any(True for _ in layer.children())):
+                # torchinfo: a layer's "weight" and "bias", once per batch item (the layers with
+                # sublayers are left to those).
+                self.handles.append(layer.register_forward_post_hook(self._hook(name, 'other', self._once_macs)))
+            elif own and not isinstance(layer, normalisations):
                 # A layer with weights of its own that is neither a Conv, a Linear nor a
-                # normalisation (an LSTM, a transposed convolution...): its MACs are missing, so
-                # the report names it.
+                # normalisation (an LSTM; a transposed convolution when fused): its MACs are
+                # missing, so the report names it.
                 self.uncounted.add(type(layer).__name__)
 
-    def _hook(self, name, count):
+    def _hook(self, name, kind, macs_of):
         def hook(layer, inputs, output):
-            count(layer, output)
-            elements = sum(_numel(t) for t in _tensors(inputs) + _tensors(output))
-            if elements > self.peak[0]:
-                self.peak = (elements, f'{name} ({type(layer).__name__})')
+            outputs = _tensors(output)
+            macs = macs_of(layer, outputs[0])
+            self.macs[kind] += macs
+            self.layers.append({'name': name, 'type': type(layer).__name__,
+                                'output_shape': [int(d) for d in outputs[0].shape],
+                                'params': sum(_numel(p) for p in _own_parameters(layer).values()), 'macs': macs})
+            if kind != 'other':
+                elements = sum(_numel(t) for t in _tensors(inputs) + outputs)
+                if elements > self.peak[0]:
+                    self.peak = (elements, f'{name} ({type(layer).__name__})')
         return hook
 
-    def _count_conv(self, layer, output):
-        # Per output value: one MAC for each weight of its (grouped) kernel, plus one for the bias.
-        # The weight is [out, in / groups, *kernel] in either data format.
-        per_output = int(np.prod(layer.weight.shape[1:])) + (1 if layer.bias is not None else 0)
-        self.macs['conv'] += _numel(output) * per_output
+    @staticmethod
+    def _conv_macs(layer, output):
+        # Each weight and bias once per output position (torchinfo's rule): in / groups x kernel
+        # MACs per output value plus one for the bias, for either data format.
+        positions = _numel(output) // int(layer._out_channels)
+        return positions * sum(_numel(p) for p in _own_parameters(layer).values())
 
-    def _count_linear(self, layer, output):
+    @staticmethod
+    def _linear_macs(layer, output):
         # Paddle's Linear weight is [in, out]; it is applied to every row of the input.
         rows = _numel(output) // int(layer.weight.shape[1])
-        self.macs['linear'] += rows * (_numel(layer.weight) + (_numel(layer.bias) if layer.bias is not None else 0))
+        return rows * sum(_numel(p) for p in _own_parameters(layer).values())
+
+    @staticmethod
+    def _once_macs(layer, output):
+        # Once per batch item: the counted clip is a batch of one.
+        return int(output.shape[0]) * sum(_numel(p) for p in _own_parameters(layer).values())
 
     def remove(self):
         for handle in self.handles:
             handle.remove()
 
 
-def _measure_clip(network, frames, n_mels):
-    """MACs and peak activation of one forward pass of `network` on one clip of `frames` frames."""
+def _measure_clip(network, frames, n_mels, counting):
+    """MACs, each counted layer and peak activation of one forward pass of `network` on one clip of `frames` frames."""
     import paddle
-    counter = _Counter(network)
+    counter = _Counter(network, counting)
     try:
         with paddle.no_grad():
             network(paddle.zeros([1, frames, n_mels], dtype='float32'))
@@ -181,12 +237,13 @@ def _measure_clip(network, frames, n_mels):
     elements, layer = counter.peak
     peak = {'elements': elements, 'layer': layer,
             **{f'{dtype}_kB': _kb(elements * size) for dtype, size in BYTES_PER_VALUE.items()}}
-    macs = counter.macs['conv'] + counter.macs['linear']
-    return {'macs': macs, 'macs_conv': counter.macs['conv'], 'macs_linear': counter.macs['linear'],
-            'peak_activation': peak}, sorted(counter.uncounted)
+    macs = counter.macs
+    return {'macs': sum(macs.values()), 'macs_conv': macs['conv'], 'macs_linear': macs['linear'],
+            'macs_other': macs['other'], 'peak_activation': peak}, counter.layers, sorted(counter.uncounted)
 
 
-def complexity(name_or_module, seconds=DEFAULT_SECONDS, task=None, num_class=None, frontend=None):
+def complexity(name_or_module, seconds=DEFAULT_SECONDS, task=None, num_class=None, frontend=None,
+               counting=DEFAULT_COUNTING, layers=False):
     """The complexity report of a model, a JSON-ready dict.
 
     name_or_module: a registered model name (built with random weights: the figures do not depend
@@ -196,20 +253,28 @@ def complexity(name_or_module, seconds=DEFAULT_SECONDS, task=None, num_class=Non
         the AudioSet clip).
     task, num_class: for a model name: the head to count. Default: the AudioSet tagging head where
         the family has one, else task='sound-cls' with 10 classes; the report's 'head' says which.
+    counting: 'dcase' (default: as the DCASE task 1 organisers count, BatchNorm included) or
+        'fused' (BatchNorm folded into the convolutions); see the module docstring.
+    layers: also list, for each clip, every layer counted with its figures.
 
     Returns {'model', 'task', 'classes', 'head', 'params': {'total', 'backbone', 'head',
     'batchnorm_statistics'}, 'param_memory': {'fp32'|'fp16'|'int8': {'bytes', 'kB'}},
-    'clips': [{'seconds', 'samples', 'frames', 'macs', 'macs_conv', 'macs_linear',
-    'peak_activation': {'elements', 'layer', 'fp32_kB', 'fp16_kB', 'int8_kB'}}, ...],
-    'macs_per_second', 'counting', 'published', 'uncounted_layers'}. See the module docstring
-    for what is counted.
+    'clips': [{'seconds', 'samples', 'frames', 'macs', 'macs_conv', 'macs_linear', 'macs_other'
+    (normalisations; 0 when fused), 'peak_activation': {'elements', 'layer', 'fp32_kB', 'fp16_kB',
+    'int8_kB'}[, 'layers': [{'name', 'type', 'output_shape', 'params', 'macs'}, ...]]}, ...],
+    'macs_per_second', 'counting' ('dcase' or 'fused'), 'counting_rules', 'published',
+    'uncounted_layers'}.
     """
     seconds = _check_seconds(seconds)
+    if counting not in COUNTINGS:
+        raise ArgumentError(f"counting must be one of {sorted(COUNTINGS)} ('dcase': as the DCASE task 1 organisers "
+                            f"count; 'fused': BatchNorm folded into the convolutions), got {counting!r}")
+    validate.flag('layers', layers)
     module = _network(name_or_module, seconds, task, num_class)
     about = _describe(module, from_name=isinstance(name_or_module, str), frontend=frontend)
     frontend, spec, total, backbone = about['frontend'], about['spec'], about['total'], about['backbone']
     _check_min_seconds(about['model'], seconds, about['min_seconds'])
-    clips, uncounted = _measure_clips(module, frontend, seconds)
+    clips, uncounted = _measure_clips(module, frontend, seconds, counting, layers)
     report = {
         **{key: about[key] for key in ('model', 'task', 'classes', 'head')},
         'input': f'log-mel [1, frames, {frontend.n_mels}] at {frontend.sample_rate} Hz, hop {frontend.hop_length}',
@@ -219,7 +284,8 @@ def complexity(name_or_module, seconds=DEFAULT_SECONDS, task=None, num_class=Non
                          for dtype, size in BYTES_PER_VALUE.items()},
         'clips': clips,
         'macs_per_second': macs_per_second(clips),
-        'counting': COUNTING,
+        'counting': counting,
+        'counting_rules': COUNTINGS[counting],
         'uncounted_layers': uncounted,
     }
     if spec is not None:
@@ -267,7 +333,7 @@ def _describe(module, from_name, frontend):
             'frontend': module.frontend_cfg, 'min_seconds': spec.min_seconds}
 
 
-def _measure_clips(module, frontend, seconds):
+def _measure_clips(module, frontend, seconds, counting, layers):
     """([the figures of one clip of each length in `seconds`], the layer types left uncounted), in eval mode."""
     was_training = module.training
     module.eval()
@@ -276,8 +342,9 @@ def _measure_clips(module, frontend, seconds):
         for s in seconds:
             samples = int(round(s * frontend.sample_rate))
             frames = frontend.num_frames(samples)
-            figures, uncounted = _measure_clip(module, frames, frontend.n_mels)
-            clips.append({'seconds': s, 'samples': samples, 'frames': frames, **figures})
+            figures, counted, uncounted = _measure_clip(module, frames, frontend.n_mels, counting)
+            clips.append({'seconds': s, 'samples': samples, 'frames': frames, **figures,
+                          **({'layers': counted} if layers else {})})
     finally:
         if was_training:
             module.train()
@@ -301,22 +368,32 @@ def _si(value):
     return f'{value:g}'
 
 
-def check_budget(report, max_params=None, max_macs_per_second=None):
-    """Raise ValueError when the model of `report` (from complexity()) is over a budget.
+def check_budget(report, max_params=None, max_macs_per_second=None, max_param_kB=None, dtype=DCASE_PARAM_DTYPE):
+    """Raise ArgumentError (a ValueError) when the model of `report` (from complexity()) is over a budget.
 
-    max_params: most learnt parameters allowed (DCASE task 1: 128 kB of parameter memory, i.e.
-        128,000 at int8 or 64,000 at fp16). max_macs_per_second: most MACs for 1 s of audio
-        (DCASE task 1: 30 M, counted on a 1-s clip; without one in the report, the longest clip's
-        MACs per second). The message names the model, each figure over its limit and the limit.
+    max_params: most learnt parameters allowed. max_param_kB: most parameter memory in kB (1 kB =
+        1000 bytes) with parameters stored as `dtype` ('int8': 1 byte each, 'fp16': 2, 'fp32': 4).
+        max_macs_per_second: most MACs for 1 s of audio (counted on a 1-s clip; without one in
+        the report, the longest clip's MACs per second). DCASE task 1's limits: check_dcase_budget.
+    The message names the model, each figure over its limit and the limit. Returns the report.
     """
     over = []
-    if max_params is not None:
-        params = report['params']['total']
-        if params > max_params:
-            memory = report['param_memory']
-            over.append(f'{params:,} parameters > the limit of {int(max_params):,} (parameter memory '
-                        f'{memory["fp16"]["kB"]:,.1f} kB at fp16, {memory["int8"]["kB"]:,.1f} kB at int8; '
-                        f'the DCASE rule allows {DCASE_PARAM_MEMORY_KB} kB)')
+    params = report['params']['total']
+    memory = report['param_memory']
+    if max_params is not None and params > max_params:
+        over.append(f'{params:,} parameters > the limit of {int(max_params):,} (parameter memory '
+                    f'{memory["fp16"]["kB"]:,.1f} kB at fp16, {memory["int8"]["kB"]:,.1f} kB at int8; '
+                    f'the DCASE rule allows {DCASE_PARAM_MEMORY_KB} kB)')
+    if max_param_kB is not None:
+        if dtype not in BYTES_PER_VALUE:
+            raise ArgumentError(f'dtype must be one of {sorted(BYTES_PER_VALUE)} (the type parameters are stored as), '
+                                f'got {dtype!r}')
+        size = BYTES_PER_VALUE[dtype]
+        limit = int(max_param_kB * 1000)
+        if params * size > limit:
+            over.append(f'{params:,} parameters take {_kb(params * size):,.3f} kB at {dtype} ({params * size:,} bytes, '
+                        f'{size} per parameter) > the limit of {max_param_kB:g} kB ({limit:,} bytes; 1 kB = 1000 '
+                        f'bytes as in the DCASE rules), which holds at most {limit // size:,} parameters at {dtype}')
     if max_macs_per_second is not None:
         macs = report['macs_per_second']
         if macs > max_macs_per_second:
@@ -330,6 +407,24 @@ def check_budget(report, max_params=None, max_macs_per_second=None):
     return report
 
 
+def check_dcase_budget(report, dtype=DCASE_PARAM_DTYPE):
+    """Raise ArgumentError when the model of `report` is over the DCASE 2024 task 1 limits: 128 kB
+    of parameter memory (128,000 bytes: 128,000 parameters at int8, the default `dtype`; 64,000 at
+    fp16) and 30 M MACs for a 1-s clip. The report must be counted as DCASE counts (counting=
+    'dcase', the default) and include a 1-s clip. Returns the report."""
+    if report.get('counting') != 'dcase':
+        raise ArgumentError(f"the DCASE budget applies to figures counted as DCASE counts them: count "
+                            f"{report['model']} with complexity(..., counting='dcase'), not {report.get('counting')!r}")
+    if not any(c['seconds'] == 1 for c in report['clips']):
+        raise ArgumentError(f"DCASE counts MACs on a 1-s clip: count {report['model']} with seconds=1 "
+                            f"(the report has {[c['seconds'] for c in report['clips']]})")
+    try:
+        return check_budget(report, max_param_kB=DCASE_PARAM_MEMORY_KB, dtype=dtype,
+                            max_macs_per_second=DCASE_MACS_PER_SECOND)
+    except ArgumentError as exc:
+        raise ArgumentError(str(exc).replace(' is over budget: ', ' is over the DCASE task 1 budget: ', 1)) from None
+
+
 # ----------------------------------------------------------------------------- command line
 
 def add_complexity_arguments(parser):
@@ -341,6 +436,10 @@ def add_complexity_arguments(parser):
                         help='the head counted: tagging (the AudioSet head; the default where the family has one) '
                              f'or sound-cls (a new head with --num-class classes, default {DEFAULT_NUM_CLASS})')
     parser.add_argument('--num-class', type=int, default=None, help='classes of the sound-cls head')
+    parser.add_argument('--counting', choices=sorted(COUNTINGS), default=DEFAULT_COUNTING,
+                        help='dcase (default): as the DCASE task 1 organisers count (NeSsi / torchinfo), BatchNorm '
+                             'included; fused: BatchNorm folded into the convolutions')
+    parser.add_argument('--layers', action='store_true', help='also list every layer counted, with its figures')
     parser.add_argument('--json', action='store_true', help='print the reports as JSON')
     parser.add_argument('--budget-params', type=int, default=None, metavar='N',
                         help='exit with status 1 when a model has more than N parameters (DCASE: 128 kB, i.e. '
@@ -348,6 +447,13 @@ def add_complexity_arguments(parser):
     parser.add_argument('--budget-macs', type=float, default=None, metavar='N',
                         help='exit with status 1 when a model needs more than N MACs per 1 s of audio '
                              '(DCASE: 30e6)')
+    parser.add_argument('--budget-dcase', action='store_true',
+                        help=f'exit with status 1 when a model is over the DCASE task 1 limits: '
+                             f'{DCASE_PARAM_MEMORY_KB} kB of parameters (1 kB = 1000 bytes) at --budget-dtype and '
+                             f'{_si(DCASE_MACS_PER_SECOND)} MACs on a 1-s clip, counted as DCASE counts')
+    parser.add_argument('--budget-dtype', choices=sorted(BYTES_PER_VALUE), default=DCASE_PARAM_DTYPE,
+                        help=f'the type parameters are stored as for --budget-dcase (default {DCASE_PARAM_DTYPE}: '
+                             f'1 byte each)')
     return parser
 
 
@@ -363,18 +469,40 @@ def format_table(reports):
                          f'{r["params"]["backbone"]:,}' if first and r['params']['backbone'] is not None else '',
                          f'{r["param_memory"]["fp16"]["kB"]:,.1f}' if first else '',
                          f'{r["param_memory"]["int8"]["kB"]:,.1f}' if first else '',
-                         f'{clip["seconds"]:g}', str(clip['frames']), _si(clip['macs']),
+                         f'{clip["seconds"]:g}', str(clip['frames']), f'{clip["macs"]:,} ({_si(clip["macs"])})',
                          f'{clip["peak_activation"]["fp32_kB"]:,.1f}'))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ['  '.join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = _columns(rows, left=2)
+    for r in reports:
+        for clip in r['clips']:
+            if 'layers' in clip:
+                lines += ['', f'{r["model"]}, {clip["seconds"]:g} s ({clip["frames"]} frames): {clip["macs"]:,} MACs']
+                lines += _columns([('layer', 'type', 'output', 'params', 'MACs')] +
+                                  [(layer['name'], layer['type'], 'x'.join(map(str, layer['output_shape'])),
+                                    f'{layer["params"]:,}', f'{layer["macs"]:,}') for layer in clip['layers']],
+                                  left=3)
     notes = sorted({r['head'] for r in reports if r['task'] == 'sound-cls'})
-    return '\n'.join(lines + [f'sound-cls: {note}' for note in notes] + textwrap.wrap('Counting: ' + COUNTING, 100))
+    rules = sorted({r['counting_rules'] for r in reports})
+    return '\n'.join(lines + [f'sound-cls: {note}' for note in notes] +
+                     [line for text in rules for line in textwrap.wrap('Counting: ' + text, 100)])
+
+
+def _columns(rows, left):
+    """Rows of cells as aligned text lines: the first `left` columns left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ['  '.join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            for row in rows]
 
 
 def run_complexity(args):
     """`paddle-soundcls complexity`: print the reports; exit status 1 when a model is over a budget."""
-    reports = [complexity(name, args.seconds, args.task, args.num_class) for name in args.models]
+    if args.budget_dcase and 1 not in args.seconds:
+        raise ArgumentError(f'--budget-dcase checks the MACs of a 1-s clip, as DCASE counts them: add 1 to --seconds '
+                            f'(got {args.seconds})')
+    if args.budget_dcase and args.counting != 'dcase':
+        raise ArgumentError(f'--budget-dcase checks figures counted as DCASE counts them: drop --counting '
+                            f'{args.counting} (or give --counting dcase)')
+    reports = [complexity(name, args.seconds, args.task, args.num_class, counting=args.counting, layers=args.layers)
+               for name in args.models]
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
@@ -383,6 +511,8 @@ def run_complexity(args):
     for report in reports:
         try:
             check_budget(report, args.budget_params, args.budget_macs)
+            if args.budget_dcase:
+                check_dcase_budget(report, args.budget_dtype)
         except ValueError as exc:
             print(f'paddle-soundcls complexity: {exc}', file=sys.stderr)
             status = 1

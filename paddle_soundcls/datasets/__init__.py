@@ -7,7 +7,8 @@ from .gtzan import GTZAN
 from .scenes import make_scenes
 from .sed import StrongLabelDataset
 from .strong import read_strong_labels
+from .tau22 import TAU22, make_tau22_demo
 from .urbansound8k import UrbanSound8K
 
 __all__ = ['AudioDataset', 'AudioFolder', 'CSVDataset', 'DatasetError', 'ESC50', 'GTZAN', 'StrongLabelDataset',
-           'UrbanSound8K', 'make_demo_dataset', 'make_scenes', 'read_strong_labels']
+           'TAU22', 'UrbanSound8K', 'make_demo_dataset', 'make_scenes', 'make_tau22_demo', 'read_strong_labels']

@@ -262,6 +262,25 @@ def quantize_onnx(float_path, int8_path, reader, method=DEFAULTS['method'], per_
             'keep_float': list(keep_float), 'nodes_excluded': keep, 'onnxruntime': onnxruntime.__version__}
 
 
+def parameter_memory(onnx_path):
+    """What an ONNX model stores, the DCASE rules' "parameter memory" of that file: the bytes of
+    its initializers by element type ({'int8': ..., 'float32': ..., 'int32': ...}) and their
+    total. In an int8 model the quantized weights take 1 byte each; their scales and zero points,
+    the int32 biases, the layers kept float (keep_float) and any constant shapes count what they
+    take, so the total is an upper bound of the weights' memory."""
+    import onnx
+    from onnx import numpy_helper
+    graph = onnx.load(os.fspath(onnx_path)).graph
+    # paddle2onnx may store weights as Constant nodes rather than initializers: both count.
+    tensors = list(graph.initializer) + [attribute.t for node in graph.node if node.op_type == 'Constant'
+                                         for attribute in node.attribute if attribute.name == 'value']
+    by_type = {}
+    for tensor in tensors:
+        array = numpy_helper.to_array(tensor)
+        by_type[str(array.dtype)] = by_type.get(str(array.dtype), 0) + int(array.nbytes)
+    return {'bytes': dict(sorted(by_type.items())), 'total_bytes': sum(by_type.values())}
+
+
 def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'], check_limit=None,
                     method=DEFAULTS['method'], per_channel=DEFAULTS['per_channel'],
                     quant_format=DEFAULTS['quant_format'], keep_float=DEFAULTS['keep_float'],
@@ -288,11 +307,41 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
     check_settings(method, quant_format, keep_float)
     check_seconds(seconds)
     meta = exportdir.read_export(model_dir)
-    if meta.get('ensemble'):   # each member quantized and checked on its own; the first refusal stops
-        return {'members': [quantize_export(
-            os.path.join(model_dir, m['dir']), calibration, check, limit, check_limit, method, per_channel,
-            quant_format, keep_float, reduce_range, seconds, force, batch_size, num_threads, progress)
-            for m in meta['ensemble']['members']]}
+    if meta.get('ensemble'):
+        # Each member quantized and checked on its own, in a copy of the ensemble (files hard-linked)
+        # swapped in whole: a refused member leaves no member quantized.
+        import json
+        import shutil
+
+        def link_or_copy(src, dst):
+            try:
+                os.link(src, dst)
+            except OSError:  # links not supported here
+                shutil.copy2(src, dst)
+        entries = []
+
+        def build_ensemble(tmp):
+            shutil.copytree(model_dir, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
+            for record in meta['ensemble']['members']:
+                staged = os.path.join(tmp, record['dir'])
+                try:
+                    entry = quantize_export(staged, calibration, check, limit, check_limit, method, per_channel,
+                                            quant_format, keep_float, reduce_range, seconds, force, batch_size,
+                                            num_threads, progress)
+                except QuantizationRefused as exc:
+                    raise QuantizationRefused(f'ensemble member {record["dir"]} ({record.get("model")}): {exc} No '
+                                              f'member of {model_dir} was quantized.', exc.summary) from None
+                if entry.get('check'):   # record where the member will be, not the copy it was checked in
+                    entry['check']['model_dir'] = os.path.join(model_dir, record['dir'])
+                    member_json = os.path.join(staged, exportdir.EXPORT_FILE)
+                    with open(member_json, encoding='utf-8') as f:
+                        member_meta = json.load(f)
+                    member_meta['int8']['check']['model_dir'] = entry['check']['model_dir']
+                    fileio.write_json(member_json, member_meta)
+                entries.append(entry)
+
+        fileio.replace_dir(build_ensemble, model_dir)
+        return {'members': entries}
     exportdir.require_file(model_dir, meta, exportdir.ONNX_FILE)
     clips = select_clips(calibration, limit)
     if check is not None:
@@ -316,6 +365,7 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
                                'digest': list_digest(clips), 'seconds': float(seconds), 'method': method}
         info['source_sha256'] = meta['files'][exportdir.ONNX_FILE]['sha256']
         info['file'] = exportdir.INT8_FILE
+        info['parameter_memory'] = parameter_memory(int8_path)
         meta['files'][exportdir.INT8_FILE] = exportdir.file_record(int8_path)
         meta['int8'] = info
         fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)

@@ -37,6 +37,18 @@ sees 71 mel bins (of 256) by 79 frames (1.23 s at 15.6 ms per frame; a 1-s clip 
 The front end sets what the field means in Hz and seconds (hop 500 samples at 32 kHz, 256 mel
 bands from 0 to 16 kHz).
 
+Variants against device mismatch (the layers are in models/domain.py; CPMobile's sub_bands and rfn):
+    cpmobile_ssn  SubSpectralNorm with 4 sub-bands in place of the stem's two BatchNorms: each
+                  quarter of the frequency axis gets its own statistics and affine weights
+    cpmobile_rfn  RelaxedFreqNorm (lam 0.5) on the log-mel, after the stem and after stage 1:
+                  half a frequency-wise instance norm, which removes each clip's per-band offsets
+                  and scales (what a device's filter changes), half a layer norm, which keeps
+                  them; no parameters. Its statistics are the clip's, so every
+                  output depends on the whole clip (window) through them: the receptive field
+                  above is that of the convolutions.
+Both keep the baseline's convolutions (so its MACs, the normalisations aside) and frame geometry, and
+export as it does.
+
 Checkpoints: sub-layers are named as the baseline's (`in_c.0.0.weight`, `stages.s1.b1.block.1.1.bias`,
 ...), so its PyTorch state dicts load through `checkpoint_filter` (see there), as they are or once
 converted (`paddle-soundcls convert --model cpmobile`):
@@ -56,6 +68,7 @@ from ..features.mel import config_filterbank, window
 from ..frames import FrameGeometry
 from .base import Backbone
 from .builder import paddle_bn_name
+from .domain import RelaxedFreqNorm, SubSpectralNorm
 from .layers import conv_bn_act, make_divisible
 from .registry import ModelSpec, register_model
 
@@ -79,6 +92,11 @@ EXPANSION_RATE = 2.1
 N_BLOCKS = (3, 2, 1)
 # {block number: (mel stride, time stride)}; the other blocks have stride 1.
 STRIDES = {3: (1, 2), 4: (2, 1)}
+# Where RelaxedFreqNorm goes when it is asked for (CPMobile's rfn): on the log-mel, after the stem
+# and after the first stage. These early maps (before the blocks' first frequency stride, in block
+# 4) are where a device's gain per band is closest to the input's plain offset per band; deeper
+# maps carry more of the scene, which the normalisation would take away with it.
+RFN_AT = ('input', 'in_c', 's1')
 KERNEL = 3          # of the stem convs and the depthwise convs; the others are 1x1
 
 
@@ -100,13 +118,14 @@ def receptive_field(n_blocks=N_BLOCKS, strides=None):
     return tuple(size)
 
 
-def _conv_bn(in_channels, out_channels, kernel, stride=1, groups=1, relu=True):
+def _conv_bn(in_channels, out_channels, kernel, stride=1, groups=1, relu=True, norm=nn.BatchNorm2D):
     """conv_bn_act with PyTorch's BatchNorm defaults (eps 1e-5, momentum 0.1: Paddle's 0.9) and the
     original's initialisation, kaiming normal over fan-out (PyTorch's fan-out of a grouped conv counts
     every output channel): it matters when training from scratch."""
     fan_out = out_channels * kernel * kernel
     init = paddle.ParamAttr(initializer=nn.initializer.Normal(0.0, math.sqrt(2.0 / fan_out)))
-    return conv_bn_act(in_channels, out_channels, kernel, stride, groups, 'relu' if relu else None, weight_attr=init)
+    return conv_bn_act(in_channels, out_channels, kernel, stride, groups, 'relu' if relu else None, norm=norm,
+                       weight_attr=init)
 
 
 class Block(nn.Layer):
@@ -133,18 +152,40 @@ class Block(nn.Layer):
 
 
 class CPMobile(Backbone):
-    """The backbone: log-mel [batch, frames, n_mels] -> embedding [batch, last stage's channels]."""
+    """The backbone: log-mel [batch, frames, n_mels] -> embedding [batch, last stage's channels].
+
+    Two options against device mismatch (models/domain.py; both off in the baseline):
+    sub_bands  None: the stem's two convolutions are followed by BatchNorm, as in the baseline;
+               an int S: by SubSpectralNorm with S sub-bands instead (the stem sees n_mels / 2 and
+               n_mels / 4 bins, which S must divide: any divisor of 64 for 256 mel bands)
+    rfn        None: no RelaxedFreqNorm; lam in [0, 1]: RelaxedFreqNorm(lam) at each place of
+               `rfn_at`, among 'input' (the log-mel), 'in_c' (after the stem) and the stage
+               names 's1', 's2', ... (after that stage)
+    """
 
     def __init__(self, base_channels=BASE_CHANNELS, channels_multiplier=CHANNELS_MULTIPLIER,
-                 expansion_rate=EXPANSION_RATE, n_blocks=N_BLOCKS, strides=None):
+                 expansion_rate=EXPANSION_RATE, n_blocks=N_BLOCKS, strides=None, sub_bands=None, rfn=None,
+                 rfn_at=RFN_AT):
         super().__init__()
         strides = STRIDES if strides is None else strides
         unknown = sorted(set(strides) - set(range(1, sum(n_blocks) + 1)))
         if unknown:
             raise ArgumentError(f'strides given for blocks {unknown}, but the network has blocks 1 to {sum(n_blocks)}')
         channels = stage_channels(base_channels, channels_multiplier, len(n_blocks))
-        self.in_c = nn.Sequential(_conv_bn(1, channels[0] // 4, KERNEL, stride=2),
-                                  _conv_bn(channels[0] // 4, channels[0], KERNEL, stride=2))
+        stem_norm = nn.BatchNorm2D
+        if sub_bands is not None:
+            stem_norm = partial(SubSpectralNorm, sub_bands=sub_bands)
+        self.in_c = nn.Sequential(_conv_bn(1, channels[0] // 4, KERNEL, stride=2, norm=stem_norm),
+                                  _conv_bn(channels[0] // 4, channels[0], KERNEL, stride=2, norm=stem_norm))
+        places = ('input', 'in_c') + tuple(f's{stage + 1}' for stage in range(len(n_blocks)))
+        self.rfn_at = ()
+        self.rfn = None
+        if rfn is not None:
+            self.rfn_at = tuple(rfn_at)
+            wrong = [p for p in self.rfn_at if p not in places]
+            if wrong or not self.rfn_at:
+                raise ArgumentError(f'rfn_at must name one or more of {places}, got {rfn_at!r}')
+            self.rfn = RelaxedFreqNorm(rfn)   # no parameters: one layer serves every place
         stages, number = [], 0
         for stage, num_blocks in enumerate(n_blocks):
             blocks = []
@@ -161,7 +202,16 @@ class CPMobile(Backbone):
     def feature_map(self, features):
         """Log-mel [batch, frames, n_mels] -> the last feature map [batch, emb_size, mel, frames]."""
         x = features.unsqueeze(1).transpose([0, 1, 3, 2])   # -> [batch, 1, n_mels, frames], the original's layout
-        return self.stages(self.in_c(x))
+        if self.rfn is None:
+            return self.stages(self.in_c(x))
+        x = self._rfn('input', x)
+        x = self._rfn('in_c', self.in_c(x))
+        for name, stage in self.stages.named_children():
+            x = self._rfn(name, stage(x))
+        return x
+
+    def _rfn(self, place, x):
+        return self.rfn(x) if place in self.rfn_at else x
 
     def forward_features(self, features):
         """Log-mel [batch, frames, n_mels] -> embedding [batch, emb_size]: the last map averaged over both axes."""
@@ -252,12 +302,23 @@ BASELINE = dict(base_channels=BASE_CHANNELS, channels_multiplier=CHANNELS_MULTIP
 
 # name: (settings, pretrained weights (none exist), published figures). The baseline's published
 # figures (its README, counted with torchinfo on a [1, 1, 256, 65] input) include its 10-class
-# classifier, a 1x1 conv + BatchNorm; its MACs are for a 1-s clip: 29,419,156, ten times that per 10 s.
+# classifier, a 1x1 conv + BatchNorm at every position of the last map before the average. Its MACs
+# are published for a 1-s clip only (29,419,156; the same counter gives 271,984,276 for 10 s, not
+# ten times that), so there is no 10-s figure to record. tests/test_complexity_dcase.py checks the
+# counter against the baseline's own network, layer by layer.
 MODELS = {
-    'cpmobile': (BASELINE, None, {'params': 61148, 'macs_10s': 10 * 29419156}),
+    'cpmobile': (BASELINE, None, {'params': 61148}),
     # CP-Mobile's DCASE 2023 widths with the baseline's blocks: 125 K parameters before the classifier
     # (within 128 kB at int8), 53 M MACs per second. Nothing is published for this exact network.
     'cpmobile_wide': (dict(BASELINE, channels_multiplier=2.3, expansion_rate=3.0), None, {}),
+    # Against device mismatch (models/domain.py). SubSpectralNorm with 4 sub-bands in place of the
+    # stem's two BatchNorms (Chang et al. use it in the early layers): 8 x 4 and 32 x 4 channels,
+    # +240 parameters (61,378 with a 10-class head); the convolutions' MACs are the baseline's.
+    'cpmobile_ssn': (dict(BASELINE, sub_bands=4), None, {}),
+    # RelaxedFreqNorm (lam 0.5, as in Kim et al.) on the input, after the stem and after the first
+    # stage (RFN_AT): no parameters, so the baseline's 61,138 with a 10-class head, and a baseline
+    # checkpoint loads into it as it is.
+    'cpmobile_rfn': (dict(BASELINE, rfn=0.5), None, {}),
 }
 
 

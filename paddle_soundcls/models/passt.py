@@ -187,6 +187,11 @@ class PaSST(Backbone):
     def _windows(self, features):
         """features [batch, frames, mels] -> (windows [batch * n, frames', mels], n, window columns,
         columns of the whole input, first column of each window [n])."""
+        known = features.shape[1] if paddle.in_dynamic_mode() else None   # exported graphs take any length
+        if known is not None and known < PATCH:
+            raise ArgumentError(f'PaSST needs at least {PATCH} feature frames (one {PATCH}-frame patch), got '
+                                f'{known}: pad the input (predict and detect pad short clips to the model\'s '
+                                f'min_seconds)')
         frames = paddle.shape(features)[1]
         columns = (frames - PATCH) // STRIDE + 1
         width = paddle.minimum(columns, paddle.full_like(columns, self.time_columns))

@@ -26,7 +26,7 @@ _LABELS_CSV = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'data', '
 AUDIOSET_CLASSES = 527
 # The modules under models/ that are not families; every other one registers a family, and all are
 # imported on first use of the registry (a new family is a new file there, nothing else).
-SHARED_MODULES = ('registry', 'base', 'layers', 'builder')
+SHARED_MODULES = ('registry', 'base', 'layers', 'builder', 'domain')
 FILE_FORMATS = ('pdparams', 'torch')
 # What the classifier of a pretrained file predicts: the 527 AudioSet tags (kept as the AudioSet
 # head for task='tagging') or another task's classes (dropped: the backbone alone is pretrained).

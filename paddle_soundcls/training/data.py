@@ -1,4 +1,5 @@
 """What the Trainer checks of a dataset before any work, and how the loop reads one."""
+import numpy as np
 from paddle.io import DataLoader, Dataset, DistributedBatchSampler
 
 from ..errors import DatasetError
@@ -61,22 +62,47 @@ def loader(dataset, batch_size, num_workers, shuffle, seed, epoch=0):
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, return_list=True)
 
 
-class WithTeacher(Dataset):
-    """A training dataset's items with the teacher's logits of the clip appended."""
+class _Appended(Dataset):
+    """A dataset's items with something of each clip appended (see the subclasses)."""
 
-    def __init__(self, dataset, logits):
+    def __init__(self, dataset):
         super().__init__()
-        self.dataset, self.logits = dataset, logits
+        self.dataset = dataset
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        return (*self.dataset[index], self.logits[index])
+        return (*self.dataset[index], self.appended(index))
 
     def set_epoch(self, epoch):
         if hasattr(self.dataset, 'set_epoch'):
             self.dataset.set_epoch(epoch)
+
+
+class WithTeacher(_Appended):
+    """A training dataset's items with the teacher's logits of the clip appended."""
+
+    def __init__(self, dataset, logits):
+        super().__init__(dataset)
+        self.logits = logits
+
+    def appended(self, index):
+        return self.logits[index]
+
+
+class WithDevices(_Appended):
+    """A training dataset's items with the index of the clip's recording device appended (last,
+    after a teacher's logits): `names` (sorted) are the devices the classifier tells apart."""
+
+    def __init__(self, dataset, devices):
+        super().__init__(dataset)
+        self.names = sorted(set(devices))
+        number = {name: i for i, name in enumerate(self.names)}
+        self.indices = np.array([number[name] for name in devices], dtype=np.int64)
+
+    def appended(self, index):
+        return self.indices[index]
 
 
 def target_of(data, index):

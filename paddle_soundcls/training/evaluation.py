@@ -4,13 +4,16 @@ Each clip is scored as predict scores it (deploy.pipeline.clip_segments: padded 
 training clip length, or the mean over consecutive windows of it), so the accuracy the Trainer
 reports is the accuracy predict, the exports and the command line give. A dev set with event
 times (strong labels) is also scored as `detect` scores it: event- and segment-based F1 of the
-events Module.detect finds with the model's event config.
+events Module.detect finds with the model's event config. A single-label dev set that names
+each clip's recording device (`devices`, and `seen_devices` for the training split's) is also
+scored as DCASE task 1 scores acoustic scenes (metrics.scene_metrics).
 """
 import math
 
 import numpy as np
 import paddle
 
+from ..errors import DatasetError
 from ..progress import progress_bar
 from . import embeddings, metrics, steps
 from .data import target_of
@@ -23,8 +26,24 @@ def clip_samples(model, dataset):
     return getattr(dataset, 'num_samples', None)
 
 
+def scene_devices(dataset, role='eval'):
+    """(devices, seen_devices) of a dataset that names each clip's recording device, else
+    (None, None). The device list must hold one name per clip, in item order, so that the
+    scores (computed clip by clip, in that order) line up with it."""
+    devices = getattr(dataset, 'devices', None)
+    if devices is None:
+        return None, None
+    devices = list(devices)
+    if len(devices) != len(dataset):
+        raise DatasetError(f'the {role} dataset names {len(devices)} recording devices (its `devices`) for '
+                           f'{len(dataset)} clips: it must name one per clip, in item order (if clips were left out, '
+                           f'e.g. unreadable files, their devices must go too)')
+    seen = getattr(dataset, 'seen_devices', None)
+    return devices, None if seen is None else tuple(seen)
+
+
 @paddle.no_grad()
-def evaluate(model, net, data, loss_fn, batch_size, use_gpu=False, show=True):
+def evaluate(model, net, data, loss_fn, batch_size, use_gpu=False, show=True, devices=None, seen_devices=None):
     """{'loss': float, 'metrics': {...}} of `net` (a batch of segments -> logits: the model on
     waveforms, or the head on a frozen backbone's embeddings) on `data` (an audio dataset, or an
     EmbeddingDataset). A clip's scores are the mean of its segments' scores, its loss that of the
@@ -32,7 +51,11 @@ def evaluate(model, net, data, loss_fn, batch_size, use_gpu=False, show=True):
 
     Data with event times (a StrongLabelDataset): 'loss' is the training loss of the frame
     logits on its clips, and the events detect() finds in every whole recording give the event
-    metrics (see event_scores)."""
+    metrics (see event_scores).
+
+    `devices` (one name per clip of `data`, in its order) adds the scene scores of
+    metrics.scene_metrics to a single-label result, with `seen_devices` the seen/unseen split.
+    Clips are scored in item order (no loader, no shuffling), so the devices line up."""
     clip_logits, clip_scores = _clip_outputs(model, net, data, batch_size, show)
     targets = np.stack([np.asarray(target_of(data, i)) for i in range(len(data))])
     loss = float(loss_fn(paddle.to_tensor(clip_logits.astype(np.float32)), paddle.to_tensor(targets)))
@@ -40,6 +63,8 @@ def evaluate(model, net, data, loss_fn, batch_size, use_gpu=False, show=True):
         result = metrics.multilabel_metrics(targets, clip_scores)
     else:
         result = metrics.classification_metrics(targets.astype('int64'), clip_scores)
+        if devices is not None:
+            result.update(metrics.scene_metrics(targets.astype('int64'), clip_scores, devices, seen_devices))
     if getattr(data, 'strong', False):
         loss = frame_loss(model, data, loss_fn, batch_size)
         result.update(event_scores(model, data, use_gpu, show))

@@ -4,6 +4,7 @@ Scalar results are Python floats and per-class results are lists, so a metrics d
 written to JSON or logged as it is.
 """
 import csv
+import math
 import numbers
 import os
 
@@ -18,8 +19,14 @@ MULTI_LABEL_METRICS = ('mAP', 'AUC', 'f1_micro')
 # micro F1 (all classes pooled) and the class average ('_macro'), event-based (200 ms collars)
 # and segment-based (1-s segments), as deploy.event_metrics (sed_eval's definitions) counts them.
 STRONG_LABEL_METRICS = ('event_f1', 'segment_f1', 'event_f1_macro', 'segment_f1_macro')
-# What can pick the best model; 'loss' is minimised, the others maximised.
-COMPARE_METRICS = ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS + STRONG_LABEL_METRICS
+# Measured on single-label data that knows each clip's recording device (a dataset with
+# `devices`, e.g. TAU Urban Acoustic Scenes 2022 Mobile): the scores DCASE task 1 reports
+# (scene_metrics). 'seen_acc' / 'unseen_acc' also need the dataset's `seen_devices`.
+SEEN_METRICS = ('seen_acc', 'unseen_acc')
+SCENE_METRICS = ('macro_acc', 'log_loss', 'macro_log_loss') + SEEN_METRICS
+# What can pick the best model; these are minimised, the others maximised.
+MINIMISED_METRICS = ('loss', 'log_loss', 'macro_log_loss')
+COMPARE_METRICS = ('loss',) + SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS + STRONG_LABEL_METRICS + SCENE_METRICS
 
 
 def check_compare_metric(name):
@@ -31,22 +38,36 @@ def check_compare_metric(name):
 
 def default_metric(dataset):
     """What picks best_model when compare_metrics is not given: event F1 on data with event
-    times, else mAP (multi-label) or accuracy."""
+    times, mAP on multi-label data, the class-averaged accuracy (DCASE task 1's figure) on data
+    that knows each clip's recording device, else accuracy."""
     if getattr(dataset, 'strong', False):
         return 'event_f1'
-    return 'mAP' if getattr(dataset, 'multi_label', False) else 'acc'
+    if getattr(dataset, 'multi_label', False):
+        return 'mAP'
+    return 'macro_acc' if getattr(dataset, 'devices', None) is not None else 'acc'
 
 
 def check_metric_fits(name, dataset, role):
     """Refuse a compare metric that `dataset` (the run's `role` set) cannot measure. The event
-    metrics are measured on the dev set: any training set may go with them."""
+    and scene metrics are measured on the dev set: any training set may go with them."""
     multi_label = bool(getattr(dataset, 'multi_label', False))
     strong = bool(getattr(dataset, 'strong', False))
-    allowed = (('loss',) + (MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS)
+    devices = getattr(dataset, 'devices', None) is not None
+    seen = getattr(dataset, 'seen_devices', None) is not None
+    if role == 'train' or (devices and seen):
+        scene = SCENE_METRICS
+    else:
+        scene = tuple(m for m in SCENE_METRICS if m not in SEEN_METRICS) if devices else ()
+    allowed = (('loss',) + (MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS + scene)
                + (STRONG_LABEL_METRICS if strong or role == 'train' else ()))
     if name in STRONG_LABEL_METRICS and name not in allowed:
         raise ArgumentError(f'compare_metrics={name!r} is measured on a dev set with event times '
                             f'(datasets.StrongLabelDataset), not on this {role} dataset; choose one of {list(allowed)}')
+    if name in SCENE_METRICS and name not in allowed and not multi_label:
+        needs = ("`devices` and `seen_devices` (the training split's devices)" if name in SEEN_METRICS
+                 else '`devices` (the recording device of each clip)')
+        raise ArgumentError(f'compare_metrics={name!r} is measured on a dev set that names {needs}, such as '
+                            f'the TAU22 scenes; this {role} dataset does not; choose one of {list(allowed)}')
     if name not in allowed:
         raise ArgumentError(f'compare_metrics={name!r} is not measured on {"multi" if multi_label else "single"}-label '
                             f'data; choose one of {list(allowed)}')
@@ -56,6 +77,13 @@ def scalars(result):
     """The single-number entries of a metrics dict, as floats."""
     return {name: float(value) for name, value in result.items()
             if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))}
+
+
+def device_scalars(result):
+    """The per-device figures of a metrics dict (scene_metrics' {device: value} dicts) as
+    single numbers named 'device_acc/<device>', ..., for the training log."""
+    return {f'{name}/{device}': float(value) for name in ('device_acc', 'device_macro_acc', 'device_log_loss')
+            for device, value in result.get(name, {}).items()}
 
 
 def _as_labels(labels, num_samples):
@@ -132,6 +160,166 @@ def classification_metrics(labels, scores, k=5):
         'f1': f1.tolist(),
         'confusion': confusion.tolist(),
     }
+
+
+def _as_probabilities(scores):
+    """[N, C] float64 class probabilities and the eps sklearn.metrics.log_loss clips them with:
+    the machine precision of the scores' own float type (float64 for other types)."""
+    raw = np.asarray(scores)
+    eps = float(np.finfo(raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.float64).eps)
+    probabilities = _as_scores(raw)
+    if not np.all(np.isfinite(probabilities)) or probabilities.min() < 0:
+        raise ArgumentError('scores must be class probabilities (a softmax, not logits): finite and at least 0')
+    sums = probabilities.sum(axis=1)
+    worst = int(np.argmax(np.abs(sums - 1)))
+    if abs(sums[worst] - 1) > 1e-3:
+        raise ArgumentError(f'scores must be class probabilities whose rows sum to 1 (a softmax, not logits); '
+                            f'row {worst} sums to {sums[worst]:.6g}')
+    return probabilities, eps
+
+
+def _as_devices(devices, num_samples):
+    if isinstance(devices, str) or not hasattr(devices, '__len__'):
+        raise ArgumentError(f'devices must be a list of {num_samples} device names, one per clip, got {devices!r}')
+    devices = [str(device) for device in devices]
+    if len(devices) != num_samples:
+        raise ArgumentError(f'devices must name the recording device of each of the {num_samples} clips, in clip '
+                            f'order; got {len(devices)} names')
+    return np.asarray(devices, dtype=object)
+
+
+def _class_means(values, labels, mask, num_classes):
+    """([C] the mean of `values` [N] over the clips of each class within `mask`, NaN for a class
+    without clips there; the mean of those over the classes that have clips)."""
+    per_class = []
+    for c in range(num_classes):
+        picked = mask & (labels == c)
+        per_class.append(float(values[picked].mean()) if picked.any() else math.nan)
+    present = [v for v in per_class if not math.isnan(v)]
+    return per_class, float(np.mean(present)) if present else math.nan
+
+
+def scene_metrics(labels, scores, devices=None, seen_devices=None):
+    """The scores DCASE task 1 (acoustic scene classification) reports.
+
+    Args:
+        labels: [N] int true class indices in [0, C).
+        scores: [N, C] class probabilities (softmax outputs: rows sum to 1); the prediction is
+            the argmax (ties go to the lower class index, as in classification_metrics).
+        devices: N recording device names, in clip order; None gives the class figures only.
+        seen_devices: the devices of the training split; the others count as unseen. None
+            gives no seen/unseen figures.
+    Returns:
+        dict with
+          'class_acc': [C] accuracy of each class, the share of its clips predicted right
+              (NaN for a class without clips);
+          'macro_acc': their mean over the classes with clips, DCASE's headline figure
+              ("macro average accuracy");
+          'log_loss': the mean over clips of -ln p(true class), p clipped to [eps, 1 - eps]
+              with eps the machine precision of the scores' float type, as
+              sklearn.metrics.log_loss computes it;
+          'class_log_loss': [C] that mean over each class's clips, 'macro_log_loss' their
+              mean over the classes with clips;
+        with devices, {device: figure} dicts in sorted device order:
+          'device_count': clips; 'device_acc': the share of its clips predicted right;
+          'device_macro_acc': the mean class accuracy over its clips (over the classes it has);
+          'device_log_loss': the mean log loss of its clips;
+        with seen_devices:
+          'seen_acc', 'unseen_acc': the share predicted right of all clips of seen / unseen
+              devices (NaN where the set has none); 'unseen_devices': the unseen ones, sorted.
+        Per-device and seen/unseen accuracies count clips, not classes, as the DCASE 2024
+        baseline (CPJKU/dcase2024_task1_baseline, run_training.py) computes its device-wise
+        and device-group accuracies; 'device_macro_acc' is the class-averaged figure beside it.
+    """
+    probabilities, eps = _as_probabilities(scores)
+    num_samples, num_classes = probabilities.shape
+    labels = _as_labels(labels, num_samples)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ArgumentError(f'labels must be in [0, {num_classes}), got values from {labels.min()} to {labels.max()}')
+    if devices is not None:
+        devices = _as_devices(devices, num_samples)
+    if seen_devices is not None:
+        if isinstance(seen_devices, str):
+            raise ArgumentError(f'seen_devices must be a list or tuple of device names, got the string '
+                                f'{seen_devices!r}')
+        seen_devices = {str(device) for device in seen_devices}
+
+    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    true_class = np.clip(probabilities[np.arange(num_samples), labels], eps, 1 - eps)
+    losses = -np.log(true_class)
+    every = np.ones(num_samples, dtype=bool)
+    class_acc, macro_acc = _class_means(correct, labels, every, num_classes)
+    class_log_loss, macro_log_loss = _class_means(losses, labels, every, num_classes)
+    result = {'class_acc': class_acc, 'macro_acc': macro_acc, 'log_loss': float(losses.mean()),
+              'class_log_loss': class_log_loss, 'macro_log_loss': macro_log_loss}
+    if devices is None:
+        return result
+
+    names = sorted(set(devices))
+    result.update({'device_count': {}, 'device_acc': {}, 'device_macro_acc': {}, 'device_log_loss': {}})
+    for name in names:
+        mask = devices == name
+        result['device_count'][name] = int(mask.sum())
+        result['device_acc'][name] = float(correct[mask].mean())
+        result['device_macro_acc'][name] = _class_means(correct, labels, mask, num_classes)[1]
+        result['device_log_loss'][name] = float(losses[mask].mean())
+    if seen_devices is not None:
+        seen = np.asarray([device in seen_devices for device in devices], dtype=bool)
+        result['seen_acc'] = float(correct[seen].mean()) if seen.any() else math.nan
+        result['unseen_acc'] = float(correct[~seen].mean()) if (~seen).any() else math.nan
+        result['unseen_devices'] = [name for name in names if name not in seen_devices]
+    return result
+
+
+def scene_table(result, class_names=None):
+    """The scores of scene_metrics (or the 'metrics' of an evaluation of data that names its
+    recording devices) as a text table, for printing.
+
+    One row per device (clips, accuracy, class-averaged accuracy, log loss; '*' marks an
+    unseen device), then the seen and unseen devices together (accuracy and log loss over
+    their clips) and all clips; below it the accuracy of each class and their mean, DCASE's
+    headline figure. Accuracies are percentages, as DCASE reports them.
+    """
+    for key in ('class_acc', 'macro_acc', 'log_loss', 'device_count'):
+        if key not in result:
+            raise ArgumentError(f'result has no {key!r}: pass the dict scene_metrics returns (with devices), or the '
+                                f'metrics of an evaluation of data that names its recording devices')
+    class_acc = result['class_acc']
+    names = [str(i) for i in range(len(class_acc))] if class_names is None else [str(n) for n in class_names]
+    if len(names) != len(class_acc):
+        raise ArgumentError(f'{len(names)} class names for {len(class_acc)} classes')
+
+    def percent(value):
+        return '-' if math.isnan(value) else f'{100 * value:.2f}'
+
+    def row(name, clips, acc, macro, log_loss):
+        text_loss = '-' if math.isnan(log_loss) else f'{log_loss:.3f}'
+        return f'{name:<{width}}  {clips:>7}  {percent(acc):>7}  {percent(macro):>7}  {text_loss:>8}'
+
+    counts, unseen = result['device_count'], set(result.get('unseen_devices', ()))
+    width = max([len('unseen'), len('device')] + [len(d) + 2 for d in counts])
+    header = f'{"device":<{width}}  {"clips":>7}  {"acc %":>7}  {"macro %":>7}  {"log loss":>8}'
+    rule = '-' * len(header)
+    lines = [header, rule]
+    for device, count in counts.items():
+        lines.append(row(device + (' *' if device in unseen else ''), count, result['device_acc'][device],
+                         result['device_macro_acc'][device], result['device_log_loss'][device]))
+    lines.append(rule)
+    if 'seen_acc' in result:
+        for group, members in (('seen', [d for d in counts if d not in unseen]), ('unseen', sorted(unseen))):
+            clips = sum(counts[d] for d in members)
+            # The log loss over a group's clips: its devices' means weighted by their clip counts.
+            group_loss = sum(result['device_log_loss'][d] * counts[d] for d in members) / clips if clips else math.nan
+            lines.append(row(group, clips, result[group + '_acc'], math.nan, group_loss))
+    total = sum(counts.values())
+    overall = sum(result['device_acc'][d] * counts[d] for d in counts) / total
+    lines.append(row('all', total, overall, result['macro_acc'], result['log_loss']))
+    name_width = max([len('macro average')] + [len(n) for n in names])
+    class_rule = '-' * (name_width + 9)
+    lines += ['', f'{"class":<{name_width}}  {"acc %":>7}', class_rule]
+    lines += [f'{name:<{name_width}}  {percent(value):>7}' for name, value in zip(names, class_acc)]
+    lines += [class_rule, f'{"macro average":<{name_width}}  {percent(result["macro_acc"]):>7}']
+    return '\n'.join(lines)
 
 
 def _ranked_counts(positive, score):

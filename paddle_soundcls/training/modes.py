@@ -37,16 +37,29 @@ CONFLICTS = (
     ('supcon', 'decision_pooling', 'contrasts clip embeddings', "build the Module with pooling='embedding'"),
     ('supcon', 'no_augment', 'contrasts two augmented views of each clip: it needs augmentation',
      'pass augment=AugmentConfig(...)'),
+    ('domain', 'frozen', "reverses the device classifier's gradient into the backbone: it needs the whole network "
+     'training', 'train with freeze_backbone=False'),
+    ('domain', 'supcon', 'adds its own loss on the clip embeddings', 'drop supcon_weight'),
+    ('domain', 'mixup', 'classifies the recording device of each clip, and a mixed clip has two',
+     'turn mixup off (mixup_alpha=0; Freq-MixStyle mixes the devices\' frequency statistics instead)'),
+    # (Event times need decision-level pooling, so this row also refuses them.)
+    ('domain', 'decision_pooling', 'classifies devices from the clip embeddings', "build the Module with "
+     "pooling='embedding'"),
+    ('domain', 'no_devices', 'tells recording devices apart', 'train on a dataset whose clips name their device '
+     '(a `devices` list, one name per clip: datasets.TAU22)'),
+    ('domain', 'one_device', 'tells recording devices apart', 'train on clips of two devices or more'),
     ('strong', 'embedding_pooling', "trains the frame scores and needs decision-level pooling (pooling='max' or "
      "'linear_softmax'), whose clip scores are the pooled frame scores",
      "build the Module with pooling='max' or 'linear_softmax'"),
 )
 
 
-def active_modes(model, augment, frozen=False, teacher=False, supcon=False, world_size=1, data=None):
+def active_modes(model, augment, frozen=False, teacher=False, supcon=False, world_size=1, data=None, domain=False):
     """{mode: how the refusal names it} of the modes and traits of a run; `data` (the training
     set) adds those it brings."""
     modes = {}
+    if domain:
+        modes['domain'] = 'domain-adversarial training (domain_adversarial_weight > 0)'
     if frozen:
         modes['frozen'] = 'freeze_backbone=True'
     if teacher:
@@ -69,6 +82,12 @@ def active_modes(model, augment, frozen=False, teacher=False, supcon=False, worl
         modes['strong'] = 'training on event times (strong labels)'
     if data is not None and getattr(data, 'multi_label', False):
         modes['multi_label'] = 'multi-label data'
+    if data is not None:
+        devices = getattr(data, 'devices', None)
+        if devices is None:
+            modes['no_devices'] = 'a training set without devices'
+        elif len(set(devices)) < 2:
+            modes['one_device'] = f'a training set of one device ({sorted(set(devices))})'
     return modes
 
 
@@ -80,12 +99,15 @@ def check_modes(modes):
 
 
 def build_step(net, module, augment, loss, distill=None, frozen=False, strong=False, supcon=None, supcon_weight=0.0,
-               autocast=contextlib.nullcontext):
-    """The step of a run's modes (check_modes has refused those that do not go together)."""
+               autocast=contextlib.nullcontext, domain=None):
+    """The step of a run's modes (check_modes has refused those that do not go together).
+    domain: for domain-adversarial training, (device_head, weight, gamma) of steps.DomainStep."""
     inputs = steps.Inputs(module, augment, distill, frozen)
     if strong:
         return steps.StrongStep(net, inputs, loss, module, autocast)
     objective = steps.Objective(loss, distill)
+    if domain is not None:
+        return steps.DomainStep(net, inputs, objective, *domain, autocast=autocast)
     if supcon is not None:
         return steps.SupConStep(net, inputs, objective, supcon, supcon_weight, autocast)
     return steps.ClipStep(net, inputs, objective, autocast)

@@ -6,6 +6,7 @@ processes of a data-parallel run.
     ClipStep     full fine-tuning, a frozen backbone's head, distillation: clip logits
     SupConStep   the task loss plus the contrastive loss of two augmented views: embeddings and logits
     StrongStep   event times (strong labels): frame logits against frame targets
+    DomainStep   the task loss plus a device classifier's behind a gradient reversal (device labels)
 
 A step is called with a loader batch (inputs, target[, teacher logits]) and the key of the
 step's random draws, (seed, epoch, step, rank), and returns (clip logits, loss, target): the
@@ -26,7 +27,7 @@ from ..frames import for_frontend
 from . import augment as augment_lib
 from ..errors import ArgumentError
 
-OUTPUTS = ('logits', 'frames', 'embeddings')
+OUTPUTS = ('logits', 'frames', 'embeddings', 'devices')
 
 
 class TrainingNet(nn.Layer):
@@ -34,11 +35,15 @@ class TrainingNet(nn.Layer):
         'logits':     clip logits [batch, classes] (Module.forward: the model's pooling)
         'frames':     frame logits [batch, frames', classes] (Module.frame_logits)
         'embeddings': (clip embeddings [batch, emb_size], their logits [batch, classes])
-    Its parameters are the Module's."""
+        'devices':    (clip logits, device logits [batch, devices]) of `device_head`
+                      (models.domain.DeviceClassifier) on the clip embeddings
+    Its parameters are the Module's, and the device head's when it has one (trained with it,
+    never saved with the model: it exists for training only)."""
 
-    def __init__(self, module):
+    def __init__(self, module, device_head=None):
         super().__init__()
         self.module = module
+        self.device_head = device_head
 
     def forward(self, features, output='logits'):
         if output == 'logits':
@@ -48,6 +53,9 @@ class TrainingNet(nn.Layer):
         if output == 'embeddings':
             embeddings = self.module.forward_features(features)
             return embeddings, self.module.forward_head(embeddings)
+        if output == 'devices' and self.device_head is not None:
+            embeddings = self.module.forward_features(features)
+            return self.module.forward_head(embeddings), self.device_head(embeddings)
         raise ArgumentError(f'output must be one of {OUTPUTS}, got {output!r}')
 
 
@@ -193,3 +201,36 @@ class StrongStep:
         targets = network_targets(self.module, frame_targets, count, frame_logits.place)
         loss = self.loss(frame_logits.reshape([-1, classes]), targets.reshape([-1, classes]))
         return frame_logits.max(axis=1), loss
+
+
+class DomainStep(ClipStep):
+    """Domain-adversarial training (DANN, Ganin et al. 2016): the task loss plus the cross-entropy
+    of the device head (models.domain.DeviceClassifier: a gradient reversal, then an MLP) on the
+    clip embeddings, from one forward pass. The head learns to tell the recording devices apart;
+    the reversed gradient, weighted by `weight` * dann_weight(progress, gamma), pushes the
+    backbone towards embeddings in which they cannot be told apart. The batch ends with the
+    clips' device indices (data.WithDevices)."""
+
+    def __init__(self, net, inputs, objective, device_head, weight, gamma, autocast=contextlib.nullcontext):
+        super().__init__(net, inputs, objective, autocast)
+        self.device_head, self.weight, self.gamma = device_head, weight, gamma
+        self.set_steps(1, 1)
+
+    def set_steps(self, total_steps, steps_per_epoch):
+        """The run's length, which the reversal weight's schedule follows."""
+        self.total_steps, self.steps_per_epoch = max(1, total_steps), steps_per_epoch
+
+    def progress(self, key):
+        """The fraction of training done at the step of `key` = (seed, epoch, step, rank), both counted from 1."""
+        _, epoch, step, _ = key
+        return min(1.0, ((epoch - 1) * self.steps_per_epoch + step - 1) / self.total_steps)
+
+    def __call__(self, batch, key):
+        *batch, devices = batch
+        inputs, target, teacher = self.inputs(batch, np.random.default_rng(key))
+        self.device_head.set_progress(self.progress(key), self.gamma, self.weight)
+        with self.autocast():
+            logits, device_logits = self.net(inputs, 'devices')
+            loss = self.objective(logits, target, teacher)
+            device_loss = F.cross_entropy(device_logits.astype('float32'), devices.astype('int64').reshape([-1, 1]))
+        return logits, loss + device_loss, target

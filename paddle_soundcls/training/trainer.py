@@ -27,6 +27,7 @@ import paddle.distributed as dist
 from ..device import set_device
 from .. import validate
 from ..errors import ArgumentError
+from ..models.domain import DeviceClassifier
 from ..progress import progress_bar
 from . import data as data_lib
 from . import embeddings, evaluation, losses, metrics, modes, steps
@@ -52,8 +53,12 @@ class Trainer:
         checkpoint_dir: where epochs, best_model and logs go (default 'ckpt'; training/checkpointing.py).
         compare_metrics: the eval metric that picks best_model ('acc', 'macro_f1', 'top5',
             'mAP', 'AUC', 'f1_micro'; on a dev set with event times also 'event_f1', 'segment_f1',
-            'event_f1_macro', 'segment_f1_macro'; or 'loss', which is minimised). Default: 'acc',
-            'mAP' for multi-label models, 'event_f1' when the dev set has event times.
+            'event_f1_macro', 'segment_f1_macro'; on a single-label dev set that names each clip's
+            recording device (`devices`, e.g. TAU22) also 'macro_acc', 'log_loss',
+            'macro_log_loss', and with its `seen_devices` 'seen_acc', 'unseen_acc'; or 'loss').
+            'loss', 'log_loss' and 'macro_log_loss' are minimised, the others maximised. Default:
+            'acc', 'mAP' for multi-label models, 'event_f1' when the dev set has event times,
+            'macro_acc' (the class-averaged accuracy DCASE task 1 ranks by) when it names devices.
         loss: a loss name ('ce', 'class_balanced', 'focal', 'class_balanced_focal', 'bce') or
             a Layer(logits, target). Default: 'ce', or 'bce' for multi-label models; the softmax
             losses (all but 'bce') are refused for multi-label models. Class weights come from
@@ -83,6 +88,17 @@ class Trainer:
             2020, at supcon_temperature) on the embeddings of two augmented views of every clip,
             times this weight, to the task loss (single-label data, full fine-tuning, augmentation
             on, one process; steps.SupConStep).
+        domain_adversarial_weight: > 0 trains a device classifier (models.domain.DeviceClassifier,
+            an MLP of `domain_adversarial_hidden` units) on the clip embeddings behind a gradient
+            reversal (DANN, Ganin et al. 2016; steps.DomainStep): its cross-entropy on the clips'
+            recording devices is added to the task loss, and the backbone gets its gradient
+            reversed, times this weight times DANN's schedule 2 / (1 + exp(-gamma * p)) - 1 of the
+            training progress p (gamma = domain_adversarial_gamma), so that devices become hard to
+            tell apart in the embeddings. The training set must name each clip's device
+            (`devices`, e.g. datasets.TAU22; two devices or more). The classifier has its own Adam
+            at the optimizer's learning rate and exists for training only: checkpoints hold the
+            model alone, and a resumed run starts a new classifier. Refused with a frozen backbone,
+            mixup, SupCon, event times, decision-level pooling and fp16.
         max_params, max_macs_per_second: a complexity budget (e.g. DCASE task 1: 128 kB of
             parameters, 30 M MACs per second of audio): a model over it is refused before the
             first step, naming the figures (analysis.complexity.check_budget).
@@ -105,14 +121,21 @@ class Trainer:
                  loss=None, label_smoothing=0.0, augment=None, seed=0, keep_last=3, skip_bad_files=False,
                  freeze_backbone=False, embedding_cache=None, teacher=None, kd_lambda=0.5, kd_temperature=2.0,
                  teacher_cache=None, supcon_weight=0.0, supcon_temperature=0.1, max_params=None,
-                 max_macs_per_second=None, amp=None, num_threads=None, lr_scheduler=None):
+                 max_macs_per_second=None, amp=None, num_threads=None, lr_scheduler=None,
+                 domain_adversarial_weight=0.0, domain_adversarial_gamma=10.0, domain_adversarial_hidden=128):
         set_device(use_gpu, num_threads)  # the run's device: every tensor of the loop is made there
         self.use_gpu, self.use_vdl = bool(use_gpu), use_vdl
         self.amp = modes.check_amp(amp, use_gpu)
         losses.DistillationLoss(None, kd_lambda, kd_temperature)  # checks the two settings before any work
         self.compare_metrics = metrics.check_compare_metric(compare_metrics)
+        self._chosen_metric = self.compare_metrics   # the user's choice; None: each run's default
         losses.check_loss(loss, model)
         validate.non_negative_number('supcon_weight', supcon_weight)
+        self.domain_weight = validate.non_negative_number('domain_adversarial_weight', domain_adversarial_weight)
+        self.domain_gamma = validate.non_negative_number('domain_adversarial_gamma', domain_adversarial_gamma)
+        self.domain_hidden = validate.positive_int('domain_adversarial_hidden', domain_adversarial_hidden)
+        if self.domain_weight > 0 and self.amp == 'fp16':   # the classifier's own optimizer has no loss scaler
+            raise ArgumentError("domain_adversarial_weight > 0 trains in float32 or bf16: drop amp='fp16'")
         self.model, self.optimizer = model, optimizer
         self.augment = augment or AugmentConfig()
         self.freeze_backbone = bool(freeze_backbone)
@@ -141,11 +164,15 @@ class Trainer:
         # What every training step goes through: the whole model on features (steps.TrainingNet
         # gives each mode its outputs), or with a frozen backbone the head alone on cached
         # embeddings (the backbone never runs in the loop). Wrapped once for data parallelism.
+        # With domain-adversarial training the device classifier joins the net once the training
+        # set has said how many devices there are (_domain_net), and is wrapped with it.
         self._head = model.part('head') if self.freeze_backbone else None
         self._net = self._head if self.freeze_backbone else steps.TrainingNet(model)
+        self._device_optimizer = None
         if self.world_size > 1:
             dist.init_parallel_env()
-            self._net = paddle.DataParallel(self._net)
+            if self.domain_weight == 0:
+                self._net = paddle.DataParallel(self._net)
 
     @property
     def scaler(self):
@@ -169,13 +196,15 @@ class Trainer:
             return state
         train_data, eval_data = self._loop_data(train_dataset, eval_dataset)
         num_steps = steps_per_epoch(len(train_dataset), batch_size, self.world_size)
+        if isinstance(self.step, steps.DomainStep):
+            self.step.set_steps(epochs * num_steps, num_steps)
         try:
             for epoch in range(state['epoch'] + 1, epochs + 1):
                 train_stats = self._train_epoch(train_data, epoch, epochs, batch_size, num_workers, log_interval,
                                                 num_steps)
                 if epoch % save_interval and epoch != epochs:
                     continue
-                result = None if eval_data is None else self._evaluate(eval_data, batch_size)
+                result = None if eval_data is None else self._evaluate(eval_data, batch_size, eval_dataset)
                 state = self._save(epoch, state, train_stats, result)
         finally:
             self.log.close()
@@ -201,6 +230,10 @@ class Trainer:
                     f'data for silent or corrupt clips, then run again to resume from it.')
             self.precision.step(loss, self.optimizer, self._net.parameters())
             self.optimizer.clear_grad()
+            if self._device_optimizer is not None:   # the device classifier, at the model's learning rate
+                self._device_optimizer.set_lr(self.optimizer.get_lr())
+                self._device_optimizer.step()
+                self._device_optimizer.clear_grad()
             if self.scheduler is not None:
                 self.scheduler.step()
             meter.add(loss_value, logits, target)
@@ -220,11 +253,11 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _modes(self, train_dataset=None):
         return modes.active_modes(self.model, self.augment, self.freeze_backbone, self.teacher is not None,
-                                  self.supcon_weight > 0, self.world_size, train_dataset)
+                                  self.supcon_weight > 0, self.world_size, train_dataset, self.domain_weight > 0)
 
     def _start(self, train_dataset, eval_dataset):
         """Check the data, resume from checkpoint_dir, and set up the run's precision; the trainer state."""
-        if self.compare_metrics is None:  # chosen by what the dev set can measure
+        if self._chosen_metric is None:  # chosen by what this run's dev set can measure
             self.compare_metrics = metrics.default_metric(train_dataset if eval_dataset is None else eval_dataset)
         self._prepare(train_dataset, 'train')
         if eval_dataset is not None:
@@ -245,6 +278,8 @@ class Trainer:
         if role == 'train':
             modes.check_modes(self._modes(dataset))
         data_lib.check_files(dataset, role, self.skip_bad_files, self._checked)
+        if role == 'eval':  # devices that do not match the clips are refused before any work
+            evaluation.scene_devices(dataset, role)
         if role == 'train' and hasattr(dataset, 'class_counts'):
             self._train_counts = dataset.class_counts()
         if self.loss_fn is None or role == 'train':
@@ -252,12 +287,28 @@ class Trainer:
         if role == 'train':
             distill = None if self.teacher is None else losses.DistillationLoss(
                 self.loss_fn, self.kd_lambda, self.kd_temperature, self.model.multi_label)
+            domain = self._domain_net(dataset) if self.domain_weight > 0 else None
             self.step = modes.build_step(self._net, self.model, self.augment, self.loss_fn, distill,
                                          self.freeze_backbone, bool(getattr(dataset, 'strong', False)), self.supcon,
-                                         self.supcon_weight, self.precision.autocast)
+                                         self.supcon_weight, self.precision.autocast, domain)
         if self.compare_metrics is None:
             self.compare_metrics = metrics.default_metric(dataset)
         metrics.check_metric_fits(self.compare_metrics, dataset, role)
+
+    def _domain_net(self, dataset):
+        """The net with a device classifier for the training set's devices (made once), and the
+        DomainStep settings (device classifier, weight, gamma)."""
+        devices, _ = evaluation.scene_devices(dataset, 'training')
+        names = sorted(set(devices))
+        net = self._net._layers if isinstance(self._net, paddle.DataParallel) else self._net
+        head = net.device_head
+        if head is None or head.num_devices != len(names):
+            head = DeviceClassifier(self.model.backbone.emb_size, len(names), hidden=self.domain_hidden)
+            net = steps.TrainingNet(self.model, head)
+            self._net = paddle.DataParallel(net) if self.world_size > 1 else net
+            self._device_optimizer = paddle.optimizer.Adam(learning_rate=self.optimizer.get_lr(),
+                                                           parameters=head.parameters())
+        return head, self.domain_weight, self.domain_gamma
 
     def _loop_data(self, train_dataset, eval_dataset):
         """What the loop reads: with a frozen backbone the cached embeddings (computed after the
@@ -270,6 +321,8 @@ class Trainer:
         if self.teacher is not None:
             train_data = data_lib.WithTeacher(train_data, teacher_logits(self.teacher, train_dataset,
                                                                          self.teacher_cache, progress=self.is_main))
+        if self.domain_weight > 0:
+            train_data = data_lib.WithDevices(train_data, train_dataset.devices)
         return train_data, eval_data
 
     def _embed(self, dataset, cut):
@@ -282,7 +335,8 @@ class Trainer:
     def _save(self, epoch, state, train_stats, result):
         """Log the evaluation, record the epoch in the trainer state, write its checkpoints (rank 0)."""
         if result is not None:
-            self.log.scalars('eval', {'loss': result['loss'], **metrics.scalars(result['metrics'])}, epoch)
+            self.log.scalars('eval', {'loss': result['loss'], **metrics.scalars(result['metrics']),
+                                      **metrics.device_scalars(result['metrics'])}, epoch)
         state, improved = record_epoch(state, epoch, train_stats, result, self.compare_metrics)
         state = {**state, 'compare_metrics': self.compare_metrics, 'freeze_backbone': self.freeze_backbone,
                  'amp': self.amp}
@@ -302,44 +356,56 @@ class Trainer:
         """Loss and metrics over the whole dataset: {'loss': float, 'metrics': {...}}.
 
         Single-label: acc, top5, macro_f1, per-class precision/recall/f1, confusion.
-        Multi-label: mAP, AUC, f1_micro. Data with event times (a StrongLabelDataset) adds
-        event_f1 / segment_f1 (micro) and event_f1_macro / segment_f1_macro (class average)
-        with their precision and recall, from the events Module.detect finds in each whole
-        recording; its 'loss' is the training loss of the frame logits. Each clip is scored as
-        predict scores it (training/evaluation.py); with freeze_backbone=True the head runs on
+        Single-label data that names each clip's recording device (`devices`, e.g. TAU22) adds
+        the scores DCASE task 1 reports (metrics.scene_metrics): class_acc and macro_acc, log_loss
+        and macro_log_loss, device_count / device_acc / device_macro_acc / device_log_loss
+        ({device: value}), and with `seen_devices` seen_acc, unseen_acc, unseen_devices
+        (metrics.scene_table prints them). Multi-label: mAP, AUC, f1_micro. Data with event
+        times (a StrongLabelDataset) adds event_f1 / segment_f1 (micro) and event_f1_macro /
+        segment_f1_macro (class average) with their precision and recall, from the events
+        Module.detect finds in each whole recording; its 'loss' is the training loss of the frame
+        logits. Each clip is scored as predict scores it (training/evaluation.py), in item order
+        (so the devices line up); with freeze_backbone=True the head runs on
         the cached embeddings of the segments. In a data-parallel run every process evaluates
         the whole set (the same figures everywhere, so all agree on best_model); only rank 0
         writes. num_workers is accepted for PaddleHub's signature; clips are read in this process.
         """
+        if self._chosen_metric is None:  # nothing is compared here; a default that fits this set
+            self.compare_metrics = None
         self._prepare(eval_dataset, 'eval')
         data = self._embed(eval_dataset, 'segments') if self.freeze_backbone else eval_dataset
-        return self._evaluate(data, batch_size)
+        return self._evaluate(data, batch_size, eval_dataset)
 
-    def _evaluate(self, data, batch_size):
-        """evaluate() on an audio dataset, or on an EmbeddingDataset with a frozen backbone."""
+    def _evaluate(self, data, batch_size, dataset):
+        """evaluate() on an audio dataset, or on an EmbeddingDataset with a frozen backbone;
+        `dataset` is the audio dataset (its recording devices, if it names them)."""
         model = self.model
         net = self._head if self.freeze_backbone else (lambda waves: model(model.frontend(waves)))
+        devices, seen_devices = evaluation.scene_devices(dataset)
         self._net.eval()
         try:
-            return evaluation.evaluate(model, net, data, self.loss_fn, batch_size, self.use_gpu, self.is_main)
+            return evaluation.evaluate(model, net, data, self.loss_fn, batch_size, self.use_gpu, self.is_main,
+                                       devices, seen_devices)
         finally:
             self._net.train()
 
 
 def record_epoch(state, epoch, train_stats, result, compare_metrics):
-    """(the trainer state with this epoch in its history, whether it is the best so far). A NaN
-    metric (e.g. mAP with no positives) never becomes or beats the best."""
+    """(the trainer state with this epoch in its history, whether it is the best so far). The
+    losses (metrics.MINIMISED_METRICS) are best smallest, the others largest. A NaN metric (e.g.
+    mAP with no positives, unseen_acc without unseen devices) never becomes or beats the best."""
     entry = {'epoch': epoch, 'train': train_stats}
     improved = False
     if result is not None:
         entry['eval'] = {'loss': result['loss'], **metrics.scalars(result['metrics'])}
         value = result['loss'] if compare_metrics == 'loss' else result['metrics'].get(compare_metrics)
+        smaller_is_better = compare_metrics in metrics.MINIMISED_METRICS
         if value is None:
             raise ArgumentError(f'compare_metrics={compare_metrics!r} is not an evaluation metric; choose from '
                                 f'{["loss"] + sorted(metrics.scalars(result["metrics"]))}')
         best = state['best_metric']
         improved = not math.isnan(value) and (
-            best is None or (value < best if compare_metrics == 'loss' else value > best))
+            best is None or (value < best if smaller_is_better else value > best))
         if improved:
             state = {**state, 'best_metric': value, 'best_epoch': epoch}
     return {**state, 'epoch': epoch, 'history': state['history'] + [entry]}, improved
