@@ -1,8 +1,17 @@
-"""Event detection: real-time factors (audio seconds per compute second) of offline detection and
-of streaming, for registered models, on the Paddle-free runtime; and event and segment F1 on
+"""Event detection: real-time factors (audio seconds per compute second) of offline detection, at
+batch sizes 1 and the default (deploy.detection.DEFAULT_BATCH_SIZE windows per network call), and
+of streaming, side by side with tagging throughput of the same model in the same run (clips of
+the window length scored in batches), per model and engine; and event and segment F1 on
 generated scenes with known event times. Prints figures (JSON with --json); asserts nothing.
 
     python benchmarks/bench_events.py --models panns_cnn14 efficientat_mn10 --seconds 60 --json
+
+Engines: onnxruntime (an export's model.frames.onnx / model.onnx through Predictor, its
+defaults) and dygraph (the Module in Paddle, Module.detect). Offline detection with windows of
+`window` seconds every `hop` seconds scores window / hop times the audio, so its best real-time
+factor is the tagging one times hop / window: `detect_vs_tagging` is the measured detection
+figure over that bound (1.0: detection costs no more than scoring its windows as clips).
+Each figure is the best of --repeats runs after a warm-up (other processes' load only slows).
 
 Speed does not depend on the weights, so the models have random weights. The F1 figures need a
 model that knows the sounds: the scenes' events (tones, chirps, noise bursts... in background
@@ -30,38 +39,85 @@ from paddle_soundcls.scripts import silence_third_party_noise  # noqa: E402
 
 silence_third_party_noise()  # before Paddle is imported: its import warns about a compiler cache
 
+import paddle  # noqa: E402
 from paddle_soundcls import Module  # noqa: E402
 from paddle_soundcls.datasets.scenes import make_scenes  # noqa: E402
 from paddle_soundcls.datasets.strong import read_strong_labels  # noqa: E402
-from paddle_soundcls.deploy import Predictor  # noqa: E402
+from paddle_soundcls.deploy import Predictor, detection  # noqa: E402
 from paddle_soundcls.deploy.event_metrics import event_based_metrics, segment_based_metrics  # noqa: E402
 from paddle_soundcls.deploy.events import EventConfig  # noqa: E402
 from paddle_soundcls.export import export_static  # noqa: E402
 from paddle_soundcls.analysis.benchmark import machine_info  # noqa: E402
 
 
-def real_time_factors(name, seconds, window, hop, work):
-    """Audio seconds per compute second of Predictor.detect and of Predictor.stream (0.5-s chunks)."""
+ENGINES = ('onnxruntime', 'dygraph')
+
+
+def _best_seconds(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_size=None, repeats=2):
+    """Per engine: audio seconds per compute second of offline detection (batch sizes 1 and
+    `batch_size`), of a stream fed 0.5-s chunks, and of tagging clips of `window` seconds in
+    batches of `batch_size`."""
+    batch_size = batch_size or detection.DEFAULT_BATCH_SIZE
     model = Module(name, task='tagging', pretrained=False, seed=0)
-    export = os.path.join(work, name)
-    export_static(model, export, opset=13)
-    predictor = Predictor(export)
-    sr = predictor.frontend_cfg.sample_rate
+    model.eval()
+    runners = {}
+    if 'onnxruntime' in engines:
+        export = os.path.join(work, name)
+        export_static(model, export, opset=13)
+        predictor = Predictor(export)
+        runners['onnxruntime'] = (predictor.frame_scorer, predictor.score_batch, predictor.engine.num_threads)
+    if 'dygraph' in engines:
+        def tag(waves):
+            with paddle.no_grad():
+                return model(model.frontend(paddle.to_tensor(waves))).numpy()
+        runners['dygraph'] = (model.frame_scorer, tag, None)   # Paddle's own CPU threads
+    sr = model.frontend_cfg.sample_rate
     wave = (0.05 * np.random.default_rng(0).standard_normal(int(seconds * sr))).astype(np.float32)
-    predictor.detect([wave[:sr]], sr, window=window, hop=hop)  # warm-up
-    start = time.perf_counter()
-    predictor.detect([wave], sr, window=window, hop=hop)
-    offline = time.perf_counter() - start
-    stream = predictor.stream(sr, window=window, hop=hop)
-    chunk = sr // 2
-    start = time.perf_counter()
-    for i in range(0, len(wave), chunk):
-        stream.push(wave[i:i + chunk])
-    stream.close()
-    streaming = time.perf_counter() - start
-    return {'offline_rtf': round(seconds / offline, 2), 'stream_rtf': round(seconds / streaming, 2),
-            'stream_latency_s': round(stream.latency_seconds, 3), 'window_s': window, 'hop_s': hop,
-            'audio_s': seconds}
+    clips = (0.05 * np.random.default_rng(1).standard_normal((batch_size, int(window * sr)))).astype(np.float32)
+    out = {}
+    for engine, (frame_scorer, score_batch, threads) in runners.items():
+        scorer = frame_scorer(window, hop)
+
+        def detect(size):
+            return lambda: detection.detect(scorer, wave, batch_size=size)
+        for size in (1, batch_size):   # warm-up: every batch shape the runs use
+            detection.detect(scorer, wave[:int(max(window, 4 * hop) * sr) + sr // 3], batch_size=size)
+        score_batch(clips)
+        offline_1 = _best_seconds(detect(1), repeats)
+        offline_n = _best_seconds(detect(batch_size), repeats)
+
+        def stream():
+            s = detection.EventStream(frame_scorer(window, hop), sr)
+            chunk = sr // 2
+            for i in range(0, len(wave), chunk):
+                s.push(wave[i:i + chunk])
+            s.close()
+            return s
+        streaming = _best_seconds(stream, repeats)
+        # Tagging: as many clips of the window length as the audio holds windows' worth of, in batches.
+        calls = max(1, int(np.ceil(seconds / window / batch_size)))
+        tagging = _best_seconds(lambda: [score_batch(clips) for _ in range(calls)], repeats)
+        tagging_rtf = calls * batch_size * window / tagging
+        detect_rtf = seconds / offline_n
+        out[engine] = {
+            'offline_rtf_batch_1': round(seconds / offline_1, 2),
+            f'offline_rtf_batch_{batch_size}': round(detect_rtf, 2),
+            'stream_rtf': round(seconds / streaming, 2),
+            f'tagging_rtf_batch_{batch_size}': round(tagging_rtf, 2),
+            'detect_vs_tagging': round(detect_rtf / (tagging_rtf * hop / window), 3),
+            'threads': threads}
+    stream_latency = detection.EventStream(model.frame_scorer(window, hop), sr).latency_seconds
+    return {**out, 'stream_latency_s': round(stream_latency, 3), 'window_s': window, 'hop_s': hop,
+            'audio_s': seconds, 'batch_size': batch_size, 'repeats': repeats}
 
 
 def scene_f1(work, num_scenes, seconds):
@@ -105,23 +161,40 @@ def main(argv=None):
     p.add_argument('--seconds', type=float, default=60.0, help='audio per speed measurement (default 60)')
     p.add_argument('--window', type=float, default=2.0, help='detection window, seconds (default 2)')
     p.add_argument('--hop', type=float, default=0.5, help='detection hop, seconds (default 0.5)')
-    p.add_argument('--scenes', type=int, default=20, help='generated scenes for the F1 figures (default 20)')
+    p.add_argument('--engines', nargs='+', default=list(ENGINES), choices=ENGINES)
+    p.add_argument('--batch-size', type=int, default=detection.DEFAULT_BATCH_SIZE,
+                   help=f'windows per network call, and clips per tagging call (default '
+                        f'{detection.DEFAULT_BATCH_SIZE})')
+    p.add_argument('--repeats', type=int, default=2, help='runs per figure, the best kept (default 2)')
+    p.add_argument('--scenes', type=int, default=20, help='generated scenes for the F1 figures (default 20; 0 skips)')
     p.add_argument('--scene-seconds', type=float, default=10.0)
     p.add_argument('--json', action='store_true')
     args = p.parse_args(argv)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as work:
-        result = {name: real_time_factors(name, args.seconds, args.window, args.hop, work) for name in args.models}
-        result['scenes'] = scene_f1(work, args.scenes, args.scene_seconds)
-    result['setup'] = {'machine': machine_info(), 'engine': 'onnxruntime (Predictor defaults)',
-                       'weights': 'random for speed (it does not depend on them)'}
+        result = {name: real_time_factors(name, args.seconds, args.window, args.hop, work, args.engines,
+                                          args.batch_size, args.repeats) for name in args.models}
+        if args.scenes:
+            result['scenes'] = scene_f1(work, args.scenes, args.scene_seconds)
+    result['setup'] = {'machine': machine_info(), 'engines': 'onnxruntime: Predictor defaults; dygraph: Module',
+                       'weights': 'random for speed (it does not depend on them)',
+                       'load_average_1min': {'before': round(load_before[0], 2), 'after': round(os.getloadavg()[0], 2)}}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        n = args.batch_size
         for name in args.models:
             r = result[name]
-            print(f'{name:20s} offline {r["offline_rtf"]:8.1f}x real time, stream {r["stream_rtf"]:8.1f}x, '
-                  f'latency {r["stream_latency_s"]} s + compute')
-        print(f'scenes: event F1 {result["scenes"]["event_f1"]:.3f}, segment F1 {result["scenes"]["segment_f1"]:.3f}')
+            for engine in args.engines:
+                e = r[engine]
+                print(f'{name:20s} {engine:12s} offline {e["offline_rtf_batch_1"]:7.1f}x (batch 1) '
+                      f'{e[f"offline_rtf_batch_{n}"]:7.1f}x (batch {n}), stream {e["stream_rtf"]:7.1f}x, '
+                      f'tagging {e[f"tagging_rtf_batch_{n}"]:7.1f}x; detection at {e["detect_vs_tagging"]:.2f} '
+                      f'of tagging\'s bound')
+            print(f'{"":20s} latency {r["stream_latency_s"]} s + compute')
+        if args.scenes:
+            scenes = result['scenes']
+            print(f'scenes: event F1 {scenes["event_f1"]:.3f}, segment F1 {scenes["segment_f1"]:.3f}')
     return 0
 
 

@@ -150,7 +150,7 @@ def test_frame_scores_are_centred_on_the_sound(name, detectors):
     rng = np.random.default_rng(0)
     streamed = []
     for wave in waves:
-        frames = detection.FrameStream(predictor.frame_scorer())
+        frames = detection.FrameStream(predictor.frame_scorer(), batch_size=1)
         parts, start = [], 0
         while start < len(wave):
             size = int(rng.integers(1, sr))
@@ -164,7 +164,13 @@ def test_frame_scores_are_centred_on_the_sound(name, detectors):
                          'stream': tuple(streamed)}.items():
         found = burst_centres(a, b, hop, radius)
         assert np.abs(found - CENTRES).max() <= TOLERANCE, f'{name} {what}: centres {found} for bursts at {CENTRES}'
-    np.testing.assert_allclose(streamed[0], exported[0]['frame_scores'], rtol=0, atol=1e-6)
+    # The same windows scored one at a time, as a live stream mostly scores them: the same frames
+    # however the audio is chunked. Offline detection batches its windows, and onnxruntime rounds
+    # a batch of one apart from larger ones (by up to 3e-4 with these weights for RFN and dynamic
+    # convolutions, 3e-8 with random ones).
+    alone = detection.detect(predictor.frame_scorer(), waves[0], batch_size=1)['frame_scores']
+    np.testing.assert_allclose(streamed[0], alone, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(exported[0]['frame_scores'], alone, rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize('name', cases())

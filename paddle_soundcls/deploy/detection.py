@@ -13,6 +13,14 @@ Offline detection is a stream fed the whole recording at once, so a live stream 
 the frames, and so the events, of offline detection of the same audio, whatever the sizes of
 its chunks.
 
+Batching: the network scores windows `batch_size` at a time (FrameScorer.network_scores), only
+windows of one length in one call, so no window is padded beyond the network's shortest input
+and its scores do not depend on its neighbours in the batch (networks that normalise over the
+whole input, e.g. CP-Mobile's receptive-field normalisation or PaSST, see no other padding).
+Offline detection (detect, detect_inputs) cuts the windows of its recordings as they are
+needed and scores them in batches, across recordings; a live stream scores the windows that
+complete within one push together, so it waits for no later audio.
+
 Latency of a stream: a frame is reported once the window that keeps it is complete: at most
 hop + (window - hop) / 2 seconds after it was pushed, plus the compute of one window, plus
 half the median filter of the event decisions (EventTracker.delay_seconds).
@@ -32,6 +40,10 @@ from ..errors import ArgumentError, AudioError
 # AudioSet clips the pretrained taggers learnt from.
 DEFAULT_WINDOW = 10.0
 
+# Windows per network call: offline detection of mn10 (2-s windows every 0.5 s, onnxruntime,
+# 2 CPUs) gains little beyond 16, and 16 windows of 10 s are ~10 MB of samples.
+DEFAULT_BATCH_SIZE = 16
+
 
 class FrameScorer:
     """Frame scores of audio of any length, window by window.
@@ -46,10 +58,12 @@ class FrameScorer:
         A window shorter than the network's shortest input `min_seconds` is refused (padding
         every window would multiply the work); the last window of a recording, and a recording
         shorter than that, are zero-padded to it.
+    batch_size: windows per score_frames call (offline detection, and windows that complete within
+        one push of a stream); windows of different lengths never share a call.
     """
 
     def __init__(self, score_frames, frontend, labels, geometry, window=None, hop=None, min_seconds=1.0,
-                 clip_seconds=None):
+                 clip_seconds=None, batch_size=DEFAULT_BATCH_SIZE):
         if window is None:   # a training clip shorter than the network takes is padded to it
             window = max(clip_seconds or DEFAULT_WINDOW, min_seconds)
         hop = window / 2 if hop is None else hop
@@ -67,6 +81,7 @@ class FrameScorer:
         self.hop_frames = max(1, min(self.window_frames, round(hop * frontend.sample_rate / self.frame_samples)))
         self.margin_frames = (self.window_frames - self.hop_frames) // 2
         self.min_samples = int(round(min_seconds * frontend.sample_rate))
+        self.batch_size = check_batch_size(batch_size)
 
     @property
     def latency_seconds(self):
@@ -82,6 +97,58 @@ class FrameScorer:
         # Frames over the padding only shape the interpolation at the segment's end; the output
         # stops at the segment's last frame.
         return self.geometry.to_frame_rate(coarse, num_frames)
+
+    def network_scores(self, windows, batch_size=None):
+        """The network's frame scores of `windows` (Windows, or 1-D sample arrays already padded to
+        min_samples): a list of [frames', classes] arrays, in the order of `windows`. Windows of one
+        length go through score_frames together, `batch_size` (default self.batch_size) at a time;
+        windows of different lengths are never padded to one another."""
+        batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
+        samples = [w.samples if isinstance(w, Window) else np.asarray(w, dtype=np.float32) for w in windows]
+        by_length = {}
+        for i, wave in enumerate(samples):
+            by_length.setdefault(len(wave), []).append(i)
+        out = [None] * len(samples)
+        for indices in by_length.values():
+            for first in range(0, len(indices), batch_size):
+                part = indices[first:first + batch_size]
+                scores = np.asarray(self.score_frames(np.stack([samples[i] for i in part])), dtype=np.float32)
+                if scores.ndim != 3 or len(scores) != len(part):
+                    raise ArgumentError(f'score_frames gave frame scores of shape {list(scores.shape)} for '
+                                        f'{len(part)} windows; it must give [windows, frames, classes]')
+                for i, row in zip(part, scores):
+                    out[i] = row
+        return out
+
+
+def check_batch_size(batch_size):
+    return validate.positive_int('batch_size', batch_size, hint='windows per network call')
+
+
+def frames_at_rate(geometry, coarse, num_frames, first=0, end=None):
+    """geometry.to_frame_rate(coarse[w], num_frames)[first:end] of a stack of windows' network frame
+    scores [windows, count, classes] -> [windows, frames, classes], at once: np.interp's linear
+    interpolation with its float64 arithmetic (slope * (x - x_j) + y_j), so the same float32 values."""
+    coarse = np.asarray(coarse, dtype=np.float32)
+    if coarse.ndim != 3 or coarse.shape[1] == 0:
+        raise ArgumentError(f'frame scores must be [windows, frames, classes] with at least one frame, '
+                            f'got {coarse.shape}')
+    end = num_frames if end is None else min(end, num_frames)
+    positions = np.arange(first, max(first, end), dtype=np.float64) + 0.5
+    centres = geometry.centres(coarse.shape[1])
+    values = coarse.astype(np.float64)
+    fine = np.empty((len(coarse), len(positions), coarse.shape[2]), dtype=np.float32)
+    # Positions are sorted: before the first centre the first score is held, from the last centre on
+    # the last; between, interpolated on the interval [x_j, x_j+1) holding them (at x_j: y_j).
+    j = np.searchsorted(centres, positions, side='right') - 1
+    a, b = np.searchsorted(j, 0), np.searchsorted(j, len(centres) - 1)
+    fine[:, :a] = coarse[:, :1]
+    fine[:, b:] = coarse[:, -1:]
+    if b > a:
+        slopes = np.diff(values, axis=1) / np.diff(centres)[None, :, None]
+        inside = j[a:b]
+        fine[:, a:b] = slopes[:, inside] * (positions[a:b] - centres[inside])[None, :, None] + values[:, inside]
+    return fine
 
 
 class Window:
@@ -102,15 +169,21 @@ class FrameStream:
     push(samples) -> the new frames' scores [frames, classes], close() -> the rest, each window
     scored by the scorer's score_frames. A caller that scores windows elsewhere (the server, through
     its queue) uses the parts: feed(samples); finish() at the end; next_window() -> a Window to score,
-    or None while more audio is needed; keep(window, network frame scores) -> the new frames.
+    or None while more audio is needed; keep(window, network frame scores) -> the new frames;
+    next_windows(limit) and keep_all(windows, their network frame scores) do the same for several
+    windows at once (a batch of them through the network).
+    The windows that complete within one push are scored together, `batch_size` at a time
+    (default: the scorer's).
     Memory: about two windows of samples, whatever the chunks; work per push proportional to it.
     """
 
-    def __init__(self, scorer):
+    def __init__(self, scorer, batch_size=None):
         self.scorer = scorer
+        self.batch_size = scorer.batch_size if batch_size is None else check_batch_size(batch_size)
         self.windows = SlidingWindow(scorer.window_frames * scorer.frame_samples,
                                      scorer.hop_frames * scorer.frame_samples)
         self.emitted = 0           # frames reported so far
+        self.promised = 0          # frames the windows cut so far will report, once kept
         self.finished = False      # no more audio: the last window may be cut
         self.closed = False
 
@@ -124,28 +197,67 @@ class FrameStream:
 
     def next_window(self):
         s = self.scorer
+        if self.windows is None:   # every window cut and the samples dropped (drop_samples)
+            return None
         cut = self.windows.next()
-        if cut is None and self.finished and self.emitted < self.windows.total // s.frame_samples:
+        total_frames = self.windows.total // s.frame_samples
+        # `promised`, not `emitted`: windows cut may wait to be scored together before they are kept.
+        if cut is None and self.finished and self.promised < total_frames:
             # The last window ends at the last whole frame; it holds the frames no earlier one kept.
-            cut = self.windows.tail(self.windows.total // s.frame_samples * s.frame_samples, always=True)
+            cut = self.windows.tail(total_frames * s.frame_samples, always=True)
             final = True
         else:
             final = False
         if cut is None:
             return None
         start, end, samples = cut
-        return Window(start // s.frame_samples, max(1, (end - start) // s.frame_samples),
-                      pad_to(samples, s.min_samples), final)
+        window = Window(start // s.frame_samples, max(1, (end - start) // s.frame_samples),
+                        pad_to(samples, s.min_samples), final)
+        # What keep() will report of it: up to the end of its central hop (the last window: to its end).
+        self.promised = max(self.promised, window.start + (window.frames if final else s.margin_frames + s.hop_frames))
+        return window
+
+    def next_windows(self, limit):
+        """Up to `limit` next windows (a list; empty while more audio is needed)."""
+        windows = []
+        while len(windows) < limit and (window := self.next_window()) is not None:
+            windows.append(window)
+        return windows
+
+    def drop_samples(self):
+        """Free the samples of a finished stream whose windows have all been cut (next_window()
+        gave None after finish()): offline detection of a long recording then holds only the
+        windows' scores until they are kept."""
+        self.windows = None
 
     def keep(self, window, network_scores):
         """The frames of `window` (scored: network frame scores [frames', classes]) that are new:
         of each window those of its central hop (the first from its start, the last to its end)."""
+        return self.keep_all([window], [network_scores])
+
+    def keep_all(self, windows, network_scores):
+        """keep() of consecutive windows (in the order next_window gave them) with their network
+        frame scores: their new frames [frames, classes]. Only the kept frames are interpolated,
+        those of windows of one length and one kept span together."""
         s = self.scorer
-        scores = s.geometry.to_frame_rate(np.asarray(network_scores), window.frames)
-        keep_end = len(scores) if window.final else s.margin_frames + s.hop_frames
-        kept = scores[self.emitted - window.start:keep_end]
-        self.emitted += len(kept)
-        return kept
+        spans = []   # (first, end) of each window's frames that are new
+        for window in windows:
+            first = self.emitted - window.start
+            end = window.frames if window.final else min(s.margin_frames + s.hop_frames, window.frames)
+            spans.append((first, max(first, end)))
+            self.emitted += max(0, end - first)
+        parts, i = [], 0
+        while i < len(windows):
+            key = (windows[i].frames, np.shape(network_scores[i]), spans[i])
+            j = i + 1
+            while j < len(windows) and (windows[j].frames, np.shape(network_scores[j]), spans[j]) == key:
+                j += 1
+            if spans[i][1] > spans[i][0]:
+                stacked = np.stack([np.asarray(x, dtype=np.float32) for x in network_scores[i:j]])
+                kept = frames_at_rate(s.geometry, stacked, windows[i].frames, *spans[i])
+                parts.append(kept.reshape(-1, kept.shape[-1]))
+            i = j
+        return _stack(parts, len(s.labels))
 
     def push(self, samples):
         if self.closed:
@@ -163,11 +275,9 @@ class FrameStream:
 
     def _score_ready(self):
         out = []
-        while True:
-            window = self.next_window()
-            if window is None:
-                return _stack(out, len(self.scorer.labels))
-            out.append(self.keep(window, np.asarray(self.scorer.score_frames(window.samples[None]))[0]))
+        while windows := self.next_windows(self.batch_size):
+            out.append(self.keep_all(windows, self.scorer.network_scores(windows, self.batch_size)))
+        return _stack(out, len(self.scorer.labels))
 
 
 def _stack(parts, num_classes):
@@ -238,22 +348,85 @@ class EventStream:
         return events + self.tracker.close()
 
 
-def detect_inputs(scorer, data, sample_rate=None, config=None):
+def detect_inputs(scorer, data, sample_rate=None, config=None, batch_size=None):
     """detect() of every input of `data` (paths and/or numpy waveforms at `sample_rate`, as
     predict takes them), each loaded and resampled to the model's rate; what Module.detect and
-    Predictor.detect return."""
+    Predictor.detect return. The windows of all inputs are scored together, `batch_size` windows
+    of one length per network call (default: the scorer's)."""
     sources = pipeline.as_sources(data)
     rate = scorer.frontend.sample_rate
-    return [detect(scorer, audio.load(source, sample_rate, rate, name=name), config) for name, source in sources]
+    waves = (audio.load(source, sample_rate, rate, name=name) for name, source in sources)
+    return [result(scorer, [frames], config) for frames in recording_frames(scorer, waves, batch_size)]
 
 
-def detect(scorer, wave, config=None):
+def detect(scorer, wave, config=None, batch_size=None):
     """Frame scores and events of one recording at the model's rate.
 
     Returns {'frame_hop': seconds, 'frame_scores': [frames, classes], 'events': [...]}.
     """
-    stream = FrameStream(scorer)
-    return result(scorer, [stream.push(wave), stream.close()], config)
+    [frames] = recording_frames(scorer, [wave], batch_size)
+    return result(scorer, [frames], config)
+
+
+class _Recording:
+    """A recording of recording_frames: its stream (fed everything), its windows cut so far with
+    their scores (None until scored), and the frames kept of the scored ones at its start."""
+    __slots__ = ('stream', 'windows', 'scores', 'parts')
+
+    def __init__(self, stream):
+        self.stream, self.windows, self.scores, self.parts = stream, [], [], []
+
+    def keep_scored(self):
+        """Keep the frames of the scored windows at the start (windows are kept in order)."""
+        done = 0
+        while done < len(self.scores) and self.scores[done] is not None:
+            done += 1
+        if done:
+            self.parts.append(self.stream.keep_all(self.windows[:done], self.scores[:done]))
+            del self.windows[:done], self.scores[:done]
+
+
+def recording_frames(scorer, waves, batch_size=None):
+    """The frame scores [frames, classes] of each recording of `waves` (1-D float32 at the model's
+    rate; any iterable, read one at a time), in order: those of a FrameStream fed the whole
+    recording, with the windows of all recordings scored in batches of `batch_size` windows of one
+    length. Windows are cut as batches fill, so the samples of only about `batch_size` windows per
+    window length (and of the recording being cut) are held at once."""
+    batch_size = scorer.batch_size if batch_size is None else check_batch_size(batch_size)
+    recordings = []
+    pending = {}    # window length in samples -> [(recording, window)] waiting for a batch
+
+    def flush(length):
+        batch = pending.pop(length)
+        scores = scorer.network_scores([window for _, window in batch], batch_size)
+        for (rec, window), row in zip(batch, scores):
+            rec.scores[rec.windows.index(window)] = row
+            window.samples = None   # scored: only its place is needed to keep its frames
+        for rec in {id(rec): rec for rec, _ in batch}.values():
+            rec.keep_scored()
+
+    for wave in waves:
+        stream = FrameStream(scorer, batch_size)
+        stream.feed(wave)
+        stream.finish()
+        del wave
+        rec = _Recording(stream)
+        recordings.append(rec)
+        while (window := stream.next_window()) is not None:
+            rec.windows.append(window)
+            rec.scores.append(None)
+            length = len(window.samples)
+            pending.setdefault(length, []).append((rec, window))
+            if len(pending[length]) == batch_size:
+                flush(length)
+        stream.drop_samples()
+        if sum(map(len, pending.values())) > 2 * batch_size:
+            # Many recordings shorter than a window, each of its own length: bound what waits.
+            for length in list(pending):
+                flush(length)
+    for length in list(pending):
+        flush(length)
+    return [_stack(rec.parts, len(scorer.labels)) for rec in recordings]
 
 
 def result(scorer, parts, config=None):
