@@ -24,7 +24,7 @@ def device_set(root, devices=('a', 'b', 'a', 'c', 'b', 'c')):
     items = [(str(root / label / f'{i:02d}.wav'), LABELS.index(label))
              for i in range(len(devices) // 2) for label in LABELS]
     data = AudioDataset(items, LABELS, mode='train', duration=1.0)
-    data.devices, data.seen_devices = list(devices), tuple(sorted(set(devices)))
+    data.devices, data.seen_devices = list(devices), tuple(sorted(set(devices), key=str))
     return data
 
 
@@ -117,3 +117,24 @@ def test_domain_adversarial_training_is_refused_without_devices_and_with_fp16(tm
         Trainer(model, paddle.optimizer.SGD(parameters=model.parameters()), use_vdl=False,
                 checkpoint_dir=str(tmp_path / 'ckpt3'), domain_adversarial_weight=-1)
     assert not (tmp_path / 'ckpt').exists()
+
+
+def test_device_names_must_be_names_and_a_data_parallel_run_keeps_its_devices(tmp_path):
+    data = device_set(tmp_path / 'd')
+    model = small()
+    trainer = Trainer(model, paddle.optimizer.SGD(parameters=model.parameters()), use_vdl=False,
+                      checkpoint_dir=str(tmp_path / 'ckpt'), domain_adversarial_weight=0.5)
+    mixed = device_set(tmp_path / 'm', devices=('a', 'b', None, 'a', 'b', 'a'))
+    with pytest.raises(ValueError, match=r"`devices` must be a list of device names \(str\)"):
+        trainer.train(mixed, epochs=1)
+    data.seen_devices = 'ab'
+    with pytest.raises(ValueError, match=r"`seen_devices` must be a tuple of device names"):
+        trainer.evaluate(data)
+    data.seen_devices = ('a', 'b', 'c')
+    trainer.train(data, epochs=1, batch_size=3)
+    # Two processes cannot swap the classifier for one of another size: the model is already
+    # wrapped for them (the refusal comes before any rewrapping).
+    trainer.world_size = 2
+    two = device_set(tmp_path / 't', devices=('a', 'b', 'a', 'b'))
+    with pytest.raises(ValueError, match='trained a device classifier for 3 devices; the new training set has 2'):
+        trainer.train(two, epochs=2, batch_size=2)

@@ -162,6 +162,28 @@ def test_reassembly_joins_slices_in_order(tmp_path):
     assert test.seen_devices == ('a', 'b', 's1')
 
 
+def test_reassembly_resamples_the_joined_recording_not_each_slice(tmp_path):
+    """Slices at another rate than asked are joined at their own rate, then the recording is
+    resampled as one: no clicks at the joins (resampling slice by slice disturbs the samples
+    around each of them)."""
+    from paddle_soundcls import audio
+    root = str(tmp_path / 'tau')
+    names = write_tau(root, RECORDINGS, TRAIN, TEST)
+    rng = np.random.default_rng(1)
+    for r in TEST:     # a smooth signal across the joins: a 37-Hz sine at the fixture's rate
+        sine = 0.3 * np.sin(2 * np.pi * 37 * np.arange(10 * SR) / SR) + 0.01 * rng.standard_normal(10 * SR)
+        for j, name in enumerate(names[r]):
+            sf.write(os.path.join(root, name), sine[j * SR:(j + 1) * SR].astype(np.float32), SR, subtype='FLOAT')
+    rate = 3000
+    test = TAU22(root, 'test', reassemble=True, sample_rate=rate)
+    for i, r in enumerate(TEST):
+        joined = np.concatenate([sf.read(os.path.join(root, n), dtype='float32')[0] for n in names[r]])
+        np.testing.assert_allclose(test.waveform(i), audio.resample(joined, SR, rate), atol=1e-6)
+        by_slice = np.concatenate([audio.resample(sf.read(os.path.join(root, n), dtype='float32')[0], SR, rate)
+                                   for n in names[r]])
+        assert np.abs(by_slice - test.waveform(i)).max() > 1e-3     # what joining resampled slices would give
+
+
 def test_reassembled_training_draws_random_seconds(tau):
     root, _ = tau
     train = TAU22(root, 'train', reassemble=True, sample_rate=SR, seed=3)
@@ -273,6 +295,18 @@ def test_errors_name_the_file_and_column(tau):
     with pytest.raises(DatasetError, match='1 of 30 audio files listed in .*fold1_train.csv are missing'):
         TAU22(root)
     assert len(TAU22(root, 'test')) == 30
+
+
+def test_file_names_outside_the_dataset_folder_are_refused(tau):
+    root, _ = tau
+    meta = os.path.join(root, 'meta.csv')
+    lines = open(meta).read().splitlines()
+    for bad in ('../escape-a.wav', '/etc/passwd', 'audio/../../x.wav'):
+        first = lines[1].split('\t')
+        with open(meta, 'w') as f:
+            f.write('\n'.join([lines[0], '\t'.join([bad] + first[1:])] + lines[2:]) + '\n')
+        with pytest.raises(DatasetError, match=r'meta\.csv, line 2: filename .* is outside the dataset folder'):
+            TAU22(root, 'train', sample_rate=SR)
 
 
 def test_reassembly_needs_tau_file_names(tmp_path):

@@ -16,9 +16,10 @@ import warnings
 import numpy as np
 import soundfile as sf
 
-from .. import validate
+from .. import audio, validate
 from ..fileio import replace_dir
-from .base import AudioDataset, DatasetError, check_dir, check_exists, check_int, check_mode, list_problems
+from .base import (DEFAULT_SAMPLE_RATE, AudioDataset, DatasetError, check_dir, check_exists, check_int, check_mode,
+                   list_problems)
 
 # The ten scene classes, in index order: sorted, as the DCASE code's LabelEncoder orders them.
 SCENES = ('airport', 'bus', 'metro', 'metro_station', 'park', 'public_square', 'shopping_mall',
@@ -88,6 +89,9 @@ def read_meta(path):
         name = row['filename']
         if name in clips:
             raise DatasetError(f'{path}, line {line}: {name} is listed twice (first on line {clips[name]["line"]})')
+        if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+            raise DatasetError(f'{path}, line {line}: filename {name!r} is outside the dataset folder; TAU names '
+                               f'its clips audio/<name>.wav, relative to the folder of meta.csv')
         parsed = CLIP_NAME.match(os.path.basename(name))
         if parsed and parsed['device'] != row['source_label']:
             raise DatasetError(f'{path}, line {line}: source_label is {row["source_label"]!r} but the file name '
@@ -209,9 +213,12 @@ class TAU22(AudioDataset):
             self.devices = devices
             return
         items, self.recordings, self.devices = self._reassemble(names, clips, devices, meta, meta_path, source)
-        # The slice files are read (and cached) by a plain dataset of clips; this one joins them.
+        # The slice files are read (and cached) by a plain dataset of clips at their own rate; this
+        # one joins them and resamples the whole recording, as the recordings were cut: slices
+        # resampled one by one would click at each of the nine joins.
         slices = [(path, target) for (_, target), paths in zip(items, self.recordings) for path in paths]
-        self._clips = AudioDataset(slices, labels, mode='test', sample_rate=sample_rate, duration=CLIP_SECONDS,
+        self._slice_rate = _file_rate(slices[0][0], sample_rate or DEFAULT_SAMPLE_RATE)
+        self._clips = AudioDataset(slices, labels, mode='test', sample_rate=self._slice_rate, duration=CLIP_SECONDS,
                                    seed=seed, cache=cache)
         self._index_clips()
         super().__init__(items, labels, mode=mode, sample_rate=sample_rate, duration=duration, seed=seed)
@@ -263,7 +270,8 @@ class TAU22(AudioDataset):
         if not self.reassemble:
             return super().waveform(index)
         paths = self.recordings[self._index(index)]
-        return np.concatenate([self._clips.waveform(self._clip_index[path]) for path in paths])
+        joined = np.concatenate([self._clips.waveform(self._clip_index[path]) for path in paths])
+        return audio.resample(joined, self._slice_rate, self.sample_rate)
 
     def check_files(self, skip_bad=False, skip_hint='check_files(skip_bad=True)'):
         """As AudioDataset.check_files; with reassemble, every slice is checked and a recording with
@@ -295,6 +303,15 @@ class TAU22(AudioDataset):
                 f'{"recordings" if self.reassemble else "clips"}={len(self)}, classes={self.num_classes}, '
                 f'devices={list(device_order(self.devices))}, sample_rate={self.sample_rate}, '
                 f'duration={self.duration:g})')
+
+
+def _file_rate(path, default):
+    """The sample rate of an audio file, or `default` where it cannot be read (check_files names
+    unreadable files later)."""
+    try:
+        return int(sf.info(path).samplerate)
+    except (RuntimeError, OSError, sf.LibsndfileError):
+        return default
 
 
 # ----- the generated demo set -----

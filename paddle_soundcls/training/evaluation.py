@@ -33,12 +33,18 @@ def scene_devices(dataset, role='eval'):
     devices = getattr(dataset, 'devices', None)
     if devices is None:
         return None, None
+    if isinstance(devices, str) or not all(isinstance(device, str) for device in devices):
+        raise DatasetError(f'the {role} dataset\'s `devices` must be a list of device names (str), one per clip; '
+                           f'got {devices!r:.200}')
     devices = list(devices)
     if len(devices) != len(dataset):
         raise DatasetError(f'the {role} dataset names {len(devices)} recording devices (its `devices`) for '
                            f'{len(dataset)} clips: it must name one per clip, in item order (if clips were left out, '
                            f'e.g. unreadable files, their devices must go too)')
     seen = getattr(dataset, 'seen_devices', None)
+    if seen is not None and (isinstance(seen, str) or not all(isinstance(device, str) for device in seen)):
+        raise DatasetError(f'the {role} dataset\'s `seen_devices` must be a tuple of device names (str), e.g. '
+                           f"('a', 'b'); got {seen!r:.200}")
     return devices, None if seen is None else tuple(seen)
 
 

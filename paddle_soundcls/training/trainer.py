@@ -132,7 +132,7 @@ class Trainer:
         losses.check_loss(loss, model)
         validate.non_negative_number('supcon_weight', supcon_weight)
         self.domain_weight = validate.non_negative_number('domain_adversarial_weight', domain_adversarial_weight)
-        self.domain_gamma = validate.non_negative_number('domain_adversarial_gamma', domain_adversarial_gamma)
+        self.domain_gamma = validate.positive_number('domain_adversarial_gamma', domain_adversarial_gamma)
         self.domain_hidden = validate.positive_int('domain_adversarial_hidden', domain_adversarial_hidden)
         if self.domain_weight > 0 and self.amp == 'fp16':   # the classifier's own optimizer has no loss scaler
             raise ArgumentError("domain_adversarial_weight > 0 trains in float32 or bf16: drop amp='fp16'")
@@ -302,6 +302,12 @@ class Trainer:
         names = sorted(set(devices))
         net = self._net._layers if isinstance(self._net, paddle.DataParallel) else self._net
         head = net.device_head
+        if head is not None and head.num_devices != len(names) and self.world_size > 1:
+            # Rewrapping the model in a second DataParallel would leave the first one's gradient
+            # hooks on its parameters.
+            raise ArgumentError(f'this data-parallel Trainer trained a device classifier for {head.num_devices} '
+                                f'devices; the new training set has {len(names)} ({names}): make a new Trainer '
+                                f'(in a new launch) for it')
         if head is None or head.num_devices != len(names):
             head = DeviceClassifier(self.model.backbone.emb_size, len(names), hidden=self.domain_hidden)
             net = steps.TrainingNet(self.model, head)
