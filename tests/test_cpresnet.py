@@ -380,3 +380,14 @@ def test_export_parity(tmp_path, ref):
         np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: batch})[0], expected, atol=1e-5)
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: features})[0],
                                ref['logits_cpresnet_damped'], atol=1e-4)
+
+
+def test_a_damaged_feed_forward_classifier_is_refused_by_name():
+    good = torch_state(sorted(n[:-4] for n in os.listdir(DATA) if n.endswith('.npz') and n != 'reference.npz')[0])
+    conv = good['feed_forward.0.weight']
+    for change, message in (
+            ({'feed_forward.0.weight': np.repeat(np.repeat(conv, 3, axis=2), 3, axis=3)}, r'is a 1x1 convolution'),
+            ({'feed_forward.1.bias': good['feed_forward.1.bias'][:-1]}, r'feed_forward\.1\.bias has shape'),
+            ({'feed_forward.1.running_var': -np.abs(good['feed_forward.1.running_var'])}, r'negative variance')):
+        with pytest.raises(CheckpointError, match=message):
+            classifier_from_feed_forward({**good, **change})

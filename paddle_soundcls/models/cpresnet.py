@@ -325,8 +325,20 @@ def classifier_from_feed_forward(state, eps=1e-5):
     if missing:
         raise CheckpointError(f'the state dict has no complete feed_forward classifier: missing '
                               f'{[_CLASSIFIER_PREFIX + k for k in missing]}')
+    conv = ff['0.weight']
+    if conv.ndim != 4 or conv.shape[2:] != (1, 1):
+        raise CheckpointError(f'{_CLASSIFIER_PREFIX}0.weight has shape {list(conv.shape)}: the classifier is a '
+                              f'1x1 convolution [classes, channels, 1, 1]')
+    classes = conv.shape[0]
+    for key in needed[1:]:
+        if ff[key].shape != (classes,):
+            raise CheckpointError(f'{_CLASSIFIER_PREFIX}{key} has shape {list(ff[key].shape)}, not [{classes}] '
+                                  f'(the classes of {_CLASSIFIER_PREFIX}0.weight)')
+    if not np.all(ff['1._variance'] >= 0) or not all(np.all(np.isfinite(v)) for v in ff.values()):
+        raise CheckpointError(f'the feed_forward classifier holds non-finite values or a negative variance '
+                              f'({_CLASSIFIER_PREFIX}1.running_var): the checkpoint is damaged')
     scale = ff['1.weight'] / np.sqrt(ff['1._variance'] + eps)
-    weight = ff['0.weight'][:, :, 0, 0] * scale[:, None]                 # [classes, channels]
+    weight = conv[:, :, 0, 0] * scale[:, None]                           # [classes, channels]
     return {'fc.weight': weight.T.astype('float32'),
             'fc.bias': (ff['1.bias'] - ff['1._mean'] * scale).astype('float32')}
 
