@@ -46,11 +46,30 @@ def recipe():
     (['--demo', '--teacher-checkpoints', '/no/such/teacher'], r'--teacher-checkpoints: no such folder'),
     (['--demo', '--submission-label', 'my system'], r'--submission-label must read <lastname>_<institute>_task1_'),
     (['--demo', '--submission-label', 'Doe_LAB_task1_5'], r'--submission-label'),
+    (['--demo', '--submission-label', 'Doe_LAB_task1_1\n'], r'--submission-label'),
+    (['--demo', '--warmup-epochs', 'nan'], r'--warmup-epochs must be >= 0, got nan'),
+    (['--demo', '--warmup-epochs', 'inf'], r'--warmup-epochs must be >= 0, got inf'),
+    (['--demo', '--teacher-checkpoints', '.', '--teacher-weights', '1', '1'], r'--teacher-weights goes with'),
+    (['--demo', '--teacher-weights', '2'], r'--teacher-weights weighs the members of an ensemble.*\(cpresnet\)'),
+    (['--demo', '--teachers', 'cpresnet', 'cpresnet_damped', '--teacher-weights', '1', '-1'],
+     r'--teacher-weights must be numbers >= 0'),
+    (['--demo', '--teachers', 'cpresnet', 'cpresnet_damped', '--teacher-weights', '1', 'nan'],
+     r'--teacher-weights must be numbers >= 0'),
+    (['--demo', '--teachers', 'cpresnet', 'cpresnet_damped', '--teacher-weights', '0', '0'],
+     r'--teacher-weights must be numbers >= 0, not all 0'),
 ])
 def test_bad_arguments_are_refused_with_a_clear_message(recipe, argv, message):
     from paddle_soundcls.errors import ArgumentError
     with pytest.raises(ArgumentError, match=message):
         recipe.main(argv)
+
+
+def test_an_eval_audio_folder_without_wav_files_is_refused_before_any_work(recipe, tmp_path, monkeypatch):
+    from paddle_soundcls.errors import ArgumentError
+    (tmp_path / 'notes.txt').write_text('no audio here')
+    monkeypatch.setattr(recipe, 'make_tau22_demo', lambda *a, **k: pytest.fail('work started before the check'))
+    with pytest.raises(ArgumentError, match=r'--eval-audio: .* holds no \.wav files'):
+        recipe.main(['--demo', '--eval-audio', str(tmp_path), '--checkpoint-dir', str(tmp_path / 'ckpt')])
 
 
 def test_argparse_refuses_an_unknown_subset_and_model(recipe, capsys):
@@ -84,6 +103,14 @@ def test_submission_file_has_the_dcase_layout(recipe, tmp_path):
         assert b'\r' not in f.read()
 
 
+def test_submission_scores_read_back_as_the_same_floats(recipe, tmp_path):
+    # Thirds and a score below 1e-6 (which 6 decimals would write as 0.000000).
+    scores = np.array([[1 / 3, 2 / 3 - 4e-7, 4e-7], [0.1, 0.7, 0.2]])
+    path = recipe.write_submission(str(tmp_path / 'out.csv'), ['a.wav', 'b.wav'], scores, ['x', 'y', 'z'])
+    written = np.array([[float(v) for v in row[2:]] for row in read_table(path)[1:]])
+    assert np.array_equal(written, scores)
+
+
 def test_submission_writer_refuses_what_dcase_would_reject(recipe, tmp_path):
     from paddle_soundcls.errors import ArgumentError
     out = str(tmp_path / 'out.csv')
@@ -93,6 +120,63 @@ def test_submission_writer_refuses_what_dcase_would_reject(recipe, tmp_path):
         recipe.write_submission(out, ['a.wav', 'b.wav'], np.ones((1, 2)) / 2, ['x', 'y'])
     with pytest.raises(ArgumentError, match='unique'):
         recipe.write_submission(out, ['one/a.wav', 'two/a.wav'], np.ones((2, 2)) / 2, ['x', 'y'])
+
+
+def test_clip_lists_are_csv_that_keeps_a_path_with_a_comma(recipe, tmp_path):
+    items = [('/data/a,1.wav', 0), ('/data/b "2".wav', 1), ('/data/c.wav', 1)]
+    path = recipe.write_clip_list(str(tmp_path / 'clips.csv'), items, ['park', 'tram'], count=3, seed=0)
+    with open(path, newline='', encoding='utf-8') as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ['path', 'label']
+    assert sorted(rows[1:]) == [['/data/a,1.wav', 'park'], ['/data/b "2".wav', 'tram'], ['/data/c.wav', 'tram']]
+
+
+# ----- a rerun with other settings -----
+
+def test_a_run_folder_keeps_its_settings_and_refuses_other_ones(recipe, tmp_path):
+    from paddle_soundcls.errors import ArgumentError
+    folder = str(tmp_path / 'student')
+    settings = {'model': 'cpmobile', 'epochs': 7, 'learning_rate': 0.005, 'teacher': ['/t/final_model']}
+    path = recipe.check_run_settings(folder, settings)
+    with open(path, encoding='utf-8') as f:
+        assert json.load(f) == settings
+    os.makedirs(os.path.join(folder, 'epoch_7'))           # what a finished run leaves
+    assert recipe.check_run_settings(folder, dict(settings)) == path    # the same settings: resumed
+    with pytest.raises(ArgumentError) as info:
+        recipe.check_run_settings(folder, {**settings, 'epochs': 150, 'learning_rate': 0.001})
+    message = str(info.value)
+    assert folder in message and 'another --checkpoint-dir' in message and 'delete' in message
+    assert 'epochs: 7 then, 150 now' in message and 'learning_rate: 0.005 then, 0.001 now' in message
+    assert 'model:' not in message and 'teacher:' not in message    # only what changed
+    with open(path, encoding='utf-8') as f:
+        assert json.load(f) == settings                    # the saved settings are left as they were
+
+
+def test_a_run_folder_without_settings_is_refused(recipe, tmp_path):
+    from paddle_soundcls.errors import ArgumentError
+    folder = tmp_path / 'teacher_cpresnet'
+    (folder / 'epoch_30').mkdir(parents=True)
+    with pytest.raises(ArgumentError, match=r'teacher_cpresnet holds a run whose settings are unknown'):
+        recipe.check_run_settings(str(folder), {'model': 'cpresnet'})
+
+
+def test_every_epoch_is_saved_so_an_interrupted_run_resumes(recipe, tmp_path, monkeypatch):
+    calls = {}
+
+    class FakeTrainer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def train(self, dataset, **kwargs):
+            calls.update(kwargs)
+
+    monkeypatch.setattr(recipe, 'Trainer', FakeTrainer)
+    args = recipe.parse_args(['--demo', '--seed', '0'])
+    recipe.fill_defaults(args, recipe.DEMO)
+    recipe.train_model('cpmobile', ['park', 'tram'], str(tmp_path / 'run'), list(range(64)), 5, 32, 1e-3, args,
+                       {'model': 'cpmobile'})
+    assert calls['epochs'] == 5 and calls['save_interval'] == 1
+    assert (tmp_path / 'run' / 'final_model').is_dir()
 
 
 # ----- the system description -----
@@ -130,7 +214,10 @@ def test_system_description_holds_the_complexity_and_the_scores(recipe):
     # The figures are the counter's: 61,138 parameters and 29,120,666 MACs for cpmobile with 10 classes.
     assert complexity_block['total_parameters'] == report['params']['total'] == 61_138
     assert complexity_block['macs'] == report['macs_per_second'] == 29_120_666
-    assert complexity_block['total_model_size'] == pytest.approx(61.138)   # kB at int8, 1 byte per parameter
+    # No int8 export kept: the float model scored the outputs, 4 bytes per parameter.
+    assert complexity_block['total_model_size'] == pytest.approx(4 * 61_138 / 1000)
+    assert complexity_block['scored_model'] == 'the float model'
+    assert complexity_block['int8_export'] is None
     assert complexity_block['total_parameters_non_zero'] == 61000
     # Hand-counted: a gets clips 0 and 2 right (2/3), s4 clip 4 (1/3); park clips 0 and 4 (2/3), tram clip 2.
     dev = meta['results']['development_dataset']
@@ -143,6 +230,27 @@ def test_system_description_holds_the_complexity_and_the_scores(recipe):
     assert dev['overall']['accuracy'] == pytest.approx(50.0)
     assert dev['overall']['macro_accuracy'] == pytest.approx(50.0)
     assert dev['seen_devices'] == pytest.approx(66.67) and dev['unseen_devices'] == pytest.approx(33.33)
+
+
+def test_the_system_description_of_a_kept_int8_export(recipe):
+    from paddle_soundcls.analysis.complexity import complexity
+    labels, scores, devices, result = fake_result()
+    settings = {'sample_rate': 32000, 'augmentation': [], 'pipeline': 'teacher -> student', 'external_data': None,
+                'external_datasets': None}
+    stored = {'bytes': {'int8': 60_000, 'float32': 4_000}, 'total_bytes': 64_000}
+    meta = recipe.system_description('Doe_LAB_task1_1', 'a test system', complexity('cpmobile', seconds=1), result,
+                                     ['park', 'tram'], 61000, settings, {'parameter_memory': stored},
+                                     'the int8 export ckpt/export/model.int8.onnx')
+    block = meta['system']['complexity']
+    assert block['total_model_size'] == block['memory_use'] == 64.0
+    assert block['scored_model'] == 'the int8 export ckpt/export/model.int8.onnx'
+    assert block['int8_export']['budget'].startswith('within the DCASE task 1 budget')
+
+
+def test_the_int8_bytes_are_checked_against_128000(recipe):
+    assert recipe.int8_budget({'total_bytes': 128_000}) == 'within the DCASE task 1 budget (128,000 of 128,000 bytes)'
+    assert recipe.int8_budget({'total_bytes': 128_001}).startswith('NOT within the DCASE task 1 budget: the int8 '
+                                                                   'export stores 128,001 bytes, over 128,000')
 
 
 def test_the_demo_impulse_responses_are_band_limits(recipe, tmp_path):
@@ -218,6 +326,9 @@ def test_demo_runs_the_whole_recipe(tmp_path):
     from paddle_soundcls.export.quantize import parameter_memory
     stored = parameter_memory(ckpt / 'export' / 'model.int8.onnx')
     assert figures['total_model_size'] == stored['total_bytes'] / 1000 <= 128
+    assert figures['scored_model'] == summary['submission_scored_by'] == \
+        f"the int8 export {ckpt / 'export' / 'model.int8.onnx'}"
+    assert summary['int8']['budget'].startswith('within the DCASE task 1 budget')
     assert figures['int8_export']['bytes'] == stored['bytes'] == summary['int8']['parameter_memory']['bytes']
     assert report['params']['total'] * 0.9 < stored['bytes']['int8'] <= report['params']['total']
     assert sorted(meta['results']['development_dataset']['device_wise']) == \

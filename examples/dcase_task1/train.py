@@ -38,6 +38,7 @@ and domain-adversarial training; Freq-MixStyle in both), and the seen and unseen
 the two runs are printed side by side.
 """
 import argparse
+import csv
 import json
 import math
 import os
@@ -56,6 +57,7 @@ from paddle_soundcls import Ensemble, Module, Trainer, list_models  # noqa: E402
 from paddle_soundcls.analysis.complexity import (BYTES_PER_VALUE, DCASE_MACS_PER_SECOND,  # noqa: E402
                                                  DCASE_PARAM_MEMORY_KB, check_dcase_budget, complexity)
 from paddle_soundcls.cache import cache_dir  # noqa: E402
+from paddle_soundcls.deploy import Predictor  # noqa: E402
 from paddle_soundcls.datasets.tau22 import SUBSETS, TAU22, make_tau22_demo  # noqa: E402
 from paddle_soundcls.errors import ArgumentError, QuantizationRefused  # noqa: E402
 from paddle_soundcls.export import export_static  # noqa: E402
@@ -69,7 +71,7 @@ DCASE_MAX_PARAMS = DCASE_PARAM_MEMORY_KB * 1000 // BYTES_PER_VALUE['int8']   # 1
 # Models whose forward pass is far too slow for a CPU demo (a transformer on 128 mel bins).
 SLOW_MODELS = ('passt',)
 # The submission label DCASE asks for: <lastname>_<institute>_task1_<1-4>.
-LABEL = re.compile(r'^[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+_task1_[1-4]$')
+LABEL = re.compile(r'[A-Za-z][A-Za-z0-9-]*_[A-Za-z0-9-]+_task1_[1-4]')
 
 # What a setting the command line leaves out becomes: with --demo, then in general.
 DEMO = {'teachers': ['cpresnet'], 'teacher_epochs': 30, 'epochs': 7, 'batch_size': 32, 'learning_rate': 5e-3,
@@ -85,6 +87,8 @@ DEMO_SET = {'scenes': 4, 'train_recordings': 3, 'test_recordings': 2, 'train_dev
 # The int8 export: calibrated on this many training clips, checked against the float model on
 # this many test clips (none of them calibration clips).
 CALIBRATION_CLIPS, CHECK_CLIPS = 64, 200
+# The settings a run folder was trained with, saved beside it (<folder>.settings.json).
+SETTINGS_SUFFIX = '.settings.json'
 
 
 def parse_args(argv=None):
@@ -167,11 +171,17 @@ def check_args(args):
     if args.teachers is not None and len(set(args.teachers)) != len(args.teachers):
         raise ArgumentError(f'--teachers: each model once, got {args.teachers}')
     if args.teacher_weights is not None:
-        if args.teachers is None and not args.demo:
+        if args.teachers is None and (not args.demo or args.teacher_checkpoints is not None):
             raise ArgumentError('--teacher-weights goes with --teachers (one weight per model)')
-        if args.teachers is not None and len(args.teacher_weights) != len(args.teachers):
-            raise ArgumentError(f'--teacher-weights: give one weight per --teachers model ({len(args.teachers)}), '
+        teachers = args.teachers or DEMO['teachers']
+        if len(teachers) == 1:
+            raise ArgumentError(f'--teacher-weights weighs the members of an ensemble, but there is one teacher '
+                                f'({teachers[0]}): give two or more --teachers, or drop --teacher-weights')
+        if len(args.teacher_weights) != len(teachers):
+            raise ArgumentError(f'--teacher-weights: give one weight per --teachers model ({len(teachers)}), '
                                 f'got {len(args.teacher_weights)}')
+        if not all(math.isfinite(w) and w >= 0 for w in args.teacher_weights) or sum(args.teacher_weights) <= 0:
+            raise ArgumentError(f'--teacher-weights must be numbers >= 0, not all 0, got {args.teacher_weights}')
     for name in ('epochs', 'teacher_epochs', 'batch_size'):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -187,16 +197,18 @@ def check_args(args):
     if args.domain_adversarial is not None and not (math.isfinite(args.domain_adversarial)
                                                     and args.domain_adversarial >= 0):
         raise ArgumentError(f'--domain-adversarial must be a weight >= 0 (0: off), got {args.domain_adversarial}')
-    if args.warmup_epochs < 0:
+    if not (math.isfinite(args.warmup_epochs) and args.warmup_epochs >= 0):
         raise ArgumentError(f'--warmup-epochs must be >= 0, got {args.warmup_epochs}')
     for name in ('impulse_responses', 'eval_audio'):
         folder = getattr(args, name)
         if folder is not None and not os.path.isdir(folder):
             raise ArgumentError(f'--{name.replace("_", "-")}: no such folder: {folder}')
+    if args.eval_audio is not None:
+        eval_files(args.eval_audio)   # refuses a folder without .wav files
     for folder in args.teacher_checkpoints or []:
         if not os.path.isdir(folder):
             raise ArgumentError(f'--teacher-checkpoints: no such folder: {folder}')
-    if not LABEL.match(args.submission_label):
+    if not LABEL.fullmatch(args.submission_label):
         raise ArgumentError(f'--submission-label must read <lastname>_<institute>_task1_<1-4> as DCASE names '
                             f'submissions (e.g. Schmid_CPJKU_task1_1), got {args.submission_label!r}')
 
@@ -212,15 +224,48 @@ def build_optimizer(model, learning_rate, epochs, num_clips, batch_size, warmup_
     return paddle.optimizer.Adam(learning_rate=lr, parameters=model.parameters())
 
 
-def train_model(name, labels, checkpoint_dir, train_set, epochs, batch_size, learning_rate, args, pretrained=False,
-                **trainer_args):
+def check_run_settings(checkpoint_dir, settings):
+    """Save `settings` (a JSON-able dict) beside a run folder, or refuse a folder trained with other
+    settings: the Trainer resumes whatever the folder holds, so a rerun with changed settings would
+    otherwise reuse (or continue) the old model."""
+    path = os.path.normpath(checkpoint_dir) + SETTINGS_SUFFIX
+    settings = json.loads(json.dumps(settings))    # as the file gives them back (tuples become lists)
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            saved = json.load(f)
+        changed = sorted(key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key))
+        if changed:
+            what = '; '.join(f'{key}: {saved.get(key)!r} then, {settings.get(key)!r} now' for key in changed)
+            raise ArgumentError(f'{checkpoint_dir} holds a run trained with other settings ({what}): give another '
+                                f'--checkpoint-dir, or delete {checkpoint_dir} and {path} to train it again')
+        return path
+    if os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir):
+        raise ArgumentError(f'{checkpoint_dir} holds a run whose settings are unknown (no {path}): give another '
+                            f'--checkpoint-dir, or delete {checkpoint_dir} to train it again')
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(settings, f, indent=2)
+    return path
+
+
+def run_settings(args, data_dir, name, epochs, learning_rate, **more):
+    """What a run folder's model depends on, for check_run_settings."""
+    return {'model': name, 'data_dir': os.path.abspath(data_dir), 'subset': args.subset, 'seed': args.seed,
+            'epochs': epochs, 'learning_rate': learning_rate, 'batch_size': args.batch_size,
+            'warmup_epochs': args.warmup_epochs, **more}
+
+
+def train_model(name, labels, checkpoint_dir, train_set, epochs, batch_size, learning_rate, args, settings,
+                pretrained=False, **trainer_args):
     """Train `name` on `train_set`; the model of the last epoch is saved as checkpoint_dir/final_model.
     No epoch is chosen on the test split (DCASE has no validation split: picking the best epoch on
     the test split would flatter its figures); the caller scores the final model once. The Module."""
+    check_run_settings(checkpoint_dir, settings)
     model = Module(name, label_map=labels, pretrained=pretrained, seed=args.seed)
     optimizer = build_optimizer(model, learning_rate, epochs, len(train_set), batch_size, args.warmup_epochs)
     trainer = Trainer(model, optimizer, checkpoint_dir=checkpoint_dir, seed=args.seed, use_vdl=False, **trainer_args)
-    trainer.train(train_set, epochs=epochs, batch_size=batch_size, save_interval=epochs)
+    # Every epoch saved (the Trainer keeps the last few): an interrupted run resumes where it stopped.
+    trainer.train(train_set, epochs=epochs, batch_size=batch_size, save_interval=1)
     model.save(os.path.join(checkpoint_dir, FINAL_MODEL))
     return model
 
@@ -243,8 +288,10 @@ def train_teachers(args, data_dir, labels, test_set, summary):
               f'epochs on {summary["teacher_input"]}')
         directory = os.path.join(args.checkpoint_dir, f'teacher_{name}')
         start = time.perf_counter()
+        settings = run_settings(args, data_dir, name, args.teacher_epochs, rate, pretrained=pretrained,
+                                teacher_input=args.teacher_input)
         model = train_model(name, labels, directory, teacher_set, args.teacher_epochs, args.batch_size, rate, args,
-                            pretrained=pretrained)
+                            settings, pretrained=pretrained)
         scores = score_clips(model, test_set, args.batch_size)
         summary[f'teacher[{name}]'] = {'pretrained': pretrained, 'seconds': round(time.perf_counter() - start, 1),
                                        **headline(scene_metrics(targets(test_set), scores, test_set.devices,
@@ -258,15 +305,22 @@ def train_teachers(args, data_dir, labels, test_set, summary):
     return ensemble_dir
 
 
-def train_student(args, labels, checkpoint_dir, train_set, teacher, impulse_responses, domain_weight):
+def train_student(args, data_dir, labels, checkpoint_dir, train_set, teacher, impulse_responses, domain_weight):
     augment = AugmentConfig(freq_mixstyle_p=args.freq_mixstyle, impulse_responses=impulse_responses,
                             impulse_response_p=0.5 if impulse_responses else 0.0)
     tools = ['Freq-MixStyle'] * (args.freq_mixstyle > 0) + ['device impulse responses'] * bool(impulse_responses) + \
         [f'domain-adversarial (weight {domain_weight:g})'] * (domain_weight > 0)
     print(f'student {args.student}: distilled for {args.epochs} epochs on {len(train_set)} 1-s clips'
           f'{" with " + ", ".join(tools) if tools else ""}')
+    teachers = [teacher] if isinstance(teacher, str) else teacher
+    settings = run_settings(args, data_dir, args.student, args.epochs, args.learning_rate,
+                            teacher=[os.path.abspath(t) for t in teachers], teacher_weights=args.teacher_weights,
+                            kd_lambda=args.kd_lambda, kd_temperature=args.kd_temperature,
+                            freq_mixstyle=args.freq_mixstyle,
+                            impulse_responses=impulse_responses and os.path.abspath(impulse_responses),
+                            domain_adversarial=domain_weight, max_params=args.max_params, max_macs=args.max_macs)
     return train_model(args.student, labels, checkpoint_dir, train_set, args.epochs, args.batch_size,
-                       args.learning_rate, args, teacher=teacher, kd_lambda=args.kd_lambda,
+                       args.learning_rate, args, settings, teacher=teacher, kd_lambda=args.kd_lambda,
                        kd_temperature=args.kd_temperature, augment=augment, max_params=args.max_params,
                        max_macs_per_second=args.max_macs, domain_adversarial_weight=domain_weight)
 
@@ -311,7 +365,8 @@ def write_submission(path, filenames, scores, class_names):
         raise ArgumentError('the file names must be unique (DCASE counts the unique file names of the output)')
     lines = ['\t'.join(['filename', 'scene_label'] + class_names)]
     for name, row in zip(names, scores):
-        lines.append('\t'.join([name, class_names[int(np.argmax(row))]] + [f'{value:.6f}' for value in row]))
+        # Full precision: the shortest text that reads back as the same float.
+        lines.append('\t'.join([name, class_names[int(np.argmax(row))]] + [repr(float(value)) for value in row]))
     with open(path, 'w', encoding='utf-8', newline='\n') as f:
         f.write('\n'.join(lines) + '\n')
     return path
@@ -322,10 +377,11 @@ def write_clip_list(path, items, labels, count, seed):
     what quantize_export takes as calibration or check clips."""
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(items), size=min(count, len(items)), replace=False))
-    with open(path, 'w', encoding='utf-8') as f:
-        f.write('path,label\n')
+    with open(path, 'w', encoding='utf-8', newline='') as f:
+        writer = csv.writer(f)   # quotes a path holding a comma
+        writer.writerow(['path', 'label'])
         for i in picked:
-            f.write(f'{os.path.abspath(items[i][0])},{labels[items[i][1]]}\n')
+            writer.writerow([os.path.abspath(items[i][0]), labels[items[i][1]]])
     return path
 
 
@@ -343,10 +399,12 @@ def int8_export(model, folder, train_set, test_set, seed):
         return {'refused': str(exc)}
 
 
-def system_description(label, name, report, result, class_names, nonzero_params, settings, int8=None):
+def system_description(label, name, report, result, class_names, nonzero_params, settings, int8=None,
+                       scored_by=None):
     """The system's meta information in the layout of DCASE task 1's <label>.meta.yaml: the
     submission, the system (its complexity counted as DCASE counts it) and its results on the
-    development test split (accuracies in percent, log loss per clip)."""
+    development test split (accuracies in percent, log loss per clip) of the model `scored_by`
+    names: the int8 export where it was kept (`int8`), else the float model."""
     params = report['params']['total']
     one_second = next(c for c in report['clips'] if c['seconds'] == 1)
 
@@ -355,9 +413,10 @@ def system_description(label, name, report, result, class_names, nonzero_params,
 
     overall_acc = sum(result['device_acc'][d] * n for d, n in result['device_count'].items()) / \
         sum(result['device_count'].values())
-    # What the int8 export stores, where it was made and kept; else the counter's 1 byte per parameter.
+    # The size of the model that made the outputs: what the int8 export stores, where it was made
+    # and kept; else the float model's 4 bytes per parameter.
     stored = (int8 or {}).get('parameter_memory')
-    size_kB = stored['total_bytes'] / 1000 if stored else report['param_memory']['int8']['kB']
+    size_kB = stored['total_bytes'] / 1000 if stored else report['param_memory']['fp32']['kB']
     return {
         'submission': {
             'label': label, 'name': name, 'abbreviation': label.split('_')[1][:10],
@@ -379,12 +438,14 @@ def system_description(label, name, report, result, class_names, nonzero_params,
                 'framework': 'paddlepaddle',
             },
             'complexity': {
-                'total_model_size': size_kB,          # kB (1000 bytes) of the int8 model's stored tensors
+                'total_model_size': size_kB,          # kB (1000 bytes) of the scored model's parameters
                 'total_parameters': params,
                 'total_parameters_non_zero': int(nonzero_params),
                 'memory_use': size_kB,
                 'int8_export': None if stored is None else {'bytes': stored['bytes'],
-                                                            'total_bytes': stored['total_bytes']},
+                                                            'total_bytes': stored['total_bytes'],
+                                                            'budget': int8_budget(stored)},
+                'scored_model': scored_by or ('the int8 export' if stored else 'the float model'),
                 'macs': int(one_second['macs']),                           # for one 1-s clip
                 'model': report['model'],
                 'parameter_memory_kB': {dtype: report['param_memory'][dtype]['kB'] for dtype in BYTES_PER_VALUE},
@@ -407,6 +468,20 @@ def system_description(label, name, report, result, class_names, nonzero_params,
             },
         },
     }
+
+
+def int8_budget(stored):
+    """The DCASE verdict on the bytes the int8 export stores (parameter_memory)."""
+    limit = DCASE_PARAM_MEMORY_KB * 1000
+    if stored['total_bytes'] <= limit:
+        return f'within the DCASE task 1 budget ({stored["total_bytes"]:,} of {limit:,} bytes)'
+    return f'NOT within the DCASE task 1 budget: the int8 export stores {stored["total_bytes"]:,} bytes, over {limit:,}'
+
+
+def score_export(folder, files, batch_size):
+    """The class scores [files, classes] of the int8 export in `folder` on audio files."""
+    predictor = Predictor(folder, engine='onnxruntime_int8')
+    return np.asarray(predictor.scores(list(files), batch_size=batch_size), dtype=np.float64)
 
 
 def write_yaml(path, data):
@@ -526,8 +601,8 @@ def main(argv=None):
     results = []
     for name, folder, irs, weight in runs:
         start = time.perf_counter()
-        model = train_student(args, labels, os.path.join(args.checkpoint_dir, folder), train_set, teacher, irs,
-                              weight)
+        model = train_student(args, data_dir, labels, os.path.join(args.checkpoint_dir, folder), train_set, teacher,
+                              irs, weight)
         scores = score_clips(model, test_set, args.batch_size)
         result = scene_metrics(targets(test_set), scores, test_set.devices, test_set.seen_devices)
         summary[f'student[{name}]'] = {**headline(result), 'seconds': round(time.perf_counter() - start, 1),
@@ -537,13 +612,6 @@ def main(argv=None):
 
     # The submitted system: the last run (with the device tools in the demo).
     name, model, scores, result, irs, weight = results[-1]
-    print(f'\n{args.student} ({name}) on the test split ({len(test_set)} clips; * unseen device):')
-    print(scene_table(result, labels))
-    if args.demo:
-        print('\nthe device tools (impulse responses, domain-adversarial training), seen vs unseen devices:')
-        print(comparison_table([(n, r) for n, _, _, r, _, _ in results]))
-        print(what_happened(results[0][3], results[1][3]))
-
     report = complexity(model, seconds=1)
     try:
         check_dcase_budget(report)
@@ -552,29 +620,51 @@ def main(argv=None):
         budget = f'NOT within the DCASE task 1 budget: {exc}'
     summary['complexity'] = {'params': report['params']['total'], 'macs': report['macs_per_second'],
                              'int8_kB': report['param_memory']['int8']['kB'], 'budget': budget}
+    export_dir = os.path.join(args.checkpoint_dir, 'export')
+    int8 = int8_export(model, export_dir, train_set, test_set, args.seed)
+    test_files = [path for path, _ in test_set.items]
+    if 'refused' in int8:
+        scored_by = f'the float model {summary[f"student[{name}]"]["checkpoint"]}'
+        summary['int8'] = {'refused': int8['refused']}
+    else:
+        # The outputs and the dev figures are the int8 export's: the model whose size is reported.
+        scored_by = f'the int8 export {os.path.join(export_dir, "model.int8.onnx")}'
+        scores = score_export(export_dir, test_files, args.batch_size)
+        result = scene_metrics(targets(test_set), scores, test_set.devices, test_set.seen_devices)
+    print(f'\n{args.student} ({name}) on the test split ({len(test_set)} clips; * unseen device), scored by '
+          f'{scored_by}:')
+    print(scene_table(result, labels))
+    if args.demo:
+        print('\nthe device tools (impulse responses, domain-adversarial training), seen vs unseen devices '
+              '(the float models):')
+        print(comparison_table([(n, r) for n, _, _, r, _, _ in results]))
+        print(what_happened(results[0][3], results[1][3]))
     print(f'\n{report["model"]}: {report["params"]["total"]:,} parameters ({report["param_memory"]["int8"]["kB"]:g} kB '
           f'at int8), {report["macs_per_second"]:,} MACs per 1-s clip: {budget}')
-    int8 = int8_export(model, os.path.join(args.checkpoint_dir, 'export'), train_set, test_set, args.seed)
     if 'refused' in int8:
-        print(f'int8 export refused (the float export is kept): {int8["refused"]}')
-        summary['int8'] = {'refused': int8['refused']}
+        print(f'int8 export refused (the float export is kept; the float model scores the outputs, its size '
+              f'{report["param_memory"]["fp32"]["kB"]:g} kB): {int8["refused"]}')
     else:
         stored = int8['parameter_memory']
         check = int8['check']
-        print(f'int8 export {os.path.join(args.checkpoint_dir, "export")}: it stores {stored["total_bytes"]:,} bytes '
-              f'({", ".join(f"{t} {n:,}" for t, n in stored["bytes"].items())}); the DCASE limit is '
-              f'{DCASE_PARAM_MEMORY_KB * 1000:,}. Its top-1 agrees with the float model on '
-              f'{100 * check["top1_agreement"]:.1f}% of {check["clips"]} test clips')
-        summary['int8'] = {'parameter_memory': stored, 'top1_agreement': check['top1_agreement'],
-                           'check_clips': check['clips']}
+        summary['int8'] = {'parameter_memory': stored, 'budget': int8_budget(stored),
+                           'top1_agreement': check['top1_agreement'], 'check_clips': check['clips']}
+        print(f'int8 export {export_dir}: it stores {stored["total_bytes"]:,} bytes '
+              f'({", ".join(f"{t} {n:,}" for t, n in stored["bytes"].items())}): {summary["int8"]["budget"]}. '
+              f'Its top-1 agrees with the float model on {100 * check["top1_agreement"]:.1f}% of {check["clips"]} '
+              f'test clips')
+    summary['submitted'] = {'scored_by': scored_by, **headline(result)}
 
     if args.eval_audio is not None:
         files = eval_files(args.eval_audio)
-        eval_scores = np.asarray([[r[label] for label in labels] for r in model.predict(files, batch_size=32)])
+        if 'refused' in int8:
+            eval_scores = np.asarray([[r[label] for label in labels] for r in model.predict(files, batch_size=32)])
+        else:
+            eval_scores = score_export(export_dir, files, 32)
         submission_files, submission_scores, what = files, eval_scores, f'the {len(files)} files of {args.eval_audio}'
     else:
-        submission_files = [path for path, _ in test_set.items]
-        submission_scores, what = scores, f'the {len(test_set)} clips of the dev test split'
+        submission_files, submission_scores = test_files, scores
+        what = f'the {len(test_set)} clips of the dev test split'
     label = args.submission_label
     output = write_submission(os.path.join(args.checkpoint_dir, f'{label}.output.split_{args.subset}.csv'),
                               submission_files, submission_scores, labels)
@@ -595,8 +685,9 @@ def main(argv=None):
     system_name = args.system_name or f'{args.student} distilled from {" + ".join(teachers)}'
     meta = write_yaml(os.path.join(args.checkpoint_dir, f'{label}.meta.yaml'),
                       system_description(label, system_name, report, result, labels, count_nonzero(model), settings,
-                                         None if 'refused' in int8 else int8))
+                                         None if 'refused' in int8 else int8, scored_by))
     summary.update({'submission': output, 'submission_rows': len(submission_files), 'submission_of': what,
+                    'submission_scored_by': scored_by,
                     'system_description': meta, 'seconds': round(time.perf_counter() - started, 1)})
     with open(os.path.join(args.checkpoint_dir, 'summary.json'), 'w', encoding='utf-8') as f:
         json.dump(summary, f, indent=2)
