@@ -216,3 +216,14 @@ def test_official_names_and_shapes(arch):
     spec = registry.get_spec(f'panns_{arch}')
     assert spec.published['params'] == sum(int(np.prod(v.shape)) for v in state.values())
     assert spec.emb_size == emb
+
+
+def test_the_weights_only_twins_the_generated_tests_leave_to_slow_runs_are_their_twins_network():
+    """conftest.WEIGHTS_ONLY_TWINS: a model whose generated tests are slow must be its twin's network
+    (family, front end, frames, embedding) with other weights, or those tests would hide a path."""
+    from conftest import WEIGHTS_ONLY_TWINS
+    for name, twin in WEIGHTS_ONLY_TWINS.items():
+        a, b = registry.get_spec(name), registry.get_spec(twin)
+        assert (a.family, a.frontend, a.frame_geometry, a.emb_size) == (b.family, b.frontend, b.frame_geometry,
+                                                                        b.emb_size), name
+        assert a.weights is not None and a.weights.url != b.weights.url, name
