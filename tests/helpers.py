@@ -86,3 +86,13 @@ def loudness_weights(module):
     module.set_state_dict(state)
     module.eval()
     return module
+
+
+# Registered models that are another registered model's network with other weights files (the
+# ImageNet-initialised DyMNs, the other PaSST-S releases): the tests generated for every model
+# run the same code for them as for their twin, so there they are slow tests; their own family's
+# tests (tests/test_dymn.py, tests/test_passt.py) still run them by default.
+WEIGHTS_ONLY_TWINS = {'efficientat_dymn04_im': 'efficientat_dymn04', 'efficientat_dymn10_im': 'efficientat_dymn10',
+                      'efficientat_dymn20_im': 'efficientat_dymn20',
+                      'passt_s_swa_p16_128_ap4761': 'passt_s_swa_p16_128_ap476',
+                      'passt_s_p16_128_ap472': 'passt_s_swa_p16_128_ap476'}

@@ -219,9 +219,9 @@ def test_official_names_and_shapes(arch):
 
 
 def test_the_weights_only_twins_the_generated_tests_leave_to_slow_runs_are_their_twins_network():
-    """conftest.WEIGHTS_ONLY_TWINS: a model whose generated tests are slow must be its twin's network
+    """helpers.WEIGHTS_ONLY_TWINS: a model whose generated tests are slow must be its twin's network
     (family, front end, frames, embedding) with other weights, or those tests would hide a path."""
-    from conftest import WEIGHTS_ONLY_TWINS
+    from helpers import WEIGHTS_ONLY_TWINS
     for name, twin in WEIGHTS_ONLY_TWINS.items():
         a, b = registry.get_spec(name), registry.get_spec(twin)
         assert (a.family, a.frontend, a.frame_geometry, a.emb_size) == (b.family, b.frontend, b.frame_geometry,
