@@ -16,7 +16,7 @@ its chunks.
 Batching: the network scores windows `batch_size` at a time (FrameScorer.network_scores), only
 windows of one length in one call, so no window is padded beyond the network's shortest input
 and its scores do not depend on its neighbours in the batch (networks that normalise over the
-whole input, e.g. CP-Mobile's receptive-field normalisation or PaSST, see no other padding).
+whole input, e.g. CP-Mobile's relaxed frequency-wise normalisation or PaSST, see no other padding).
 Offline detection (detect, detect_inputs) cuts the windows of its recordings as they are
 needed and scores them in batches, across recordings; a live stream scores the windows that
 complete within one push together, so it waits for no later audio.
