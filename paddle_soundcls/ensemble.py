@@ -134,15 +134,19 @@ class Ensemble:
         return detection.FrameScorer(scorer.score_frames, scorer.frame_frontend(), self.labels, FRONTEND_RATE,
                                      window, hop, self.min_seconds, self.clip_seconds)
 
-    def detect(self, data, sample_rate=None, window=None, hop=None, config=None, use_gpu=False):
+    def detect(self, data, sample_rate=None, window=None, hop=None, config=None, use_gpu=False, batch_size=None):
         """When each sound happens, as Module.detect, from the combined frame scores."""
         return detection.detect_inputs(self.frame_scorer(window, hop, use_gpu), data, sample_rate,
-                                       self._merged_events(config))
+                                       self._merged_events(config), batch_size)
 
     def stream(self, sample_rate=None, window=None, hop=None, config=None, channels=1):
         """A live stream, as Module.stream."""
         rate = self.frontend_cfg.sample_rate if sample_rate is None else sample_rate
         return detection.EventStream(self.frame_scorer(window, hop), rate, self._merged_events(config), channels)
+
+    def stream_pool(self, window=None, hop=None, config=None, batch_size=None):
+        """Many live streams whose windows are scored together, as Module.stream_pool."""
+        return detection.StreamPool(self.frame_scorer(window, hop), self._merged_events(config), batch_size)
 
     def _merged_events(self, config):
         from .deploy.events import merge_settings

@@ -345,7 +345,7 @@ class Module(nn.Layer):
         return pipeline.format_results(raw, self.labels, top_k, reduce, threshold)
 
     @paddle.no_grad()
-    def detect(self, data, sample_rate=None, window=None, hop=None, config=None, use_gpu=False):
+    def detect(self, data, sample_rate=None, window=None, hop=None, config=None, use_gpu=False, batch_size=None):
         """When each sound happens: frame scores and events of every input.
 
         data, sample_rate: as for predict.
@@ -354,13 +354,16 @@ class Module(nn.Layer):
         config: an events.EventConfig (thresholds, median filter, durations), or a dict of its
             fields that replace those saved with the model (events.merge_settings); default: the
             one saved with the model (thresholds tuned on a dev set), else EventConfig().
+        batch_size: windows per forward pass (default deploy.detection.DEFAULT_BATCH_SIZE); the
+            windows of all inputs are batched together, and the results do not depend on it.
         Returns per input {'frame_hop': seconds, 'frame_scores': [frames, classes] numpy,
         'events': [{'label', 'onset', 'offset', 'confidence'}]}; no events is an empty list.
         """
         from .deploy import detection
         self.eval()
         inference_place(self, use_gpu)
-        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, self._merged_events(config))
+        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, self._merged_events(config),
+                                       batch_size)
 
     def tune_event_thresholds(self, audio_files, strong_labels, window=None, hop=None, base_config=None):
         """Per-class event thresholds with the best event F1 on labelled dev recordings; they
@@ -393,6 +396,13 @@ class Module(nn.Layer):
         self.eval()
         rate = self.frontend_cfg.sample_rate if sample_rate is None else sample_rate
         return detection.EventStream(self.frame_scorer(window, hop), rate, self._merged_events(config), channels)
+
+    def stream_pool(self, window=None, hop=None, config=None, batch_size=None):
+        """Many live streams whose windows are scored together (deploy.detection.StreamPool):
+        pool.open(sample_rate) -> a stream to feed(chunk); pool.score() -> {stream: events}."""
+        from .deploy import detection
+        self.eval()
+        return detection.StreamPool(self.frame_scorer(window, hop), self._merged_events(config), batch_size)
 
     def _merged_events(self, config):
         from .deploy.events import merge_settings

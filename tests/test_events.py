@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import BLOCK_PADDLE
-from paddle_soundcls.deploy.events import EventConfig, EventTracker, detect_events, tune_thresholds
+from paddle_soundcls.deploy.events import EventConfig, EventTracker, detect_events, median_filter, tune_thresholds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOP = 0.1
@@ -464,3 +464,11 @@ def test_event_modules_work_without_paddle():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [(e['label'], e['onset'], e['offset']) for e in out['events']] == [('a', 0.5, 1.5), ('b', 1.0, 2.0)]
     assert out['ends'] == 2 and out['f1'] == 1.0 and out['segment_f1'] == 1.0
+
+
+@pytest.mark.parametrize('half_width', [1, 4, 25])
+def test_median_filter_is_scipys_with_repeated_edges(half_width):
+    from scipy import ndimage
+    scores = np.random.default_rng(half_width).random((700, 5)).astype(np.float32)
+    want = ndimage.median_filter(scores, size=(2 * half_width + 1, 1), mode='nearest')
+    np.testing.assert_array_equal(median_filter(scores, half_width), want)

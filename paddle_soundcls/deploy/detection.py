@@ -26,6 +26,9 @@ hop + (window - hop) / 2 seconds after it was pushed, plus the compute of one wi
 half the median filter of the event decisions (EventTracker.delay_seconds).
 """
 
+import time
+from collections import deque
+
 import numpy as np
 
 from .. import audio
@@ -263,7 +266,7 @@ class FrameStream:
         if self.closed:
             raise ArgumentError('the stream is closed; start a new one')
         self.feed(samples)
-        return self._score_ready()
+        return self.score_ready()
 
     def close(self):
         """Score what is left (the last window ends at the end of the audio) and end the stream."""
@@ -271,9 +274,10 @@ class FrameStream:
             return _stack([], len(self.scorer.labels))
         self.finish()
         self.closed = True
-        return self._score_ready()
+        return self.score_ready()
 
-    def _score_ready(self):
+    def score_ready(self):
+        """Score the windows complete so far (`batch_size` per network call): their new frames."""
         out = []
         while windows := self.next_windows(self.batch_size):
             out.append(self.keep_all(windows, self.scorer.network_scores(windows, self.batch_size)))
@@ -295,13 +299,17 @@ class EventStream:
     fixed when the stream starts (`channels`), so a chunk of any length, even one frame, is
     read the same way. close(): flushes the last window and ends every open event. A bad
     chunk raises a ValueError naming the problem and leaves the stream as it was.
+    push is feed(chunk) (take it) then score() (score the windows it completed); a StreamPool
+    feeds its streams and scores their windows together, then finish()es them (no more audio).
     """
 
-    def __init__(self, scorer, sample_rate, config=None, channels=1):
+    def __init__(self, scorer, sample_rate, config=None, channels=1, batch_size=None):
         self.sample_rate = audio.check_sample_rate(sample_rate, 'sample_rate')
         self.channels = validate.positive_int('channels', channels, hint='channels of the chunks')
         self.target_sr = scorer.frontend.sample_rate
-        self.frames = FrameStream(scorer)
+        self.frames = FrameStream(scorer, batch_size)
+        self._arrivals = deque()   # (samples so far, time) of each feed whose windows are not all reported
+        self.report_delay = self.max_report_delay = 0.0
         self.tracker = EventTracker(scorer.labels, scorer.frame_seconds, config)
         # One resampler for the whole stream: its output is `audio.resample` of everything pushed,
         # so the stream's frames are offline detection's at any rate and any chunking.
@@ -314,6 +322,11 @@ class EventStream:
         return self.frames.scorer.latency_seconds + self.tracker.delay_seconds
 
     def push(self, chunk):
+        self.feed(chunk)
+        return self.score()
+
+    def feed(self, chunk):
+        """Take a chunk without scoring it (a StreamPool scores the windows of all its streams together)."""
         if self.closed:
             raise ArgumentError('push after close: the stream is closed; start a new one with stream()')
         wave = self._mono(chunk)
@@ -321,7 +334,28 @@ class EventStream:
             audio.check_waveform(wave, 'chunk')
         if self.resampler is not None:
             wave = self.resampler.push(wave)
-        return self.tracker.push(self.frames.push(wave))
+        self.frames.feed(wave)
+        self._arrivals.append((self.frames.windows.total, time.monotonic()))
+
+    def score(self):
+        """Score this stream's complete windows on its own: the events that started or ended."""
+        frames, events = self.frames, []
+        while windows := frames.next_windows(frames.batch_size):
+            events += self.report(windows, frames.scorer.network_scores(windows, frames.batch_size))
+        return events
+
+    def report(self, windows, network_scores):
+        """The events of the frames of `windows` (next_windows' windows, scored: their network frame
+        scores); records report_delay."""
+        events = self.tracker.push(self.frames.keep_all(windows, network_scores))
+        end = max(w.start + w.frames for w in windows) * self.frames.scorer.frame_samples
+        # The feed that completed the last of these windows: the first that brought the audio to its end.
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < end:
+            self._arrivals.popleft()
+        if self._arrivals:
+            self.report_delay = time.monotonic() - self._arrivals[0][1]
+            self.max_report_delay = max(self.max_report_delay, self.report_delay)
+        return events
 
     def _mono(self, chunk):
         """A chunk [frames, channels] (or [frames] when mono) -> float32 mono samples."""
@@ -338,14 +372,77 @@ class EventStream:
                        dtype=np.float32) if chunk.shape[0] else np.zeros(0, np.float32)
 
     def close(self):
-        if self.closed:
+        """The last window (it ends at the end of the audio) and every open event: their reports."""
+        if self.frames.closed:
             return []
-        self.closed = True
-        events = []
-        if self.resampler is not None:
-            events += self.tracker.push(self.frames.push(self.resampler.flush()))
-        events += self.tracker.push(self.frames.close())
+        self.finish()
+        events = self.score()
+        self.frames.closed = True
         return events + self.tracker.close()
+
+    def finish(self):
+        """No more audio: the resampler's last samples go in and the last window may be cut."""
+        if not self.closed:
+            if self.resampler is not None:
+                self.frames.feed(self.resampler.flush())
+            self.frames.finish()
+            self.closed = True
+
+
+class StreamPool:
+    """Many live streams of one model, their windows scored together: the windows complete in all
+    streams when score() is called go through the network in batches (`batch_size` windows of one
+    length per call, default the scorer's), so N microphones cost about what one long recording
+    does. Each stream's events are exactly those it gives alone (EventStream fed the same chunks).
+
+        pool = predictor.stream_pool(window=2.0, hop=0.5)
+        mics = {name: pool.open(sample_rate=16000) for name in names}
+        mics[name].feed(chunk)                     # as each microphone's audio arrives
+        for stream, events in pool.score().items():   # e.g. every hop
+            ...
+        mics[name].finish()                        # no more audio: the next score() gives its last
+                                                   # window's events and ends its open events
+
+    Streams are EventStreams (push and close score a stream alone, with the same results).
+    Each stream's report_delay / max_report_delay: seconds from the feed that completed its latest
+    window to that window's events being reported (queueing and compute; latency_seconds says
+    how long a sample waits for its window). Memory: each stream's buffer (about two windows of
+    samples) and at most `batch_size` cut windows per stream while score() runs.
+    """
+
+    def __init__(self, scorer, config=None, batch_size=None):
+        self.scorer, self.config = scorer, config
+        self.batch_size = scorer.batch_size if batch_size is None else check_batch_size(batch_size)
+        self.streams = []
+
+    def open(self, sample_rate=None, channels=1):
+        """A new stream of chunks at `sample_rate` (default the model's) with `channels` channels."""
+        rate = self.scorer.frontend.sample_rate if sample_rate is None else sample_rate
+        stream = EventStream(self.scorer, rate, self.config, channels, self.batch_size)
+        self.streams.append(stream)
+        return stream
+
+    def score(self):
+        """Score every complete window of every stream, together: {stream: [events]} for the streams
+        with new events. A finished stream gives its last events and leaves the pool."""
+        out = {}
+        while True:
+            ready = [(stream, stream.frames.next_windows(self.batch_size)) for stream in self.streams
+                     if not stream.frames.closed]
+            ready = [(stream, windows) for stream, windows in ready if windows]
+            if not ready:
+                break
+            scores = self.scorer.network_scores([w for _, windows in ready for w in windows], self.batch_size)
+            first = 0
+            for stream, windows in ready:
+                out.setdefault(stream, []).extend(stream.report(windows, scores[first:first + len(windows)]))
+                first += len(windows)
+        for stream in [stream for stream in self.streams if stream.closed]:
+            if not stream.frames.closed:   # finished: its open events end with its audio
+                stream.frames.closed = True
+                out.setdefault(stream, []).extend(stream.tracker.close())
+            self.streams.remove(stream)
+        return {stream: events for stream, events in out.items() if events}
 
 
 def detect_inputs(scorer, data, sample_rate=None, config=None, batch_size=None):

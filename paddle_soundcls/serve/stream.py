@@ -4,13 +4,17 @@ Protocol (every text message is JSON):
 
 1. client -> {"sample_rate": 16000, "format": "int16" | "float32", "channels": 1,
               "window": 2.0, "hop": 0.5, "top_k": 5, "mode": "scores", "options": {},
-              "api_key": "..."}       only sample_rate is required; api_key only when the
+              "progress": false, "api_key": "..."}       only sample_rate is required; api_key only when the
                                       server has one and the handshake sent no key header
    server -> {"type": "ready", "model", "sample_rate", "format", "channels", "window", "hop", "mode"}
 2. client -> binary messages: little-endian PCM, channels interleaved, any length of whole frames
    server -> per window, once `window` seconds have arrived and then every `hop` seconds:
              {"type": "scores", "start": s, "end": s, "results": [{"label", "score"}, ...]}
              (seconds from the start of the stream; what is sent depends on the mode)
+             mode "events" with "progress": true in the start message also sends, after each window:
+             {"type": "progress", "start": s, "end": s, "frames_end": s} (the window scored, and the
+             end of the frame scores known so far: events up to frames_end minus the median filter's
+             half width are decided)
 3. client -> {"type": "end"}: the server scores the last, partly new window, sends what the
    mode has left, then {"type": "done"}, and closes (1000).
 
@@ -160,6 +164,7 @@ class StreamConfig:
     top_k: int = 5
     mode: str = 'scores'
     options: dict = field(default_factory=dict)
+    progress: bool = False    # frame modes: a "progress" message after every window scored
 
 
 def _bad_start(message):
@@ -209,6 +214,11 @@ def parse_start(message, settings, num_labels, limits):
         raise _bad_start(f'options must be a JSON object, got {validate.shown(config.options)}')
     if config.options and config.mode != 'events':
         raise _bad_start(f'options are the event thresholds of mode "events"; mode {config.mode!r} takes none')
+    if not isinstance(config.progress, bool):
+        raise _bad_start(f'progress must be true or false, got {validate.shown(config.progress)}')
+    if config.progress and not getattr(STREAM_MODES[config.mode], 'frames', False):
+        raise _bad_start(f'progress reports the windows of mode "events"; mode {config.mode!r} already answers every '
+                         f'window')
     median = config.options.get('median_filter_seconds')
     if validate.is_finite_number(median) and median > limits.max_window:
         # The tracker holds and sorts this many seconds of frame scores for every frame it decides.
@@ -458,9 +468,10 @@ class FrameWindows:
     scored through the engine queue, its new frames given to the mode. Every window is needed for
     the frames that follow, so a window refused (busy, late) ends the stream (1013: try again)."""
 
-    def __init__(self, websocket, mode, scorer, engine, flow, timeout):
+    def __init__(self, websocket, mode, scorer, engine, flow, timeout, progress=False):
         self.websocket, self.mode, self.engine, self.flow, self.timeout = websocket, mode, engine, flow, timeout
         self.frames = FrameStream(scorer)
+        self.progress = progress
         mode.start(scorer)
 
     def feed(self, samples):
@@ -478,6 +489,11 @@ class FrameWindows:
                                             f'start a new one', CLOSE_TRY_AGAIN) from None
             for reply in self.mode.on_frames(self.frames.keep(window, coarse)):
                 await self.websocket.send_json(reply)
+            if self.progress:
+                seconds = self.frames.scorer.frame_seconds
+                await self.websocket.send_json({'type': 'progress', 'start': round(window.start * seconds, 6),
+                                                'end': round((window.start + window.frames) * seconds, 6),
+                                                'frames_end': round(self.frames.emitted * seconds, 6)})
 
 
 async def _score(websocket, inbox, config, mode, model_rate, settings, engine, flow, scorer=None):
@@ -485,7 +501,7 @@ async def _score(websocket, inbox, config, mode, model_rate, settings, engine, f
     scorer: the detection.FrameScorer of a frame mode (engine.frame_scorer)."""
     resampler = audio.Resampler(config.sample_rate, model_rate)
     if getattr(mode, 'frames', False):
-        windows = FrameWindows(websocket, mode, scorer, engine, flow, settings.timeout)
+        windows = FrameWindows(websocket, mode, scorer, engine, flow, settings.timeout, config.progress)
     else:
         windows = ClipWindows(websocket, mode, config, model_rate, engine, flow, settings.timeout)
 

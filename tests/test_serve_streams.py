@@ -1,0 +1,158 @@
+"""Many event streams on one server: their windows share engine calls, each stream reports what
+the stream gives alone (Predictor.stream fed the same chunks), "progress" reports every window,
+and a silent or slow stream delays no other. Servers listen on 127.0.0.1 only."""
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from paddle_soundcls.deploy import Predictor
+from paddle_soundcls.deploy.detection import FrameStream
+from paddle_soundcls.deploy.events import EventConfig
+from paddle_soundcls.serve import ServeSettings
+from paddle_soundcls.serve.app import create_app
+from serve_fixtures import make_export_dir, serve_in_thread, tone
+
+WINDOW, HOP = 1.0, 0.25
+OPTIONS = {'onset_threshold': 0.4, 'offset_threshold': 0.4, 'median_filter_seconds': 0.05,
+           'min_duration_seconds': 0.0, 'min_gap_seconds': 0.0}
+
+
+class CountingFrames:
+    """The predictor's frame scores, with the batch size of every call recorded."""
+
+    def __init__(self, score_frames):
+        self.score_frames, self.calls = score_frames, []
+
+    def __call__(self, waves):
+        self.calls.append(len(waves))
+        return self.score_frames(waves)
+
+
+@pytest.fixture(scope='module')
+def served(tmp_path_factory):
+    export = make_export_dir(tmp_path_factory.mktemp('streams') / 'export')
+    predictor = Predictor(export)
+    counting = CountingFrames(predictor.score_frames)
+    predictor.score_frames = counting   # the server's frame scorer runs the instance's score_frames
+    with serve_in_thread(create_app(predictor, ServeSettings(max_batch=8, max_wait_ms=50))) as base:
+        yield base, export, counting
+
+
+def scene(i, sr):
+    """A few seconds of tones that come and go, different for every stream."""
+    rng = np.random.default_rng(i)
+    parts = [tone(float(rng.uniform(0.3, 1.2)), sr, float(rng.uniform(200, 4000)), amp=float(rng.choice([0.001, 0.5])))
+             for _ in range(int(rng.integers(3, 7)))]
+    return (np.concatenate(parts) * 32767).astype('<i2')
+
+
+def run_stream(base, pcm, sr, chunk, results, key, start_barrier=None, pause=0.0):
+    messages = []
+    with ws_connect(base.replace('http', 'ws') + '/v1/stream', open_timeout=10, close_timeout=5) as ws:
+        ws.send(json.dumps({'sample_rate': sr, 'window': WINDOW, 'hop': HOP, 'mode': 'events', 'options': OPTIONS,
+                            'progress': True}))
+        messages.append(json.loads(ws.recv(timeout=10)))
+        if start_barrier is not None:
+            start_barrier.wait(timeout=30)
+        for first in range(0, len(pcm), chunk):
+            ws.send(pcm[first:first + chunk].tobytes())
+            if pause:
+                time.sleep(pause)
+        ws.send(json.dumps({'type': 'end'}))
+        for _ in range(10000):
+            try:
+                messages.append(json.loads(ws.recv(timeout=30)))
+            except Exception:   # closed by the server
+                break
+    results[key] = (messages, time.monotonic())
+
+
+def alone(export, pcm, sr, chunk):
+    """Reports and window count of the same chunks through Predictor.stream, in process."""
+    stream = Predictor(export).stream(sr, WINDOW, HOP, EventConfig(**OPTIONS))
+    waves = [pcm[i:i + chunk].astype(np.float32) / 32768 for i in range(0, len(pcm), chunk)]
+    reports = [r for wave in waves for r in stream.push(wave)] + stream.close()
+    frames = FrameStream(stream.frames.scorer)
+    frames.feed(pcm.astype(np.float32) / 32768)
+    frames.finish()
+    return reports, len(frames.next_windows(10 ** 6))
+
+
+def kinds(reports, kind):
+    return [r for r in reports if r['type'] == kind]
+
+
+def test_streams_share_engine_calls_and_each_reports_what_it_reports_alone(served):
+    base, export, counting = served
+    sr = Predictor(export).frontend_cfg.sample_rate   # the model's rate: no resampling on either side
+    pcms = [scene(i, sr) for i in range(6)]
+    chunk = sr // 10
+    results, barrier = {}, threading.Barrier(len(pcms))
+    counting.calls.clear()
+    threads = [threading.Thread(target=run_stream, args=(base, pcm, sr, chunk, results, i, barrier))
+               for i, pcm in enumerate(pcms)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert max(counting.calls) > 1   # windows of different streams went through the network together
+    events_seen = 0
+    for i, pcm in enumerate(pcms):
+        messages, _ = results[i]
+        assert messages[0]['type'] == 'ready' and messages[-1]['type'] == 'done', messages[-3:]
+        reports = [m for m in messages[1:-1] if m['type'] in ('start', 'end')]
+        want, windows = alone(export, pcm, sr, chunk)
+        assert [(r['label'], r['onset'], r['offset']) for r in kinds(reports, 'end')] == [
+            (r['label'], r['onset'], r['offset']) for r in kinds(want, 'end')]
+        np.testing.assert_allclose([r['confidence'] for r in kinds(reports, 'end')],
+                                   [r['confidence'] for r in kinds(want, 'end')], atol=1e-5, rtol=0)
+        assert [(r['label'], r['onset']) for r in kinds(reports, 'start')] == [
+            (r['label'], r['onset']) for r in kinds(want, 'start')]
+        events_seen += len(kinds(want, 'end'))
+        progress = kinds(messages, 'progress')
+        assert len(progress) == windows
+        ends = [p['frames_end'] for p in progress]
+        assert ends == sorted(ends) and ends[-1] == pytest.approx(len(pcm) / sr, abs=0.011)
+    assert events_seen >= len(pcms)
+
+
+def test_a_silent_or_slow_stream_delays_no_other(served):
+    base, export, _ = served
+    sr = Predictor(export).frontend_cfg.sample_rate
+    results = {}
+    silent = ws_connect(base.replace('http', 'ws') + '/v1/stream', open_timeout=10, close_timeout=5)
+    try:
+        silent.send(json.dumps({'sample_rate': sr, 'mode': 'events', 'window': WINDOW, 'hop': HOP}))
+        assert json.loads(silent.recv(timeout=10))['type'] == 'ready'
+        slow = threading.Thread(target=run_stream, args=(base, scene(10, sr), sr, sr // 20, results, 'slow'),
+                                kwargs={'pause': 0.1})
+        slow.start()
+        quick = [threading.Thread(target=run_stream, args=(base, scene(i, sr), sr, sr // 10, results, i))
+                 for i in range(3)]
+        for thread in quick:
+            thread.start()
+        for thread in quick:
+            thread.join(timeout=120)
+        slow.join(timeout=180)
+        for key in (0, 1, 2, 'slow'):
+            assert results[key][0][-1]['type'] == 'done'
+        # The quick streams were answered in full while the slow one was still sending.
+        assert max(results[i][1] for i in range(3)) < results['slow'][1]
+        silent.send(json.dumps({'type': 'end'}))
+        assert [json.loads(silent.recv(timeout=10))['type']] == ['done']   # no audio: no window, no event
+    finally:
+        silent.close()
+
+
+def test_progress_is_for_frame_modes_and_a_boolean(served):
+    base, _, _ = served
+    for start, word in (({'sample_rate': 16000, 'progress': True}, 'mode "events"'),
+                        ({'sample_rate': 16000, 'mode': 'events', 'progress': 'yes'}, 'true or false')):
+        with ws_connect(base.replace('http', 'ws') + '/v1/stream', open_timeout=10) as ws:
+            ws.send(json.dumps(start))
+            reply = json.loads(ws.recv(timeout=10))
+        assert reply['type'] == 'error' and reply['error']['code'] == 'bad_start' and word in reply['error']['message']

@@ -1,0 +1,175 @@
+"""Many live streams, one network (deploy/detection.py StreamPool): the windows that complete in
+all streams are scored together, and every stream's events are exactly those of the stream run
+alone (EventStream fed the same chunks), whatever the number of streams, their rates, channels,
+chunkings and the moments score() is called; a silent stream delays no other."""
+import numpy as np
+import pytest
+
+from test_detection_batching import CFG, LABELS, NormalisingNet, clear_thresholds, numpy_scorer
+from paddle_soundcls.deploy import detection
+from paddle_soundcls.deploy.events import EventConfig
+from paddle_soundcls.errors import ArgumentError, AudioError
+
+WINDOW, HOP = 1.0, 0.25
+
+
+def config_for(waves):
+    """Thresholds in wide gaps of the frame scores of the streams' audio (at the model's rate)."""
+    scores = np.concatenate([detection.detect(numpy_scorer(WINDOW, HOP, 1)[0], w)['frame_scores'] for w in waves])
+    return clear_thresholds(scores)
+
+
+def plans(rng, count):
+    """`count` streams: (sample rate, channels, chunks of PCM) each, of random lengths and chunkings."""
+    out = []
+    for i in range(count):
+        rate = [8000, 16000, 11025][i % 3]
+        channels = 1 + i % 2
+        seconds = float(rng.uniform(0.2, 4.0))
+        pcm = (0.2 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32)
+        pcm[: len(pcm) // 3] *= 4   # a loud start: events that begin and end
+        cuts = np.sort(rng.integers(0, len(pcm), int(rng.integers(1, 12))))
+        chunks = [c if channels > 1 else c[:, 0] for c in np.split(pcm, cuts)]
+        out.append((rate, channels, chunks))
+    return out
+
+
+def alone(plan, config, batch_size):
+    rate, channels, chunks = plan
+    stream = detection.EventStream(numpy_scorer(WINDOW, HOP, batch_size)[0], rate, config, channels)
+    events = [e for chunk in chunks for e in stream.push(chunk)]
+    return events + stream.close()
+
+
+def run_pool(pool, plans_, rng, score_every_feed):
+    """Feeds every stream its chunks in a random interleaving, calling score() after every feed or
+    at random moments; each stream is finished after its last chunk. Returns each stream's events."""
+    streams = [pool.open(rate, channels) for rate, channels, _ in plans_]
+    events = {id(s): [] for s in streams}
+    queue = [(i, chunk) for i, (_, _, chunks) in enumerate(plans_) for chunk in chunks]
+    order = rng.permutation(len(queue))
+    # Each stream's chunks stay in order: take the interleaving's k-th pick as that stream's next chunk.
+    picks = [queue[k][0] for k in order]
+    remaining = [list(chunks) for _, _, chunks in plans_]
+    def score():
+        for stream, new in pool.score().items():
+            events[id(stream)] += new
+
+    for i in picks:
+        streams[i].feed(remaining[i].pop(0))
+        if score_every_feed:   # as push() does, then close()
+            score()
+        if not remaining[i]:
+            streams[i].finish()
+        if score_every_feed or rng.random() < 0.3:
+            score()
+    score()
+    assert pool.streams == []   # every finished stream has left the pool
+    return [events[id(s)] for s in streams]
+
+
+@pytest.mark.parametrize('count,batch_size', [(1, 1), (5, 3), (12, 16)])
+def test_every_stream_reports_what_it_reports_alone(count, batch_size):
+    rng = np.random.default_rng(count)
+    streams = plans(rng, count)
+    waves = [detection.audio.resample(np.concatenate(chunks).reshape(-1, channels).mean(axis=1), rate, CFG.sample_rate)
+             for rate, channels, chunks in streams]
+    config = config_for(waves)
+    want = [alone(plan, config, batch_size) for plan in streams]
+    assert sum(map(len, want)) >= count   # the thresholds do give events
+    # Scored as each chunk arrives, as a stream alone scores it: the same reports.
+    pool = detection.StreamPool(numpy_scorer(WINDOW, HOP, batch_size)[0], config, batch_size)
+    assert run_pool(pool, streams, rng, score_every_feed=True) == want
+    # Scored later: the same events; a start reported later knows more of its event's peak.
+    pool = detection.StreamPool(numpy_scorer(WINDOW, HOP, batch_size)[0], config, batch_size)
+    for got, expected in zip(run_pool(pool, streams, rng, score_every_feed=False), want):
+        assert [e for e in got if e['type'] == 'end'] == [e for e in expected if e['type'] == 'end']
+        starts = [(e['label'], e['onset'], e['confidence']) for e in got if e['type'] == 'start']
+        assert [s[:2] for s in starts] == [(e['label'], e['onset']) for e in expected if e['type'] == 'start']
+        assert all(c >= e[2] for (_, _, c), e in zip(starts, [(e['label'], e['onset'], e['confidence'])
+                                                               for e in expected if e['type'] == 'start']))
+
+
+def test_windows_of_different_streams_share_network_calls():
+    scorer, net = numpy_scorer(WINDOW, HOP, 16)
+    pool = detection.StreamPool(scorer)
+    streams = [pool.open() for _ in range(5)]
+    rng = np.random.default_rng(0)
+    for stream in streams:
+        stream.feed((0.1 * rng.standard_normal(CFG.sample_rate)).astype(np.float32))   # one window each
+    pool.score()
+    assert net.calls == [(5, CFG.sample_rate)]
+    # Windows beyond batch_size per stream wait for the next round: at most batch_size per call.
+    scorer, net = numpy_scorer(WINDOW, HOP, 4)
+    pool = detection.StreamPool(scorer)
+    long = pool.open()
+    long.feed((0.1 * rng.standard_normal(10 * CFG.sample_rate)).astype(np.float32))   # 37 windows
+    pool.score()
+    assert max(shape[0] for shape in net.calls) == 4 and sum(shape[0] for shape in net.calls) == 37
+
+
+def test_a_silent_stream_delays_no_other():
+    scorer, _ = numpy_scorer(WINDOW, HOP, 8)
+    config = EventConfig(onset_threshold=1e-6, offset_threshold=1e-6, median_filter_seconds=0.0)
+    pool = detection.StreamPool(scorer, config)
+    talking, silent = pool.open(), pool.open()
+    talking.feed(np.full(CFG.sample_rate, 0.1, np.float32))
+    reports = pool.score()
+    assert list(reports) == [talking] and reports[talking][0]['type'] == 'start'
+    assert silent.frames.emitted == 0 and pool.streams == [talking, silent]
+    # A stream that never got audio ends with nothing to report and leaves the pool.
+    silent.finish()
+    assert silent not in pool.score() and pool.streams == [talking]
+
+
+def test_report_delay_is_the_wait_from_the_completing_feed(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(detection.time, 'monotonic', lambda: clock[0])
+    pool = detection.StreamPool(numpy_scorer(WINDOW, HOP, 8)[0])
+    stream = pool.open()
+    wave = np.zeros(2 * CFG.sample_rate, np.float32)
+    stream.feed(wave[:CFG.sample_rate // 2])          # t = 100: half a window
+    clock[0] = 101.0
+    stream.feed(wave[CFG.sample_rate // 2:CFG.sample_rate])   # t = 101: completes the first window
+    clock[0] = 101.5
+    stream.feed(wave[CFG.sample_rate:CFG.sample_rate + 100])  # completes no window
+    clock[0] = 103.0
+    pool.score()
+    assert stream.report_delay == pytest.approx(2.0) and stream.max_report_delay == pytest.approx(2.0)
+    stream.feed(wave[CFG.sample_rate + 100:])         # t = 103: three more windows
+    clock[0] = 103.25
+    pool.score()
+    assert stream.report_delay == pytest.approx(0.25) and stream.max_report_delay == pytest.approx(2.0)
+
+
+def test_bad_chunks_and_closed_streams_are_refused_and_lose_nothing():
+    scorer, _ = numpy_scorer(WINDOW, HOP, 8)
+    pool = detection.StreamPool(scorer)
+    stream = pool.open(16000, channels=2)
+    stream.feed(np.zeros((8000, 2), np.float32))
+    with pytest.raises(AudioError, match='2 channel'):
+        stream.feed(np.zeros(100, np.float32))
+    with pytest.raises(AudioError, match='NaN'):
+        stream.feed(np.full((10, 2), np.nan, np.float32))
+    clean = pool.open(16000, channels=2)
+    clean.feed(np.zeros((8000, 2), np.float32))
+    assert stream.frames.windows.total == clean.frames.windows.total > 0   # the refused chunks left no trace
+    clean.finish()
+    stream.finish()
+    with pytest.raises(ArgumentError, match='closed'):
+        stream.feed(np.zeros((10, 2), np.float32))
+    stream.close()
+    assert stream.frames.closed and stream not in pool.score() and pool.streams == []
+    with pytest.raises(ArgumentError, match='batch_size'):
+        detection.StreamPool(scorer, batch_size=0)
+
+
+def test_a_pooled_stream_closed_on_its_own_leaves_the_pool():
+    scorer, _ = numpy_scorer(WINDOW, HOP, 8)
+    config = EventConfig(onset_threshold=1e-6, offset_threshold=1e-6, median_filter_seconds=0.0)
+    pool = detection.StreamPool(scorer, config)
+    stream = pool.open()
+    stream.feed(np.full(CFG.sample_rate // 2, 0.1, np.float32))
+    events = stream.close()   # scored alone: every class's event starts and ends
+    assert sorted(e['type'] for e in events) == ['end'] * len(LABELS) + ['start'] * len(LABELS)
+    assert pool.score() == {} and pool.streams == []
