@@ -468,6 +468,233 @@ def abuse(model_dir, attack_seconds, normal_seconds, only=None):
                         'classify_p95_within_2x_quiet': all(r['classify_p95_vs_quiet'] <= 2 for r in results.values())}}
 
 
+# The streams run ---------------------------------------------------------------------------
+
+STREAM_KEEP_UP_P95_S = 0.25
+
+
+def stream_scene(seconds, rate, seed):
+    """int16 PCM of a scene: noise floor, tones and noise bursts at random times."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    wave = 0.01 * rng.standard_normal(n)
+    t = np.arange(n) / rate
+    for _ in range(max(3, int(seconds / 3))):
+        onset, length = rng.uniform(0, seconds - 1.5), rng.uniform(0.3, 1.5)
+        span = (t >= onset) & (t < onset + length)
+        if rng.random() < 0.5:
+            wave[span] += 0.4 * np.sin(2 * np.pi * rng.uniform(300, 3000) * t[span])
+        else:
+            wave[span] += 0.3 * rng.standard_normal(int(span.sum()))
+    return (np.clip(wave, -1, 1) * 32767).astype(np.int16)
+
+
+def expected_windows(predictor, window, hop, samples):
+    """Windows FrameStream cuts of `samples` samples at the model's rate."""
+    from paddle_soundcls.deploy.detection import FrameStream
+    frames = FrameStream(predictor.frame_scorer(window, hop))
+    frames.feed(np.zeros(samples, np.float32))
+    frames.finish()
+    count = 0
+    while frames.next_window() is not None and count < 100000:
+        count += 1
+    return count
+
+
+async def one_stream(url, pcm, rate, chunk, start_message, delay, deadline):
+    import websockets
+    result = {'progress': [], 'events': [], 'error': None, 'done': False}
+    sent_at = []   # (samples sent so far, wall time)
+    step = max(1, int(round(chunk * rate)))
+    try:
+        async with websockets.connect(url.replace('http://', 'ws://') + '/v1/stream', max_size=None,
+                                      open_timeout=30, close_timeout=10) as ws:
+            await ws.send(json.dumps(start_message))
+            ready = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if ready.get('type') != 'ready':
+                result['error'] = str(ready)[:200]
+                return result
+
+            async def receive():
+                while True:
+                    message = json.loads(await ws.recv())
+                    now = time.perf_counter()
+                    if message['type'] == 'progress':
+                        result['progress'].append((message['end'], now))
+                    elif message['type'] in ('start', 'end'):
+                        result['events'].append(message)
+                    elif message['type'] == 'done':
+                        result['done'] = True
+                        return
+                    else:
+                        result['error'] = str(message)[:200]
+                        return
+            receiver = asyncio.ensure_future(receive())
+            await asyncio.sleep(delay)
+            began = time.perf_counter()
+            for i, first in enumerate(range(0, len(pcm), step)):
+                wait = began + i * chunk - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if receiver.done() or time.monotonic() > deadline:
+                    break
+                await ws.send(pcm[first:first + step].tobytes())
+                sent_at.append((min(len(pcm), first + step), time.perf_counter()))
+            await ws.send(json.dumps({'type': 'end'}))
+            await asyncio.wait_for(receiver, max(1.0, deadline + 30 - time.monotonic()))
+    except Exception as exc:  # a stream that fails is a figure of the run
+        result['error'] = result['error'] or f'{type(exc).__name__}: {exc}'[:200]
+    ends = np.array([n for n, _ in sent_at])
+    latencies = []
+    for end_s, arrived in result['progress']:
+        i = int(np.searchsorted(ends, int(round(end_s * rate)), side='left'))
+        if i < len(sent_at):
+            latencies.append(arrived - sent_at[i][1])
+    result['latencies'] = latencies
+    return result
+
+
+def run_streams_level(url, scenes, rate, args, start_message):
+    async def all_streams():
+        deadline = time.monotonic() + args.stream_seconds + args.hop + 60
+        return await asyncio.gather(*(one_stream(url, pcm, rate, args.chunk_seconds, start_message,
+                                                 args.hop * i / len(scenes), deadline)
+                                      for i, pcm in enumerate(scenes)))
+    return asyncio.run(all_streams())
+
+
+def streams_for(model_dir, engine, args, levels):
+    import httpx
+    predictor = Predictor(model_dir, engine=engine)
+    rate = predictor.frontend_cfg.sample_rate
+    frames_precision = getattr(predictor, 'frames_precision', None)
+    pcm_len = int(args.stream_seconds * rate)
+    windows = expected_windows(predictor, args.window, args.hop, pcm_len)
+    options = {'onset_threshold': args.onset_threshold, 'offset_threshold': args.onset_threshold * 0.8}
+    start_message = {'sample_rate': rate, 'format': 'int16', 'window': args.window, 'hop': args.hop,
+                     'mode': 'events', 'progress': True, 'options': options}
+    results, best = [], None
+
+    def level(n):
+        scenes = [stream_scene(args.stream_seconds, rate, seed) for seed in range(n)]
+        server_options = ['--engine', engine, '--max-batch', str(args.stream_max_batch), '--max-queue',
+                          str(max(64, 2 * n + 8)), '--max-connections', str(n + 32), '--timeout', '60']
+        port = free_port()
+        url = f'http://127.0.0.1:{port}'
+        server = start_server(model_dir, port, server_options)
+        try:
+            run_streams_level(url, scenes[:1], rate, argparse.Namespace(**{**vars(args), 'stream_seconds': 3}),
+                              start_message)   # warm-up
+            rss_before, cpu_server, cpu_client = rss_mb(server.pid), cpu_seconds(server.pid), time.process_time()
+            health_before = httpx.get(url + '/healthz').json()
+            mid = {}
+            timer = threading.Timer(args.stream_seconds / 2 + args.hop, lambda: mid.setdefault('rss', rss_mb(server.pid)))
+            timer.start()
+            started = time.perf_counter()
+            streamed = run_streams_level(url, scenes, rate, args, start_message)
+            wall = time.perf_counter() - started
+            timer.cancel()
+            health = httpx.get(url + '/healthz').json()
+            server_cpu = cpu_seconds(server.pid) - cpu_server
+        finally:
+            server.kill()
+            server.wait(timeout=30)
+        client_cpu = time.process_time() - cpu_client
+        kept = 0
+        everything = []
+        for r in streamed:
+            p95 = float(np.percentile(r['latencies'], 95)) if r['latencies'] else float('inf')
+            r['kept_up'] = (len(r['progress']) == windows and r['error'] is None and r['done']
+                            and p95 <= STREAM_KEEP_UP_P95_S)
+            kept += r['kept_up']
+            everything += r['latencies']
+        lat = np.array(everything) if everything else np.array([np.nan])
+        batches = health.get('batches', 0) - health_before.get('batches', 0)
+        items = health.get('clips', 0) - health_before.get('clips', 0)
+        figures = {'streams': n, 'kept_up': kept, 'all_kept_up': kept == n, 'expected_windows_per_stream': windows,
+                   'errors': sorted({r['error'] for r in streamed if r['error']})[:5],
+                   'latency_s': {q: round(float(np.percentile(lat, v)), 3) for q, v in (('p50', 50), ('p95', 95))}
+                   | {'max': round(float(np.max(lat)), 3)},
+                   'wall_s': round(wall, 1), 'server_cpu_pct': round(100 * server_cpu / wall, 1),
+                   'client_cpu_pct': round(100 * client_cpu / wall, 1),
+                   'server_rss_mb_before': rss_before, 'server_rss_mb_mid': mid.get('rss'),
+                   'rss_growth_mb_per_stream': round((mid['rss'] - rss_before) / n, 3) if mid.get('rss') else None,
+                   'batches': batches, 'items': items,
+                   'mean_batch': round(items / batches, 2) if batches else None, 'server_options': server_options}
+        results.append(figures)
+        return figures, streamed, scenes
+
+    good, bad, tried = None, None, 0
+    for n in levels:
+        if tried >= args.max_stream_runs:
+            break
+        figures, streamed, scenes = level(n)
+        tried += 1
+        if figures['all_kept_up']:
+            good, best = n, (streamed, scenes)
+        else:
+            bad = n
+            break
+    while good is not None and bad is not None and bad - good > max(2, good // 8) and tried < args.max_stream_runs:
+        n = (good + bad) // 2
+        figures, streamed, scenes = level(n)
+        tried += 1
+        if figures['all_kept_up']:
+            good, best = n, (streamed, scenes)
+        else:
+            bad = n
+    check = None
+    if best is not None:
+        streamed, scenes = best
+        step = max(1, int(round(args.chunk_seconds * rate)))
+        worst, identical = 0.0, True
+        for r, pcm in list(zip(streamed, scenes))[:20]:
+            stream = predictor.stream(rate, args.window, args.hop, config=options)
+            events = []
+            for first in range(0, len(pcm), step):
+                events += stream.push(pcm[first:first + step].astype(np.float32) / 32768)
+            events += stream.close()
+            if len(events) != len(r['events']):
+                identical = False
+                continue
+            for a, b in zip(events, r['events']):
+                if a['type'] != b['type'] or a['label'] != b['label'] or abs(a['onset'] - b['onset']) > 1e-6 \
+                        or abs(a.get('offset', 0) - b.get('offset', 0)) > 1e-6:
+                    identical = False
+                diff = abs(float(a['confidence']) - float(b['confidence']))
+                worst = max(worst, diff)
+                identical = identical and diff <= 1e-4
+        check = {'streams_checked': min(20, len(scenes)), 'events_per_stream': [len(r['events']) for r in streamed[:20]],
+                 'max_confidence_diff': worst, 'reports_identical': identical}
+    return {'engine': engine, 'frames_precision': frames_precision, 'sample_rate': rate, 'levels': results,
+            'largest_good_streams': good, 'first_bad_streams': bad, 'reports_check': check,
+            'reports_identical': None if check is None else check['reports_identical']}
+
+
+def streams(args):
+    from paddle_soundcls.export.quantize import quantize_export
+    import shutil
+    levels = [int(n) for n in args.stream_levels.split(',')]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.stream_models:
+            export = random_export(model, os.path.join(tmp, model))
+            for precision in args.precisions:
+                engine = 'onnxruntime'
+                model_dir = export
+                if precision == 'int8':
+                    model_dir = export + '_int8'
+                    shutil.copytree(export, model_dir)
+                    rate = Predictor(export).frontend_cfg.sample_rate
+                    calib = os.path.join(tmp, f'calib_{model}')
+                    os.makedirs(calib, exist_ok=True)
+                    write_clips(calib, 16, 5.0, rate)
+                    quantize_export(model_dir, calib, force=True, progress=False)
+                    engine = 'onnxruntime_int8'
+                out[f'{model}/{precision}'] = streams_for(model_dir, engine, args, levels)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('model_dir', nargs='?', default=None, help='an export directory (default: a random-weights '
@@ -490,8 +717,31 @@ def main(argv=None):
                         help='--abuse: length of the normal client\'s clip (default 5)')
     parser.add_argument('--attacks', default=None, help='--abuse: comma-separated names of the attacks to run '
                                                         '(default all)')
+    parser.add_argument('--streams', action='store_true',
+                        help='instead: the most live event streams (WebSocket) one server keeps up with')
+    parser.add_argument('--stream-models', nargs='+', default=['efficientat_mn04'], help='--streams: models')
+    parser.add_argument('--precisions', nargs='+', default=['float'], choices=('float', 'int8'))
+    parser.add_argument('--chunk-seconds', type=float, default=0.1)
+    parser.add_argument('--stream-seconds', type=float, default=20.0)
+    parser.add_argument('--window', type=float, default=2.0)
+    parser.add_argument('--hop', type=float, default=0.5)
+    parser.add_argument('--onset-threshold', type=float, default=0.5)
+    parser.add_argument('--stream-levels', default='25,50,100,200,400')
+    parser.add_argument('--stream-max-batch', type=int, default=32)
+    parser.add_argument('--max-stream-runs', type=int, default=6)
     parser.add_argument('--json', action='store_true', help='print the figures as JSON')
     args = parser.parse_args(argv)
+    if args.streams:
+        run_started = time.monotonic()
+        logging.getLogger('httpx').setLevel(logging.WARNING)
+        figures = {'runs': streams(args), 'setup': {
+            'window': args.window, 'hop': args.hop, 'chunk_seconds': args.chunk_seconds,
+            'stream_seconds': args.stream_seconds, 'keep_up_p95_s': STREAM_KEEP_UP_P95_S,
+            'window_bound_seconds': args.window - (args.window - args.hop) / 2,
+            'client': 'one asyncio process (websockets), sharing the CPUs with the server',
+            'machine': machine_info(), 'wall_seconds': round(time.monotonic() - run_started, 1)}}
+        print(json.dumps(figures, indent=2))
+        return 0
     run_started = time.monotonic()
     logging.getLogger('httpx').setLevel(logging.WARNING)
     if args.abuse:

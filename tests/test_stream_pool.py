@@ -173,3 +173,22 @@ def test_a_pooled_stream_closed_on_its_own_leaves_the_pool():
     events = stream.close()   # scored alone: every class's event starts and ends
     assert sorted(e['type'] for e in events) == ['end'] * len(LABELS) + ['start'] * len(LABELS)
     assert pool.score() == {} and pool.streams == []
+
+
+def test_predictor_stream_pool_reports_what_predictor_stream_reports(tmp_path):
+    from test_detection_batching import module
+    from paddle_soundcls.deploy import Predictor
+    from paddle_soundcls.export import export_static
+    export_static(module('efficientat_mn04', 0), tmp_path / 'mn04', opset=13)
+    predictor = Predictor(tmp_path / 'mn04')
+    config = EventConfig(onset_threshold=0.5, offset_threshold=0.5, median_filter_seconds=0.0)
+    wave = (0.1 * np.random.default_rng(0).standard_normal(3 * 32000)).astype(np.float32)
+    alone_stream = predictor.stream(32000, 1.0, 0.5, config)
+    want = alone_stream.push(wave) + alone_stream.close()
+    pool = predictor.stream_pool(1.0, 0.5, config)
+    stream = pool.open(32000)
+    stream.feed(wave)
+    got = pool.score().get(stream, [])
+    stream.finish()
+    got += pool.score().get(stream, [])
+    assert [(e['type'], e['label'], e['onset']) for e in got] == [(e['type'], e['label'], e['onset']) for e in want]

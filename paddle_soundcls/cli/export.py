@@ -149,6 +149,10 @@ def run_quantize(args, model_dir, summary, prog=PROG):
         print(f'{prog}: {exc}', file=sys.stderr)
         return 1
     summary['int8'] = info
+    # The frames figures are in the JSON summary with the clip ones; a dropped frames graph is said here too.
+    for entry in info.get('members', [info]):
+        if (entry.get('frames') or {}).get('dropped'):
+            print(f'{prog}: {model_dir}: {entry["frames"]["dropped"]}', file=sys.stderr)
     if 'files' in summary:
         from ..deploy import exportdir
         summary['files'] = exportdir.read_export(model_dir)['files']

@@ -9,6 +9,8 @@ An export directory holds
     model.onnx                            the same network in ONNX (optional until exported)
     model.int8.onnx                       model.onnx quantized to int8 (optional; export/quantize.py)
     model.frames.onnx                     frame scores [batch, frames', classes], for event detection
+    model.frames.int8.onnx                model.frames.onnx quantized to int8 (optional; made with
+                                          model.int8.onnx when the export has a frames graph)
     export.json                           what a runtime needs besides the network
 
 export.json (format FORMAT):
@@ -37,7 +39,12 @@ export.json (format FORMAT):
                  'quant_format', 'activation_type', 'weight_type', 'reduce_range', 'keep_float',
                  'nodes_excluded', 'calibration': {'data', 'clips', 'digest', 'seconds', 'method'},
                  'checked': bool, 'check': parity.check_int8 summary or null, 'forced' if kept
-                 despite a failed check}
+                 despite a failed check,
+                 'frames': the frame-scores graph's int8 model, when the export has model.frames.onnx:
+                   {'file': 'model.frames.int8.onnx' or null when it was dropped, 'source_sha256':
+                   sha256 of the model.frames.onnx it was made from, 'nodes_excluded', 'checked',
+                   'check': parity.check_int8_frames summary or null, 'forced' if kept despite a
+                   failed check, 'dropped': why it was not kept (detection then runs float)}}
 
 Paddle-free: numpy and the standard library only.
 """
@@ -59,6 +66,7 @@ FRAMES_STATIC_PARAMS = FRAMES_STATIC_PREFIX + '.pdiparams'
 ONNX_FILE = 'model.onnx'
 INT8_FILE = 'model.int8.onnx'
 FRAMES_FILE = 'model.frames.onnx'  # frame scores for event detection (made with model.onnx)
+FRAMES_INT8_FILE = 'model.frames.int8.onnx'  # model.frames.onnx quantized with model.int8.onnx
 INPUT_NAME = 'features'
 OUTPUT_NAME = 'scores'
 TASKS = schema.TASKS
@@ -90,6 +98,9 @@ def require_file(model_dir, meta, name, verify=True):
     hint = {ONNX_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir}`',
             INT8_FILE: f'create it with `paddle-soundcls export --model-dir {model_dir} --quantize int8 '
                        f'--calibration CLIPS --check OTHER_CLIPS`, or run in float32 (engine onnxruntime)',
+            FRAMES_INT8_FILE: f'quantize the export again (`paddle-soundcls export --model-dir {model_dir} --quantize '
+                              f'int8 --calibration CLIPS --check OTHER_CLIPS`), or detect events in float32 (engine '
+                              f'onnxruntime)',
             FRAMES_FILE: f'event detection needs the frame-scores graph: `paddle-soundcls export --model-dir {model_dir}` '
                          f'makes it from the static export (exports of earlier versions lack its static graph: '
                          f'export the checkpoint again with `paddle-soundcls export --checkpoint CKPT_DIR --output DIR`)',

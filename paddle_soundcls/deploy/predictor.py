@@ -32,7 +32,10 @@ class Predictor:
 
     Attributes: labels, task ('sound-cls' or 'tagging'), multi_label, clip_seconds, frontend_cfg
     (FrontendConfig, as Module.frontend_cfg; `frontend` is its deprecated name), meta
-    (export.json), precision.
+    (export.json), precision, frames_precision: what event detection (score_frames) runs:
+    'int8' (model.frames.int8.onnx) only with an int8 engine and an export whose int8 entry
+    records that file, else 'fp32' (model.frames.onnx: with int8 clip scores when the frames
+    graph was not quantized or failed its check); 'mixed' for an ensemble whose members differ.
 
     An ensemble export (export.json with an `ensemble` entry, written by export_static of an
     Ensemble) runs a Predictor per member (`members`), each with its own front end, and
@@ -77,6 +80,8 @@ class Predictor:
             self._check_onnx_io(files[0])
         self.engine_name = engine
         self.precision = precision
+        self._frames_name = self._frames_file(precision) if engine == 'onnxruntime' else exportdir.FRAMES_FILE
+        self.frames_precision = 'int8' if self._frames_name == exportdir.FRAMES_INT8_FILE else 'fp32'
 
     def _load_members(self, engine, num_threads, verify):
         """An ensemble export: a Predictor per member (members/N), combined by deploy.ensemble."""
@@ -111,6 +116,8 @@ class Predictor:
              for m, r in zip(self.members, records)], self.multi_label)
         self.engine = None   # each member has its own
         self.engine_name, self.precision = self.members[0].engine_name, self.members[0].precision
+        kinds = {m.frames_precision for m in self.members}   # each member's frames check is its own
+        self.frames_precision = kinds.pop() if len(kinds) == 1 else 'mixed'
 
     @property
     def frontend(self):
@@ -131,6 +138,22 @@ class Predictor:
                 f'in this export; quantize it again (`paddle-soundcls export --model-dir {self.model_dir} '
                 f'--quantize int8 --calibration CLIPS --check OTHER_CLIPS`)')
         return exportdir.INT8_FILE
+
+    def _frames_file(self, precision):
+        """The frame-scores graph for `precision`: model.frames.int8.onnx when int8 was asked for and
+        export.json records one made from this export's model.frames.onnx, else model.frames.onnx
+        (an export quantized before the frames graph was, or whose frames check failed)."""
+        frames = (self.meta.get('int8') or {}).get('frames') or {}
+        if precision == 'fp32' or frames.get('file') != exportdir.FRAMES_INT8_FILE:
+            return exportdir.FRAMES_FILE
+        source = self.meta['files'].get(exportdir.FRAMES_FILE, {}).get('sha256')
+        if frames.get('source_sha256') != source:
+            raise ExportError(
+                f'{os.path.join(self.model_dir, exportdir.FRAMES_INT8_FILE)} was made from another model.frames.onnx '
+                f'than the one in this export; quantize it again (`paddle-soundcls export --model-dir '
+                f'{self.model_dir} --quantize int8 --calibration CLIPS --check OTHER_CLIPS`), or run in float32 '
+                f'(engine onnxruntime)')
+        return exportdir.FRAMES_INT8_FILE
 
     def _check_onnx_io(self, path):
         """The ONNX graph must take [batch, frames, n_mels] and give [batch, len(labels)]."""
@@ -205,16 +228,17 @@ class Predictor:
 
     def score_frames(self, waveforms):
         """waveforms [batch, samples] -> the network's frame scores [batch, frames', classes]
-        (model.frames.onnx; for an ensemble, the combined scores at the front end's frame rate)."""
+        (model.frames.onnx, or model.frames.int8.onnx when frames_precision is 'int8'; for an
+        ensemble, the combined scores at the front end's frame rate)."""
         if self._ensemble is not None:
             return self._ensemble.score_frames(waveforms)
         if self._frames_engine is None:
-            path = exportdir.require_file(self.model_dir, self.meta, exportdir.FRAMES_FILE, self._verify)
+            path = exportdir.require_file(self.model_dir, self.meta, self._frames_name, self._verify)
             self._frames_engine = OnnxEngine(path, self.engine.num_threads)
         return self._frames_engine(self.features(waveforms))
 
     def frame_scorer(self, window=None, hop=None):
-        """A detection.FrameScorer running this export's frame-scores graph (model.frames.onnx)."""
+        """A detection.FrameScorer running this export's frame-scores graph (see score_frames)."""
         frontend = self.frontend_cfg
         if self._ensemble is not None:
             for member in self.members:
@@ -227,15 +251,20 @@ class Predictor:
         return detection.FrameScorer(self.score_frames, frontend, self.labels, self.frame_geometry, window, hop,
                                      self.min_seconds, self.clip_seconds)
 
-    def detect(self, data, sample_rate=None, window=None, hop=None, config=None):
+    def detect(self, data, sample_rate=None, window=None, hop=None, config=None, batch_size=None):
         """When each sound happens, without Paddle; the same results as `Module.detect`.
 
         Returns per input {'frame_hop', 'frame_scores' [frames, classes], 'events': [{'label',
         'onset', 'offset', 'confidence'}]}. config: an EventConfig, or a dict of its fields that
         replace those saved with the export (events.merge_settings); default: the saved settings
         (thresholds tuned on a dev set), else EventConfig().
+        batch_size: windows per network call, across the inputs (None: the scorer's default,
+        detection.DEFAULT_BATCH_SIZE); the results do not depend on it, only speed and memory do.
+        With an int8 engine the frame scores come from model.frames.int8.onnx when the export
+        has one (frames_precision 'int8'), else from the float graph (frames_precision 'fp32').
         """
-        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, self._event_config(config))
+        return detection.detect_inputs(self.frame_scorer(window, hop), data, sample_rate, self._event_config(config),
+                                       batch_size)
 
     def _event_config(self, config):
         return merge_settings(config, self.event_config, os.path.join(self.model_dir, exportdir.EXPORT_FILE))
@@ -247,6 +276,11 @@ class Predictor:
         channels: of the chunks, which are [frames, channels] arrays ([frames] when mono)."""
         rate = self.frontend_cfg.sample_rate if sample_rate is None else sample_rate
         return detection.EventStream(self.frame_scorer(window, hop), rate, self._event_config(config), channels)
+
+    def stream_pool(self, window=None, hop=None, config=None, batch_size=None):
+        """Many live streams whose windows are scored together (deploy.detection.StreamPool):
+        pool.open(sample_rate) -> a stream to feed(chunk); pool.score() -> {stream: events}."""
+        return detection.StreamPool(self.frame_scorer(window, hop), self._event_config(config), batch_size)
 
     @property
     def num_threads(self):

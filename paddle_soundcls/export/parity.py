@@ -12,6 +12,15 @@ and, when the clips have labels, an accuracy drop of at most `max_accuracy_drop`
 (default 0.5). The max score difference is reported, not judged: int8 scores move by a
 few hundredths without changing the answer. check_parity adds this comparison (as
 summary['int8']) when the export holds an int8 model.
+
+check_int8_frames: the int8 frame-scores graph (model.frames.int8.onnx) vs the float one
+(model.frames.onnx), through Predictor.detect on the same clips (the export's saved event
+settings, else EventConfig()). Figures: max and mean |frame score difference| over every
+frame and class, the lowest per-class Pearson correlation of the frame scores (classes whose
+float scores vary), and the event-based F1 (event_metrics, default collars) of the int8
+events against the float events. Acceptance rule: mean |difference| at most
+`max_mean_abs_diff` (default 0.02) and event F1 at least `min_event_f1` (default 0.9); the max
+difference and the correlation are reported, not judged.
 """
 import csv
 import os
@@ -20,10 +29,18 @@ import numpy as np
 
 from ..audio import AUDIO_EXTENSIONS, list_audio_files
 from ..deploy import Predictor, exportdir
-from ..errors import DatasetError
+from ..errors import DatasetError, ExportError
 
 INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_ACCURACY_DROP = 0.5
+# Detection with the int8 frames graph: events are what it answers, so they are judged against
+# the float events; an onset on a near-threshold score may move past the 0.2 s collar on a
+# recording or two, hence an F1 of 0.9 rather than 1. The mean frame-score difference catches
+# a graph whose ranges are wrong everywhere even where no event crosses a threshold; well
+# calibrated int8 frame scores move by about a hundredth on average. The largest difference
+# is reported, not judged: one frame can move by a tenth without changing an event.
+INT8_FRAMES_MIN_EVENT_F1 = 0.9
+INT8_FRAMES_MAX_MEAN_ABS_DIFF = 0.02
 
 
 def list_labelled_files(data):
@@ -163,3 +180,59 @@ def check_parity(model_dir, data, limit=None, batch_size=8, num_threads=None, to
         summary['int8'] = compare_int8(b, np.stack(int8.scores(paths, batch_size=batch_size)), truth)
     return summary
 
+
+
+def compare_int8_frames(fp32, int8, labels, min_event_f1=INT8_FRAMES_MIN_EVENT_F1,
+                        max_mean_abs_diff=INT8_FRAMES_MAX_MEAN_ABS_DIFF):
+    """Predictor.detect results of the same clips with the float32 and the int8 frames graph ->
+    JSON-ready figures and `passed` (the rule in the module docstring)."""
+    from ..deploy.event_metrics import event_based_metrics
+    a = np.concatenate([r['frame_scores'] for r in fp32])
+    b = np.concatenate([r['frame_scores'] for r in int8])
+    diff = np.abs(a - b)
+    varying = [c for c in range(a.shape[1]) if a[:, c].std() > 1e-6 and b[:, c].std() > 1e-6]
+    correlation = min((float(np.corrcoef(a[:, c], b[:, c])[0, 1]) for c in varying), default=None)
+    references = {str(i): r['events'] for i, r in enumerate(fp32)}
+    estimates = {str(i): r['events'] for i, r in enumerate(int8)}
+    micro = event_based_metrics(references, estimates, labels)['micro']
+    summary = {
+        'frames': int(len(a)),
+        'max_abs_diff': float(diff.max()) if diff.size else 0.0,
+        'mean_abs_diff': float(diff.mean()) if diff.size else 0.0,
+        'min_class_correlation': correlation,
+        'events_fp32': micro['n_ref'],
+        'events_int8': micro['n_est'],
+        'events_matched': micro['tp'],
+        # No event either way is full agreement (sed_eval would say NaN).
+        'event_f1': 1.0 if micro['n_ref'] == micro['n_est'] == 0 else float(np.nan_to_num(micro['f1'])),
+    }
+    passed = summary['mean_abs_diff'] <= max_mean_abs_diff and summary['event_f1'] >= min_event_f1
+    summary['rule'] = {'max_mean_abs_diff': max_mean_abs_diff, 'min_event_f1': min_event_f1,
+                       'event_f1': 'int8 events against float events, event-based, default collars'}
+    summary['passed'] = bool(passed)
+    return summary
+
+
+def check_int8_frames(model_dir, data, limit=None, batch_size=None, num_threads=None,
+                      min_event_f1=INT8_FRAMES_MIN_EVENT_F1, max_mean_abs_diff=INT8_FRAMES_MAX_MEAN_ABS_DIFF):
+    """Detect events in the clips of `data` with the float32 and the int8 frames graphs of the
+    export `model_dir` (which must record model.frames.int8.onnx in its int8 entry).
+
+    Returns a JSON-ready summary: model_dir, data, clips, events_config (the settings used,
+    and 'events_source': 'export' or 'default') and the figures of compare_int8_frames.
+    """
+    items = list_labelled_files(data)[:limit]
+    paths = [path for path, _, _ in items]
+    fp32 = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads)
+    int8 = Predictor(model_dir, engine='onnxruntime_int8', num_threads=num_threads)
+    if int8.frames_precision != 'int8':
+        raise ExportError(f'{model_dir}: export.json records no {exportdir.FRAMES_INT8_FILE} to check; quantize the '
+                          f'export with a frames graph (paddle-soundcls export --model-dir {model_dir} --quantize int8 '
+                          f'--calibration CLIPS --check OTHER_CLIPS)')
+    config = fp32._event_config(None)
+    a = fp32.detect(paths, batch_size=batch_size, config=config)
+    b = int8.detect(paths, batch_size=batch_size, config=config)
+    summary = {'model_dir': os.fspath(model_dir), 'data': os.fspath(data), 'clips': len(paths),
+               'events_config': config.to_dict(), 'events_source': 'export' if fp32.event_config else 'default'}
+    summary.update(compare_int8_frames(a, b, fp32.labels, min_event_f1, max_mean_abs_diff))
+    return summary

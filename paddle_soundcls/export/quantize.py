@@ -23,6 +23,13 @@ How the int8 model is made (onnxruntime.quantization, nothing is downloaded or i
 The check (`paddle_soundcls.export.parity.check_int8`) compares the int8 model with the
 float one on clips that are not calibration clips; `quantize_export` refuses (raises
 QuantizationRefused, leaving no int8 file) when they disagree, unless forced.
+
+An export with a frame-scores graph (model.frames.onnx, for event detection) has it quantized
+too, into model.frames.int8.onnx, with the same calibration clips and settings. Its check
+(`parity.check_int8_frames`) compares the frame scores and the detected events of the two
+graphs on the check clips. When only that check fails, the int8 clip model is kept but the
+frames graph is not: model.frames.int8.onnx is dropped, export.json says why
+(int8.frames.dropped), and detection stays float32.
 """
 import hashlib
 import logging
@@ -36,7 +43,7 @@ from ..errors import ArgumentError, ExportError, QuantizationRefused
 from .. import audio, fileio
 from ..deploy import exportdir
 from ..features.mel import logmel
-from .parity import check_int8, list_labelled_files
+from .parity import check_int8, check_int8_frames, list_labelled_files
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +134,7 @@ class FeatureReader:
     methods need.
     """
 
-    def __init__(self, clips, cfg, seconds=DEFAULTS['seconds'], batch_size=8, progress=True):
+    def __init__(self, clips, cfg, seconds=DEFAULTS['seconds'], batch_size=8, progress=True, desc='int8 calibration'):
         from ..progress import progress_bar
         check_seconds(seconds)
         self.clips = list(clips)
@@ -135,7 +142,7 @@ class FeatureReader:
         self.samples = int(round(seconds * cfg.sample_rate))
         self.batch_size = batch_size
         self.batches = [self.clips[i:i + batch_size] for i in range(0, len(self.clips), batch_size)]
-        self.bar = progress_bar(total=len(self.clips), desc='int8 calibration', unit='clip', show=progress)
+        self.bar = progress_bar(total=len(self.clips), desc=desc, unit='clip', show=progress)
         self.set_range(0, len(self.batches))
 
     def __len__(self):
@@ -296,6 +303,10 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
     force: keep an int8 model that fails the check (the figures are still recorded).
     method, per_channel, quant_format, keep_float, reduce_range, seconds: see quantize_onnx
         and FeatureReader.
+    An export with model.frames.onnx also gets model.frames.int8.onnx (same clips and settings),
+    checked with parity.check_int8_frames when `check` is given; when only that check fails
+    (and not force), the clip model is kept, the frames graph is dropped with the reason in
+    int8['frames']['dropped'] and a warning, and detection stays float32.
     An ensemble export has each member quantized and checked ({'members': [their entries]}).
     Returns export.json's 'int8' entry. Raises QuantizationRefused (after removing the int8
     model from the export, which otherwise stays as it was) when the check fails.
@@ -332,11 +343,14 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
                     raise QuantizationRefused(f'ensemble member {record["dir"]} ({record.get("model")}): {exc} No '
                                               f'member of {model_dir} was quantized.', exc.summary) from None
                 if entry.get('check'):   # record where the member will be, not the copy it was checked in
-                    entry['check']['model_dir'] = os.path.join(model_dir, record['dir'])
+                    final = os.path.join(model_dir, record['dir'])
                     member_json = os.path.join(staged, exportdir.EXPORT_FILE)
                     with open(member_json, encoding='utf-8') as f:
                         member_meta = json.load(f)
-                    member_meta['int8']['check']['model_dir'] = entry['check']['model_dir']
+                    for recorded in (entry, member_meta['int8']):
+                        recorded['check']['model_dir'] = final
+                        if (recorded.get('frames') or {}).get('check'):
+                            recorded['frames']['check']['model_dir'] = final
                     fileio.write_json(member_json, member_meta)
                 entries.append(entry)
 
@@ -347,26 +361,44 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
     if check is not None:
         check_items = list_labelled_files(check)[:check_limit]
         refuse_overlap(clips, [path for path, _, _ in check_items])
+    has_frames = exportdir.FRAMES_FILE in meta['files']
+    if has_frames:   # quantized from the file export.json records, not a replaced one
+        exportdir.require_file(model_dir, meta, exportdir.FRAMES_FILE)
     cfg = meta.pop('frontend_cfg')
-    meta['files'].pop(exportdir.INT8_FILE, None)
+    for name in (exportdir.INT8_FILE, exportdir.FRAMES_INT8_FILE):
+        meta['files'].pop(name, None)
     meta.pop('int8', None)
     outcome = {}
 
-    def build(tmp):
-        exportdir.link_files(model_dir, tmp, skip=(exportdir.EXPORT_FILE, exportdir.INT8_FILE))
-        int8_path = os.path.join(tmp, exportdir.INT8_FILE)
-        reader = FeatureReader(clips, cfg, seconds, batch_size, progress)
+    def quantize_file(source, target, desc):
+        reader = FeatureReader(clips, cfg, seconds, batch_size, progress, desc)
         try:
-            info = quantize_onnx(os.path.join(tmp, exportdir.ONNX_FILE), int8_path, reader, method, per_channel,
-                                 quant_format, keep_float, reduce_range)
+            return quantize_onnx(source, target, reader, method, per_channel, quant_format, keep_float, reduce_range)
         finally:
             reader.close()
+
+    def build(tmp):
+        exportdir.link_files(model_dir, tmp,
+                             skip=(exportdir.EXPORT_FILE, exportdir.INT8_FILE, exportdir.FRAMES_INT8_FILE))
+        int8_path = os.path.join(tmp, exportdir.INT8_FILE)
+        frames_path = os.path.join(tmp, exportdir.FRAMES_INT8_FILE)
+        info = quantize_file(os.path.join(tmp, exportdir.ONNX_FILE), int8_path, 'int8 calibration')
         info['calibration'] = {'data': os.path.abspath(os.fspath(calibration)), 'clips': len(clips),
                                'digest': list_digest(clips), 'seconds': float(seconds), 'method': method}
         info['source_sha256'] = meta['files'][exportdir.ONNX_FILE]['sha256']
         info['file'] = exportdir.INT8_FILE
         info['parameter_memory'] = parameter_memory(int8_path)
         meta['files'][exportdir.INT8_FILE] = exportdir.file_record(int8_path)
+        frames = None
+        if has_frames:
+            quantized = quantize_file(os.path.join(tmp, exportdir.FRAMES_FILE), frames_path,
+                                      'int8 calibration (frames)')
+            frames = {'file': exportdir.FRAMES_INT8_FILE,
+                      'source_sha256': meta['files'][exportdir.FRAMES_FILE]['sha256'],
+                      'nodes_excluded': quantized['nodes_excluded'], 'parameter_memory': parameter_memory(frames_path),
+                      'checked': False, 'check': None}
+            meta['files'][exportdir.FRAMES_INT8_FILE] = exportdir.file_record(frames_path)
+            info['frames'] = frames
         meta['int8'] = info
         fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
         if check is None:
@@ -382,15 +414,40 @@ def quantize_export(model_dir, calibration, check=None, limit=DEFAULTS['limit'],
                 os.remove(int8_path)
                 del meta['files'][exportdir.INT8_FILE]
                 del meta['int8']
-            elif not summary['passed']:
-                info['forced'] = True
+                if frames is not None:   # detection without the clip model's int8 either
+                    os.remove(frames_path)
+                    del meta['files'][exportdir.FRAMES_INT8_FILE]
+            else:
+                if not summary['passed']:
+                    info['forced'] = True
+                if frames is not None:
+                    check_frames(tmp, frames, frames_path)
         fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
+
+    def check_frames(tmp, frames, frames_path):
+        """The frames check; a failure (not forced) drops the frames graph only."""
+        summary = check_int8_frames(tmp, check, limit=check_limit, batch_size=batch_size, num_threads=num_threads)
+        summary['model_dir'] = model_dir
+        frames['check'], frames['checked'] = summary, True
+        if summary['passed']:
+            return
+        if force:
+            frames['forced'] = True
+            return
+        os.remove(frames_path)
+        del meta['files'][exportdir.FRAMES_INT8_FILE]
+        frames['file'] = None
+        frames['dropped'] = frames_refusal(summary)
+        outcome['frames_dropped'] = frames['dropped']
 
     fileio.replace_dir(build, model_dir)
     if 'refused' in outcome:
         raise QuantizationRefused(refusal_message(outcome['refused']), outcome['refused'])
+    if 'frames_dropped' in outcome:
+        logger.warning('%s: %s', model_dir, outcome['frames_dropped'])
     if check is None:
-        logger.warning(UNCHECKED_WARNING, os.path.join(model_dir, exportdir.INT8_FILE))
+        quantized = exportdir.INT8_FILE + (f' and {exportdir.FRAMES_INT8_FILE}' if has_frames else '')
+        logger.warning(UNCHECKED_WARNING, os.path.join(model_dir, quantized))
     return meta['int8']
 
 
@@ -411,3 +468,14 @@ def refusal_message(summary):
             f'kept; the float export is unchanged. Try more or more representative calibration clips '
             f'(--calibration, --calibration-limit), --calibration-method percentile or entropy, or run float; '
             f'--force-int8 keeps it anyway.')
+
+
+def frames_refusal(summary):
+    """Why model.frames.int8.onnx was dropped and what to do (export.json's int8.frames.dropped)."""
+    rule = summary['rule']
+    return (f'{exportdir.FRAMES_INT8_FILE} was not kept: on {summary["clips"]} check clips its events match the float '
+            f'events with F1 {summary["event_f1"]:.3f} (needs >= {rule["min_event_f1"]:g}) and its frame scores differ '
+            f'by {summary["mean_abs_diff"]:.4f} on average (at most {rule["max_mean_abs_diff"]:g} allowed). '
+            f'{exportdir.INT8_FILE} is kept for clip scores; event detection runs the float {exportdir.FRAMES_FILE}. '
+            f'Try more or more representative calibration clips (--calibration, --calibration-limit) or another '
+            f'--calibration-method; --force-int8 keeps it anyway.')
