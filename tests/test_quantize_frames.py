@@ -246,3 +246,15 @@ def test_compare_int8_frames_on_known_events():
     quiet = {'frame_scores': np.zeros((300, 2), dtype='float32'), 'frame_hop': hop, 'events': []}
     agree = parity.compare_int8_frames([quiet], [quiet], labels)
     assert agree['event_f1'] == 1.0 and agree['passed'] is True and agree['min_class_correlation'] is None
+
+
+def test_converting_again_drops_both_int8_graphs(quantized, tmp_path):
+    from paddle_soundcls.export.onnx import export_onnx
+    out = tmp_path / 'again'
+    shutil.copytree(quantized[0], out)
+    assert (out / exportdir.FRAMES_INT8_FILE).exists()
+    export_onnx(out)
+    meta = json.loads((out / exportdir.EXPORT_FILE).read_text())
+    for name in (exportdir.INT8_FILE, exportdir.FRAMES_INT8_FILE):
+        assert not (out / name).exists() and name not in meta['files']
+    assert 'int8' not in meta

@@ -96,7 +96,7 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
         directory stays self-contained and relocatable.
     The directory is rebuilt beside itself (existing files hard-linked, not copied) and
     swapped in complete, so a failed conversion leaves the old export as it was. An int8
-    model (model.int8.onnx) is dropped: it was made from the old model.onnx; quantize again.
+    model (model.int8.onnx, model.frames.int8.onnx) is dropped: it was made from the old model.onnx; quantize again.
     Returns the updated export.json contents (an ensemble's, with 'members': each member's).
     An ensemble export gets an ONNX model in every member.
     """
@@ -129,14 +129,16 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
     old_onnx = meta.get('onnx', {}).get('file')
     if old_onnx:
         meta['files'].pop(old_onnx, None)
-    meta['files'].pop(exportdir.INT8_FILE, None)
+    for stale in (exportdir.INT8_FILE, exportdir.FRAMES_INT8_FILE):
+        meta['files'].pop(stale, None)
     meta.pop('int8', None)
     # model.frames.onnx is made again from its static graph; an older export without that graph keeps its file.
     remade = (exportdir.FRAMES_FILE,) if exportdir.FRAMES_STATIC_MODEL in meta['files'] else ()
 
     def build(tmp):
         exportdir.link_files(model_dir, tmp,
-                             skip=(exportdir.EXPORT_FILE, filename, old_onnx, exportdir.INT8_FILE) + remade)
+                             skip=(exportdir.EXPORT_FILE, filename, old_onnx, exportdir.INT8_FILE,
+                                   exportdir.FRAMES_INT8_FILE) + remade)
         write_onnx(tmp, meta, opset, filename)
         fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
 
