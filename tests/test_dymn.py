@@ -296,9 +296,11 @@ def test_export_keeps_the_attention_per_clip(tmp_path, ref, ref_model):
         onnx_out = session.run(None, {session.get_inputs()[0].name: batch})[0]
         scale = max(1.0, float(np.abs(expected).max()))
         np.testing.assert_allclose(static, expected, atol=1e-5 * scale)
-        np.testing.assert_allclose(onnx_out, expected, atol=1e-4 * scale)
+        # onnxruntime's fused kernels round differently from Paddle's (1.2e-4 seen on CI at a
+        # logit of 0.82); kernels mixed from another clip's context differ by orders more.
+        np.testing.assert_allclose(onnx_out, expected, atol=5e-4 * scale)
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: ref['features']})[0], ref['logits'],
-                               atol=1e-4)
+                               atol=5e-4)
 
 
 def test_pretrained_release_file_is_downloaded_and_loaded(monkeypatch, ref):
