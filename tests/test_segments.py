@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from paddle_soundcls.audio import AudioError
+from paddle_soundcls.errors import ArgumentError
 from paddle_soundcls.deploy import pcm
 from paddle_soundcls.deploy.segments import SlidingWindow, clip_segments, window_spans
 
@@ -60,3 +61,42 @@ def test_pcm_is_read_by_the_streams_channel_count():
         pcm.decode(data[:6], 'int16', 2)
     with pytest.raises(AudioError, match='NaN'):
         pcm.decode(np.float32([0.1, np.nan]).tobytes(), 'float32', 1)
+
+
+def test_a_tail_ending_up_to_a_hop_short_of_the_total_is_held():
+    """A stream of frames ends its tail window at its last whole frame, up to a frame (less than
+    a hop) before the last sample: whatever compaction a push did, the tail holds the samples
+    there, and asking for one ending earlier than a hop short is refused, not filled with zeros."""
+    rng = np.random.default_rng(3)
+    window, hop = 400, 100
+    for first, second in ((2066, 1), (2066, 37), (1999, 99), (401, 1), (800, 100)):
+        samples = rng.standard_normal(first + second).astype(np.float32)
+        windows = SlidingWindow(window, hop)
+        for piece in (samples[:first], samples[first:]):
+            windows.push(piece)
+            while windows.next() is not None:
+                pass
+        for end in range(max(1, len(samples) - hop), len(samples) + 1):
+            start, stop, got = windows.tail(end, always=True)
+            assert (start, stop) == (max(end - window, 0), end)
+            np.testing.assert_array_equal(got, samples[start:stop])
+        if windows.offset == 0:
+            continue
+        with pytest.raises(ArgumentError, match='no longer held'):
+            windows.tail(windows.offset + window - 1, always=True)
+
+
+def test_a_stream_closed_after_a_small_last_push_gives_the_offline_frames():
+    """FrameStream.push of most of a recording, then of its last samples (fewer than a frame), then
+    close(): the frames of offline detection of the recording (its tail window was zeros when the
+    last push compacted the buffer)."""
+    from test_detection_batching import numpy_scorer
+    from paddle_soundcls.deploy import detection
+    scorer, _ = numpy_scorer(1.0, 0.25, 16)
+    rng = np.random.default_rng(0)
+    for length, split in ((20661, 20660), (20661, 20600), (16079, 16000), (9999, 9990)):
+        wave = (0.3 * rng.standard_normal(length)).astype(np.float32)
+        offline = detection.detect(scorer, wave)['frame_scores']
+        stream = detection.FrameStream(scorer)
+        live = np.concatenate([stream.push(wave[:split]), stream.push(wave[split:]), stream.close()])
+        np.testing.assert_array_equal(live, offline)

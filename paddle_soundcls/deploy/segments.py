@@ -77,6 +77,7 @@ class SlidingWindow:
 
     def __init__(self, window, hop):
         self.window, self.hop = window, hop
+        self.slack = min(hop, window)   # how far before the last sample a tail may end
         self.buffer = np.zeros(0, np.float32)
         self.length = 0          # samples in use at the buffer's start
         self.offset = 0          # stream index of buffer[0]
@@ -91,8 +92,10 @@ class SlidingWindow:
     def push(self, samples):
         samples = np.asarray(samples, dtype=np.float32)
         if self.length + len(samples) > len(self.buffer):
-            # Keep the last `window` samples (for the tail window at the end) and what the next window needs.
-            keep_from = min(self.next_start, max(self.total - self.window, 0))
+            # Keep what the next window needs, and for the tail window at the end the last `window`
+            # samples before any end up to `slack` samples short of the total (a stream of frames
+            # ends its tail at its last whole frame, less than a hop before the last sample).
+            keep_from = min(self.next_start, max(self.total - self.window - self.slack, 0))
             drop = min(max(keep_from - self.offset, 0), self.length)
             kept = self.length - drop
             if kept + len(samples) > len(self.buffer):
@@ -119,9 +122,13 @@ class SlidingWindow:
     def tail(self, end=None, always=False):
         """The last window, ending at `end` (default: every sample pushed; a stream of frames ends
         at its last whole frame): (start, end, samples) if samples arrived after the last window
-        given out (or, with always=True, whenever there are samples), else None."""
+        given out (or, with always=True, whenever there are samples), else None. `end` may lie at
+        most `slack` samples (the hop, at most the window) before the total."""
         end = self.total if end is None else min(end, self.total)
         if end == 0 or (end <= self.last_end and not always):
             return None
         start = max(end - self.window, 0)
+        if start < self.offset:
+            raise ArgumentError(f'the tail window from sample {start} is no longer held (samples from {self.offset} '
+                                f'are); a tail may end at most {self.slack} samples before the last sample pushed')
         return start, end, self.buffer[start - self.offset:end - self.offset].copy()
