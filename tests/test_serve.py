@@ -21,7 +21,7 @@ from paddle_soundcls import audio
 from paddle_soundcls.deploy import Predictor
 from paddle_soundcls.serve import ServeError, ServeSettings, add_serve_arguments, resolve_model_dir
 from paddle_soundcls.serve.app import create_app
-from paddle_soundcls.serve.batching import Batcher, QueueFull, ShuttingDown
+from paddle_soundcls.serve.batching import Batcher, Flow, QueueFull, ShuttingDown
 from paddle_soundcls.serve.command import settings_from_args
 from paddle_soundcls.serve.stream import register_stream_mode, STREAM_MODES
 from serve_fixtures import (LABELS, audio_bytes, counting_engine, make_export_dir, read_answer, serve_in_process,
@@ -435,6 +435,35 @@ def test_batcher_batches_isolates_failures_and_refuses_when_full():
     assert ['x', 'bad', 'y'] in calls and ['bad'] in calls   # the batch, then one by one
     assert not any('late' in call for call in calls)
     assert batcher.items >= 7
+
+
+def test_batcher_fills_a_batch_with_a_flows_later_units_after_every_flows_head():
+    """A request alone on the engine still batches its windows (units behind its head fill the
+    batch), and another flow's head always comes before any flow's second unit; units of
+    another run or key, or behind one in their flow, wait for their own batch."""
+    calls = []
+
+    def run_batch(items):
+        calls.append(list(items))
+        return list(items)
+
+    async def scenario():
+        batcher = Batcher(run_batch, max_batch=3, max_wait=0.05, max_queue=16)
+        await batcher.start()
+        lone = Flow()
+        await asyncio.gather(*batcher.submit_many(['a1', 'a2', 'a3', 'a4', 'a5'], lone))
+        first, second, other_key = Flow(), Flow(), Flow()
+        futures = batcher.submit_many(['b1', 'b2', 'b3', 'b4'], first)
+        futures += batcher.submit_many(['c1'], second)
+        futures += batcher.submit_many(['k1', 'k2'], other_key, key='other')
+        futures += batcher.submit_many(['b5'], first, key='other')
+        await asyncio.gather(*futures)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert calls[:2] == [['a1', 'a2', 'a3'], ['a4', 'a5']]
+    # Turn order after the first batch: the flows that ran go to the back.
+    assert calls[2:] == [['b1', 'c1', 'b2'], ['k1', 'k2'], ['b3', 'b4'], ['b5']]
 
 
 # API key and CORS -------------------------------------------------------------------------

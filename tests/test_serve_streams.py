@@ -150,9 +150,107 @@ def test_a_silent_or_slow_stream_delays_no_other(served):
 
 def test_progress_is_for_frame_modes_and_a_boolean(served):
     base, _, _ = served
-    for start, word in (({'sample_rate': 16000, 'progress': True}, 'mode "events"'),
+    for start, word in (({'sample_rate': 16000, 'progress': True}, 'frame mode such as "events"'),
                         ({'sample_rate': 16000, 'mode': 'events', 'progress': 'yes'}, 'true or false')):
         with ws_connect(base.replace('http', 'ws') + '/v1/stream', open_timeout=10) as ws:
             ws.send(json.dumps(start))
             reply = json.loads(ws.recv(timeout=10))
         assert reply['type'] == 'error' and reply['error']['code'] == 'bad_start' and word in reply['error']['message']
+
+
+def test_more_event_streams_than_queue_slots_all_finish(tmp_path):
+    """Six streams on a server whose queue holds two units: a window the full queue refuses waits
+    for room (the classification requests' 503 would end an event stream, whose every window is
+    needed), so every stream finishes and reports what it reports alone."""
+    export = make_export_dir(tmp_path / 'export')
+    predictor = Predictor(export)
+    counting = CountingFrames(predictor.score_frames)
+    predictor.score_frames = counting
+    sr = predictor.frontend_cfg.sample_rate
+    pcms = [scene(20 + i, sr) for i in range(6)]
+    results, barrier = {}, threading.Barrier(len(pcms))
+    with serve_in_thread(create_app(predictor, ServeSettings(max_batch=2, max_queue=2, max_wait_ms=20))) as base:
+        threads = [threading.Thread(target=run_stream, args=(base, pcm, sr, sr // 4, results, i, barrier))
+                   for i, pcm in enumerate(pcms)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        health = json.loads(ws_free_get(base + '/healthz'))
+    assert health['max_queue'] == 2
+    for i, pcm in enumerate(pcms):
+        messages, _ = results[i]
+        assert messages[-1]['type'] == 'done', [m for m in messages if m['type'] == 'error'][:2]
+        want, windows = alone(export, pcm, sr, sr // 4)
+        assert [(r['type'], r['label'], r['onset']) for r in messages if r['type'] in ('start', 'end')] == [
+            (r['type'], r['label'], r['onset']) for r in want]
+        assert len(kinds(messages, 'progress')) == windows
+
+
+def ws_free_get(url):
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def test_streams_beyond_max_streams_are_refused_and_a_closed_one_frees_its_place(tmp_path):
+    """An upgraded WebSocket is no longer counted by uvicorn's --max-connections: the server counts
+    its streams itself, refuses one more with error "busy" and close code 1013, and takes a new
+    one when another has ended."""
+    from websockets.exceptions import ConnectionClosed
+    predictor = Predictor(make_export_dir(tmp_path / 'export'))
+    sr = predictor.frontend_cfg.sample_rate
+    with serve_in_thread(create_app(predictor, ServeSettings(max_streams=2))) as base:
+        url = base.replace('http', 'ws') + '/v1/stream'
+        first, second = ws_connect(url, open_timeout=10), ws_connect(url, open_timeout=10)
+        try:
+            for ws in (first, second):
+                ws.send(json.dumps({'sample_rate': sr}))
+                assert json.loads(ws.recv(timeout=10))['type'] == 'ready'
+            with ws_connect(url, open_timeout=10) as third:
+                reply = json.loads(third.recv(timeout=10))
+                assert reply['error']['code'] == 'busy' and '--max-streams' in reply['error']['message']
+                with pytest.raises(ConnectionClosed) as closed:
+                    third.recv(timeout=10)
+                assert closed.value.rcvd.code == 1013
+        finally:
+            first.close()
+        for _ in range(100):   # the server notices the close at its next read
+            with ws_connect(url, open_timeout=10) as again:
+                again.send(json.dumps({'sample_rate': sr}))
+                reply = json.loads(again.recv(timeout=10))
+            if reply['type'] == 'ready':
+                break
+            time.sleep(0.05)
+        assert reply['type'] == 'ready'
+        second.close()
+    with pytest.raises(ValueError, match='max_streams'):
+        ServeSettings(max_streams=0)
+
+
+def test_progress_and_options_go_with_a_frame_mode_made_by_a_factory(served, monkeypatch):
+    """register_stream_mode's documented form, a factory function: whether the mode takes frames
+    (and so progress) is asked of the mode it makes, and it gets its options."""
+    from paddle_soundcls.serve import stream as stream_module
+    base, export, _ = served
+    sr = Predictor(export).frontend_cfg.sample_rate
+    made = []
+
+    def factory(config, labels, meta):
+        made.append(dict(config.options))
+        return stream_module.FrameEvents(config, labels, meta)
+    monkeypatch.setitem(stream_module.STREAM_MODES, 'my_events', factory)
+    pcm = scene(3, sr)
+    with ws_connect(base.replace('http', 'ws') + '/v1/stream', open_timeout=10, close_timeout=5) as ws:
+        ws.send(json.dumps({'sample_rate': sr, 'window': WINDOW, 'hop': HOP, 'mode': 'my_events', 'options': OPTIONS,
+                            'progress': True}))
+        assert json.loads(ws.recv(timeout=10))['type'] == 'ready'
+        ws.send(pcm.tobytes())
+        ws.send(json.dumps({'type': 'end'}))
+        messages = []
+        for _ in range(10000):
+            messages.append(json.loads(ws.recv(timeout=30)))
+            if messages[-1]['type'] == 'done':
+                break
+    assert made == [OPTIONS]
+    assert len(kinds(messages, 'progress')) == alone(export, pcm, sr, len(pcm))[1]

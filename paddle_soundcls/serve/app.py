@@ -39,6 +39,7 @@ class Server:
     labels: List[str]
     model_name: str
     model_rate: int
+    open_streams: int = 0
 
 
 def add_routes(app):

@@ -13,9 +13,11 @@ decoding or resampling). Every unit waits in a bounded queue: a full queue refus
 
 Fairness: units belong to flows (one per request or stream). A flow that has had less than
 `quantum` seconds of engine time is new; new flows go first, so a short request waits at most
-for the unit running now, however much work others have queued. The others take turns, one
-unit per flow per batch, so no long request or stream holds the engine for more than one unit
-at a time; after 4 batches of new flows in a row, one of the others runs, so none starves.
+for the batch running now, however much work others have queued. The others take turns, the
+head unit of every waiting flow in a batch before any flow's second, so no long request or
+stream holds the engine for more than its share of a batch; a batch with room left takes the
+units behind the heads (a request alone still batches its windows); after 4 batches of new
+flows in a row, one of the others runs, so none starves.
 Work of a flow whose client left or whose deadline passed is dropped before it runs.
 """
 import asyncio
@@ -199,9 +201,9 @@ class Batcher:
                 elif wait is not None:
                     continue   # a batch before it waits for companions: only steps may run meanwhile
                 else:
-                    batch = [head] + [other.units[0] for other in members if other is not flow and
-                                      other.units[0].run == head.run and
-                                      other.units[0].key == head.key][:self.max_batch - 1]
+                    batch = self._fill([head] + [other.units[0] for other in members if other is not flow and
+                                                 other.units[0].run == head.run and
+                                                 other.units[0].key == head.key][:self.max_batch - 1])
                     remaining = head.arrived + self.max_wait - time.monotonic()
                     if len(batch) < self.max_batch and remaining > 0:
                         wait = remaining
@@ -211,6 +213,26 @@ class Batcher:
             if wait is not None:
                 break   # nothing of a lower class starts while this class waits
         return None, wait
+
+    def _fill(self, heads):
+        """The heads of their flows, then while the batch has room the units behind them (of the
+        same run and key, in their flow's order), one more per flow in turn: a request's windows or
+        segments still share engine calls when it is alone, and never push out another flow's head."""
+        batch, level = list(heads), 1
+        while len(batch) < self.max_batch:
+            grew = False
+            for head in heads:
+                units = head.flow.units
+                if level < len(units) and all(units[i].run == head.run and units[i].key == head.key
+                                              for i in range(1, level + 1)):
+                    batch.append(units[level])
+                    grew = True
+                    if len(batch) == self.max_batch:
+                        break
+            if not grew:
+                break
+            level += 1
+        return batch
 
     def _take(self, batch):
         for unit in batch:

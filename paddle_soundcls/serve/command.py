@@ -118,6 +118,9 @@ def add_serve_arguments(parser):
                         help=f'labels answered when a request names no top_k (default {defaults.default_top_k})')
     parser.add_argument('--max-connections', type=int, default=256,
                         help='open connections before new ones get 503 (default 256)')
+    parser.add_argument('--max-streams', type=int, default=defaults.max_streams,
+                        help=f'WebSocket streams open at once; one more is refused with error "busy" and close '
+                             f'code 1013 (default {defaults.max_streams})')
     parser.add_argument('--api-key', default=None,
                         help=f'require this key (header `Authorization: Bearer KEY` or `X-API-Key: KEY`); '
                              f'default: the environment variable {API_KEY_ENV}, else no key')
@@ -166,7 +169,8 @@ def settings_from_args(args):
                          max_decode_samples=samples,
                          max_window_seconds=args.max_window_seconds, max_overlap=args.max_overlap,
                          timeout=args.timeout, default_top_k=args.top_k, api_key=api_key,
-                         cors_origins=tuple(args.cors_origin), allowed_hosts=allowed_hosts_for(args, api_key))
+                         cors_origins=tuple(args.cors_origin), allowed_hosts=allowed_hosts_for(args, api_key),
+                         max_streams=args.max_streams)
 
 
 def _check_args(args):

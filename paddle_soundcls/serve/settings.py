@@ -48,7 +48,9 @@ class ServeSettings:
     for an open server (surrounding whitespace is dropped, as it is from a presented key);
     cors_origins: origins allowed to call from a browser page of another site (none by default);
     allowed_hosts: the names (Host header, port ignored) requests must be addressed to, () for
-    any (the command line sets them for a loopback address without a key; see host_allowed).
+    any (the command line sets them for a loopback address without a key; see host_allowed);
+    max_streams: WebSocket streams open at once (the server's --max-connections does not count
+    them once their connection is upgraded); one more is refused (error "busy", close 1013).
     """
     max_batch: int = 8
     max_wait_ms: float = 5.0
@@ -63,9 +65,10 @@ class ServeSettings:
     api_key: Optional[str] = field(default=None, repr=False)
     cors_origins: Tuple[str, ...] = ()
     allowed_hosts: Tuple[str, ...] = ()
+    max_streams: int = 256
 
     def __post_init__(self):
-        for name in ('max_batch', 'max_queue', 'max_body_bytes', 'max_decode_samples', 'default_top_k'):
+        for name in ('max_batch', 'max_queue', 'max_body_bytes', 'max_decode_samples', 'default_top_k', 'max_streams'):
             validate.positive_int(name, getattr(self, name))
         validate.non_negative_number('max_wait_ms', self.max_wait_ms)
         validate.positive_number('max_audio_seconds', self.max_audio_seconds, allow_none=True,

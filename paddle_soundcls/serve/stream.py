@@ -78,6 +78,8 @@ PIECE_SAMPLES = 1 << 16           # stream samples resampled in one step
 # chunk's rate. Each message costs the server's event loop its parsing however small it is,
 # so a flood of tiny ones is dropped, connection and all (its buffered data with it).
 MAX_MESSAGES_PER_SECOND = 5000
+# An event stream's window refused by the full queue asks again this often, until --timeout.
+QUEUE_RETRY_SECONDS = 0.02
 # Below this rate a stream is not audio a sound model can use, and each sample would be
 # upsampled many times over to the model's rate (1 kHz -> 32 kHz is 32 samples each).
 MIN_STREAM_SAMPLE_RATE = 8000
@@ -212,13 +214,11 @@ def parse_start(message, settings, num_labels, limits):
         raise _bad_start(str(exc)) from None
     if not isinstance(config.options, dict):
         raise _bad_start(f'options must be a JSON object, got {validate.shown(config.options)}')
-    if config.options and config.mode != 'events':
-        raise _bad_start(f'options are the event thresholds of mode "events"; mode {config.mode!r} takes none')
+    if config.options and config.mode == 'scores':
+        raise _bad_start('options are the event thresholds of mode "events" (or of a registered mode that takes '
+                         'them); mode \'scores\' takes none')
     if not isinstance(config.progress, bool):
         raise _bad_start(f'progress must be true or false, got {validate.shown(config.progress)}')
-    if config.progress and not getattr(STREAM_MODES[config.mode], 'frames', False):
-        raise _bad_start(f'progress reports the windows of mode "events"; mode {config.mode!r} already answers every '
-                         f'window')
     median = config.options.get('median_filter_seconds')
     if validate.is_finite_number(median) and median > limits.max_window:
         # The tracker holds and sorts this many seconds of frame scores for every frame it decides.
@@ -294,6 +294,13 @@ async def run_stream(websocket, settings, labels, meta, model_rate, limits, engi
                                 1011)
 
 
+async def refuse_stream(websocket, max_streams):
+    """A stream beyond --max-streams: told why (error "busy") and closed with 1013 (try again)."""
+    await websocket.accept()
+    await _close_with_error(websocket, 'busy', f'the server has {max_streams} streams open (--max-streams); '
+                                               f'try again later', CLOSE_TRY_AGAIN)
+
+
 def close_reason(code, message):
     """The reason of a close frame: the error's code and the start of its message, within the
     123 bytes a close frame carries."""
@@ -360,6 +367,9 @@ async def _session(websocket, settings, labels, meta, model_rate, limits, engine
         raise
     except Exception as exc:  # a mode's own check of the options
         raise _bad_start(f'options: {exc}') from None
+    if config.progress and not getattr(mode, 'frames', False):   # the mode object says, whatever made it
+        raise _bad_start(f'progress reports the windows of a frame mode such as "events"; mode {config.mode!r} '
+                         f'already answers every window')
     scorer = None
     if getattr(mode, 'frames', False):   # refused before `ready`: a model that cannot detect events says so first
         try:
@@ -466,7 +476,9 @@ class ClipWindows:
 class FrameWindows:
     """The windows of a stream in a frame mode (on_frames): detection.FrameStream's windows, each
     scored through the engine queue, its new frames given to the mode. Every window is needed for
-    the frames that follow, so a window refused (busy, late) ends the stream (1013: try again)."""
+    the frames that follow: a window the full queue refuses waits for room (a stream has one
+    window in the queue at a time, so many streams wait their turn instead of failing), and a
+    window still unscored after `timeout` ends the stream (1013: try again)."""
 
     def __init__(self, websocket, mode, scorer, engine, flow, timeout, progress=False):
         self.websocket, self.mode, self.engine, self.flow, self.timeout = websocket, mode, engine, flow, timeout
@@ -482,11 +494,17 @@ class FrameWindows:
 
     async def drain(self):
         while (window := self.frames.next_window()) is not None:
-            try:
-                coarse = await self.engine.frame_scores(window, self.flow, self.timeout)
-            except ApiError as exc:
-                raise StreamError(exc.code, f'{exc.message}; events need every window, so the stream ends here: '
-                                            f'start a new one', CLOSE_TRY_AGAIN) from None
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    coarse = await self.engine.frame_scores(window, self.flow, max(0.0, deadline - time.monotonic()))
+                    break
+                except ApiError as exc:
+                    if exc.code == 'busy' and time.monotonic() + QUEUE_RETRY_SECONDS < deadline:
+                        await asyncio.sleep(QUEUE_RETRY_SECONDS)
+                        continue
+                    raise StreamError(exc.code, f'{exc.message}; events need every window, so the stream ends '
+                                                f'here: start a new one', CLOSE_TRY_AGAIN) from None
             for reply in self.mode.on_frames(self.frames.keep(window, coarse)):
                 await self.websocket.send_json(reply)
             if self.progress:
