@@ -7,7 +7,8 @@ generated scenes with known event times. Prints figures (JSON with --json); asse
     python benchmarks/bench_events.py --models panns_cnn14 efficientat_mn10 --seconds 60 --json
 
 Engines: onnxruntime (an export's model.frames.onnx / model.onnx through Predictor, its
-defaults) and dygraph (the Module in Paddle, Module.detect). Offline detection with windows of
+defaults), onnxruntime_int8 (the same export quantized: model.frames.int8.onnx /
+model.int8.onnx, kept whatever the check says, since random weights decide nothing) and dygraph (the Module in Paddle, Module.detect). Offline detection with windows of
 `window` seconds every `hop` seconds scores window / hop times the audio, so its best real-time
 factor is the tagging one times hop / window: `detect_vs_tagging` is the measured detection
 figure over that bound (1.0: detection costs no more than scoring its windows as clips).
@@ -50,7 +51,7 @@ from paddle_soundcls.export import export_static  # noqa: E402
 from paddle_soundcls.analysis.benchmark import machine_info  # noqa: E402
 
 
-ENGINES = ('onnxruntime', 'dygraph')
+ENGINES = ('onnxruntime', 'onnxruntime_int8', 'dygraph')
 
 
 def _best_seconds(fn, repeats):
@@ -60,6 +61,25 @@ def _best_seconds(fn, repeats):
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def quantized_export(model, directory):
+    """An export of `model` with model.int8.onnx and model.frames.int8.onnx, calibrated on noise and
+    tones and kept whatever its agreement with float (speed does not depend on it; random weights
+    would fail the check)."""
+    import soundfile as sf
+    from paddle_soundcls.export.quantize import quantize_export
+    export_static(model, directory, opset=13)
+    sr = model.frontend_cfg.sample_rate
+    calibration = os.path.join(directory + '_calibration')
+    os.makedirs(calibration, exist_ok=True)
+    rng = np.random.default_rng(2)
+    t = np.arange(int(5 * sr)) / sr
+    for i in range(16):
+        wave = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.05 * rng.standard_normal(len(t))
+        sf.write(os.path.join(calibration, f'clip{i}.wav'), wave.astype(np.float32), sr, subtype='PCM_16')
+    quantize_export(directory, calibration, force=True, progress=False)
+    return directory
 
 
 def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_size=None, repeats=2):
@@ -75,6 +95,10 @@ def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_s
         export_static(model, export, opset=13)
         predictor = Predictor(export)
         runners['onnxruntime'] = (predictor.frame_scorer, predictor.score_batch, predictor.engine.num_threads)
+    if 'onnxruntime_int8' in engines:
+        int8_export = quantized_export(model, os.path.join(work, name + '_int8'))
+        predictor = Predictor(int8_export, engine='onnxruntime_int8')
+        runners['onnxruntime_int8'] = (predictor.frame_scorer, predictor.score_batch, predictor.engine.num_threads)
     if 'dygraph' in engines:
         def tag(waves):
             with paddle.no_grad():
@@ -115,9 +139,16 @@ def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_s
             f'tagging_rtf_batch_{batch_size}': round(tagging_rtf, 2),
             'detect_vs_tagging': round(detect_rtf / (tagging_rtf * hop / window), 3),
             'threads': threads}
+        if engine == 'onnxruntime_int8':
+            out[engine]['frames_precision'] = scorer_precision(frame_scorer)
     stream_latency = detection.EventStream(model.frame_scorer(window, hop), sr).latency_seconds
     return {**out, 'stream_latency_s': round(stream_latency, 3), 'window_s': window, 'hop_s': hop,
             'audio_s': seconds, 'batch_size': batch_size, 'repeats': repeats}
+
+
+def scorer_precision(frame_scorer):
+    predictor = getattr(frame_scorer, '__self__', None)
+    return getattr(predictor, 'frames_precision', None)
 
 
 def scene_f1(work, num_scenes, seconds):
@@ -176,7 +207,7 @@ def main(argv=None):
                                           args.batch_size, args.repeats) for name in args.models}
         if args.scenes:
             result['scenes'] = scene_f1(work, args.scenes, args.scene_seconds)
-    result['setup'] = {'machine': machine_info(), 'engines': 'onnxruntime: Predictor defaults; dygraph: Module',
+    result['setup'] = {'machine': machine_info(), 'engines': 'onnxruntime(_int8): Predictor defaults; dygraph: Module',
                        'weights': 'random for speed (it does not depend on them)',
                        'load_average_1min': {'before': round(load_before[0], 2), 'after': round(os.getloadavg()[0], 2)}}
     if args.json:
@@ -187,7 +218,7 @@ def main(argv=None):
             r = result[name]
             for engine in args.engines:
                 e = r[engine]
-                print(f'{name:20s} {engine:12s} offline {e["offline_rtf_batch_1"]:7.1f}x (batch 1) '
+                print(f'{name:20s} {engine:16s} offline {e["offline_rtf_batch_1"]:7.1f}x (batch 1) '
                       f'{e[f"offline_rtf_batch_{n}"]:7.1f}x (batch {n}), stream {e["stream_rtf"]:7.1f}x, '
                       f'tagging {e[f"tagging_rtf_batch_{n}"]:7.1f}x; detection at {e["detect_vs_tagging"]:.2f} '
                       f'of tagging\'s bound')

@@ -414,7 +414,8 @@ class Module(nn.Layer):
         net = self.part('frames')
 
         def score_frames(waves):
-            return net(self.frontend(paddle.to_tensor(waves, place=place_of(self)))).numpy()
+            with paddle.no_grad():   # streams call it outside detect's no_grad: no graph for backward
+                return net(self.frontend(paddle.to_tensor(waves, place=place_of(self)))).numpy()
         return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, self.frame_geometry, window, hop,
                                      self.min_seconds, self.clip_seconds)
 

@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
-from helpers import BLOCK_PADDLE, calm
+from helpers import BLOCK_PADDLE, WEIGHTS_ONLY_TWINS, calm
 from paddle_soundcls import Module, list_models
 from paddle_soundcls.errors import NoHeadError
 from paddle_soundcls.export import export_static
@@ -22,14 +22,28 @@ from signals import chirp, noise, tone
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Models whose export takes more than a few seconds on 2 cores: their export tests are slow-marked.
 LARGE = 20_000_000
+SIBLING = 2_000_000
 
 
 def _params(name):
-    return registry.get_spec(name).published.get('params', 0)
+    return registry.get_spec(name).published.get('params') or 0
 
 
 def export_cases():
-    return [pytest.param(name, marks=pytest.mark.slow) if _params(name) > LARGE else name for name in list_models()]
+    """Every model; by default the smallest of each family's network module and every other model
+    below SIBLING (siblings above it are the same layers, wider or deeper: they run with -m slow,
+    as do models above LARGE)."""
+    smallest = {}
+    for name in list_models():
+        spec = registry.get_spec(name)
+        key = (spec.family, getattr(spec.build, 'func', spec.build).__module__)
+        size = _params(name) or float('inf')   # unpublished: after any published size
+        if name not in WEIGHTS_ONLY_TWINS and (key not in smallest or size < smallest[key][0]):
+            smallest[key] = (size, name)
+    representatives = {name for _, name in smallest.values()}
+    return [pytest.param(name, marks=pytest.mark.slow)
+            if _params(name) > LARGE or (name not in representatives and _params(name) > SIBLING)
+            else name for name in list_models()]
 
 
 def random_module(name, task='sound-cls'):
@@ -43,9 +57,15 @@ def clips(spec, seconds=1.5):
     return [tone(440, seconds, sr=sr), noise(seconds, sr=sr, amp=0.2), chirp(300, 3000, seconds, sr=sr)]
 
 
-@pytest.mark.parametrize('name', list_models())
-@pytest.mark.parametrize('batch', [1, 3])
-@pytest.mark.parametrize('seconds', [1, 10])
+def shape_cases():
+    """(seconds, batch, name) for every model; the large models' 10-s batches of 3 (up to 47 s
+    each on 2 cores) are slow-marked, their 10-s clip and 1-s batch of 3 stay."""
+    return [pytest.param(seconds, batch, name, marks=pytest.mark.slow)
+            if seconds == 10 and batch == 3 and _params(name) > LARGE else (seconds, batch, name)
+            for seconds in (1, 10) for batch in (1, 3) for name in list_models()]
+
+
+@pytest.mark.parametrize('seconds, batch, name', shape_cases())
 def test_forward_shapes(name, batch, seconds):
     spec = registry.get_spec(name)
     model = spec.build(audioset_head=spec.audioset_head is not None)

@@ -258,3 +258,18 @@ def test_converting_again_drops_both_int8_graphs(quantized, tmp_path):
     for name in (exportdir.INT8_FILE, exportdir.FRAMES_INT8_FILE):
         assert not (out / name).exists() and name not in meta['files']
     assert 'int8' not in meta
+
+
+@pytest.mark.parametrize('verify', [True, False])
+def test_a_damaged_frames_graph_is_refused_when_the_scorer_is_made(quantized, tmp_path, verify):
+    """A truncated model.frames.int8.onnx is an ExportError naming the file as soon as a frame
+    scorer (detect, stream, a server's first events request) is made, not a runtime's own error
+    at the first window: with verify=True from its recorded size, without from the file itself."""
+    out = tmp_path / 'export'
+    shutil.copytree(quantized[0], out)
+    frames = out / exportdir.FRAMES_INT8_FILE
+    frames.write_bytes(frames.read_bytes()[:1000])
+    predictor = Predictor(out, engine='onnxruntime_int8', verify=verify)   # the clip model is intact
+    with pytest.raises(ExportError, match=exportdir.FRAMES_INT8_FILE):
+        predictor.frame_scorer(1.0, 0.5)
+    Predictor(out).frame_scorer(1.0, 0.5)   # the float graph is untouched

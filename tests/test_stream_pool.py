@@ -192,3 +192,27 @@ def test_predictor_stream_pool_reports_what_predictor_stream_reports(tmp_path):
     stream.finish()
     got += pool.score().get(stream, [])
     assert [(e['type'], e['label'], e['onset']) for e in got] == [(e['type'], e['label'], e['onset']) for e in want]
+
+
+def test_module_streams_score_without_autograd():
+    """Module.stream and Module.stream_pool run the network outside detect's no_grad: their scorer
+    turns autograd off itself, so a long stream builds no graph for backward."""
+    import paddle
+    from paddle_soundcls import Module
+    model = Module('panns_cnn6', task='tagging', pretrained=False, seed=0)
+    conv = next(layer for layer in model.sublayers() if isinstance(layer, paddle.nn.Conv2D))
+    seen = []
+    hook = conv.register_forward_post_hook(lambda layer, inputs, output: seen.append(output.stop_gradient))
+    try:
+        wave = np.zeros(32000 * 2, np.float32)
+        stream = model.stream(window=1.0, hop=0.5)
+        stream.push(wave)
+        stream.close()
+        pool = model.stream_pool(window=1.0, hop=0.5)
+        member = pool.open()
+        member.feed(wave)
+        member.finish()
+        pool.score()
+    finally:
+        hook.remove()
+    assert seen and all(seen) and paddle.is_grad_enabled()

@@ -232,10 +232,19 @@ class Predictor:
         ensemble, the combined scores at the front end's frame rate)."""
         if self._ensemble is not None:
             return self._ensemble.score_frames(waveforms)
+        return self._load_frames_engine()(self.features(waveforms))
+
+    def _load_frames_engine(self):
+        """The frame-scores graph, loaded once: when the first scorer is made, so a missing or
+        damaged file is an ExportError then (a server refuses events before a stream starts)."""
         if self._frames_engine is None:
             path = exportdir.require_file(self.model_dir, self.meta, self._frames_name, self._verify)
-            self._frames_engine = OnnxEngine(path, self.engine.num_threads)
-        return self._frames_engine(self.features(waveforms))
+            try:
+                self._frames_engine = OnnxEngine(path, self.engine.num_threads)
+            except Exception as exc:  # onnxruntime's own types for a damaged file
+                raise ExportError(f'cannot load {path}: {str(exc).strip().splitlines()[-1][:300]}. The export is '
+                                  f'damaged: export the model again') from None
+        return self._frames_engine
 
     def frame_scorer(self, window=None, hop=None):
         """A detection.FrameScorer running this export's frame-scores graph (see score_frames)."""
@@ -248,6 +257,9 @@ class Predictor:
             except ArgumentError as exc:   # a property of the export, not of the call
                 raise ExportError(f'{self.model_dir}: {exc}') from None
             frontend = self._ensemble.frame_frontend()
+        else:
+            self.frame_geometry   # an export that records none cannot place its frames: refused before loading
+            self._load_frames_engine()
         return detection.FrameScorer(self.score_frames, frontend, self.labels, self.frame_geometry, window, hop,
                                      self.min_seconds, self.clip_seconds)
 
