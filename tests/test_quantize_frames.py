@@ -273,3 +273,14 @@ def test_a_damaged_frames_graph_is_refused_when_the_scorer_is_made(quantized, tm
     with pytest.raises(ExportError, match=exportdir.FRAMES_INT8_FILE):
         predictor.frame_scorer(1.0, 0.5)
     Predictor(out).frame_scorer(1.0, 0.5)   # the float graph is untouched
+
+
+@pytest.mark.parametrize('entry', ['int8', ['frames'], {'frames': ['model.frames.int8.onnx']}, {'frames': 'x'}])
+def test_a_hand_edited_int8_entry_of_the_wrong_type_is_refused_by_name(quantized, tmp_path, entry):
+    out = tmp_path / 'export'
+    shutil.copytree(quantized[0], out)
+    meta = json.loads((out / 'export.json').read_text())
+    meta['int8'] = entry
+    (out / 'export.json').write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match='"int8" must be an object'):
+        Predictor(out, engine='onnxruntime_int8')

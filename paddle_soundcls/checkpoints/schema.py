@@ -163,6 +163,11 @@ def read_export_json(path, model_dir):
             FrameGeometry.from_dict(meta['frame_geometry'])
         except ValueError as exc:
             raise ExportError(f'{path}: {exc}; export the model again') from None
+    int8 = meta.get('int8')
+    if int8 is not None and not (isinstance(int8, dict) and isinstance(int8.get('frames', {}), (dict, type(None)))):
+        raise ExportError(f'{path}: "int8" must be an object (and its "frames" an object), as quantizing writes '
+                          f'them; quantize the export again (paddle-soundcls export --model-dir {model_dir} '
+                          f'--quantize int8 --calibration CLIPS), or delete the "int8" entry to run in float32')
     if meta.get('ensemble') is not None:
         check_ensemble_members(meta['ensemble'].get('members') if isinstance(meta['ensemble'], dict) else None,
                                path, ExportError, fix, field='ensemble.members')
