@@ -6,7 +6,12 @@ sample k * hop_length of the clip, the STFT being centred). `stride` is a power 
 CNN14, the MobileNets and the ResNets, 16 for CNN6/CNN10, 8 for CP-Mobile) and `offset` is
 fixed by the padding and pooling: 0 where every downsampling step is a stride-2 window centred
 on an input frame (odd kernels with symmetric padding), (stride - 1) / 2 where it averages
-pairs of frames (PANNs' 2x2 average pooling). Each family states its geometry in the registry;
+pairs of frames (PANNs' 2x2 average pooling). `context`, where a family states it, is how far a
+network frame sees: its output depends only on the front-end frames within `context` frames of
+its centre (its receptive field over the network's input, the front end's own STFT window not
+included); None where it depends on the whole input (pooling, attention or normalisation over
+time). Detection can use it to score overlapping windows once (deploy/detection.py,
+FrameScorer.mergeable_windows). Each family states its geometry in the registry;
 detection (offline and streaming), strong-label targets and exports all use it, so a sound
 centred at time c gives frame scores centred at c.
 
@@ -16,6 +21,7 @@ Output frames of event detection are at the front end's rate: frame i covers
 numpy only: the Paddle-free runtime uses it.
 """
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 from . import validate
@@ -25,25 +31,37 @@ from .errors import ArgumentError
 @dataclass(frozen=True)
 class FrameGeometry:
     """stride: front-end frames between two network frames; offset: the front-end frame (a
-    fractional index) on which network frame 0 is centred."""
+    fractional index) on which network frame 0 is centred; context: a network frame's output
+    depends only on the front-end frames at most `context` frames from its centre (None: on the
+    whole input)."""
     stride: int
     offset: float = 0.0
+    context: Optional[int] = None
 
     def __post_init__(self):
         validate.positive_int('frame geometry: stride', self.stride, hint='front-end frames')
         # Network frame 0 covers the start of the input: its centre lies within the first stride.
         validate.number_in('frame geometry: offset', self.offset, 0, self.stride, high_open=True,
                            hint=f'front-end frames, below stride={self.stride}')
+        object.__setattr__(self, 'context', validate.non_negative_int(
+            'frame geometry: context', self.context, allow_none=True,
+            hint='front-end frames a network frame sees on each side of its centre; None when it sees the whole input'))
         object.__setattr__(self, 'stride', int(self.stride))
         object.__setattr__(self, 'offset', float(self.offset))
 
     def to_dict(self):
-        return asdict(self)
+        """{'stride', 'offset'}, and 'context' when it is known (exports written before it existed,
+        and networks that see their whole input, have none)."""
+        data = asdict(self)
+        if self.context is None:
+            del data['context']
+        return data
 
     @classmethod
     def from_dict(cls, data):
-        if not isinstance(data, dict) or set(data) != {'stride', 'offset'}:
-            raise ArgumentError(f'frame geometry must be {{"stride": int, "offset": number}}, got {data!r}')
+        if not isinstance(data, dict) or not {'stride', 'offset'} <= set(data) <= {'stride', 'offset', 'context'}:
+            raise ArgumentError(f'frame geometry must be {{"stride": int, "offset": number}} with an optional '
+                                f'"context": int, got {data!r}')
         return cls(**data)
 
     def seconds(self, frontend):
@@ -95,7 +113,7 @@ def for_frontend(geometry, frontend):
     k * hop_length for centred STFTs (no change), half an FFT later otherwise."""
     if frontend.center:
         return geometry
-    return FrameGeometry(geometry.stride, geometry.offset + frontend.n_fft / 2 / frontend.hop_length)
+    return FrameGeometry(geometry.stride, geometry.offset + frontend.n_fft / 2 / frontend.hop_length, geometry.context)
 
 
 def check_geometry(value):

@@ -408,8 +408,9 @@ class Module(nn.Layer):
         from .deploy.events import merge_settings
         return merge_settings(config, self.event_config, 'this Module\'s event_config')
 
-    def frame_scorer(self, window=None, hop=None):
-        """A deploy.detection.FrameScorer running this Module in Paddle dygraph."""
+    def frame_scorer(self, window=None, hop=None, merge=True):
+        """A deploy.detection.FrameScorer running this Module in Paddle dygraph; merge=False scores
+        every window of offline detection on its own (see FrameScorer)."""
         from .deploy import detection
         net = self.part('frames')
 
@@ -417,7 +418,7 @@ class Module(nn.Layer):
             with paddle.no_grad():   # streams call it outside detect's no_grad: no graph for backward
                 return net(self.frontend(paddle.to_tensor(waves, place=place_of(self)))).numpy()
         return detection.FrameScorer(score_frames, self.frontend_cfg, self.labels, self.frame_geometry, window, hop,
-                                     self.min_seconds, self.clip_seconds)
+                                     self.min_seconds, self.clip_seconds, merge=merge)
 
     def to_dict(self, scores, top_k=None, topk=None):
         """scores [classes] -> OrderedDict(label -> score), best first, the best `top_k` only."""

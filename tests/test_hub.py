@@ -240,7 +240,8 @@ def test_meta_json_and_export_json_record_the_same_settings():
                 assert meta[key] is None and settings[key] == registry.audioset_labels()
             else:
                 assert meta[key] == settings[key], key
-        assert settings['frame_geometry'] == {'stride': 16, 'offset': 7.5}   # CNN6: 2**4 frames, centred
+        # CNN6: 2**4 frames, centred; each sees 54 front-end frames on either side
+        assert settings['frame_geometry'] == {'stride': 16, 'offset': 7.5, 'context': 54}
         assert settings['min_seconds'] == registry.get_spec('panns_cnn6').min_seconds
 
 

@@ -25,10 +25,11 @@ class CountingFrames:
     """The predictor's frame scores, with the batch size of every call recorded."""
 
     def __init__(self, score_frames):
-        self.score_frames, self.calls = score_frames, []
+        self.score_frames, self.calls, self.lengths = score_frames, [], []
 
     def __call__(self, waves):
         self.calls.append(len(waves))
+        self.lengths.append(waves.shape[1])
         return self.score_frames(waves)
 
 
@@ -254,3 +255,32 @@ def test_progress_and_options_go_with_a_frame_mode_made_by_a_factory(served, mon
                 break
     assert made == [OPTIONS]
     assert len(kinds(messages, 'progress')) == alone(export, pcm, sr, len(pcm))[1]
+
+
+def test_a_lone_events_request_batches_its_windows_in_merged_segments_within_max_window(served):
+    """/v1/events alone on the server: its windows go to the engine --max-batch at a time, and where
+    the network allows (CNN6 at 2.56 s / 0.64 s: hops on its 16-frame grid) consecutive windows are one
+    segment of at most --max-window-seconds; the events are Predictor.detect's."""
+    import httpx
+    import soundfile as sf
+    import io
+    base, export, counting = served
+    predictor = Predictor(export)
+    sr = predictor.frontend_cfg.sample_rate
+    pcm = np.concatenate([scene(i, sr) for i in range(30, 34)])[:int(9.5 * sr)]   # within --max-audio-seconds
+    body = io.BytesIO()
+    sf.write(body, pcm, sr, format='WAV', subtype='PCM_16')
+    counting.calls.clear()
+    counting.lengths.clear()
+    response = httpx.post(base + '/v1/events', content=body.getvalue(), headers={'content-type': 'audio/wav'},
+                          params={'window': 2.56, 'hop': 0.64}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert max(counting.calls) > 1
+    assert 2.56 * sr < max(counting.lengths) <= ServeSettings().max_window_seconds * sr
+    [want] = predictor.detect([pcm.astype(np.float32) / 32768], sr, window=2.56, hop=0.64)
+    got = response.json()['events']
+    assert want['events']
+    assert [(e['label'], e['onset'], e['offset']) for e in got] == [
+        (e['label'], e['onset'], e['offset']) for e in want['events']]
+    np.testing.assert_allclose([e['confidence'] for e in got], [e['confidence'] for e in want['events']],
+                               atol=1e-4, rtol=0)

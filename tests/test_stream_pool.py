@@ -216,3 +216,74 @@ def test_module_streams_score_without_autograd():
     finally:
         hook.remove()
     assert seen and all(seen) and paddle.is_grad_enabled()
+
+
+class FailingOnce:
+    """score_frames that fails on its `fail_at`-th call (0-based) and then works."""
+
+    def __init__(self, score_frames, fail_at):
+        self.score_frames, self.fail_at, self.calls = score_frames, fail_at, 0
+
+    def __call__(self, waves):
+        self.calls += 1
+        if self.calls - 1 == self.fail_at:
+            raise RuntimeError('the engine failed')
+        return self.score_frames(waves)
+
+
+@pytest.mark.parametrize('fail_at', [0, 2, 5])
+def test_a_network_failure_loses_no_window_and_no_event(fail_at):
+    """The network fails in the middle of pool.score() (or of a stream's own score): the error goes
+    on, and the next score() scores the windows left and gives the events decided before the
+    failure, so every stream's events are those of a run without failure."""
+    rng = np.random.default_rng(7)
+    streams = plans(rng, 6)
+    waves = [detection.audio.resample(np.concatenate(chunks).reshape(-1, channels).mean(axis=1), rate, CFG.sample_rate)
+             for rate, channels, chunks in streams]
+    config = config_for(waves)
+    want = [alone(plan, config, 3) for plan in streams]
+    scorer = numpy_scorer(WINDOW, HOP, 3)[0]
+    scorer.score_frames = FailingOnce(scorer.score_frames, fail_at)
+    pool = detection.StreamPool(scorer, config, 3)
+    opened = [pool.open(rate, channels) for rate, channels, _ in streams]
+    for stream, (_, _, chunks) in zip(opened, streams):
+        for chunk in chunks:
+            stream.feed(chunk)
+        stream.finish()
+    with pytest.raises(RuntimeError, match='engine failed'):
+        pool.score()
+    got = {id(s): [] for s in opened}
+    for stream, events in pool.score().items():
+        got[id(stream)] += events
+    assert pool.streams == []
+    for stream, expected in zip(opened, want):
+        assert [e for e in got[id(stream)] if e['type'] == 'end'] == [e for e in expected if e['type'] == 'end']
+    # One stream alone: push fails, the stream stays whole, close() gives the rest.
+    rate, channels, chunks = streams[0]
+    scorer = numpy_scorer(WINDOW, HOP, 3)[0]
+    scorer.score_frames = FailingOnce(scorer.score_frames, 1)
+    stream = detection.EventStream(scorer, rate, config, channels, 3)
+    events = []
+    for chunk in chunks:
+        try:
+            events += stream.push(chunk)
+        except RuntimeError:
+            pass
+    events += stream.close()
+    assert [e for e in events if e['type'] == 'end'] == [e for e in want[0] if e['type'] == 'end']
+
+
+def test_a_pool_scores_at_most_batch_size_windows_per_network_call_taking_streams_in_turn():
+    """Memory of score() is bounded by batch_size windows in all, not per stream: 20 streams with
+    a backlog of several windows each go through calls of at most batch_size windows, each call
+    taking every stream's next window before any stream's second."""
+    scorer, net = numpy_scorer(WINDOW, HOP, 4)
+    sizes = []
+    score = scorer.score_frames
+    scorer.score_frames = lambda waves: (sizes.append(len(waves)), score(waves))[1]
+    pool = detection.StreamPool(scorer, batch_size=4)
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        pool.open().feed((0.1 * rng.standard_normal(CFG.sample_rate * 3)).astype(np.float32))
+    pool.score()
+    assert max(sizes) == 4 and sum(sizes) >= 20 * 5   # 3 s of 1-s windows every 0.25 s: 9 windows each

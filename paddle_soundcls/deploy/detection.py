@@ -11,7 +11,7 @@ one kept), where the network sees context on both sides. Windows are cut by the 
 cutter, deploy/segments.py.
 Offline detection is a stream fed the whole recording at once, so a live stream gives exactly
 the frames, and so the events, of offline detection of the same audio, whatever the sizes of
-its chunks.
+its chunks (up to float rounding where offline detection merges windows, see below).
 
 Batching: the network scores windows `batch_size` at a time (FrameScorer.network_scores), only
 windows of one length in one call, so no window is padded beyond the network's shortest input
@@ -21,11 +21,25 @@ Offline detection (detect, detect_inputs) cuts the windows of its recordings as 
 needed and scores them in batches, across recordings; a live stream scores the windows that
 complete within one push together, so it waits for no later audio.
 
+Overlapping windows scored once: windows overlap (every second of audio is scored window / hop
+times), but where a network frame's score depends only on the input near it (FrameGeometry.context:
+no pooling, attention or normalisation over time) k consecutive windows give the same kept frames
+as ONE segment from the first one's start to the last one's end, W + (k - 1) H front-end frames
+instead of k W. FrameScorer.mergeable_windows says how many windows may be merged for its window
+and hop (1 where the kept frames would be another function of the audio). Offline detection
+(recording_frames: detect, detect_inputs, and the server's offline events) scores merged segments
+where it may (merge_windows; a scorer made with merge=False scores window by window); live
+streams never merge (they would wait for later windows). The frames are the same function of the
+audio, but not always the same float32 numbers: the engines round a frame differently with the
+length of the input around it (up to ~3e-6 measured), so where offline detection merges, a live
+stream of the same audio gives its frames up to that rounding (see FrameScorer's merge).
+
 Latency of a stream: a frame is reported once the window that keeps it is complete: at most
 hop + (window - hop) / 2 seconds after it was pushed, plus the compute of one window, plus
 half the median filter of the event decisions (EventTracker.delay_seconds).
 """
 
+import math
 import time
 from collections import deque
 
@@ -47,6 +61,12 @@ DEFAULT_WINDOW = 10.0
 # 2 CPUs) gains little beyond 16, and 16 windows of 10 s are ~10 MB of samples.
 DEFAULT_BATCH_SIZE = 16
 
+# Merged windows per segment (FrameScorer.mergeable_windows): 16 windows of 2 s every 0.5 s are 9.5 s of
+# audio scored once instead of 32 s (70% less); more saves little. A segment stays within 30 s of
+# audio (recording_frames puts fewer segments in a batch, about batch_size windows' samples).
+MAX_MERGED_WINDOWS = 16
+MAX_MERGED_SECONDS = 30.0
+
 
 class FrameScorer:
     """Frame scores of audio of any length, window by window.
@@ -63,10 +83,17 @@ class FrameScorer:
         shorter than that, are zero-padded to it.
     batch_size: windows per score_frames call (offline detection, and windows that complete within
         one push of a stream); windows of different lengths never share a call.
+    merge: True (the default): offline detection scores up to `mergeable_windows` consecutive
+        windows as one segment (merge_windows). The frames kept are those of the windows scored
+        one by one up to rounding, as the engines' arithmetic of a frame depends on the input's
+        length (Paddle's CPU kernels with several threads, the numpy front end's mel matrix
+        product; differences of 3e-8 to 2.8e-6 measured on random-weight networks), so live
+        streams, which never merge, give offline detection's frames up to that rounding. False:
+        window by window, bit for bit what a live stream gives.
     """
 
     def __init__(self, score_frames, frontend, labels, geometry, window=None, hop=None, min_seconds=1.0,
-                 clip_seconds=None, batch_size=DEFAULT_BATCH_SIZE):
+                 clip_seconds=None, batch_size=DEFAULT_BATCH_SIZE, merge=True):
         if window is None:   # a training clip shorter than the network takes is padded to it
             window = max(clip_seconds or DEFAULT_WINDOW, min_seconds)
         hop = window / 2 if hop is None else hop
@@ -85,6 +112,41 @@ class FrameScorer:
         self.margin_frames = (self.window_frames - self.hop_frames) // 2
         self.min_samples = int(round(min_seconds * frontend.sample_rate))
         self.batch_size = check_batch_size(batch_size)
+        # Windows per segment in offline detection (recording_frames); a caller may set it up to
+        # mergeable_windows.
+        self.mergeable_windows = self._windows_to_merge()
+        self.merge_windows = self.mergeable_windows if validate.flag('merge', merge) else 1
+
+    def _windows_to_merge(self):
+        """How many consecutive (non-final) windows one segment may stand for, their kept frames
+        the same function of the audio: 1 unless (a) the network sees only `context` front-end
+        frames around each frame (geometry.context, and no per-clip normalisation in the front end:
+        top_db), (b) the hop is a
+        whole number of network frames, so every window's network frames are the segment's, and
+        (c) the network frames that the kept frames are interpolated from see only samples of their
+        window, so cutting the window changes none of them. Then at most MAX_MERGED_WINDOWS, within
+        MAX_MERGED_SECONDS."""
+        g, f = self.geometry, self.frontend
+        if (g.context is None or f.top_db is not None or self.hop_frames % g.stride
+                or self.hop_frames == self.window_frames):
+            return 1
+        # Of a middle window the kept frames are [margin, margin + hop), centred at i + 0.5; they read
+        # the network frames around them: the last centre at or before the first, the first at or
+        # after the last.
+        low = math.floor((self.margin_frames + 0.5 - g.offset) / g.stride)
+        high = math.ceil((self.margin_frames + self.hop_frames - 0.5 - g.offset) / g.stride)
+        if low < 0:
+            return 1
+        # Samples a network frame at position c sees: its context's front-end frames, each an STFT
+        # window of n_fft samples centred on it (one sample more with pre-emphasis, which reads the
+        # next one).
+        reach = g.context * f.hop_length + f.n_fft / 2 + (f.preemphasis is not None)
+        first_sample = (g.offset + g.stride * low) * f.hop_length - reach
+        end_sample = (g.offset + g.stride * high) * f.hop_length + reach
+        if first_sample < 0 or end_sample > self.window_frames * f.hop_length:
+            return 1
+        longest = int(MAX_MERGED_SECONDS / self.frame_seconds)
+        return max(1, min(MAX_MERGED_WINDOWS, 1 + (longest - self.window_frames) // self.hop_frames))
 
     @property
     def latency_seconds(self):
@@ -156,18 +218,19 @@ def frames_at_rate(geometry, coarse, num_frames, first=0, end=None):
 
 class Window:
     """One window of a FrameStream to score: `samples` (padded to the network's shortest input)
-    from front-end frame `start`, `frames` of them; `final`: the last window of the stream."""
-    __slots__ = ('start', 'frames', 'samples', 'final')
+    from front-end frame `start`, `frames` of them; `final`: the last window of the stream;
+    `windows`: how many consecutive windows it stands for (merged, FrameStream's merge_windows)."""
+    __slots__ = ('start', 'frames', 'samples', 'final', 'windows')
 
-    def __init__(self, start, frames, samples, final):
-        self.start, self.frames, self.samples, self.final = start, frames, samples, final
+    def __init__(self, start, frames, samples, final, windows=1):
+        self.start, self.frames, self.samples, self.final, self.windows = start, frames, samples, final, windows
 
 
 class FrameStream:
     """Frame scores of a stream, window by window, with the one window cutter (segments.SlidingWindow):
     windows of `window` every `hop` from the start, the last one ending at the last whole frame.
     Offline detection is this stream fed the whole recording at once, so a live stream gives
-    exactly its frames, however its audio is chunked.
+    exactly its frames, however its audio is chunked (up to rounding where it merges windows).
 
     push(samples) -> the new frames' scores [frames, classes], close() -> the rest, each window
     scored by the scorer's score_frames. A caller that scores windows elsewhere (the server, through
@@ -177,18 +240,30 @@ class FrameStream:
     windows at once (a batch of them through the network).
     The windows that complete within one push are scored together, `batch_size` at a time
     (default: the scorer's).
+    merge_windows: up to this many consecutive windows (all but the final one) are cut as one
+    segment, from the first one's start to the last one's end, and keep() keeps of it the frames
+    those windows keep (up to the last one's kept end): the same function of the audio, scored
+    once (at most scorer.mergeable_windows; equal bit for bit only where score_frames rounds a
+    frame the same whatever the input's length, see FrameScorer's merge). 1 (the default): live
+    streams wait for no later window.
     Memory: about two windows of samples, whatever the chunks; work per push proportional to it.
     """
 
-    def __init__(self, scorer, batch_size=None):
+    def __init__(self, scorer, batch_size=None, merge_windows=1):
         self.scorer = scorer
         self.batch_size = scorer.batch_size if batch_size is None else check_batch_size(batch_size)
+        self.merge_windows = validate.positive_int('merge_windows', merge_windows, hint='windows per segment')
+        if self.merge_windows > scorer.mergeable_windows:
+            raise ArgumentError(f'merge_windows={merge_windows}: for this window and hop the network can score at '
+                                f'most {scorer.mergeable_windows} window(s) as one segment with the same frame '
+                                f'scores (FrameScorer.mergeable_windows)')
         self.windows = SlidingWindow(scorer.window_frames * scorer.frame_samples,
                                      scorer.hop_frames * scorer.frame_samples)
         self.emitted = 0           # frames reported so far
         self.promised = 0          # frames the windows cut so far will report, once kept
         self.finished = False      # no more audio: the last window may be cut
         self.closed = False
+        self.returned = deque()    # windows cut, then given back unscored (give_back): cut again first
 
     def feed(self, samples):
         if self.finished:
@@ -200,6 +275,8 @@ class FrameStream:
 
     def next_window(self):
         s = self.scorer
+        if self.returned:
+            return self.returned.popleft()
         if self.windows is None:   # every window cut and the samples dropped (drop_samples)
             return None
         cut = self.windows.next()
@@ -214,11 +291,32 @@ class FrameStream:
         if cut is None:
             return None
         start, end, samples = cut
+        count = 1
+        if not final and self.merge_windows > 1:
+            # The next windows each add their last hop of samples to the segment.
+            pieces, hop_samples = [samples], s.hop_frames * s.frame_samples
+            while count < self.merge_windows and (more := self.windows.next()) is not None:
+                pieces.append(more[2][-hop_samples:])
+                end = more[1]
+                count += 1
+            samples = np.concatenate(pieces) if count > 1 else samples
         window = Window(start // s.frame_samples, max(1, (end - start) // s.frame_samples),
-                        pad_to(samples, s.min_samples), final)
-        # What keep() will report of it: up to the end of its central hop (the last window: to its end).
-        self.promised = max(self.promised, window.start + (window.frames if final else s.margin_frames + s.hop_frames))
+                        pad_to(samples, s.min_samples), final, count)
+        # What keep() will report of it: up to the end of its (last window's) central hop; the final
+        # window: to its end.
+        self.promised = max(self.promised, window.start + (window.frames if final else self.kept_end(window)))
         return window
+
+    def kept_end(self, window):
+        """Where the frames kept of a non-final `window` end, from its start: its central hop's end (of
+        a merged one, its last window's)."""
+        s = self.scorer
+        return min(s.margin_frames + s.hop_frames * window.windows, window.frames)
+
+    def give_back(self, windows):
+        """Windows cut but not kept (their scoring failed): the next next_window() calls give them
+        again, in order, so the stream loses none and keeps its frames in order."""
+        self.returned.extendleft(reversed(windows))
 
     def next_windows(self, limit):
         """Up to `limit` next windows (a list; empty while more audio is needed)."""
@@ -246,7 +344,7 @@ class FrameStream:
         spans = []   # (first, end) of each window's frames that are new
         for window in windows:
             first = self.emitted - window.start
-            end = window.frames if window.final else min(s.margin_frames + s.hop_frames, window.frames)
+            end = window.frames if window.final else self.kept_end(window)
             spans.append((first, max(first, end)))
             self.emitted += max(0, end - first)
         parts, i = [], 0
@@ -280,8 +378,27 @@ class FrameStream:
         """Score the windows complete so far (`batch_size` per network call): their new frames."""
         out = []
         while windows := self.next_windows(self.batch_size):
-            out.append(self.keep_all(windows, self.scorer.network_scores(windows, self.batch_size)))
+            [scores] = scored(self.scorer, [(self, windows)], self.batch_size)
+            out.append(self.keep_all(windows, scores))
         return _stack(out, len(self.scorer.labels))
+
+
+def scored(scorer, groups, batch_size):
+    """The network frame scores of the windows of `groups` ([(FrameStream, its windows)]) in one
+    scorer.network_scores call, split back per group. When it fails, every stream gets its windows
+    back (FrameStream.give_back) before the error goes on, so none is lost and a retry goes on
+    where it stopped."""
+    try:
+        scores = scorer.network_scores([w for _, windows in groups for w in windows], batch_size)
+    except BaseException:
+        for frames, windows in groups:
+            frames.give_back(windows)
+        raise
+    out, first = [], 0
+    for _, windows in groups:
+        out.append(scores[first:first + len(windows)])
+        first += len(windows)
+    return out
 
 
 def _stack(parts, num_classes):
@@ -309,6 +426,7 @@ class EventStream:
         self.target_sr = scorer.frontend.sample_rate
         self.frames = FrameStream(scorer, batch_size)
         self._arrivals = deque()   # (samples so far, time) of each feed whose windows are not all reported
+        self._undelivered = []     # events decided before a scoring failed: the next score() gives them
         self.report_delay = self.max_report_delay = 0.0
         self.tracker = EventTracker(scorer.labels, scorer.frame_seconds, config)
         # One resampler for the whole stream: its output is `audio.resample` of everything pushed,
@@ -328,20 +446,30 @@ class EventStream:
     def feed(self, chunk):
         """Take a chunk without scoring it (a StreamPool scores the windows of all its streams together)."""
         if self.closed:
-            raise ArgumentError('push after close: the stream is closed; start a new one with stream()')
+            raise ArgumentError('this stream is closed (close() or finish() was called) and takes no more audio; '
+                                'open a new stream for more')
         wave = self._mono(chunk)
         if wave.size:
             audio.check_waveform(wave, 'chunk')
         if self.resampler is not None:
             wave = self.resampler.push(wave)
-        self.frames.feed(wave)
-        self._arrivals.append((self.frames.windows.total, time.monotonic()))
+        if wave.size:   # an empty feed completes no window
+            self.frames.feed(wave)
+            self._arrivals.append((self.frames.windows.total, time.monotonic()))
 
     def score(self):
-        """Score this stream's complete windows on its own: the events that started or ended."""
-        frames, events = self.frames, []
-        while windows := frames.next_windows(frames.batch_size):
-            events += self.report(windows, frames.scorer.network_scores(windows, frames.batch_size))
+        """Score this stream's complete windows on its own: the events that started or ended. If the
+        network fails, the error goes on and the stream stays whole: its unscored windows are
+        scored, and the events decided before the failure given, by the next score()."""
+        frames, events = self.frames, self._undelivered
+        self._undelivered = []
+        try:
+            while windows := frames.next_windows(frames.batch_size):
+                [scores] = scored(frames.scorer, [(frames, windows)], frames.batch_size)
+                events += self.report(windows, scores)
+        except BaseException:
+            self._undelivered = events
+            raise
         return events
 
     def report(self, windows, network_scores):
@@ -407,13 +535,39 @@ class StreamPool:
     Each stream's report_delay / max_report_delay: seconds from the feed that completed its latest
     window to that window's events being reported (queueing and compute; latency_seconds says
     how long a sample waits for its window). Memory: each stream's buffer (about two windows of
-    samples) and at most `batch_size` cut windows per stream while score() runs.
+    samples) and at most `batch_size` cut windows in all while score() runs (each network call
+    takes a window from every stream in turn, then a second, ...).
     """
 
     def __init__(self, scorer, config=None, batch_size=None):
         self.scorer, self.config = scorer, config
         self.batch_size = scorer.batch_size if batch_size is None else check_batch_size(batch_size)
         self.streams = []
+        self._turn = 0   # where the next round starts among the streams
+
+    def _next_round(self):
+        """Up to batch_size windows for one network call: one from each stream in turn (starting
+        where the last round started, plus one), then a second from each, ...: [(stream, its windows)]."""
+        active = [stream for stream in self.streams if not stream.frames.closed]
+        if not active:
+            return []
+        first = self._turn % len(active)
+        active = active[first:] + active[:first]
+        self._turn += 1
+        taken, total = {}, 0
+        while total < self.batch_size:
+            grew = False
+            for stream in active:
+                if total == self.batch_size:
+                    break
+                window = stream.frames.next_window()
+                if window is not None:
+                    taken.setdefault(stream, []).append(window)
+                    total += 1
+                    grew = True
+            if not grew:
+                break
+        return list(taken.items())
 
     def open(self, sample_rate=None, channels=1):
         """A new stream of chunks at `sample_rate` (default the model's) with `channels` channels."""
@@ -424,19 +578,35 @@ class StreamPool:
 
     def score(self):
         """Score every complete window of every stream, together: {stream: [events]} for the streams
-        with new events. A finished stream gives its last events and leaves the pool."""
+        with new events. A finished stream gives its last events and leaves the pool. If the network
+        fails, the error goes on and no stream loses anything: the next score() scores their
+        unscored windows and gives the events decided before the failure."""
         out = {}
-        while True:
-            ready = [(stream, stream.frames.next_windows(self.batch_size)) for stream in self.streams
-                     if not stream.frames.closed]
-            ready = [(stream, windows) for stream, windows in ready if windows]
-            if not ready:
-                break
-            scores = self.scorer.network_scores([w for _, windows in ready for w in windows], self.batch_size)
-            first = 0
-            for stream, windows in ready:
-                out.setdefault(stream, []).extend(stream.report(windows, scores[first:first + len(windows)]))
-                first += len(windows)
+        for stream in self.streams:
+            if stream._undelivered:
+                out[stream], stream._undelivered = stream._undelivered, []
+        # Each stream's windows scored in this call are reported together at its end, as a stream
+        # alone reports the windows one push completes (a start's confidence is its peak so far);
+        # only their places and network scores are held meanwhile, not their samples.
+        scored_now = {}
+        try:
+            try:
+                while groups := self._next_round():
+                    scores = scored(self.scorer, [(stream.frames, windows) for stream, windows in groups],
+                                    self.batch_size)
+                    for (stream, windows), part in zip(groups, scores):
+                        for window in windows:
+                            window.samples = None
+                        held = scored_now.setdefault(stream, ([], []))
+                        held[0].extend(windows)
+                        held[1].extend(part)
+            finally:
+                for stream, (windows, scores) in scored_now.items():
+                    out.setdefault(stream, []).extend(stream.report(windows, scores))
+        except BaseException:
+            for stream, events in out.items():
+                stream._undelivered = events
+            raise
         for stream in [stream for stream in self.streams if stream.closed]:
             if not stream.frames.closed:   # finished: its open events end with its audio
                 stream.frames.closed = True
@@ -488,8 +658,14 @@ def recording_frames(scorer, waves, batch_size=None):
     rate; any iterable, read one at a time), in order: those of a FrameStream fed the whole
     recording, with the windows of all recordings scored in batches of `batch_size` windows of one
     length. Windows are cut as batches fill, so the samples of only about `batch_size` windows per
-    window length (and of the recording being cut) are held at once."""
+    window length (and of the recording being cut) are held at once.
+    Consecutive windows are merged into one segment where the scorer allows it (merge_windows); a
+    batch of segments then holds about the samples of `batch_size` windows."""
     batch_size = scorer.batch_size if batch_size is None else check_batch_size(batch_size)
+    merge = scorer.merge_windows
+    if merge > 1:
+        segment_frames = scorer.window_frames + (merge - 1) * scorer.hop_frames
+        batch_size = max(1, batch_size * scorer.window_frames // segment_frames)
     recordings = []
     pending = {}    # window length in samples -> [(recording, window)] waiting for a batch
 
@@ -503,7 +679,7 @@ def recording_frames(scorer, waves, batch_size=None):
             rec.keep_scored()
 
     for wave in waves:
-        stream = FrameStream(scorer, batch_size)
+        stream = FrameStream(scorer, batch_size, merge)
         stream.feed(wave)
         stream.finish()
         del wave

@@ -31,7 +31,8 @@ export.json (format FORMAT):
     onnx         {'file': 'model.onnx', 'opset': 13, 'paddle2onnx': version} once exported
     frames       {'file': 'model.frames.onnx', 'opset': 13}: the frame-scores graph
     events       the EventConfig.to_dict() the model was saved with (tuned thresholds), or null
-    frame_geometry {'stride', 'offset'}: where the frames of model.frames.onnx sit in time, in
+    frame_geometry {'stride', 'offset'} and, where a frame sees only the input near it, 'context':
+                 where the frames of model.frames.onnx sit in time and how far each sees, in
                  front-end frames (paddle_soundcls.frames.FrameGeometry); null in exports of
                  earlier versions, which detection refuses
     int8         once quantized: {'file': 'model.int8.onnx', 'source_sha256': sha256 of the

@@ -246,8 +246,9 @@ class Predictor:
                                   f'damaged: export the model again') from None
         return self._frames_engine
 
-    def frame_scorer(self, window=None, hop=None):
-        """A detection.FrameScorer running this export's frame-scores graph (see score_frames)."""
+    def frame_scorer(self, window=None, hop=None, merge=True):
+        """A detection.FrameScorer running this export's frame-scores graph (see score_frames);
+        merge=False scores every window of offline detection on its own (see FrameScorer)."""
         frontend = self.frontend_cfg
         if self._ensemble is not None:
             for member in self.members:
@@ -261,7 +262,7 @@ class Predictor:
             self.frame_geometry   # an export that records none cannot place its frames: refused before loading
             self._load_frames_engine()
         return detection.FrameScorer(self.score_frames, frontend, self.labels, self.frame_geometry, window, hop,
-                                     self.min_seconds, self.clip_seconds)
+                                     self.min_seconds, self.clip_seconds, merge=merge)
 
     def detect(self, data, sample_rate=None, window=None, hop=None, config=None, batch_size=None):
         """When each sound happens, without Paddle; the same results as `Module.detect`.

@@ -285,15 +285,19 @@ def checkpoint_filter(state, source):
 
 # --- registered models ------------------------------------------------------------------------
 
-def frame_geometry(strides=None):
+def frame_geometry(strides=None, n_blocks=N_BLOCKS, rfn=None):
     """The stem's two stride-2 convolutions and the blocks' time strides, each a 3x3 window padded
     by one (the depthwise convolution, and the shortcut's average pooling) whose output j is
-    centred on input 2j: network frame j is centred on front-end frame stride * j."""
+    centred on input 2j: network frame j is centred on front-end frame stride * j.
+    context: half the receptive field over time (receptive_field: 79 frames, so 39, for the
+    baseline's blocks), the same as measured with random weights in eval mode (tests/test_overlap.py);
+    None with RelaxedFreqNorm (rfn), whose statistics are the whole input's."""
     strides = STRIDES if strides is None else strides
     stride = 4
     for _, time_stride in strides.values():
         stride *= time_stride
-    return FrameGeometry(stride=stride, offset=0)
+    context = None if rfn is not None else (receptive_field(n_blocks, strides)[1] - 1) // 2
+    return FrameGeometry(stride=stride, offset=0, context=context)
 
 
 # The baseline's network (the constants above) as build's `arch`.
@@ -328,7 +332,8 @@ def _register_all():
         register_model(ModelSpec(
             name=name, family=FAMILY, build=partial(build, settings), emb_size=channels[-1],
             checkpoint_filter=checkpoint_filter, weights=weights,
-            frontend=CPMOBILE_FRONTEND, frame_geometry=frame_geometry(settings.get('strides')),
+            frontend=CPMOBILE_FRONTEND, frame_geometry=frame_geometry(settings.get('strides'), settings['n_blocks'],
+                                                                  settings.get('rfn')),
             # Paddle's STFT needs a clip of at least n_fft = 4096 samples (0.128 s); every conv is padded
             # and the map is averaged, so the network itself takes any clip of one frame or more.
             min_seconds=0.15,

@@ -348,7 +348,15 @@ def classifier_from_feed_forward(state, eps=1e-5):
 # in_c (5x5, stride 2, padding 1) centres its frame j on input frame 2j + 1; the 2x2 max pooling then
 # takes in_c's frames 2j and 2j + 1 (centred on 4j + 1 and 4j + 3); every later layer keeps the time
 # axis (the other poolings are over frequency only, the convolutions 'same'-padded).
-FRAME_GEOMETRY = FrameGeometry(stride=4, offset=2)
+# context: half the receptive field over time (receptive_field: 55 frames for `cpresnet`, so 27), the
+# same as measured with random weights in eval mode (tests/test_overlap.py).
+FRAME_GEOMETRY = FrameGeometry(stride=4, offset=2, context=(receptive_field()[1] - 1) // 2)
+
+
+def frame_geometry(settings):
+    """FRAME_GEOMETRY with the context of the network of `settings` (its rho and blocks)."""
+    frames = receptive_field(settings['rho'], settings['n_blocks'])[1]
+    return FrameGeometry(stride=4, offset=2, context=(frames - 1) // 2)
 
 # name: (settings, published figures). Nothing is published for exactly these networks: the DCASE
 # 2023 repository calls the teacher "CP-ResNet with 128K parameters"; CPJKU's code counts 127,684
@@ -367,7 +375,7 @@ def _register_all():
             name=name, family=FAMILY, build=partial(build, settings),
             emb_size=channels[2] if settings['n_blocks'][2] else channels[1],
             checkpoint_filter=partial(checkpoint_filter, arch=settings), weights=None,
-            frontend=CPRESNET_FRONTEND, frame_geometry=FRAME_GEOMETRY,
+            frontend=CPRESNET_FRONTEND, frame_geometry=frame_geometry(settings),
             # Paddle's STFT needs a clip of at least n_fft = 4096 samples (0.128 s); the network itself
             # takes 5 frames or more (in_c then the 2x2 pooling).
             min_seconds=0.15,

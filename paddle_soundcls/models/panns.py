@@ -14,6 +14,7 @@ Every family module follows this file's template, in three sections:
     registered models  one table, MODELS = {registered name: (architecture, PretrainedCfg or None,
                      published figures)}, and `_register_all()`, one ModelSpec per row
 """
+import math
 from collections import OrderedDict
 from contextlib import nullcontext
 from functools import partial
@@ -149,9 +150,19 @@ def frame_geometry(arch):
     """Every block but the last halves time with a 2x2 average pooling (the last with `last_pool`):
     output j of one averages inputs 2j and 2j + 1, so after k of them network frame j is centred
     on front-end frame stride * j + (stride - 1) / 2, stride = 2**k. The convolutions are padded
-    symmetrically, and forward_frames' 3-frame smoothing is centred, so neither moves it."""
+    symmetrically, and forward_frames' 3-frame smoothing is centred, so neither moves it.
+    context: the receptive field over time from the layer stack (each conv adds kernel - 1 input
+    steps, each pooling pool - 1, the smoothing 2), half of it around the centre, rounded up: 54
+    front-end frames for CNN6 and CNN10, 174 for CNN14; the same as measured with random weights
+    in eval mode (tests/test_overlap.py: changing any input frame farther than that from a frame's
+    centre leaves it bit for bit unchanged, one nearer changes it)."""
     stride = 2 ** (len(arch.channels) - 1) * arch.last_pool
-    return FrameGeometry(stride=stride, offset=(stride - 1) / 2)
+    size, step = 1, 1
+    for pool in [2] * (len(arch.channels) - 1) + [arch.last_pool]:
+        size += arch.num_convs * (arch.kernel - 1) * step + (pool - 1) * step
+        step *= pool
+    size += 2 * step   # forward_frames' 3-frame max + mean
+    return FrameGeometry(stride=stride, offset=(stride - 1) / 2, context=math.ceil((size - 1) / 2))
 
 
 # --- checkpoints ------------------------------------------------------------------------------

@@ -114,6 +114,23 @@ def checkpoint_filter(state, source, depth):
 
 # --- registered models ------------------------------------------------------------------------
 
+def _context(depth):
+    """Half the receptive field over time of ResNet-`depth` (435 frames for ResNet-18, 899 for ResNet-34,
+    so 217 and 449 front-end frames), from the layer stack: conv1 (7x7) and the 3x3 max pooling, then
+    two 3x3 convolutions per BasicBlock, each widening it by 2 x the stride so far; the same as
+    measured with random weights in eval mode (tests/test_overlap.py)."""
+    blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}[depth]
+    size = 1 + 6 + 2 * 2   # conv1 at stride 1, the max pooling at stride 2
+    step = 4
+    for stage, count in enumerate(blocks):
+        for block in range(count):
+            for conv in range(2):
+                size += 2 * step
+                if stage and block == 0 and conv == 0:
+                    step *= 2   # the stage's first 3x3 convolution strides: later ones widen twice as much
+    return (size - 1) // 2
+
+
 def _imagenet(depth, params, macs_10s):
     """A row of MODELS: ResNet-`depth` with paddle.vision's own ImageNet file, fetched into our cache under
     its own name and checked against the md5 paddle.vision publishes for it (model_urls)."""
@@ -123,7 +140,7 @@ def _imagenet(depth, params, macs_10s):
         frontend=FrontendConfig(),
         # conv1 (7x7, stride 2, padding 3), the 3x3 max pooling (stride 2, padding 1) and the first
         # block of stages 2-4 (3x3 and 1x1 stride-2 convolutions) each centre output j on input 2j.
-        frame_geometry=FrameGeometry(stride=32, offset=0),
+        frame_geometry=FrameGeometry(stride=32, offset=0, context=_context(depth)),
         labels='imagenet-1k', classifier='fc', first_conv='conv1.weight',
         description='backbone only, on ImageNet-1k (paddle.vision); no AudioSet head')
     return depth, weights, {'params': params, 'macs_10s': macs_10s}

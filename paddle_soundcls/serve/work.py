@@ -184,14 +184,28 @@ class Work:
         return scores
 
     async def events(self, wave, window, hop, flow, deadline):
-        """detection.detect of one waveform: the same windows and decisions (FrameStream), each window
-        waiting its turn in the queue; the client leaving or the deadline stops it between windows."""
+        """detection.detect of one waveform: the same windows and decisions (FrameStream), queued up
+        to --max-batch windows at a time (a request alone on the engine has them scored together; with
+        others, the batcher takes every request's next window first); the client leaving or the
+        deadline stops it between groups."""
         scorer = await self.frame_scorer(window, hop)
-        frames = FrameStream(scorer)
+        # Offline, windows merge as in detection.detect, into segments of at most --max-window-seconds
+        # (the most audio one unit of work may hold).
+        longest = int(self.limits.max_window / scorer.frame_seconds + 1e-9)
+        merge = max(1, min(scorer.merge_windows, 1 + (longest - scorer.window_frames) // scorer.hop_frames))
+        frames = FrameStream(scorer, merge_windows=merge)
         frames.feed(wave)
         frames.finish()
         parts = []
-        while (next_window := frames.next_window()) is not None:
-            coarse = await self.frame_scores(next_window, flow, remaining(deadline))
-            parts.append(frames.keep(next_window, coarse))
+        while windows := frames.next_windows(max(1, min(self.batcher.max_batch,
+                                                        self.batcher.max_queue - self.batcher.depth))):
+            futures = []
+            try:
+                for cut in windows:
+                    futures += self.submit([cut.samples], flow, self.run_frames, ('frames', len(cut.samples)))
+            except ApiError:
+                for future in futures:
+                    future.cancel()
+                raise
+            parts.append(frames.keep_all(windows, await self.wait(futures, remaining(deadline))))
         return detection_result(scorer, parts, getattr(self.predictor, 'event_config', None))
