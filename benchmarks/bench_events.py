@@ -11,7 +11,10 @@ defaults), onnxruntime_int8 (the same export quantized: model.frames.int8.onnx /
 model.int8.onnx, kept whatever the check says, since random weights decide nothing) and dygraph (the Module in Paddle, Module.detect). Offline detection with windows of
 `window` seconds every `hop` seconds scores window / hop times the audio, so its best real-time
 factor is the tagging one times hop / window: `detect_vs_tagging` is the measured detection
-figure over that bound (1.0: detection costs no more than scoring its windows as clips).
+figure over that bound (1.0: detection costs no more than scoring its windows as clips). Where
+the network lets offline detection score overlapping windows once (docs/events.md), it goes
+beyond that bound: `merged_windows` says how many windows one segment stands for, and
+`offline_rtf_batch_N_window_by_window` gives the figure without merging (frame_scorer(merge=False)).
 Each figure is the best of --repeats runs after a warm-up (other processes' load only slows).
 
 Speed does not depend on the weights, so the models have random weights. The F1 figures need a
@@ -82,13 +85,24 @@ def quantized_export(model, directory):
     return directory
 
 
+def random_model(name):
+    """`name` with random weights: the AudioSet tagger, or for a model without that head (CP-Mobile,
+    CP-ResNet) a 10-class multi-label one."""
+    from paddle_soundcls.models import registry
+    if registry.get_spec(name).audioset_head is not None:
+        model = Module(name, task='tagging', pretrained=False, seed=0)
+    else:
+        model = Module(name, task='sound-cls', num_class=10, multi_label=True, pretrained=False, seed=0)
+    model.eval()
+    return model
+
+
 def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_size=None, repeats=2):
     """Per engine: audio seconds per compute second of offline detection (batch sizes 1 and
     `batch_size`), of a stream fed 0.5-s chunks, and of tagging clips of `window` seconds in
     batches of `batch_size`."""
     batch_size = batch_size or detection.DEFAULT_BATCH_SIZE
-    model = Module(name, task='tagging', pretrained=False, seed=0)
-    model.eval()
+    model = random_model(name)
     runners = {}
     if 'onnxruntime' in engines:
         export = os.path.join(work, name)
@@ -118,6 +132,10 @@ def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_s
         score_batch(clips)
         offline_1 = _best_seconds(detect(1), repeats)
         offline_n = _best_seconds(detect(batch_size), repeats)
+        one_by_one = None
+        if scorer.merge_windows > 1:   # overlapping windows scored once: the same without it
+            unmerged = frame_scorer(window, hop, merge=False)
+            one_by_one = _best_seconds(lambda: detection.detect(unmerged, wave, batch_size=batch_size), repeats)
 
         def stream():
             s = detection.EventStream(frame_scorer(window, hop), sr)
@@ -138,6 +156,8 @@ def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_s
             'stream_rtf': round(seconds / streaming, 2),
             f'tagging_rtf_batch_{batch_size}': round(tagging_rtf, 2),
             'detect_vs_tagging': round(detect_rtf / (tagging_rtf * hop / window), 3),
+            'merged_windows': scorer.merge_windows,
+            f'offline_rtf_batch_{batch_size}_window_by_window': None if one_by_one is None else round(seconds / one_by_one, 2),
             'threads': threads}
         if engine == 'onnxruntime_int8':
             out[engine]['frames_precision'] = scorer_precision(frame_scorer)

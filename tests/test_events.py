@@ -472,3 +472,28 @@ def test_median_filter_is_scipys_with_repeated_edges(half_width):
     scores = np.random.default_rng(half_width).random((700, 5)).astype(np.float32)
     want = ndimage.median_filter(scores, size=(2 * half_width + 1, 1), mode='nearest')
     np.testing.assert_array_equal(median_filter(scores, half_width), want)
+
+
+def test_classes_that_never_reach_their_onset_threshold_change_nothing():
+    """detect_events filters only the classes whose scores reach their onset threshold somewhere
+    (a median is at most its window's largest score): with 40 quiet classes beside 3 bumpy ones,
+    the events are those of the 3 alone, and those the stream (which filters every class) reports."""
+    rng = np.random.default_rng(11)
+    config = EventConfig(median_filter_seconds=0.3, min_duration_seconds=0.0, min_gap_seconds=0.2)
+    for trial in range(8):
+        bumpy = bumpy_scores(rng, 200, 3)
+        quiet = rng.uniform(0, 0.49, (200, 40))   # below the 0.5 onset threshold
+        quiet[rng.integers(0, 200, 20), rng.integers(0, 40, 20)] = 0.4999
+        scores = np.concatenate([quiet[:, :20], bumpy, quiet[:, 20:]], axis=1)
+        labels = [f'c{i}' for i in range(scores.shape[1])]
+        offline = detect_events(scores, HOP, labels, config)
+        alone = detect_events(bumpy, HOP, labels[20:23], config)
+        assert offline == alone and offline
+        pushes, closing = stream(scores, [len(scores)], labels, config)
+        ends = [{k: v for k, v in r.items() if k != 'type'} for r in pushes[0] + closing if r['type'] == 'end']
+        assert sorted(ends, key=lambda e: (e['onset'], labels.index(e['label']))) == offline
+
+
+def test_no_class_reaching_its_threshold_gives_no_events():
+    for config in CONFIGS:
+        assert detect_events(np.full((50, 3), 0.01), HOP, ['a', 'b', 'c'], config) == []
