@@ -287,3 +287,11 @@ def test_batched_detection_of_real_networks_is_that_of_lone_windows(name, engine
         want_events = detection.detect(make(window, hop, 1), wave, config)['events']
         assert_same_events(offline['events'], want_events, atol)
         assert_same_events(detection.result(make(window, hop, 1), [streamed], config)['events'], want_events, atol)
+
+
+def test_scores_an_engine_rounds_just_above_one_are_probabilities():
+    """onnxruntime's sigmoid gives 1.0000001 for some saturated logits: detection takes them as 1."""
+    scorer, _ = numpy_scorer(1.0, 0.25, 4, net=lambda waves: np.full((len(waves), 8, len(LABELS)),
+                                                                       np.nextafter(np.float32(1), np.float32(2))))
+    result = detection.detect(scorer, np.zeros(CFG.sample_rate * 3, np.float32))
+    assert result['frame_scores'].max() == 1.0 and len(result['events']) == len(LABELS)

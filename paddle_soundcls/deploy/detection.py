@@ -181,6 +181,9 @@ class FrameScorer:
                 if scores.ndim != 3 or len(scores) != len(part):
                     raise ArgumentError(f'score_frames gave frame scores of shape {list(scores.shape)} for '
                                         f'{len(part)} windows; it must give [windows, frames, classes]')
+                # Probabilities: onnxruntime's vectorised sigmoid gives 1.0000001 for some saturated
+                # logits (seen with CNN14 on 25-s segments), which the event decisions refuse.
+                scores = np.clip(scores, 0.0, 1.0)
                 for i, row in zip(part, scores):
                     out[i] = row
         return out
