@@ -284,3 +284,61 @@ def test_a_lone_events_request_batches_its_windows_in_merged_segments_within_max
         (e['label'], e['onset'], e['offset']) for e in want['events']]
     np.testing.assert_allclose([e['confidence'] for e in got], [e['confidence'] for e in want['events']],
                                atol=1e-4, rtol=0)
+
+
+def test_a_full_server_still_refuses_bad_origins_and_keys_first(tmp_path):
+    """At --max-streams, a client with a wrong key or a foreign Origin is refused as it is when the
+    server has room (HTTP 403 to the handshake), not told the server is busy."""
+    from websockets.exceptions import InvalidStatus
+    predictor = Predictor(make_export_dir(tmp_path / 'export'))
+    settings = ServeSettings(max_streams=1, api_key='s3cret')
+    with serve_in_thread(create_app(predictor, settings)) as base:
+        url = base.replace('http', 'ws') + '/v1/stream'
+        with ws_connect(url, open_timeout=10, additional_headers={'X-API-Key': 's3cret'}) as held:
+            held.send(json.dumps({'sample_rate': 16000}))
+            assert json.loads(held.recv(timeout=10))['type'] == 'ready'
+            for headers in ({'X-API-Key': 'wrong'}, {'X-API-Key': 's3cret', 'Origin': 'http://evil.example'}):
+                with pytest.raises(InvalidStatus) as refused:
+                    ws_connect(url, open_timeout=10, additional_headers=headers).close()
+                assert refused.value.response.status_code == 403
+            with ws_connect(url, open_timeout=10, additional_headers={'X-API-Key': 's3cret'}) as extra:
+                assert json.loads(extra.recv(timeout=10))['error']['code'] == 'busy'
+
+
+def test_events_requests_the_queue_took_wait_for_room_instead_of_failing(tmp_path):
+    """Four /v1/events requests of 36 windows each on a server whose queue holds 4 units: a request
+    the queue admitted (its audio decoded) waits for room for its windows, up to its deadline, so
+    each answers 200 with Predictor.detect's events or is refused (503) before any window of it is
+    scored: no request fails half-way with its work thrown away."""
+    import io
+    import httpx
+    import soundfile as sf
+    export = make_export_dir(tmp_path / 'export')
+    predictor = Predictor(export)
+    counting = CountingFrames(predictor.score_frames)
+    predictor.score_frames = counting
+    sr = predictor.frontend_cfg.sample_rate
+    pcm = np.concatenate([scene(i, sr) for i in range(40, 44)])[:int(9.5 * sr)]
+    body = io.BytesIO()
+    sf.write(body, pcm, sr, format='WAV', subtype='PCM_16')
+    results = {}
+
+    def post(i):
+        results[i] = httpx.post(base + '/v1/events', content=body.getvalue(), headers={'content-type': 'audio/wav'},
+                                params={'window': 1.0, 'hop': 0.25}, timeout=120)
+    with serve_in_thread(create_app(predictor, ServeSettings(max_batch=2, max_queue=4))) as base:
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+    scored = sum(counting.calls)
+    [want] = predictor.detect([pcm.astype(np.float32) / 32768], sr, window=1.0, hop=0.25)
+    windows = alone(export, pcm, sr, len(pcm))[1]
+    answered = [r for r in results.values() if r.status_code == 200]
+    assert all(r.status_code == 503 and r.json()['error']['code'] == 'busy' for r in results.values()
+               if r.status_code != 200)
+    assert len(answered) >= 2 and scored == windows * len(answered)
+    for response in answered:
+        assert [(e['label'], e['onset'], e['offset']) for e in response.json()['events']] == [
+            (e['label'], e['onset'], e['offset']) for e in want['events']]

@@ -477,8 +477,12 @@ class EventStream:
 
     def report(self, windows, network_scores):
         """The events of the frames of `windows` (next_windows' windows, scored: their network frame
-        scores); records report_delay."""
-        events = self.tracker.push(self.frames.keep_all(windows, network_scores))
+        scores); records report_delay. Each window's frames go to the event tracker on their own, so
+        the reports (a start's confidence is the peak known when it is reported) are the same however
+        windows are grouped: by push, batch size, pool or a retry after a failure."""
+        events = []
+        for window, scores in zip(windows, network_scores):
+            events += self.tracker.push(self.frames.keep(window, scores))
         end = max(w.start + w.frames for w in windows) * self.frames.scorer.frame_samples
         # The feed that completed the last of these windows: the first that brought the audio to its end.
         while len(self._arrivals) > 1 and self._arrivals[0][0] < end:

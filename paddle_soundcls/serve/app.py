@@ -9,7 +9,7 @@ Stateless: every request carries its audio and gets its answer; nothing is kept 
 requests, so any number of these processes can sit behind one load balancer.
 """
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List
 
 from fastapi import FastAPI
@@ -24,6 +24,7 @@ from .middleware import AllowedHosts, RequestLimits, RequireApiKey
 from .schemas import ERROR_RESPONSES, ClassifyResponse, ErrorResponse, LabelScore, ModelInfo, PaddleSpeechRequest
 from .schemas import PaddleSpeechResponse, audio_request
 from .settings import ServeSettings
+from .stream import OpenStreams
 from .work import Work
 
 EVENTS_RESPONSES = {**ERROR_RESPONSES, 501: {'model': ErrorResponse, 'description': 'the export cannot detect events'}}
@@ -39,7 +40,7 @@ class Server:
     labels: List[str]
     model_name: str
     model_rate: int
-    open_streams: int = 0
+    streams: OpenStreams = field(default_factory=OpenStreams)
 
 
 def add_routes(app):

@@ -19,7 +19,7 @@ from .decode import base64_steps
 from .inputs import parse_json, read_audio_request
 from .schemas import PaddleSpeechRequest
 from .settings import ApiError, window_and_hop
-from .stream import refuse_stream, run_stream
+from .stream import run_stream
 from .work import deadline_of
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'static')
@@ -155,15 +155,8 @@ async def model_info(request: Request):
 
 async def stream(websocket: WebSocket):
     server = websocket.app.state.server
-    if server.open_streams >= server.settings.max_streams:
-        await refuse_stream(websocket, server.settings.max_streams)
-        return
-    server.open_streams += 1
-    try:
-        await run_stream(websocket, server.settings, server.labels, server.predictor.meta, server.model_rate,
-                         server.work.limits, server.work)
-    finally:
-        server.open_streams -= 1
+    await run_stream(websocket, server.settings, server.labels, server.predictor.meta, server.model_rate,
+                     server.work.limits, server.work, server.streams)
 
 
 async def page():

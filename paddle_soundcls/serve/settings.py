@@ -28,6 +28,9 @@ MAX_STREAM_MESSAGE_BYTES = MiB
 # Stream windows and /v1/events windows: each second of audio is scored at most this many
 # times (window / hop), so a small hop cannot multiply the work of a stream without bound.
 DEFAULT_MAX_OVERLAP = 4
+# Work that waits for room in the full queue (a started /v1/events request, an event stream's
+# window) asks again this often, until its deadline.
+QUEUE_RETRY_SECONDS = 0.02
 
 
 @dataclass(frozen=True)

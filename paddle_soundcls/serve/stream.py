@@ -66,7 +66,7 @@ from ..deploy.segments import SlidingWindow
 from ..errors import ArgumentError
 from . import params
 from .params import unknown_message
-from .settings import (MAX_STREAM_MESSAGE_BYTES, ApiError, key_from_headers, key_matches, window_and_hop,
+from .settings import (MAX_STREAM_MESSAGE_BYTES, QUEUE_RETRY_SECONDS, ApiError, key_from_headers, key_matches, window_and_hop,
                        origin_allowed)
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,6 @@ PIECE_SAMPLES = 1 << 16           # stream samples resampled in one step
 # chunk's rate. Each message costs the server's event loop its parsing however small it is,
 # so a flood of tiny ones is dropped, connection and all (its buffered data with it).
 MAX_MESSAGES_PER_SECOND = 5000
-# An event stream's window refused by the full queue asks again this often, until --timeout.
-QUEUE_RETRY_SECONDS = 0.02
 # Below this rate a stream is not audio a sound model can use, and each sample would be
 # upsampled many times over to the model's rate (1 kHz -> 32 kHz is 32 samples each).
 MIN_STREAM_SAMPLE_RATE = 8000
@@ -266,8 +264,18 @@ class Inbox:
             return data, self.ended
 
 
-async def run_stream(websocket, settings, labels, meta, model_rate, limits, engine):
+class OpenStreams:
+    """The streams a server has open, against settings.max_streams."""
+
+    def __init__(self):
+        self.count = 0
+
+
+async def run_stream(websocket, settings, labels, meta, model_rate, limits, engine, streams=None):
     """Serve one WebSocket.
+
+    streams: the server's OpenStreams (None: not counted); one beyond settings.max_streams is
+    refused, after the Origin and key checks, which every client meets whatever the load.
 
     limits: settings.WindowLimits; engine: has flow(), clip_scores(wave at model_rate, flow,
     timeout) -> OrderedDict(label -> score) (raising ApiError when busy or late) and step(fn,
@@ -281,7 +289,12 @@ async def run_stream(websocket, settings, labels, meta, model_rate, limits, engi
     if presented and not key_matches(settings, presented):
         await websocket.close(CLOSE_POLICY)   # a wrong key in the handshake: refused before any message is read
         return
+    if streams is not None and streams.count >= settings.max_streams:
+        await refuse_stream(websocket, settings.max_streams)
+        return
     await websocket.accept()
+    if streams is not None:
+        streams.count += 1
     try:
         await _session(websocket, settings, labels, meta, model_rate, limits, engine)
     except StreamError as exc:
@@ -292,6 +305,9 @@ async def run_stream(websocket, settings, labels, meta, model_rate, limits, engi
         log.exception('stream failed')
         await _close_with_error(websocket, 'internal_error', f'the server failed on this stream ({type(exc).__name__})',
                                 1011)
+    finally:
+        if streams is not None:
+            streams.count -= 1
 
 
 async def refuse_stream(websocket, max_streams):

@@ -13,7 +13,7 @@ from ..deploy.exportdir import ExportError
 from .batching import Flow, QueueFull, ShuttingDown, run_steps
 from .decode import decode_steps
 from .middleware import DEADLINE_KEY
-from .settings import ApiError, WindowLimits
+from .settings import QUEUE_RETRY_SECONDS, ApiError, WindowLimits
 
 
 def deadline_of(request, settings):
@@ -98,8 +98,12 @@ class Work:
 
     async def wait(self, futures, timeout):
         """The results of `futures`; all of them are dropped when one fails or the time runs out."""
+        gathered = asyncio.gather(*futures)
+        # Cancelled from outside (the client left), the gathering keeps an exception no one reads,
+        # which asyncio would log as an error: read it here.
+        gathered.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            return await asyncio.wait_for(asyncio.gather(*futures), timeout)
+            return await asyncio.wait_for(gathered, timeout)
         except asyncio.TimeoutError:
             raise _timeout_error(self.settings) from None
         except ShuttingDown:
@@ -199,13 +203,19 @@ class Work:
         parts = []
         while windows := frames.next_windows(max(1, min(self.batcher.max_batch,
                                                         self.batcher.max_queue - self.batcher.depth))):
-            futures = []
-            try:
-                for cut in windows:
-                    futures += self.submit([cut.samples], flow, self.run_frames, ('frames', len(cut.samples)))
-            except ApiError:
-                for future in futures:
-                    future.cancel()
-                raise
+            while True:
+                futures = []
+                try:
+                    for cut in windows:
+                        futures += self.submit([cut.samples], flow, self.run_frames, ('frames', len(cut.samples)))
+                    break
+                except ApiError as exc:
+                    for future in futures:
+                        future.cancel()
+                    # The request was admitted (its audio decoded through the queue): it waits for room
+                    # for its windows, up to its deadline, rather than fail with work already done.
+                    if not (exc.code == 'busy' and remaining(deadline) > QUEUE_RETRY_SECONDS):
+                        raise
+                    await asyncio.sleep(QUEUE_RETRY_SECONDS)
             parts.append(frames.keep_all(windows, await self.wait(futures, remaining(deadline))))
         return detection_result(scorer, parts, getattr(self.predictor, 'event_config', None))

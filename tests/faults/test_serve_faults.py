@@ -587,7 +587,7 @@ def test_a_stream_message_costs_work_in_proportion_to_the_message(child):
     after_leaving = cpu_seconds(pid)
     time.sleep(1.0)
     assert busy < 0.3, busy                     # copying the window at every message: about 3 ms each
-    assert slowest < 0.1, slowest
+    assert slowest < 0.5, slowest               # a stalled event loop: seconds (0.11 s seen on a loaded machine)
     assert cpu_seconds(pid) - after_leaving < 0.3
 
 
