@@ -66,7 +66,7 @@ from ..deploy.segments import SlidingWindow
 from ..errors import ArgumentError
 from . import params
 from .params import unknown_message
-from .settings import (MAX_STREAM_MESSAGE_BYTES, QUEUE_RETRY_SECONDS, ApiError, key_from_headers, key_matches, window_and_hop,
+from .settings import (MAX_STREAM_MESSAGE_BYTES, ApiError, key_from_headers, key_matches, window_and_hop,
                        origin_allowed)
 
 log = logging.getLogger(__name__)
@@ -510,17 +510,11 @@ class FrameWindows:
 
     async def drain(self):
         while (window := self.frames.next_window()) is not None:
-            deadline = time.monotonic() + self.timeout
-            while True:
-                try:
-                    coarse = await self.engine.frame_scores(window, self.flow, max(0.0, deadline - time.monotonic()))
-                    break
-                except ApiError as exc:
-                    if exc.code == 'busy' and time.monotonic() + QUEUE_RETRY_SECONDS < deadline:
-                        await asyncio.sleep(QUEUE_RETRY_SECONDS)
-                        continue
-                    raise StreamError(exc.code, f'{exc.message}; events need every window, so the stream ends '
-                                                f'here: start a new one', CLOSE_TRY_AGAIN) from None
+            try:
+                coarse = await self.engine.frame_scores(window, self.flow, self.timeout)   # waits for room
+            except ApiError as exc:
+                raise StreamError(exc.code, f'{exc.message}; events need every window, so the stream ends here: '
+                                            f'start a new one', CLOSE_TRY_AGAIN) from None
             for reply in self.mode.on_frames(self.frames.keep(window, coarse)):
                 await self.websocket.send_json(reply)
             if self.progress:

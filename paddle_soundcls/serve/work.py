@@ -181,10 +181,28 @@ class Work:
             self._score_frames = scorer.score_frames   # every scorer of the export runs the same graph
         return scorer
 
+    async def frame_windows(self, windows, flow, deadline):
+        """Submit detection.Windows as units of work (one per window, batched with others of its
+        length), waiting for room while the queue is full, up to `deadline`: the callers (an admitted
+        /v1/events request, an event stream) need every window. Their futures."""
+        while True:
+            futures = []
+            try:
+                for window in windows:
+                    futures += self.submit([window.samples], flow, self.run_frames, ('frames', len(window.samples)))
+                return futures
+            except ApiError as exc:
+                for future in futures:
+                    future.cancel()
+                if not (exc.code == 'busy' and remaining(deadline) > QUEUE_RETRY_SECONDS):
+                    raise
+                await asyncio.sleep(QUEUE_RETRY_SECONDS)
+
     async def frame_scores(self, window, flow, timeout):
-        """Network frame scores of one detection.Window, as a unit of work through the queue."""
-        samples = window.samples
-        [scores] = await self.wait(self.submit([samples], flow, self.run_frames, ('frames', len(samples))), timeout)
+        """Network frame scores of one detection.Window through the queue, waiting for room (see
+        frame_windows); ApiError when `timeout` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        [scores] = await self.wait(await self.frame_windows([window], flow, deadline), remaining(deadline))
         return scores
 
     async def events(self, wave, window, hop, flow, deadline):
@@ -203,19 +221,8 @@ class Work:
         parts = []
         while windows := frames.next_windows(max(1, min(self.batcher.max_batch,
                                                         self.batcher.max_queue - self.batcher.depth))):
-            while True:
-                futures = []
-                try:
-                    for cut in windows:
-                        futures += self.submit([cut.samples], flow, self.run_frames, ('frames', len(cut.samples)))
-                    break
-                except ApiError as exc:
-                    for future in futures:
-                        future.cancel()
-                    # The request was admitted (its audio decoded through the queue): it waits for room
-                    # for its windows, up to its deadline, rather than fail with work already done.
-                    if not (exc.code == 'busy' and remaining(deadline) > QUEUE_RETRY_SECONDS):
-                        raise
-                    await asyncio.sleep(QUEUE_RETRY_SECONDS)
+            # Admitted (its audio decoded through the queue), the request waits for room for its
+            # windows rather than fail with work already done.
+            futures = await self.frame_windows(windows, flow, deadline)
             parts.append(frames.keep_all(windows, await self.wait(futures, remaining(deadline))))
         return detection_result(scorer, parts, getattr(self.predictor, 'event_config', None))
