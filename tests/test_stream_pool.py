@@ -56,7 +56,10 @@ def run_pool(pool, plans_, rng, score_every_feed):
             events[id(stream)] += new
 
     for i in picks:
-        streams[i].feed(remaining[i].pop(0))
+        chunk = remaining[i].pop(0)
+        if streams[i].error is not None:   # failed (the network cannot take it): it takes no more audio
+            continue
+        streams[i].feed(chunk)
         if score_every_feed:   # as push() does, then close()
             score()
         if not remaining[i]:
@@ -298,3 +301,182 @@ def test_a_pool_scores_at_most_batch_size_windows_per_network_call_taking_stream
         pool.open().feed((0.1 * rng.standard_normal(CFG.sample_rate * 3)).astype(np.float32))
     pool.score()
     assert max(sizes) == 4 and sum(sizes) >= 20 * 5   # 3 s of 1-s windows every 0.25 s: 9 windows each
+
+
+# A sample value no healthy stream's audio holds (random normal noise, resampled): windows made of
+# it are recognised in the batches score_frames gets.
+POISON = 0.3125
+DISCARDED = 0.4375
+
+
+def holds(waves, value):
+    """Which windows of a batch [windows, samples] are made of `value` (padding aside)."""
+    return (np.asarray(waves) == value).sum(axis=1) > 100
+
+
+class PoisonedNet:
+    """score_frames that raises whenever a batch holds a window of the poison stream, as an engine
+    that cannot take some input; records each error with whether its batch held only poison."""
+
+    def __init__(self, score_frames):
+        self.score_frames, self.raised = score_frames, []
+
+    def __call__(self, waves):
+        poisoned = holds(waves, POISON)
+        if poisoned.any():
+            error = RuntimeError('the engine cannot take this input')
+            self.raised.append((error, bool(poisoned.all())))
+            raise error
+        return self.score_frames(waves)
+
+
+def poison_plan(rng, seconds=2.0):
+    """A mono stream at the model's rate (its samples reach the network unchanged) of POISON."""
+    pcm = np.full(int(seconds * CFG.sample_rate), POISON, np.float32)
+    return CFG.sample_rate, 1, np.split(pcm, np.sort(rng.integers(0, len(pcm), 4)))
+
+
+def waves_of(plans_):
+    return [detection.audio.resample(np.concatenate(chunks).reshape(-1, channels).mean(axis=1), rate, CFG.sample_rate)
+            for rate, channels, chunks in plans_]
+
+
+@pytest.mark.parametrize('score_every_feed', [True, False])
+def test_a_stream_the_network_cannot_take_fails_alone(score_every_feed):
+    """A poison stream among 5 healthy ones: score() never raises, the healthy streams report what
+    they report alone, the poison one is failed with the error of a call of its own windows, and
+    the pool goes on."""
+    rng = np.random.default_rng(11)
+    healthy = plans(rng, 5)
+    config = config_for(waves_of(healthy))
+    want = [alone(plan, config, 3) for plan in healthy]
+    assert sum(map(len, want)) >= 5
+    scorer = numpy_scorer(WINDOW, HOP, 3)[0]
+    net = scorer.score_frames = PoisonedNet(scorer.score_frames)
+    pool = detection.StreamPool(scorer, config, 3)
+    got = run_pool(pool, healthy[:2] + [poison_plan(rng)] + healthy[2:], rng, score_every_feed)
+    assert got[:2] + got[3:] == want
+    [poison] = pool.failed
+    assert got[2] == []   # its first window failed: it had decided nothing
+    assert poison.error is pool.failed[poison] and any(error is poison.error and only_poison
+                                                       for error, only_poison in net.raised)
+    assert poison.frames.windows is None and not poison.frames.returned   # its audio is released
+    with pytest.raises(ArgumentError, match='failed: the network could not score its audio'):
+        poison.feed(np.zeros(100, np.float32))
+    # The pool goes on: new streams report what they report alone; a failed stream discarded
+    # leaves `failed`.
+    pool.discard(poison)
+    assert pool.failed == {}
+    more = plans(rng, 3)
+    assert run_pool(pool, more, rng, score_every_feed) == [alone(plan, config, 3) for plan in more]
+
+
+def test_a_stream_alone_in_its_network_call_fails_when_the_network_scores_silence():
+    """The poison stream's windows are the only ones of their round (the other stream is silent):
+    its own call fails again, the network scores a window of silence, so the stream is failed
+    rather than the error stalling every score()."""
+    rng = np.random.default_rng(3)
+    scorer = numpy_scorer(WINDOW, HOP, 4)[0]
+    net = scorer.score_frames = PoisonedNet(scorer.score_frames)
+    config = EventConfig(onset_threshold=0.5, offset_threshold=0.5, median_filter_seconds=0.0)
+    pool = detection.StreamPool(scorer, config)
+    quiet, poison = pool.open(), pool.open()
+    poison.feed(np.full(2 * CFG.sample_rate, POISON, np.float32))
+    assert pool.score() == {} and list(pool.failed) == [poison] and pool.streams == [quiet]
+    assert [only_poison for _, only_poison in net.raised] == [True, True]   # its round, then alone
+    assert isinstance(poison.error, RuntimeError)
+    wave = (0.3 * rng.standard_normal(3 * CFG.sample_rate)).astype(np.float32)
+    quiet.feed(wave)
+    quiet.finish()
+    events = pool.score().get(quiet, [])
+    reference = detection.EventStream(numpy_scorer(WINDOW, HOP, 4)[0], CFG.sample_rate, config)
+    assert events == reference.push(wave) + reference.close() and events and pool.streams == []
+
+
+class DownFor:
+    """score_frames that fails on calls first..end-1 (0-based; end None: until `up` is set) and
+    otherwise works: the network down for every stream."""
+
+    def __init__(self, score_frames, first, end=None):
+        self.score_frames, self.first, self.end, self.calls = score_frames, first, end, 0
+
+    def __call__(self, waves):
+        self.calls += 1
+        if self.first <= self.calls - 1 and (self.end is None or self.calls - 1 < self.end):
+            raise RuntimeError('the engine is down')
+        return self.score_frames(waves)
+
+
+@pytest.mark.parametrize('first,end', [(0, 1), (3, 4), (0, None), (4, None)])
+def test_a_network_failing_for_every_stream_fails_no_stream_and_loses_nothing(first, end):
+    """Once (end = first + 1) or until it is back (end None), from the start or after some calls:
+    score() raises the network's error, no stream is failed, and once the network works the
+    streams report what they report alone."""
+    rng = np.random.default_rng(first)
+    streams = plans(rng, 6)
+    config = config_for(waves_of(streams))
+    want = [alone(plan, config, 3) for plan in streams]
+    scorer = numpy_scorer(WINDOW, HOP, 3)[0]
+    net = scorer.score_frames = DownFor(scorer.score_frames, first, end)
+    pool = detection.StreamPool(scorer, config, 3)
+    opened = [pool.open(rate, channels) for rate, channels, _ in streams]
+    for stream, (_, _, chunks) in zip(opened, streams):
+        for chunk in chunks:
+            stream.feed(chunk)
+        stream.finish()
+    got = {id(s): [] for s in opened}
+    for _ in range(1 if end else 3):
+        with pytest.raises(RuntimeError, match='engine is down'):
+            pool.score()
+        assert pool.failed == {} and pool.streams == opened and all(s.error is None for s in opened)
+    net.end = net.calls   # up again
+    for stream, events in pool.score().items():
+        got[id(stream)] += events
+    assert pool.streams == [] and pool.failed == {}
+    assert [got[id(s)] for s in opened] == want
+
+
+def test_a_discarded_stream_is_dropped_at_once_and_the_others_go_on():
+    rng = np.random.default_rng(4)
+    streams = plans(rng, 3)
+    config = config_for(waves_of(streams))
+    want = [alone(plan, config, 4) for plan in streams]
+    scorer = numpy_scorer(WINDOW, HOP, 4)[0]
+    batches = []
+    score = scorer.score_frames
+    scorer.score_frames = lambda waves: (batches.append(holds(waves, DISCARDED).any()), score(waves))[1]
+    pool = detection.StreamPool(scorer, config, 4)
+    opened = [pool.open(rate, channels) for rate, channels, _ in streams]
+    dropped = pool.open()
+    got = {id(s): [] for s in opened + [dropped]}
+
+    def collect():
+        for stream, events in pool.score().items():
+            got[id(stream)] += events
+
+    for stream, (_, _, chunks) in zip(opened, streams):
+        for chunk in chunks[:len(chunks) // 2]:
+            stream.feed(chunk)
+    dropped.feed(np.full(2 * CFG.sample_rate, DISCARDED, np.float32))
+    collect()
+    assert any(batches)   # its windows were scored with the others'
+    dropped.feed(np.full(3 * CFG.sample_rate, DISCARDED, np.float32))   # windows complete, unscored
+    before = list(got[id(dropped)])
+    pool.discard(dropped)
+    assert dropped not in pool.streams and dropped.frames.windows is None and not dropped.frames.returned
+    pool.discard(dropped)   # again: nothing to do
+    with pytest.raises(ArgumentError, match='closed'):
+        dropped.feed(np.zeros(100, np.float32))
+    seen = len(batches)
+    for stream, (_, _, chunks) in zip(opened, streams):
+        for chunk in chunks[len(chunks) // 2:]:
+            stream.feed(chunk)
+        stream.finish()
+    collect()
+    assert not any(batches[seen:]) and len(batches) > seen   # none of its windows went through after
+    assert [got[id(s)] for s in opened] == want and pool.streams == []
+    assert got[id(dropped)] == before   # nothing reported after it was discarded
+    other = detection.StreamPool(scorer, config).open()
+    for stranger in (other, detection.EventStream(scorer, CFG.sample_rate, config)):
+        with pytest.raises(ArgumentError, match='not opened by this pool'):
+            pool.discard(stranger)

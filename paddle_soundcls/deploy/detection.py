@@ -41,6 +41,7 @@ half the median filter of the event decisions (EventTracker.delay_seconds).
 
 import math
 import time
+import weakref
 from collections import deque
 
 import numpy as np
@@ -449,8 +450,10 @@ class EventStream:
     def feed(self, chunk):
         """Take a chunk without scoring it (a StreamPool scores the windows of all its streams together)."""
         if self.closed:
-            raise ArgumentError('this stream is closed (close() or finish() was called) and takes no more audio; '
-                                'open a new stream for more')
+            error = getattr(self, 'error', None)   # set by a StreamPool that failed or discarded it
+            why = (f'failed: the network could not score its audio ({type(error).__name__}: {error})' if error else
+                   'is closed (close() or finish() was called, or its pool discarded it)')
+            raise ArgumentError(f'this stream {why} and takes no more audio; open a new stream for more')
         wave = self._mono(chunk)
         if wave.size:
             audio.check_waveform(wave, 'chunk')
@@ -535,8 +538,12 @@ class StreamPool:
         mics[name].feed(chunk)                     # as each microphone's audio arrives
         for stream, events in pool.score().items():   # e.g. every hop
             ...
+        for stream, error in pool.failed.items():  # streams the network could not score
+            ...
+        pool.failed.clear()
         mics[name].finish()                        # no more audio: the next score() gives its last
                                                    # window's events and ends its open events
+        pool.discard(mics[name])                   # or drop a stream without finishing it
 
     Streams are EventStreams (push and close score a stream alone, with the same results).
     Each stream's report_delay / max_report_delay: seconds from the feed that completed its latest
@@ -544,12 +551,29 @@ class StreamPool:
     how long a sample waits for its window). Memory: each stream's buffer (about two windows of
     samples) and at most `batch_size` cut windows in all while score() runs (each network call
     takes a window from every stream in turn, then a second, ...).
+
+    One stream cannot stall the others. When a network call fails, each of its streams' windows
+    are scored again on their own, and a stream whose own call fails too, while the network does
+    score windows (another stream's own call, or else a window of silence of the same length), is
+    failed: the network cannot take its audio, and retrying it would fail every score() after.
+    A failed stream leaves the pool with its error in `stream.error` and in `pool.failed`
+    ({stream: exception}, kept until the caller removes the entries it has handled); its buffered
+    audio and unscored windows are dropped, it takes no more audio, and it gives the events decided
+    before the failure (its open events are not ended: what its audio held next is unknown).
+    Failures are a dict to read rather than an exception, as an exception would make every caller
+    catch it to get the other streams' events, and one that did not would lose them.
+    The network itself failing is not a stream's fault, and goes on as an error as before: when no
+    stream's own call repeats the failure (it failed once) or the network fails on silence too (it
+    fails for everyone). Nothing is lost then: the windows scored alone are kept, the others are
+    scored first by the next score(), which also gives the events decided before the failure.
     """
 
     def __init__(self, scorer, config=None, batch_size=None):
         self.scorer, self.config = scorer, config
         self.batch_size = scorer.batch_size if batch_size is None else check_batch_size(batch_size)
         self.streams = []
+        self.failed = {}   # stream -> the exception of its own network call, until the caller removes it
+        self._opened = weakref.WeakSet()   # every stream this pool opened, to refuse others' in discard()
         self._turn = 0   # where the next round starts among the streams
 
     def _next_round(self):
@@ -580,13 +604,29 @@ class StreamPool:
         """A new stream of chunks at `sample_rate` (default the model's) with `channels` channels."""
         rate = self.scorer.frontend.sample_rate if sample_rate is None else sample_rate
         stream = EventStream(self.scorer, rate, self.config, channels, self.batch_size)
+        stream.error = None   # the exception that failed it, if the network cannot take its audio
         self.streams.append(stream)
+        self._opened.add(stream)
         return stream
+
+    def discard(self, stream):
+        """Drop `stream` without finishing it: it leaves the pool at once, with nothing more to report;
+        its buffered audio, unscored windows and undelivered events are dropped, and it takes no more
+        audio (its entry in `failed` goes too). Discarding it again does nothing."""
+        if stream not in self._opened:
+            raise ArgumentError('discard: this stream was not opened by this pool; discard a stream through the '
+                                'pool whose open() made it')
+        if stream in self.streams:
+            self.streams.remove(stream)
+        self.failed.pop(stream, None)
+        stream._undelivered = []
+        _release(stream)
 
     def score(self):
         """Score every complete window of every stream, together: {stream: [events]} for the streams
-        with new events. A finished stream gives its last events and leaves the pool. If the network
-        fails, the error goes on and no stream loses anything: the next score() scores their
+        with new events. A finished stream gives its last events and leaves the pool; a stream the
+        network cannot take is failed (see `failed` in the class docstring) and leaves it. If the
+        network fails, the error goes on and no stream loses anything: the next score() scores their
         unscored windows and gives the events decided before the failure."""
         out = {}
         for stream in self.streams:
@@ -596,17 +636,18 @@ class StreamPool:
         # alone reports the windows one push completes (a start's confidence is its peak so far);
         # only their places and network scores are held meanwhile, not their samples.
         scored_now = {}
+
+        def hold(stream, windows, scores):
+            for window in windows:
+                window.samples = None
+            held = scored_now.setdefault(stream, ([], []))
+            held[0].extend(windows)
+            held[1].extend(scores)
+
         try:
             try:
                 while groups := self._next_round():
-                    scores = scored(self.scorer, [(stream.frames, windows) for stream, windows in groups],
-                                    self.batch_size)
-                    for (stream, windows), part in zip(groups, scores):
-                        for window in windows:
-                            window.samples = None
-                        held = scored_now.setdefault(stream, ([], []))
-                        held[0].extend(windows)
-                        held[1].extend(part)
+                    self._score_round(groups, hold)
             finally:
                 for stream, (windows, scores) in scored_now.items():
                     out.setdefault(stream, []).extend(stream.report(windows, scores))
@@ -620,6 +661,62 @@ class StreamPool:
                 out.setdefault(stream, []).extend(stream.tracker.close())
             self.streams.remove(stream)
         return {stream: events for stream, events in out.items() if events}
+
+    def _score_round(self, groups, hold):
+        """The windows of one round ([(stream, its windows)]) through the network in one call, each
+        stream's with their scores to hold(stream, windows, scores). If the call fails, each stream's
+        windows go through on their own, to fail the streams the network cannot take (see the class
+        docstring); the error goes on when it is the network's."""
+        try:
+            parts = scored(self.scorer, [(stream.frames, windows) for stream, windows in groups], self.batch_size)
+        except Exception as error:
+            round_error = error   # every stream has its windows back (scored gives them back)
+        else:
+            for (stream, windows), part in zip(groups, parts):
+                hold(stream, windows, part)
+            return
+        failing, failing_lengths, network_works = {}, set(), False
+        for stream, windows in groups:
+            windows = stream.frames.next_windows(len(windows))   # the ones given back: they come first
+            try:
+                [part] = scored(self.scorer, [(stream.frames, windows)], self.batch_size)
+            except Exception as error:
+                failing[stream] = error
+                failing_lengths |= {len(window.samples) for window in windows}
+            else:
+                hold(stream, windows, part)
+                network_works = True
+        if failing and (network_works or self._scores_silence(failing_lengths)):
+            for stream, error in failing.items():
+                stream.error = error
+                self.failed[stream] = error
+                _release(stream)
+            return
+        # No stream's own call failed again (the network failed once), or the network fails on
+        # silence too (it fails for everyone): its error, as before; every window is held or given back.
+        raise round_error
+
+    def _scores_silence(self, lengths):
+        """Whether the network scores a window of silence of each of `lengths` samples: when every
+        stream's own call failed, it tells audio the network cannot take from a network that fails
+        for everyone."""
+        try:
+            self.scorer.network_scores([np.zeros(n, np.float32) for n in sorted(lengths)], 1)
+        except Exception:
+            return False
+        return True
+
+
+def _release(stream):
+    """End a pooled EventStream where it is, unfinished (StreamPool's discard and failures): it takes
+    no more audio, its buffered samples and unscored windows are dropped, and it cuts no window."""
+    stream.closed = True
+    stream.resampler = None
+    stream._arrivals.clear()
+    frames = stream.frames
+    frames.finished = frames.closed = True
+    frames.returned.clear()
+    frames.drop_samples()
 
 
 def detect_inputs(scorer, data, sample_rate=None, config=None, batch_size=None):
