@@ -13,6 +13,8 @@ TRAIN = [
     'ml_dtypes',  # imported by onnxruntime.quantization (int8 export), which does not declare it
 ]
 SERVE = ['fastapi>=0.100', 'uvicorn>=0.20', 'python-multipart>=0.0.9', 'websockets>=12']
+# Whole archives: embedding folders (Parquet).
+ARCHIVE = ['pyarrow>=14']
 
 setup(
     name='paddle_soundcls',
@@ -27,7 +29,8 @@ setup(
     extras_require={
         'train': TRAIN,                                    # with your own paddlepaddle / paddlepaddle-gpu
         'serve': SERVE,
-        'cpu': ['paddlepaddle>=3.0'] + TRAIN + SERVE,      # everything, with the CPU build of Paddle
+        'archive': ARCHIVE,
+        'cpu': ['paddlepaddle>=3.0'] + TRAIN + SERVE + ARCHIVE,   # everything, with the CPU build of Paddle
         'test': ['pytest', 'scikit-learn', 'librosa>=0.10', 'httpx', 'selenium', 'huggingface_hub'] + SERVE,
     },
     entry_points={'console_scripts': ['paddle-soundcls=paddle_soundcls.cli:main']},

@@ -94,6 +94,15 @@ class Ensemble:
         """Where the frames of the combined frame scores sit: one per front-end frame (deploy.ensemble)."""
         return FRONTEND_RATE
 
+    @property
+    def embedding_size(self):
+        """None of its own: the members' embeddings differ in size and meaning (embed with a member)."""
+        raise ArgumentError(f'{self!r} has no embeddings of its own: its members\' differ in size and meaning; embed '
+                            f'with one member (ensemble.members[0].embed, or a member\'s checkpoint directory)')
+
+    def embed(self, *args, **kwargs):
+        return self.embedding_size   # refused, as above
+
     def eval(self):
         for m in self.members:
             m.eval()
@@ -165,6 +174,7 @@ class Ensemble:
                 'clip_seconds': self.clip_seconds, 'pooling': None, 'frontend': self.frontend_cfg.to_dict(),
                 'events': None if self.event_config is None else self.event_config.to_dict(),
                 'min_seconds': self.min_seconds, 'frame_geometry': FRONTEND_RATE.to_dict(),
+                'embedding_size': None,   # members' embeddings differ in size and meaning: embed with a member
                 'ensemble': self.settings()}
 
     def save(self, directory):

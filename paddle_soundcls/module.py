@@ -233,6 +233,11 @@ class Module(nn.Layer):
         return len(self.labels)
 
     @property
+    def embedding_size(self):
+        """The length of forward_features' clip embedding (what embed returns)."""
+        return self.backbone.emb_size
+
+    @property
     def min_seconds(self):
         return self.spec.min_seconds
 
@@ -308,7 +313,7 @@ class Module(nn.Layer):
     # ------------------------------------------------------------------ inference
     @paddle.no_grad()
     def predict(self, data, sample_rate=None, batch_size=1, feat_type='mel', use_gpu=False, top_k=None,
-                window=None, hop=None, reduce='mean', engine='auto', threshold=None, topk=None):
+                window=None, hop=None, reduce='mean', engine='auto', threshold=None, topk=None, workers=0):
         """Classify or tag audio.
 
         data: an audio file path (read at its own rate), a numpy waveform ([samples] or
@@ -327,6 +332,8 @@ class Module(nn.Layer):
             ('paddle' and 'onnxruntime_int8' run exports: Predictor(export_dir, engine=...).)
         use_gpu: run dygraph on a GPU (this Module is moved to one if it is on the CPU); False runs
             where its parameters are. Paddle's global device (paddle.get_device()) never changes.
+        workers: processes decoding audio files while the network scores (0: decode here;
+            deploy.pipeline.load_inputs).
         Returns one OrderedDict(label -> score) per input, best first; for windowed calls one
         {'scores': OrderedDict, 'timeline': [{'start': s, 'end': e, 'scores': OrderedDict}, ...]}
         per input (seconds; see paddle_soundcls.deploy.pipeline).
@@ -341,8 +348,31 @@ class Module(nn.Layer):
         self.eval()
         score_fn = _scorer(self, engine, use_gpu, windowed=window is not None, inputs=len(sources))
         raw = pipeline.run(sources, score_fn, sample_rate, self.frontend_cfg.sample_rate, self.min_seconds,
-                           batch_size, window, hop, self.clip_seconds)
+                           batch_size, window, hop, self.clip_seconds, workers=workers)
         return pipeline.format_results(raw, self.labels, top_k, reduce, threshold)
+
+    @paddle.no_grad()
+    def embed(self, data, sample_rate=None, batch_size=1, window=None, hop=None, engine='auto', use_gpu=False,
+              workers=0):
+        """The backbone's embeddings (forward_features) of audio, cut as predict cuts it.
+
+        data, sample_rate, batch_size, window, hop, engine, use_gpu: as for predict (the
+        onnxruntime engine runs the backbone's graph from the ONNX cache).
+        Without window, one embedding per input: the mean over the segments predict scores (a
+        clip padded to the training clip length, or consecutive windows of it); with window
+        (and hop), one per window. workers: processes decoding audio files meanwhile.
+        Returns per input {'start': [rows], 'end': [rows] (seconds), 'embeddings': float32 [rows,
+        embedding_size]}, as Predictor.embed does with this Module's export.
+        """
+        from .deploy import pipeline
+        _check_engine(engine, use_gpu)
+        hop = pipeline.check_args(batch_size, None, window, hop)
+        sources = pipeline.as_sources(data)
+        self.eval()
+        embed_fn = _scorer(self, engine, use_gpu, windowed=window is not None, inputs=len(sources), part='features')
+        raw = pipeline.run(sources, embed_fn, sample_rate, self.frontend_cfg.sample_rate, self.min_seconds,
+                           batch_size, window, hop, self.clip_seconds, whole_span=True, workers=workers)
+        return pipeline.embedding_results(raw)
 
     @paddle.no_grad()
     def detect(self, data, sample_rate=None, window=None, hop=None, config=None, use_gpu=False, batch_size=None):
@@ -476,7 +506,7 @@ def load_module(checkpoint_dir=None, model=None, task='sound-cls'):
 # CNN6/CNN10, ten for CNN14), which pays off from a few clips on.
 _PREDICT_ENGINES = ('auto', 'onnxruntime', 'dygraph')
 _FAST_MIN_INPUTS = 4
-# Module -> (ONNX path, OnnxEngine). Kept beside the Module rather than on it, so copying or
+# Module -> {part: (ONNX path, OnnxEngine)}. Kept beside the Module rather than on it, so copying or
 # pickling a Module never meets an onnxruntime session.
 _ONNX_ENGINES = weakref.WeakKeyDictionary()
 
@@ -491,41 +521,37 @@ def _check_engine(engine, use_gpu):
         raise ArgumentError("engine='onnxruntime' runs on the CPU; use engine='dygraph' (or 'auto') with use_gpu=True")
 
 
-def _scorer(module, engine, use_gpu, windowed, inputs):
-    """waveforms [batch, samples] -> scores [batch, classes], on the engine predict() was asked for
-    (see Module.predict): onnxruntime where asked or worth it, Paddle dygraph otherwise."""
+def _scorer(module, engine, use_gpu, windowed, inputs, part='scores'):
+    """waveforms [batch, samples] -> scores [batch, classes] (part 'scores') or embeddings [batch,
+    embedding_size] (part 'features'), on the engine predict() or embed() was asked for (see
+    Module.predict): onnxruntime where asked or worth it, Paddle dygraph otherwise."""
     if engine == 'onnxruntime':
-        return _onnx_scorer(module)
+        return _onnx_scorer(module, part)
     if engine == 'auto' and not use_gpu and (windowed or inputs >= _FAST_MIN_INPUTS):
         try:
-            return _onnx_scorer(module)
+            return _onnx_scorer(module, part)
         except Exception as exc:  # e.g. onnxruntime missing, or an op paddle2onnx cannot convert
             logger.warning('%s: the onnxruntime engine is unavailable (%s); running Paddle dygraph', module.name, exc)
     inference_place(module, use_gpu)
-    return _dygraph_scorer(module)
+    net = module.part(part)
+    return lambda waves: net(module.frontend(paddle.to_tensor(waves, place=place_of(module)))).numpy()
 
 
-def _dygraph_scorer(module):
-    """waveforms [batch, samples] -> scores [batch, classes] with Paddle dygraph (front end on the device)."""
-    def score(waves):
-        return module.scores(module(module.frontend(paddle.to_tensor(waves, place=place_of(module))))).numpy()
-    return score
+def _onnx_scorer(module, part='scores'):
+    """waveforms [batch, samples] -> the outputs of `module.part(part)` with onnxruntime and the
+    numpy front end.
 
-
-def _onnx_scorer(module):
-    """waveforms [batch, samples] -> scores [batch, classes] with onnxruntime and the numpy front end.
-
-    The scores graph comes from the ONNX cache (exported once per set of weights); the
-    session is kept for the next call with the same weights.
+    The graph comes from the ONNX cache (exported once per set of weights); the session is
+    kept for the next call with the same weights.
     """
     from .deploy.engines import OnnxEngine
     from .export.onnx_cache import module_onnx
     from .features.mel import logmel
 
-    path = module_onnx(module, 'scores')
-    cached = _ONNX_ENGINES.get(module)
+    path = module_onnx(module, part)
+    sessions = _ONNX_ENGINES.setdefault(module, {})
+    cached = sessions.get(part)
     if cached is None or cached[0] != path:
-        cached = (path, OnnxEngine(path))
-        _ONNX_ENGINES[module] = cached
+        cached = sessions[part] = (path, OnnxEngine(path))
     engine, cfg = cached[1], module.frontend_cfg
     return lambda waves: engine(logmel(waves, cfg))

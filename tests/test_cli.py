@@ -61,7 +61,8 @@ def test_export_with_parity_check(workdir):
     summary = json.loads((workdir / 'export_summary.json').read_text())
     assert summary['model'] == 'panns_cnn6' and summary['task'] == 'sound-cls' and summary['classes'] == 3
     assert set(summary['files']) == {'inference.json', 'inference.pdiparams', 'inference.frames.json',
-                                     'inference.frames.pdiparams', 'model.onnx', 'model.frames.onnx'}
+                                     'inference.frames.pdiparams', 'inference.embed.json', 'inference.embed.pdiparams',
+                                     'model.onnx', 'model.frames.onnx', 'model.embed.onnx'}
     parity = summary['parity']
     assert parity['passed'] and parity['clips'] == 3 and parity['top1_agreement'] == 1.0
     assert parity['accuracy_paddle'] == parity['accuracy_onnxruntime']
@@ -152,7 +153,8 @@ def test_tools_scripts(workdir, tmp_path):
     proc = run('--checkpoint', workdir / 'ckpt', '--output', tmp_path / 'out', tool='export_static.py')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(json.loads(proc.stdout)['files']) == {'inference.json', 'inference.pdiparams', 'inference.frames.json',
-                                                     'inference.frames.pdiparams'}
+                                                     'inference.frames.pdiparams', 'inference.embed.json',
+                                                     'inference.embed.pdiparams'}
     proc = run('--model-dir', tmp_path / 'out', '--output', tmp_path / 'out' / 'model.onnx', '--opset', 13,
                '--check', workdir / 'data', tool='export_onnx.py')
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -318,7 +318,7 @@ def test_module_predict_reexports_after_training(odd_files):
 def test_module_predict_falls_back_to_dygraph(module, odd_files, monkeypatch, caplog):
     from paddle_soundcls import hub
 
-    def unavailable(m):
+    def unavailable(m, part='scores'):
         raise RuntimeError('no onnxruntime here')
 
     monkeypatch.setattr(hub, '_onnx_scorer', unavailable)

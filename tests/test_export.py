@@ -50,6 +50,13 @@ def check_export_matches(module, out_dir, atol=1e-4):
     ort = OnnxEngine(os.path.join(out_dir, exportdir.ONNX_FILE))(features)
     np.testing.assert_allclose(static, expected, atol=atol)
     np.testing.assert_allclose(ort, expected, atol=atol)
+    # The embeddings graph is forward_features, in both runtimes.
+    with paddle.no_grad():
+        embeddings = module.forward_features(paddle.to_tensor(features)).numpy()
+    scale = max(1.0, float(np.abs(embeddings).max()))
+    for engine in (PaddleEngine(os.path.join(out_dir, exportdir.EMBED_STATIC_PREFIX)),
+                   OnnxEngine(os.path.join(out_dir, exportdir.EMBED_FILE))):
+        np.testing.assert_allclose(engine(features), embeddings, atol=atol * scale)
     # Dynamic frames: a different clip length through the same graph.
     short = logmel(sample_waves()[:2, :SR], module.frontend_cfg)
     with paddle.no_grad():
@@ -66,8 +73,9 @@ def test_export_small_models_both_tasks(tmp_path, name, task):
     module = random_module(name, task)
     out = tmp_path / 'export'
     meta = export_static(module, out, opset=13)
-    assert sorted(os.listdir(out)) == ['export.json', 'inference.frames.json', 'inference.frames.pdiparams',
-                                      'inference.json', 'inference.pdiparams', 'model.frames.onnx', 'model.onnx']
+    assert sorted(os.listdir(out)) == ['export.json', 'inference.embed.json', 'inference.embed.pdiparams',
+                                       'inference.frames.json', 'inference.frames.pdiparams', 'inference.json',
+                                       'inference.pdiparams', 'model.embed.onnx', 'model.frames.onnx', 'model.onnx']
     check_export_matches(module, str(out))
 
     saved = exportdir.read_export(out)

@@ -233,7 +233,7 @@ def test_meta_json_and_export_json_record_the_same_settings():
     for module in (small_module(label_map=['engine', 'bird'], clip_seconds=2.0), small_module(task=None)):
         meta, settings = module.meta(), module.export_settings()
         assert meta['format'] == schema.META_FORMAT
-        assert set(settings) - set(meta) == {'min_seconds', 'frame_geometry'}
+        assert set(settings) - set(meta) == {'min_seconds', 'frame_geometry', 'embedding_size'}
         assert set(meta) - set(settings) == {'format'}
         for key in set(meta) & set(settings):
             if key == 'labels' and module.task == 'tagging':   # meta.json leaves the AudioSet labels out
@@ -243,6 +243,7 @@ def test_meta_json_and_export_json_record_the_same_settings():
         # CNN6: 2**4 frames, centred; each sees 54 front-end frames on either side
         assert settings['frame_geometry'] == {'stride': 16, 'offset': 7.5, 'context': 54}
         assert settings['min_seconds'] == registry.get_spec('panns_cnn6').min_seconds
+        assert settings['embedding_size'] == 512   # CNN6's fc1
 
 
 def test_checkpoints_of_the_first_version_still_load(tmp_path):

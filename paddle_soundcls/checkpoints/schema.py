@@ -10,7 +10,7 @@ Both describe a Module with the same fields (`module_settings`):
     frontend     FrontendConfig.to_dict(): the log-mel settings the network expects
     events       the EventConfig.to_dict() the model was saved with (tuned thresholds), or null
 meta.json adds `format` (META_FORMAT); export.json (deploy/exportdir.py lists the rest) adds
-`min_seconds` and `frame_geometry`, which a runtime without the registry needs.
+`min_seconds`, `frame_geometry` and `embedding_size`, which a runtime without the registry needs.
 
 Files written by earlier versions lack the fields added since; reading fills them with the value
 that reproduces how those files were used (the migrations below, one table per file).
@@ -43,6 +43,7 @@ _EXPORT_ADDED = {
     'multi_label': lambda meta: meta['output'].get('activation') == 'sigmoid',   # the activation says it
     'clip_seconds': None, 'events': None, 'pooling': 'embedding',
     'frame_geometry': None,   # detection refuses such exports
+    'embedding_size': None,   # no embeddings graph: Predictor.embed refuses such exports
 }
 _META_REQUIRED = ('model', 'task', 'labels', 'frontend')
 _EXPORT_REQUIRED = ('model', 'task', 'labels', 'frontend', 'min_seconds', 'input', 'output', 'files')
@@ -67,7 +68,7 @@ def checkpoint_meta(module):
 def export_settings(module):
     """What an export of `module` records besides the graph and its files (see deploy.exportdir)."""
     return {**module_settings(module), 'min_seconds': module.min_seconds,
-            'frame_geometry': module.frame_geometry.to_dict()}
+            'frame_geometry': module.frame_geometry.to_dict(), 'embedding_size': module.embedding_size}
 
 
 def _read(path, expected_format, error, fix):

@@ -8,16 +8,18 @@
         --quantize int8 --calibration CLIPS                  # + model.int8.onnx, checked on DATA
     paddle-soundcls export --model-dir exported              # (re)make model.onnx of an export
     paddle-soundcls predict exported clips/ --engine onnxruntime_int8
+    paddle-soundcls fewshot efficientat_mn10 my_sounds/ --output ckpt_fewshot   # a few clips per class, no training
     paddle-soundcls ensemble ckpt_a/best_model ckpt_b/best_model --output my_ensemble [--weights 2 1]
     paddle-soundcls convert --input mn10_as_mAP_471.pt --output efficientat_mn10.pdparams --model efficientat_mn10
     paddle-soundcls benchmark exported --seconds 5 --batch-size 8 --json
     paddle-soundcls benchmark --model panns_cnn14 --json     # every engine, random weights
     paddle-soundcls events exported street.wav --csv events.csv --plot timeline.png
+    paddle-soundcls embed exported archive/ --output archive_embeddings   # Parquet, resumable
     paddle-soundcls complexity efficientat_mn10 cpmobile --seconds 1 10
     paddle-soundcls serve exported                           # http://127.0.0.1:8866
 
 MODEL_DIR is a fine-tuned checkpoint directory (model.pdparams + meta.json), a saved ensemble
-(ensemble.json) or an export directory (export.json). predict, tag, events, benchmark and serve on export directories run
+(ensemble.json) or an export directory (export.json). predict, tag, events, embed, benchmark and serve on export directories run
 without PaddlePaddle. User errors print one line and exit with status 2; a failed parity check, or
 an int8 model refused by its check, exits with status 1.
 """
@@ -25,12 +27,12 @@ import argparse
 import logging
 
 from ..scripts import silence_third_party_noise
-from . import benchmark, complexity, convert, ensemble, events, export, predict, serve, tag
+from . import benchmark, complexity, convert, embed, ensemble, events, export, fewshot, predict, serve, tag
 from .benchmark import print_benchmark  # noqa: F401  (bench_inference.py prints the same report)
 from .common import ENGINE_CHOICES, PROG, UsageError, run_guarded  # noqa: F401  (the names callers use)
 
 # One module per subcommand, each with add_parser(subparsers) and run(args), in the order of --help.
-COMMANDS = (predict, tag, events, export, ensemble, convert, complexity, benchmark, serve)
+COMMANDS = (predict, tag, events, embed, export, ensemble, fewshot, convert, complexity, benchmark, serve)
 
 
 def build_parser():

@@ -178,6 +178,7 @@ MISSING_PACKAGE_HINTS = {
               'Paddle, then predict / tag / events / benchmark / serve EXPORT_DIR)',
     'paddle2onnx': "needs paddle2onnx to write ONNX: pip install 'paddle_soundcls[train]'",
     'onnx': "needs the onnx package: pip install 'paddle_soundcls[train]'",
+    'pyarrow': "needs pyarrow to write and read Parquet: pip install 'paddle_soundcls[archive]'",
     'matplotlib': "needs matplotlib to draw the plot: pip install matplotlib (or leave --plot out)",
     'visualdl': "needs VisualDL for its logs: pip install visualdl (or train with use_vdl=False)",
 }

@@ -76,7 +76,7 @@ def run(args):
 
     def detect(some):
         results = model.detect(some, window=args.window, hop=args.hop, config=config)
-        return [{'input': path, 'events': result['events']} for path, result in zip(some, results)], results
+        return event_records(some, results), results
     if args.jsonl:
         return append_jsonl(paths, args.jsonl, lambda some: detect(some)[0], 1)
     records, results = detect(paths)
@@ -92,6 +92,11 @@ def run(args):
         for record in records:
             print(json.dumps(record, ensure_ascii=False), flush=True)
     return 0
+
+
+def event_records(paths, results):
+    """detect results -> the JSON records printed or written per input (--jsonl, --json)."""
+    return [{'input': path, 'events': result['events']} for path, result in zip(paths, results)]
 
 
 def write_events_csv(path, records):

@@ -11,6 +11,10 @@ An export directory holds
     model.frames.onnx                     frame scores [batch, frames', classes], for event detection
     model.frames.int8.onnx                model.frames.onnx quantized to int8 (optional; made with
                                           model.int8.onnx when the export has a frames graph)
+    inference.embed.json, inference.embed.pdiparams
+                                          the embedding network (features -> the backbone's clip
+                                          embedding) as a static model
+    model.embed.onnx                      embeddings [batch, embedding_size], for Predictor.embed
     export.json                           what a runtime needs besides the network
 
 export.json (format FORMAT):
@@ -30,6 +34,9 @@ export.json (format FORMAT):
     files        {file name: {'sha256': hex, 'bytes': size}} for every file above
     onnx         {'file': 'model.onnx', 'opset': 13, 'paddle2onnx': version} once exported
     frames       {'file': 'model.frames.onnx', 'opset': 13}: the frame-scores graph
+    embed        {'file': 'model.embed.onnx', 'opset': 13}: the embeddings graph
+    embedding_size  the length of the backbone's clip embedding (what Predictor.embed returns);
+                 null in exports of earlier versions, which have no embeddings graph
     events       the EventConfig.to_dict() the model was saved with (tuned thresholds), or null
     frame_geometry {'stride', 'offset'} and, where a frame sees only the input near it, 'context':
                  where the frames of model.frames.onnx sit in time and how far each sees, in
@@ -68,6 +75,12 @@ ONNX_FILE = 'model.onnx'
 INT8_FILE = 'model.int8.onnx'
 FRAMES_FILE = 'model.frames.onnx'  # frame scores for event detection (made with model.onnx)
 FRAMES_INT8_FILE = 'model.frames.int8.onnx'  # model.frames.onnx quantized with model.int8.onnx
+EMBED_STATIC_PREFIX = 'inference.embed'
+EMBED_STATIC_MODEL = EMBED_STATIC_PREFIX + '.json'
+EMBED_STATIC_PARAMS = EMBED_STATIC_PREFIX + '.pdiparams'
+EMBED_FILE = 'model.embed.onnx'  # embeddings (made with model.onnx)
+# The graphs beside the scores graph: export.json key -> (static model prefix, ONNX file).
+OTHER_GRAPHS = {'frames': (FRAMES_STATIC_PREFIX, FRAMES_FILE), 'embed': (EMBED_STATIC_PREFIX, EMBED_FILE)}
 INPUT_NAME = 'features'
 OUTPUT_NAME = 'scores'
 TASKS = schema.TASKS
@@ -102,6 +115,9 @@ def require_file(model_dir, meta, name, verify=True):
             FRAMES_INT8_FILE: f'quantize the export again (`paddle-soundcls export --model-dir {model_dir} --quantize '
                               f'int8 --calibration CLIPS --check OTHER_CLIPS`), or detect events in float32 (engine '
                               f'onnxruntime)',
+            EMBED_FILE: f'embeddings need the embeddings graph: `paddle-soundcls export --model-dir {model_dir}` makes '
+                        f'it from the static export (exports of earlier versions lack its static graph: export the '
+                        f'checkpoint again with `paddle-soundcls export --checkpoint CKPT_DIR --output DIR`)',
             FRAMES_FILE: f'event detection needs the frame-scores graph: `paddle-soundcls export --model-dir {model_dir}` '
                          f'makes it from the static export (exports of earlier versions lack its static graph: '
                          f'export the checkpoint again with `paddle-soundcls export --checkpoint CKPT_DIR --output DIR`)',

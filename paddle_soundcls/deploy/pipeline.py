@@ -4,13 +4,17 @@ Shared by `Predictor` (ONNX Runtime / Paddle Inference) and `Module.predict` (wh
 runs Paddle dygraph), so every engine sees the same inputs and returns the same results.
 Paddle-free: numpy, soundfile and paddle_soundcls.audio only.
 
-Results:
+Results (predict):
 - whole-clip call (window=None): one OrderedDict(label -> score) per input, best first.
 - windowed call: one dict per input
       {'scores': OrderedDict(label -> score),          # clip level: mean or max over windows
        'timeline': [{'start': s, 'end': e,             # seconds from the start of the clip
                      'scores': OrderedDict(label -> score)}, ...]}   # one per window, in time order
   `top_k` keeps the best k labels in every OrderedDict.
+Results (embed): one dict per input {'start': [rows] seconds, 'end': [rows] seconds,
+  'embeddings': float32 [rows, embedding_size]}: one row for a whole-clip call (0 to the clip's
+  length; the mean of its segments' embeddings, as its scores are the mean of theirs), one per
+  window for a windowed call.
 """
 import os
 from collections import OrderedDict
@@ -70,7 +74,7 @@ def check_args(batch_size=8, top_k=None, window=None, hop=None, reduce='mean', t
 
 
 def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, window=None, hop=None,
-        clip_seconds=None):
+        clip_seconds=None, whole_span=False, workers=0):
     """Score every input; the engine-independent loop.
 
     sources: from `as_sources`; arguments checked by `check_args`.
@@ -79,6 +83,8 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
         another's length (padding would change max/mean pooling over time).
     window, hop: seconds, or None for one score per whole clip.
     clip_seconds: the clip length the model was trained on, or None; see clip_segments.
+    whole_span: whole-clip results as windowed ones, ([(0, clip seconds)], scores [1, classes]).
+    workers: decoding processes (see load_inputs).
     Returns per input: scores [classes] (whole clip), or (spans [(start_s, end_s)],
     window scores [windows, classes]) for windowed calls.
 
@@ -98,8 +104,7 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
         for (i, start, end, _), row in zip(batch, scores):
             per_input[i].append((start, end, row))
 
-    for i, (name, source) in enumerate(sources):
-        wave = audio.load(source, sample_rate, target_sr, name=name)
+    for i, wave in enumerate(load_inputs(sources, sample_rate, target_sr, workers)):
         for start, end, segment in clip_segments(wave, clip_samples, min_samples, window_samples, hop_samples):
             pending.setdefault(len(segment), []).append((i, start, end, segment))
             if len(pending[len(segment)]) == batch_size:
@@ -111,12 +116,44 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
     results = []
     for rows in per_input:
         rows.sort(key=lambda r: r[0])
-        if window is None:
+        if window is None and whole_span:
+            results.append(([(0.0, rows[-1][1] / target_sr)], np.mean([r[2] for r in rows], axis=0)[None]))
+        elif window is None:
             results.append(np.mean([r[2] for r in rows], axis=0))
         else:
             spans = [(start / target_sr, end / target_sr) for start, end, _ in rows]
             results.append((spans, np.stack([r[2] for r in rows])))
     return results
+
+
+def load_inputs(sources, sample_rate, target_sr, workers=0):
+    """The waveforms of `sources` (from as_sources) at target_sr, in order, one at a time.
+
+    workers: processes that decode and resample files while the caller scores the ones before
+    (0: decode here). Decoding a compressed file and resampling it can take as long as scoring
+    it with a small network; with workers the engine need not wait for them. Arrays are never
+    sent to a worker. At most 2 x workers files are decoded ahead of the caller.
+    """
+    validate.integer('workers', workers, 0, 64)
+    if workers == 0:
+        for name, source in sources:
+            yield audio.load(source, sample_rate, target_sr, name=name)
+        return
+    import concurrent.futures
+    import multiprocessing
+    # spawn: a forked child would inherit the engine's thread pools mid-state (onnxruntime, oneDNN).
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+        pending = []
+        for name, source in sources:
+            if isinstance(source, np.ndarray):
+                pending.append(audio.load(source, sample_rate, target_sr, name=name))
+            else:
+                pending.append(pool.submit(audio.load, source, sample_rate, target_sr, name))
+            while len(pending) > 2 * workers:
+                first = pending.pop(0)
+                yield first if isinstance(first, np.ndarray) else first.result()
+        for item in pending:
+            yield item if isinstance(item, np.ndarray) else item.result()
 
 
 def to_dict(scores, labels, top_k=None, threshold=None):
@@ -125,6 +162,12 @@ def to_dict(scores, labels, top_k=None, threshold=None):
     possibly none)."""
     order = np.argsort(-np.asarray(scores), kind='stable')[:top_k]
     return OrderedDict((labels[j], float(scores[j])) for j in order if threshold is None or scores[j] >= threshold)
+
+
+def embedding_results(raw):
+    """Output of `run(..., whole_span=True)` with an embedding function -> the embed results."""
+    return [{'start': np.array([s for s, _ in spans], np.float64), 'end': np.array([e for _, e in spans], np.float64),
+             'embeddings': np.asarray(rows, np.float32)} for spans, rows in raw]
 
 
 def reduce_windows(window_scores, reduce='mean'):

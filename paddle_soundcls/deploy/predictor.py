@@ -56,7 +56,7 @@ class Predictor:
         self.multi_label = bool(self.meta['multi_label'])
         self.clip_seconds = self.meta['clip_seconds']
         self.event_config = EventConfig.from_dict(self.meta['events']) if self.meta['events'] else None
-        self._frames_engine, self._verify = None, verify
+        self._frames_engine, self._embed_engine, self._verify = None, None, verify
         num_threads = check_threads(num_threads)  # before loading: a bad count is not a damaged export
         self.members, self._ensemble = None, None
         if self.meta.get('ensemble'):   # 'auto' is each member's choice
@@ -180,15 +180,15 @@ class Predictor:
                                         f'expected [batch, {len(self.labels)}]; export the model again')
         return scores
 
-    def scores(self, data, sample_rate=None, batch_size=8, window=None, hop=None):
+    def scores(self, data, sample_rate=None, batch_size=8, window=None, hop=None, workers=0):
         """Raw scores: per input an array [classes], or (spans, [windows, classes]) when windowed."""
         hop = pipeline.check_args(batch_size, None, window, hop)
         sources = pipeline.as_sources(data)
         return pipeline.run(sources, self.score_batch, sample_rate, self.frontend_cfg.sample_rate, self.min_seconds,
-                            batch_size, window, hop, self.clip_seconds)
+                            batch_size, window, hop, self.clip_seconds, workers=workers)
 
     def predict(self, data, sample_rate=None, batch_size=8, top_k=None, window=None, hop=None, reduce='mean',
-                threshold=None, topk=None):
+                threshold=None, topk=None, workers=0):
         """Classify or tag audio; the same results as `Module.predict`.
 
         data: an audio file path (read at its own rate), a numpy waveform ([samples] or
@@ -204,12 +204,74 @@ class Predictor:
         Without window, clips are treated as in training: padded to the training clip length,
         or, when longer, scored as the mean over consecutive windows of it (export.json's
         clip_seconds; exports of models without one score every clip whole).
+        workers: processes decoding audio files while the engine scores (pipeline.load_inputs).
         Returns one OrderedDict(label -> score) per input, best first (whole-clip calls).
         """
         top_k = validate.renamed('topk', topk, 'top_k', top_k)
         pipeline.check_args(batch_size, top_k, window, hop, reduce, threshold)
-        raw = self.scores(data, sample_rate, batch_size, window, hop)
+        raw = self.scores(data, sample_rate, batch_size, window, hop, workers)
         return pipeline.format_results(raw, self.labels, top_k, reduce, threshold)
+
+    # ----- embeddings -----
+    def embed_batch(self, waveforms):
+        """waveforms [batch, samples] (equal lengths) -> the backbone's clip embeddings [batch,
+        embedding_size] (model.embed.onnx, float32 whatever the engine's precision; with engine
+        'paddle', inference.embed.json)."""
+        embeddings = self._load_embed_engine()(self.features(waveforms))
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_size:
+            raise ExportError(f'{self.model_dir}: the embeddings graph gave shape {list(embeddings.shape)}, expected '
+                              f'[batch, {self.embedding_size}] (export.json embedding_size); export the model again')
+        return embeddings
+
+    @property
+    def embedding_size(self):
+        """The length of this export's embeddings (export.json embedding_size)."""
+        if self.members is not None:
+            raise ExportError(f'{self.model_dir} is an ensemble export: its members\' embeddings differ in size and '
+                              f'meaning, so it has none of its own; embed with one member, e.g. '
+                              f'Predictor({os.path.join(self.model_dir, self.meta["ensemble"]["members"][0]["dir"])!r})')
+        if self.meta['embedding_size'] is None:
+            raise ExportError(f'{os.path.join(self.model_dir, exportdir.EXPORT_FILE)} records no embedding_size '
+                              f'(an export of an earlier version, without an embeddings graph): export the model '
+                              f'again (paddle-soundcls export --checkpoint CKPT_DIR --output DIR) to embed with it')
+        return int(self.meta['embedding_size'])
+
+    def _load_embed_engine(self):
+        """The embeddings graph, loaded at the first embed: a missing or damaged file is an ExportError then."""
+        if self._embed_engine is None:
+            self.embedding_size   # an ensemble, or an export without an embeddings graph: refused first
+            if self.engine_name == 'onnxruntime':
+                path = exportdir.require_file(self.model_dir, self.meta, exportdir.EMBED_FILE, self._verify)
+                load = lambda: OnnxEngine(path, self.engine.num_threads)   # noqa: E731
+            else:
+                path = exportdir.require_file(self.model_dir, self.meta, exportdir.EMBED_STATIC_MODEL, self._verify)
+                exportdir.require_file(self.model_dir, self.meta, exportdir.EMBED_STATIC_PARAMS, self._verify)
+                load = lambda: PaddleEngine(os.path.join(self.model_dir, exportdir.EMBED_STATIC_PREFIX),  # noqa: E731
+                                            self.engine.num_threads)
+            try:
+                self._embed_engine = load()
+            except Exception as exc:  # each runtime's own types for a damaged file
+                raise ExportError(f'cannot load {path}: {str(exc).strip().splitlines()[-1][:300]}. The export is '
+                                  f'damaged: export the model again') from None
+        return self._embed_engine
+
+    def embed(self, data, sample_rate=None, batch_size=8, window=None, hop=None, workers=0):
+        """The backbone's embeddings of audio, without Paddle; the same as `Module.embed`.
+
+        data, sample_rate, batch_size, window, hop: as for predict, and clips are cut by the same
+        rule: without window, one embedding per input, the mean over the segments predict
+        scores (a clip padded to the training clip length, or consecutive windows of it); with
+        window (and hop), one per window.
+        workers: processes decoding audio files while the engine embeds (pipeline.load_inputs).
+        Returns per input {'start': [rows], 'end': [rows] (seconds), 'embeddings': float32 [rows,
+        embedding_size]}. An ensemble export has no embeddings of its own: embed with a member.
+        """
+        hop = pipeline.check_args(batch_size, None, window, hop)
+        sources = pipeline.as_sources(data)
+        self._load_embed_engine()
+        raw = pipeline.run(sources, self.embed_batch, sample_rate, self.frontend_cfg.sample_rate, self.min_seconds,
+                           batch_size, window, hop, self.clip_seconds, whole_span=True, workers=workers)
+        return pipeline.embedding_results(raw)
 
     # ----- when sounds happen -----
     @property

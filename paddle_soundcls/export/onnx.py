@@ -71,8 +71,9 @@ def _rename_value(graph, old, new):
 
 
 def write_onnx(directory, meta, opset=DEFAULT_OPSET, filename=exportdir.ONNX_FILE):
-    """Convert directory's static models to directory/filename (scores) and directory/model.frames.onnx
-    (frame scores, where the export has their static graph) and record them in `meta`."""
+    """Convert directory's static models to directory/filename (scores), directory/model.frames.onnx
+    (frame scores) and directory/model.embed.onnx (embeddings), the last two where the export has
+    their static graphs, and record them in `meta`."""
     import onnx
     import paddle2onnx
 
@@ -81,11 +82,13 @@ def write_onnx(directory, meta, opset=DEFAULT_OPSET, filename=exportdir.ONNX_FIL
     onnx.save(model, path)
     meta['files'][filename] = exportdir.file_record(path)
     meta['onnx'] = {'file': filename, 'opset': opset, 'paddle2onnx': paddle2onnx.__version__}
-    if exportdir.FRAMES_STATIC_MODEL in meta['files']:
-        frames = os.path.join(directory, exportdir.FRAMES_FILE)
-        onnx.save(convert(directory, opset, exportdir.FRAMES_STATIC_PREFIX), frames)
-        meta['files'][exportdir.FRAMES_FILE] = exportdir.file_record(frames)
-        meta['frames'] = {'file': exportdir.FRAMES_FILE, 'opset': opset}
+    # The other graphs, where the export has their static models (exports of earlier versions may not).
+    for key, (prefix, filename) in exportdir.OTHER_GRAPHS.items():
+        if prefix + '.json' in meta['files']:
+            graph = os.path.join(directory, filename)
+            onnx.save(convert(directory, opset, prefix), graph)
+            meta['files'][filename] = exportdir.file_record(graph)
+            meta[key] = {'file': filename, 'opset': opset}
     return path
 
 
@@ -123,17 +126,19 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
                          f'(e.g. {os.path.join(model_dir, exportdir.ONNX_FILE)}), got {output}')
     filename = os.path.basename(output)
     meta.pop('frontend_cfg')
-    if exportdir.FRAMES_STATIC_MODEL in meta['files']:
-        for name in (exportdir.FRAMES_STATIC_MODEL, exportdir.FRAMES_STATIC_PARAMS):
-            exportdir.require_file(model_dir, meta, name)
+    # Graphs made again from their static models; an older export without such a model keeps its file.
+    remade = ()
+    for prefix, onnx_file in exportdir.OTHER_GRAPHS.values():
+        if prefix + '.json' in meta['files']:
+            for name in (prefix + '.json', prefix + '.pdiparams'):
+                exportdir.require_file(model_dir, meta, name)
+            remade += (onnx_file,)
     old_onnx = meta.get('onnx', {}).get('file')
     if old_onnx:
         meta['files'].pop(old_onnx, None)
     for stale in (exportdir.INT8_FILE, exportdir.FRAMES_INT8_FILE):
         meta['files'].pop(stale, None)
     meta.pop('int8', None)
-    # model.frames.onnx is made again from its static graph; an older export without that graph keeps its file.
-    remade = (exportdir.FRAMES_FILE,) if exportdir.FRAMES_STATIC_MODEL in meta['files'] else ()
 
     def build(tmp):
         exportdir.link_files(model_dir, tmp,

@@ -67,12 +67,15 @@ def _write_export(model, directory, opset):
     """The graphs of `model` (a Module) and their export.json in the existing folder `directory`."""
     from .onnx import write_onnx
     meta = export_meta(model)
-    # The scores network and, for event detection, the frame-scores network (features ->
-    # [batch, frames', classes]); both static, so ONNX can be made from them later too.
-    save_static(model.part('scores'), meta['frontend']['n_mels'], directory)
-    save_static(model.part('frames'), meta['frontend']['n_mels'], directory, exportdir.FRAMES_STATIC_PREFIX)
+    # The scores network, the frame-scores network for event detection (features -> [batch,
+    # frames', classes]) and the embeddings network (features -> [batch, embedding_size]); all
+    # static, so ONNX can be made from them later too.
+    n_mels = meta['frontend']['n_mels']
+    save_static(model.part('scores'), n_mels, directory)
+    save_static(model.part('frames'), n_mels, directory, exportdir.FRAMES_STATIC_PREFIX)
+    save_static(model.part('features'), n_mels, directory, exportdir.EMBED_STATIC_PREFIX)
     for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS, exportdir.FRAMES_STATIC_MODEL,
-                 exportdir.FRAMES_STATIC_PARAMS):
+                 exportdir.FRAMES_STATIC_PARAMS, exportdir.EMBED_STATIC_MODEL, exportdir.EMBED_STATIC_PARAMS):
         meta['files'][name] = exportdir.file_record(os.path.join(directory, name))
     if opset is not None:
         write_onnx(directory, meta, opset)

@@ -1,0 +1,1 @@
+"""Whole archives: embedding folders (Parquet), and running a job over many files (see its modules)."""
