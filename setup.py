@@ -13,8 +13,9 @@ TRAIN = [
     'ml_dtypes',  # imported by onnxruntime.quantization (int8 export), which does not declare it
 ]
 SERVE = ['fastapi>=0.100', 'uvicorn>=0.20', 'python-multipart>=0.0.9', 'websockets>=12']
-# Whole archives: embedding folders (Parquet).
-ARCHIVE = ['pyarrow>=14']
+# Whole archives: embedding folders (Parquet) and their similarity index; Ray for a cluster.
+ARCHIVE = ['pyarrow>=14', 'faiss-cpu>=1.7.3']
+CLUSTER = ['ray[data]>=2.9'] + ARCHIVE
 
 setup(
     name='paddle_soundcls',
@@ -30,8 +31,9 @@ setup(
         'train': TRAIN,                                    # with your own paddlepaddle / paddlepaddle-gpu
         'serve': SERVE,
         'archive': ARCHIVE,
+        'cluster': CLUSTER,
         'cpu': ['paddlepaddle>=3.0'] + TRAIN + SERVE + ARCHIVE,   # everything, with the CPU build of Paddle
-        'test': ['pytest', 'scikit-learn', 'librosa>=0.10', 'httpx', 'selenium', 'huggingface_hub'] + SERVE,
+        'test': ['pytest', 'scikit-learn', 'librosa>=0.10', 'httpx', 'selenium', 'huggingface_hub'] + SERVE + CLUSTER,
     },
     entry_points={'console_scripts': ['paddle-soundcls=paddle_soundcls.cli:main']},
 )

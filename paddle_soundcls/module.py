@@ -238,6 +238,12 @@ class Module(nn.Layer):
         return self.backbone.emb_size
 
     @property
+    def embedding_digest(self):
+        """What identifies the network embed runs: a digest of the backbone's weights."""
+        from .export.onnx_cache import weights_digest
+        return 'backbone:' + weights_digest(self.backbone)
+
+    @property
     def min_seconds(self):
         return self.spec.min_seconds
 

@@ -75,8 +75,8 @@ def subcommands(parser):
 
 def test_one_module_per_subcommand():
     parsers = subcommands(cli.build_parser())
-    assert set(parsers) == {'predict', 'tag', 'events', 'embed', 'export', 'ensemble', 'fewshot', 'convert',
-                            'complexity', 'benchmark', 'serve'}
+    assert set(parsers) == {'predict', 'tag', 'events', 'embed', 'index', 'search', 'export', 'ensemble', 'fewshot',
+                            'convert', 'complexity', 'benchmark', 'serve'}
     for name in parsers:
         module = importlib.import_module(f'paddle_soundcls.cli.{name}')
         assert module in cli.COMMANDS and callable(module.add_parser) and callable(module.run), name

@@ -186,12 +186,18 @@ def test_cli_embed_writes_the_predictor_embeddings_as_a_parquet_folder_and_resum
                                                                                 capsys):
     out = tmp_path / 'emb'
     assert cli_main(['embed', export_dir, files[0], files[1], '--output', str(out)]) == 0
-    assert sorted(os.listdir(out)) == ['_embeddings.json', 'part-00000.parquet']
+    assert sorted(os.listdir(out)) == ['_embeddings.json', '_embeddings.lock', 'part-00000.parquet']
     settings = json.loads((out / '_embeddings.json').read_text())
     assert settings == {'format': 1, 'model': 'panns_cnn6', 'model_dir': os.path.abspath(export_dir),
+                        'weights': 'sha256:' + exportdir.read_export(export_dir)['files'][
+                            exportdir.EMBED_STATIC_PARAMS]['sha256'],
                         'embedding_size': 512, 'window': None, 'hop': None}
     assert cli_main(['embed', export_dir, *files, '--output', str(out)]) == 0   # resumes: the third file only
     assert '2 of 3 inputs already in' in capsys.readouterr().err
+    # The same files again, by other paths and twice: nothing new.
+    again = [os.path.join(os.path.dirname(files[0]), '.', os.path.basename(f)) for f in files] + files
+    assert cli_main(['embed', export_dir, *again, '--output', str(out)]) == 0
+    assert '6 of 6 inputs already in' in capsys.readouterr().err and len(os.listdir(out)) == 4
     assert sorted(os.listdir(out))[-1] == 'part-00001.parquet'
     table, rows = read_folder(out)
     assert table.schema.field('embedding').type.list_size == 512 and table.num_rows == 3
@@ -201,7 +207,8 @@ def test_cli_embed_writes_the_predictor_embeddings_as_a_parquet_folder_and_resum
         assert row['model'] == 'panns_cnn6' and row['start'] == 0.0 and row['end'] == pytest.approx(result['end'][0])
         np.testing.assert_array_equal(np.array(row['embedding'], np.float32), result['embeddings'][0])
     assert cli_main(['embed', export_dir, *files, '--output', str(out)]) == 0   # nothing left to do
-    assert len(os.listdir(out)) == 3
+    assert sorted(os.listdir(out)) == ['_embeddings.json', '_embeddings.lock', 'part-00000.parquet',
+                                       'part-00001.parquet']
 
 
 def test_cli_embed_windows_and_refusals(export_dir, files, tmp_path, capsys):
@@ -240,3 +247,23 @@ def test_cli_embed_runs_without_paddle(export_dir, files, tmp_path):
     # Another process: onnxruntime and numpy may round in another order (seen: 1e-6).
     np.testing.assert_allclose(np.array(rows[files[0]][0]['embedding'], np.float32),
                                Predictor(export_dir).embed(files[0])[0]['embeddings'][0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_folder_refuses_other_weights_a_second_writer_and_keeps_no_mistyped_settings(export_dir, files, tmp_path,
+                                                                                      capsys):
+    from paddle_soundcls.archive import parquet
+    out = tmp_path / 'emb'
+    assert cli_main(['embed', export_dir, files[0], '--output', str(out)]) == 0
+    other = tmp_path / 'other'   # the same model name, other weights
+    export_static(small_module('panns_cnn6', task='sound-cls', label_map=['a', 'b', 'c'], clip_seconds=CLIP,
+                               seed=1), other, opset=13)
+    assert cli_main(['embed', str(other), files[1], '--output', str(out)]) == 2
+    assert 'other settings (weights' in capsys.readouterr().err
+    with parquet.writer_lock(str(out)):   # as a run in progress holds it
+        assert cli_main(['embed', export_dir, files[1], '--output', str(out)]) == 2
+        assert 'another process is writing embeddings into' in capsys.readouterr().err
+    assert cli_main(['embed', export_dir, files[1], '--output', str(out)]) == 0   # released: it goes on
+    typo = tmp_path / 'typo'
+    assert cli_main(['embed', export_dir, files[0], '--output', str(typo), '--window', '0']) == 2
+    assert 'window' in capsys.readouterr().err and not typo.exists()
+    assert cli_main(['embed', export_dir, files[0], '--output', str(typo), '--window', '1']) == 0

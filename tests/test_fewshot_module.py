@@ -41,13 +41,16 @@ def folder(tmp_path_factory):
 
 
 def nearest_centroid(train, train_labels, queries):
-    """The reference: cosine similarity to the mean unit embedding of each class, written out."""
+    """The reference: cosine similarity, about the centre of the training embeddings, to the mean
+    unit vector of each class, written out."""
     classes = sorted(set(train_labels))
-    unit = train / np.linalg.norm(train, axis=1, keepdims=True)
+    centre = train.mean(axis=0)
+    unit = (train - centre) / np.linalg.norm(train - centre, axis=1, keepdims=True)
     centroids = np.stack([unit[[label == c for label in train_labels]].mean(axis=0) for c in classes])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    similarity = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ centroids.T
-    return [classes[j] for j in similarity.argmax(axis=1)], similarity
+    offsets = queries - centre
+    similarity = (offsets / np.linalg.norm(offsets, axis=1, keepdims=True)) @ centroids.T
+    return [classes[j] for j in similarity.argmax(axis=1)], similarity, centre
 
 
 def test_the_top_label_is_the_nearest_centroid_in_the_module_and_its_export(base, folder, tmp_path):
@@ -58,15 +61,15 @@ def test_the_top_label_is_the_nearest_centroid_in_the_module_and_its_export(base
     train_labels = [p.split('/')[-2] for p in train_paths]
     queries = [sound(kind, seed) for kind in ('high', 'low', 'noisy') for seed in (10, 11)]
     query_embeddings = np.concatenate([r['embeddings'] for r in base.embed(queries, sample_rate=SR)])
-    expected, similarity = nearest_centroid(train, train_labels, query_embeddings)
+    expected, similarity, centre = nearest_centroid(train, train_labels, query_embeddings)
     got = [next(iter(r)) for r in classifier.predict(queries, sample_rate=SR)]
     assert got == expected
     # The backbone is the base's: the classifier's embeddings are the base's.
     np.testing.assert_allclose(classifier.embed(queries[0], sample_rate=SR)[0]['embeddings'], query_embeddings[:1],
                                rtol=1e-5, atol=1e-5)
-    # Scores: a softmax over scale * |e| / mean |e| * cos(e, centroid).
-    lengths = np.linalg.norm(query_embeddings, axis=1, keepdims=True)
-    logits = 10.0 * lengths / np.linalg.norm(train, axis=1).mean() * similarity
+    # Scores: a softmax over scale * |e - centre| / mean |e_train - centre| * cos(e - centre, centroid).
+    distances = np.linalg.norm(query_embeddings - centre, axis=1, keepdims=True)
+    logits = 10.0 * distances / np.linalg.norm(train - centre, axis=1).mean() * similarity
     softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
     softmax /= softmax.sum(axis=1, keepdims=True)
     scores = [[r[label] for label in classifier.labels] for r in classifier.predict(queries, sample_rate=SR)]

@@ -773,3 +773,30 @@ def test_the_longest_clip_depends_on_how_the_model_scores_clips(predictor):
         response = post_wav(base, wav_bytes(10.5, 16000))
         assert response.status_code == 413 and '10 s' in response.json()['error']['message']
         assert httpx.get(base + '/v1/model').json()['max_audio_seconds'] == 10.0
+
+
+def test_search_answers_the_nearest_clips_of_the_served_index(export_dir, tmp_path):
+    """/v1/search embeds the clip as Predictor.embed does and answers what the index answers for it."""
+    pytest.importorskip('faiss')
+    from paddle_soundcls.cli import main as cli_main
+    from paddle_soundcls.search import VectorIndex
+    clips = []
+    for i, freq in enumerate((300, 1200, 4000)):
+        path = tmp_path / f'clip{i}.wav'
+        path.write_bytes(wav_bytes(1.0, 16000, freq=freq))
+        clips.append(str(path))
+    assert cli_main(['embed', str(export_dir), *clips, '--output', str(tmp_path / 'emb')]) == 0
+    assert cli_main(['index', str(tmp_path / 'emb'), '--output', str(tmp_path / 'index')]) == 0
+    predictor = Predictor(export_dir)
+    expected = VectorIndex.load(tmp_path / 'index').search(predictor.embed(clips[1])[0]['embeddings'][0], k=2)
+    settings = ServeSettings(index_dir=str(tmp_path / 'index'), max_search_k=2)
+    with serve_in_thread(create_app(predictor, settings)) as base:
+        answer = post_wav(base, (tmp_path / 'clip1.wav').read_bytes(), path='/v1/search?top_k=5').json()
+        assert [r['file'] for r in answer['results']] == [r['file'] for r in expected] and answer['results'][0][
+            'file'] == clips[1]
+        np.testing.assert_allclose([r['score'] for r in answer['results']], [r['score'] for r in expected],
+                                   atol=1e-5)
+        assert post_wav(base, WAV, path='/v1/search?top_k=0').status_code == 400
+    with serve_in_thread(create_app(predictor)) as base:   # no --index
+        response = post_wav(base, WAV, path='/v1/search')
+        assert response.status_code == 501 and 'start it with --index' in response.text

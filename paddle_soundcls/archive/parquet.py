@@ -2,8 +2,8 @@
 
 A folder of Parquet files, readable as one table by pyarrow, pandas, DuckDB or Spark:
 
-    OUT/_embeddings.json     {'format', 'model', 'model_dir', 'embedding_size', 'window', 'hop'}:
-                             what every row below was made with
+    OUT/_embeddings.json     {'format', 'model', 'model_dir', 'weights', 'embedding_size', 'window',
+                             'hop'}: what every row below was made with
     OUT/part-00000.parquet   rows: file (string: the input as given), start, end (float64
     OUT/part-00001.parquet   seconds), model (string: the registry name), embedding
     ...                      (fixed_size_list<float32>[embedding_size]); one row per whole
@@ -11,9 +11,11 @@ A folder of Parquet files, readable as one table by pyarrow, pandas, DuckDB or S
 
 Each part is written whole (a temporary file renamed), after a chunk of inputs, so a killed
 run loses at most the chunk it was embedding; a rerun reads the `file` column of the parts and
-embeds only the inputs not in them. A folder made with other settings (another model, window or
-hop) is refused rather than mixed.
+embeds only the inputs not in them (a file is the same file by any path to it). A folder made
+with other settings (another model or weights, window or hop) is refused rather than mixed, and
+one process writes into a folder at a time (_embeddings.lock).
 """
+import contextlib
 import glob
 import json
 import os
@@ -23,6 +25,7 @@ from ..errors import ArgumentError
 
 FORMAT = 1
 SETTINGS_FILE = '_embeddings.json'   # '_': readers of Parquet folders skip it
+LOCK_FILE = '_embeddings.lock'
 PART_PATTERN = 'part-*.parquet'
 
 
@@ -32,10 +35,14 @@ def schema(embedding_size):
                       ('embedding', pa.list_(pa.float32(), embedding_size))])
 
 
-def folder_settings(model, model_dir, embedding_size, window=None, hop=None):
-    """embeddings.json of a folder of `model`'s embeddings (model_dir: its export or checkpoint)."""
-    return {'format': FORMAT, 'model': model, 'model_dir': None if model_dir is None else os.path.abspath(model_dir),
-            'embedding_size': int(embedding_size), 'window': window, 'hop': window if hop is None else hop}
+def folder_settings(embedder, model_dir, window=None, hop=None):
+    """_embeddings.json of a folder of `embedder`'s embeddings (a Predictor or a Module; model_dir:
+    its export or checkpoint). `weights` fingerprints the network (embedding_digest), so a
+    folder never mixes rows of two sets of weights of one model."""
+    return {'format': FORMAT, 'model': embedder.name,
+            'model_dir': None if model_dir is None else os.path.abspath(model_dir),
+            'weights': embedder.embedding_digest, 'embedding_size': int(embedder.embedding_size), 'window': window,
+            'hop': window if hop is None else hop}
 
 
 def read_settings(folder):
@@ -83,12 +90,40 @@ def open_folder(folder, settings):
         fileio.write_json(os.path.join(folder, SETTINGS_FILE), settings)
         return set()
     recorded = read_settings(folder)
-    changed = [key for key in ('model', 'embedding_size', 'window', 'hop') if recorded.get(key) != settings[key]]
+    changed = [key for key in ('model', 'weights', 'embedding_size', 'window', 'hop')
+               if recorded.get(key) != settings[key]]
     if changed:
         differences = ', '.join(f'{key} {recorded.get(key)!r} there, {settings[key]!r} now' for key in changed)
         raise ArgumentError(f'{folder} holds embeddings made with other settings ({differences}); embed into a '
-                            f'new folder, or with the settings it was made with')
+                            f'new folder, or with the model and settings it was made with')
     return recorded_files(folder)
+
+
+def pending(paths, done):
+    """The inputs of `paths` not in `done` (the folder's `file` values), each once: a file named
+    twice, or by another path (./a.wav, a link), is the same file."""
+    seen = {os.path.realpath(path) for path in done}
+    todo = []
+    for path in paths:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            todo.append(path)
+    return todo
+
+
+@contextlib.contextmanager
+def writer_lock(folder):
+    """Held while one process writes into `folder`: a second writer would embed the same inputs
+    again. The system releases it when its process ends, however it ends."""
+    import fcntl
+    with open(os.path.join(folder, LOCK_FILE), 'a') as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ArgumentError(f'another process is writing embeddings into {folder}; wait for it to finish, or '
+                                f'embed into another folder') from None
+        yield
 
 
 def rows_table(paths, results, model, embedding_size):

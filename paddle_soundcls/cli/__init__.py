@@ -15,6 +15,8 @@
     paddle-soundcls benchmark --model panns_cnn14 --json     # every engine, random weights
     paddle-soundcls events exported street.wav --csv events.csv --plot timeline.png
     paddle-soundcls embed exported archive/ --output archive_embeddings   # Parquet, resumable
+    paddle-soundcls index archive_embeddings --output archive_index
+    paddle-soundcls search archive_index query.wav --k 10
     paddle-soundcls complexity efficientat_mn10 cpmobile --seconds 1 10
     paddle-soundcls serve exported                           # http://127.0.0.1:8866
 
@@ -27,12 +29,13 @@ import argparse
 import logging
 
 from ..scripts import silence_third_party_noise
-from . import benchmark, complexity, convert, embed, ensemble, events, export, fewshot, predict, serve, tag
+from . import benchmark, complexity, convert, embed, ensemble, events, export, fewshot, index, predict, search, serve, \
+    tag
 from .benchmark import print_benchmark  # noqa: F401  (bench_inference.py prints the same report)
 from .common import ENGINE_CHOICES, PROG, UsageError, run_guarded  # noqa: F401  (the names callers use)
 
 # One module per subcommand, each with add_parser(subparsers) and run(args), in the order of --help.
-COMMANDS = (predict, tag, events, embed, export, ensemble, fewshot, convert, complexity, benchmark, serve)
+COMMANDS = (predict, tag, events, embed, index, search, export, ensemble, fewshot, convert, complexity, benchmark, serve)
 
 
 def build_parser():

@@ -69,6 +69,26 @@ def resolve_engine(args):
     return 'onnxruntime_int8'
 
 
+def add_ray_args(parser, output):
+    """--ray [ADDRESS] and --actors: run a command over its files on a Ray cluster (archive/cluster.py)."""
+    parser.add_argument('--ray', nargs='?', const='local', default=None, metavar='ADDRESS',
+                        help=f'run on Ray: local (a Ray started on this machine, the default), auto, or HEAD:PORT of a '
+                             f'running cluster; export directories only; writes {output} as without --ray')
+    parser.add_argument('--actors', type=int, default=None,
+                        help='with --ray: Predictors running at once (default: one per CPU of the cluster)')
+
+
+def run_on_ray(args, job, output, options, engine):
+    """The command's job on Ray (see add_ray_args); the same output, resumed the same way."""
+    from ..archive.cluster import run_job
+    summary = run_job(job, args.model_dir, expand_inputs(args.inputs), output,
+                      address=None if args.ray == 'local' else args.ray, options=options,
+                      engine='onnxruntime' if engine == 'auto' else engine, actors=args.actors,
+                      threads_per_actor=args.threads)
+    note(f'{summary["skipped"]} of {summary["inputs"]} inputs already in {output}, {summary["written"]} done now')
+    return 0
+
+
 def expand_inputs(inputs):
     """Files and folders (searched recursively for audio files) -> list of file paths."""
     paths = []
@@ -132,33 +152,15 @@ def load_model(model_dir, engine='auto', threads=None, model=None, tagging=None)
     return run, loaded
 
 
-def _recorded_inputs(out_path):
-    """(inputs already in the JSON-lines file out_path, its complete lines)."""
-    done, keep = set(), []
-    if not os.path.exists(out_path):
-        return done, keep
-    with open(out_path, encoding='utf-8') as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:  # the last line of a killed run
-                continue
-            if line.endswith('\n') and isinstance(record, dict) and 'input' in record:
-                done.add(record['input'])
-                keep.append(line)
-    return done, keep
-
-
 def append_jsonl(paths, out_path, records_of, chunk):
     """Process `paths` in chunks, appending one JSON line per input to `out_path` as it goes;
     inputs already recorded there (by an earlier, perhaps killed, run) are skipped. A line cut
     short by a kill is dropped and its input done again."""
-    from .. import fileio
+    from ..archive.jsonl import open_jsonl
     from ..progress import progress_bar
-    done, keep = _recorded_inputs(out_path)
+    done = open_jsonl(out_path)
     todo = [p for p in paths if p not in done]
     note(f'{len(paths) - len(todo)} of {len(paths)} inputs already in {out_path}, {len(todo)} to go')
-    fileio.atomic_write_file(out_path, lambda f: f.write(''.join(keep)), mode='w')  # without a cut line
     with open(out_path, 'a', encoding='utf-8') as out, \
             progress_bar(total=len(todo), unit='file', show=len(todo) >= 2) as bar:
         for start in range(0, len(todo), chunk):
@@ -179,6 +181,8 @@ MISSING_PACKAGE_HINTS = {
     'paddle2onnx': "needs paddle2onnx to write ONNX: pip install 'paddle_soundcls[train]'",
     'onnx': "needs the onnx package: pip install 'paddle_soundcls[train]'",
     'pyarrow': "needs pyarrow to write and read Parquet: pip install 'paddle_soundcls[archive]'",
+    'faiss': "needs faiss for similarity search: pip install 'paddle_soundcls[archive]'",
+    'ray': "needs Ray to run on a cluster: pip install 'paddle_soundcls[cluster]'",
     'matplotlib': "needs matplotlib to draw the plot: pip install matplotlib (or leave --plot out)",
     'visualdl': "needs VisualDL for its logs: pip install visualdl (or train with use_vdl=False)",
 }

@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from .common import UsageError, append_jsonl, expand_inputs, load_model, note
+from .common import UsageError, add_ray_args, append_jsonl, expand_inputs, load_model, note, run_on_ray
 
 HELP = '''When each sound happens: onset, offset, label and confidence of every event.
 
@@ -47,6 +47,7 @@ def add_parser(subparsers):
                    '(little-endian; default int16)')
     p.add_argument('--channels', type=int, default=1, help='with -: interleaved channels (default 1)')
     p.add_argument('--threads', type=int, default=None, help='CPU threads (export directories; default all)')
+    add_ray_args(p, '--jsonl OUT')
     return p
 
 
@@ -70,6 +71,11 @@ def run(args):
     config = event_config(model, args)
     if args.inputs == ['-']:
         return events_from_stdin(model, args, config)
+    if args.ray is not None:
+        if not args.jsonl:
+            raise UsageError('--ray writes --jsonl OUT: give it')
+        return run_on_ray(args, 'events', args.jsonl, {'window': args.window, 'hop': args.hop, 'config': config},
+                          'auto')
     paths = expand_inputs(args.inputs)
     if args.plot and len(paths) != 1:
         raise UsageError('--plot draws one recording: give one input file')

@@ -3,8 +3,8 @@ checkpoint or an export directory; `tag` shares the options and the output."""
 import json
 import sys
 
-from .common import UsageError, add_deprecated_spelling, add_engine_args, append_jsonl, expand_inputs, load_model, \
-    resolve_engine
+from .common import UsageError, add_deprecated_spelling, add_engine_args, add_ray_args, append_jsonl, expand_inputs, \
+    load_model, resolve_engine, run_on_ray
 
 DEFAULT_TAGGER = 'panns_cnn14'
 
@@ -41,6 +41,7 @@ def add_output_args(parser, top_k):
     parser.add_argument('--jsonl', default=None, metavar='OUT',
                         help='append one JSON line per input to OUT as it goes; a rerun skips the inputs already '
                              'in OUT (for archives of many files: a killed job resumes where it stopped)')
+    add_ray_args(parser, '--jsonl OUT')
 
 
 def _registered_tagger(name, engine):
@@ -58,13 +59,17 @@ def classify(args, tagging):
     if args.hop is not None and args.window is None:
         raise UsageError('--hop needs --window')
     engine = resolve_engine(args)
+    kwargs = dict(batch_size=args.batch_size, top_k=args.top_k, window=args.window, hop=args.hop, reduce=args.reduce,
+                  threshold=args.threshold)
+    if args.ray is not None:
+        if not args.jsonl or args.model_dir is None:
+            raise UsageError('--ray runs an export directory (--model-dir for tag) and writes --jsonl OUT: give both')
+        return run_on_ray(args, 'tag' if tagging else 'predict', args.jsonl, kwargs, engine)
     paths = expand_inputs(args.inputs)
     if tagging and args.model_dir is None:
         run = _registered_tagger(args.model or DEFAULT_TAGGER, engine)
     else:
         run, _ = load_model(args.model_dir, engine, args.threads, getattr(args, 'model', None), tagging)
-    kwargs = dict(batch_size=args.batch_size, top_k=args.top_k, window=args.window, hop=args.hop, reduce=args.reduce,
-                  threshold=args.threshold)
     if args.jsonl:
         return append_jsonl(paths, args.jsonl, lambda some: records(some, run(some, **kwargs)), 4 * args.batch_size)
     print_results(paths, run(paths, **kwargs), args.format)

@@ -677,15 +677,21 @@ class StreamPool:
             return
         failing, failing_lengths, network_works = {}, set(), False
         for stream, windows in groups:
-            windows = stream.frames.next_windows(len(windows))   # the ones given back: they come first
-            try:
-                [part] = scored(self.scorer, [(stream.frames, windows)], self.batch_size)
-            except Exception as error:
-                failing[stream] = error
-                failing_lengths |= {len(window.samples) for window in windows}
-            else:
+            # Twice on its own before it counts as the stream's: a brief engine error (memory, a
+            # timeout) that outlasts the batch call must not end a healthy stream.
+            for attempt in range(2):
+                windows = stream.frames.next_windows(len(windows))   # the ones given back: they come first
+                try:
+                    [part] = scored(self.scorer, [(stream.frames, windows)], self.batch_size)
+                except Exception as error:
+                    failing[stream] = error
+                    continue
+                failing.pop(stream, None)
                 hold(stream, windows, part)
                 network_works = True
+                break
+            if stream in failing:
+                failing_lengths |= {len(window.samples) for window in windows}
         if failing and (network_works or self._scores_silence(failing_lengths)):
             for stream, error in failing.items():
                 stream.error = error

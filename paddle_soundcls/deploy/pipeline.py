@@ -104,7 +104,9 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
         for (i, start, end, _), row in zip(batch, scores):
             per_input[i].append((start, end, row))
 
-    for i, wave in enumerate(load_inputs(sources, sample_rate, target_sr, workers)):
+    # Whole clips: a batch takes batch_size files, which the workers decode while it is scored.
+    ahead = 2 * workers + (batch_size if window is None else 0)
+    for i, wave in enumerate(load_inputs(sources, sample_rate, target_sr, workers, ahead)):
         for start, end, segment in clip_segments(wave, clip_samples, min_samples, window_samples, hop_samples):
             pending.setdefault(len(segment), []).append((i, start, end, segment))
             if len(pending[len(segment)]) == batch_size:
@@ -126,13 +128,16 @@ def run(sources, score_fn, sample_rate, target_sr, min_seconds, batch_size=8, wi
     return results
 
 
-def load_inputs(sources, sample_rate, target_sr, workers=0):
+def load_inputs(sources, sample_rate, target_sr, workers=0, ahead=None):
     """The waveforms of `sources` (from as_sources) at target_sr, in order, one at a time.
 
     workers: processes that decode and resample files while the caller scores the ones before
     (0: decode here). Decoding a compressed file and resampling it can take as long as scoring
     it with a small network; with workers the engine need not wait for them. Arrays are never
-    sent to a worker. At most 2 x workers files are decoded ahead of the caller.
+    sent to a worker. At most `ahead` files (default 2 x workers) are decoded ahead of the caller
+    (whole-clip predict and embed: 2 x workers + batch_size, a batch's worth). Workers are
+    started with spawn: they import the caller's main module, so a script must start its work
+    under `if __name__ == '__main__':`.
     """
     validate.integer('workers', workers, 0, 64)
     if workers == 0:
@@ -141,6 +146,16 @@ def load_inputs(sources, sample_rate, target_sr, workers=0):
         return
     import concurrent.futures
     import multiprocessing
+
+    def wave_of(item):
+        if isinstance(item, np.ndarray):
+            return item
+        try:
+            return item.result()
+        except concurrent.futures.process.BrokenProcessPool:
+            raise ArgumentError('a decoding worker process died (workers=): a script that uses workers must '
+                                "start its work under `if __name__ == '__main__':`, since each worker imports "
+                                'the main module again; or use workers=0') from None
     # spawn: a forked child would inherit the engine's thread pools mid-state (onnxruntime, oneDNN).
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn')) as pool:
         pending = []
@@ -149,11 +164,10 @@ def load_inputs(sources, sample_rate, target_sr, workers=0):
                 pending.append(audio.load(source, sample_rate, target_sr, name=name))
             else:
                 pending.append(pool.submit(audio.load, source, sample_rate, target_sr, name))
-            while len(pending) > 2 * workers:
-                first = pending.pop(0)
-                yield first if isinstance(first, np.ndarray) else first.result()
+            while len(pending) > (2 * workers if ahead is None else max(1, ahead)):
+                yield wave_of(pending.pop(0))
         for item in pending:
-            yield item if isinstance(item, np.ndarray) else item.result()
+            yield wave_of(item)
 
 
 def to_dict(scores, labels, top_k=None, threshold=None):

@@ -236,6 +236,16 @@ class Predictor:
                               f'again (paddle-soundcls export --checkpoint CKPT_DIR --output DIR) to embed with it')
         return int(self.meta['embedding_size'])
 
+    @property
+    def embedding_digest(self):
+        """What identifies this export's embedding network: the sha256 of its weights file (the same
+        whichever engine runs it)."""
+        self.embedding_size   # an ensemble, or an export without an embeddings graph: refused first
+        record = self.meta['files'].get(exportdir.EMBED_STATIC_PARAMS) or self.meta['files'].get(exportdir.EMBED_FILE)
+        if record is None:
+            raise ExportError(f'{self.model_dir}: export.json records no embeddings graph file; export the model again')
+        return 'sha256:' + record['sha256']
+
     def _load_embed_engine(self):
         """The embeddings graph, loaded at the first embed: a missing or damaged file is an ExportError then."""
         if self._embed_engine is None:

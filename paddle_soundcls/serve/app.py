@@ -28,6 +28,7 @@ from .stream import OpenStreams
 from .work import Work
 
 EVENTS_RESPONSES = {**ERROR_RESPONSES, 501: {'model': ErrorResponse, 'description': 'the export cannot detect events'}}
+SEARCH_RESPONSES = {**ERROR_RESPONSES, 501: {'model': ErrorResponse, 'description': 'the server has no index'}}
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Server:
     model_name: str
     model_rate: int
     streams: OpenStreams = field(default_factory=OpenStreams)
+    index: object = None   # search.VectorIndex of settings.index_dir, or None
 
 
 def add_routes(app):
@@ -50,6 +52,9 @@ def add_routes(app):
          summary='Classify one audio clip')
     post('/v1/events', routes.events, methods=['POST'], responses=EVENTS_RESPONSES,
          openapi_extra=audio_request(routes.EVENTS_PARAMETERS), summary='When each sound happens in one audio clip')
+    post('/v1/search', routes.search, methods=['POST'], responses=SEARCH_RESPONSES,
+         openapi_extra=audio_request(routes.SEARCH_PARAMETERS),
+         summary='The clips of the served index nearest to one audio clip')
     post('/hf/audio-classification', routes.hf_audio_classification, methods=['POST'],
          response_model=List[LabelScore], responses=ERROR_RESPONSES,
          openapi_extra=audio_request(routes.CLASSIFY_PARAMETERS),
@@ -78,6 +83,21 @@ def add_middleware(app, settings):
                            allow_headers=['Authorization', 'X-API-Key', 'Content-Type'])
 
 
+def load_index(index_dir, predictor):
+    """The similarity index /v1/search answers from, checked to hold `predictor`'s embeddings."""
+    if index_dir is None:
+        return None
+    from ..errors import ArgumentError
+    from ..search.index import VectorIndex
+    index = VectorIndex.load(index_dir)
+    model, size = index.meta.get('model'), index.meta.get('embedding_size')
+    if model != predictor.meta.get('model') or size != predictor.embedding_size:
+        raise ArgumentError(f'--index {index_dir} holds embeddings of {model} ({size} values), not of the served '
+                            f'{predictor.meta.get("model")} ({predictor.embedding_size}): serve the export that '
+                            f'embedded it, or index embeddings of this one')
+    return index
+
+
 def create_app(predictor, settings=None):
     """The ASGI app serving `predictor`: a deploy.Predictor, or anything with its labels, task,
     frontend, meta, precision, min_seconds, clip_seconds, score_batch and frame_scorer."""
@@ -86,7 +106,7 @@ def create_app(predictor, settings=None):
     work = Work(batcher, predictor, settings)
     batcher.run_batch = work.run_scores
     server = Server(predictor, settings, batcher, work, list(predictor.labels), predictor.meta.get('model', 'model'),
-                    predictor.frontend_cfg.sample_rate)
+                    predictor.frontend_cfg.sample_rate, index=load_index(settings.index_dir, predictor))
 
     @asynccontextmanager
     async def lifespan(app):

@@ -132,6 +132,11 @@ def add_serve_arguments(parser):
                              'Default: on a loopback --host without an API key, localhost, 127.0.0.1, [::1] and '
                              '--host (so a web page cannot reach the server through a name of its own that points '
                              'here); any name otherwise (behind 0.0.0.0 a load balancer may use its own)')
+    parser.add_argument('--index', default=None, metavar='INDEX_DIR',
+                        help='a similarity index of this model\'s embeddings (paddle-soundcls index): POST '
+                             '/v1/search answers the nearest clips of the audio sent')
+    parser.add_argument('--max-search-k', type=int, default=defaults.max_search_k,
+                        help=f'most results one /v1/search may ask for (default {defaults.max_search_k})')
     parser.add_argument('--access-log', action='store_true', help='log every request (default off)')
     return parser
 
@@ -170,7 +175,7 @@ def settings_from_args(args):
                          max_window_seconds=args.max_window_seconds, max_overlap=args.max_overlap,
                          timeout=args.timeout, default_top_k=args.top_k, api_key=api_key,
                          cors_origins=tuple(args.cors_origin), allowed_hosts=allowed_hosts_for(args, api_key),
-                         max_streams=args.max_streams)
+                         max_streams=args.max_streams, index_dir=args.index, max_search_k=args.max_search_k)
 
 
 def _check_args(args):

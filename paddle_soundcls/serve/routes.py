@@ -1,6 +1,7 @@
 """The endpoints, each a small function of the request and the app's `Server` (app.state.server).
 
     /v1/classify, /v1/events           the API of this package
+    /v1/search                         the nearest clips of a served index (serve --index)
     /hf/audio-classification           Hugging Face's inference API (its client works unchanged)
     /paddlespeech/cls (+ /help)        PaddleSpeech's API, for its clients
     /healthz, /v1/model                for load balancers and clients
@@ -20,11 +21,12 @@ from .inputs import parse_json, read_audio_request
 from .schemas import PaddleSpeechRequest
 from .settings import ApiError, window_and_hop
 from .stream import run_stream
-from .work import deadline_of
+from .work import deadline_of, remaining
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'static')
 CLASSIFY_PARAMETERS = ('top_k',)
 EVENTS_PARAMETERS = ('window', 'hop')
+SEARCH_PARAMETERS = ('top_k',)
 PADDLESPEECH_FIELDS = ('audio', 'topk')
 
 
@@ -74,6 +76,24 @@ async def events(request: Request):
     result = await server.work.events(wave, window, hop, flow, deadline)
     return {'model': server.model_name, 'duration': round(duration, 6), 'frame_hop': result['frame_hop'],
             'events': result['events']}
+
+
+async def search(request: Request):
+    """The audio in the forms /v1/classify takes; `top_k` (default 10, at most --max-search-k) in the
+    query string, a form field or "parameters". Answers the index's nearest clips or windows, best
+    first: file, start, end (seconds), score (cosine similarity) and distance (1 - score). The clip
+    is embedded as Predictor.embed embeds it, through the same queue as every other request."""
+    server = server_of(request)
+    if server.index is None:
+        raise ApiError(501, 'search_unsupported', 'this server has no index: start it with --index INDEX_DIR '
+                                                  '(made by paddle-soundcls embed, then index)')
+    flow, deadline = server.work.flow(), deadline_of(request, server.settings)
+    data, field, found = await read_audio_request(request, server.work, SEARCH_PARAMETERS, flow, deadline)
+    k = params.top_k(found, 10, min(server.settings.max_search_k, len(server.index)))
+    wave, duration = await server.work.decode(data, field, flow, deadline)
+    embedding = await server.work.embedding(wave, flow, remaining(deadline))
+    results = await server.work.step(lambda: server.index.search(embedding, k), flow, remaining(deadline))
+    return {'model': server.model_name, 'duration': round(duration, 6), 'results': results}
 
 
 def _json_safe(value):

@@ -53,7 +53,9 @@ class ServeSettings:
     allowed_hosts: the names (Host header, port ignored) requests must be addressed to, () for
     any (the command line sets them for a loopback address without a key; see host_allowed);
     max_streams: WebSocket streams open at once (the server's --max-connections does not count
-    them once their connection is upgraded); one more is refused (error "busy", close 1013).
+    them once their connection is upgraded); one more is refused (error "busy", close 1013);
+    index_dir: a similarity index (paddle-soundcls index) of this model's embeddings that
+    /v1/search answers from, or None; max_search_k: most results one search may ask for.
     """
     max_batch: int = 8
     max_wait_ms: float = 5.0
@@ -69,9 +71,12 @@ class ServeSettings:
     cors_origins: Tuple[str, ...] = ()
     allowed_hosts: Tuple[str, ...] = ()
     max_streams: int = 256
+    index_dir: Optional[str] = None
+    max_search_k: int = 100
 
     def __post_init__(self):
-        for name in ('max_batch', 'max_queue', 'max_body_bytes', 'max_decode_samples', 'default_top_k', 'max_streams'):
+        for name in ('max_batch', 'max_queue', 'max_body_bytes', 'max_decode_samples', 'default_top_k', 'max_streams',
+                     'max_search_k'):
             validate.positive_int(name, getattr(self, name))
         validate.non_negative_number('max_wait_ms', self.max_wait_ms)
         validate.positive_number('max_audio_seconds', self.max_audio_seconds, allow_none=True,

@@ -82,6 +82,10 @@ class Work:
         """Clip scores of equal-length waveforms at the model's rate, in one engine call."""
         return list(self.predictor.score_batch(np.stack(items)))
 
+    def run_embeddings(self, items):
+        """Embeddings of equal-length waveforms at the model's rate, in one engine call."""
+        return list(self.predictor.embed_batch(np.stack(items)))
+
     def run_frames(self, items):
         """Frame scores of equal-length windows at the model's rate, in one engine call."""
         return list(np.asarray(self._score_frames(np.stack(items))))
@@ -154,19 +158,27 @@ class Work:
     async def clip_scores(self, wave, flow, timeout):
         """One waveform at the model's rate -> OrderedDict(label -> score), best first: the mean of its
         segments' scores."""
+        return pipeline.to_dict(await self.segments_mean(wave, self.run_scores, 'scores', flow, timeout), self.labels)
+
+    async def embedding(self, wave, flow, timeout):
+        """One waveform at the model's rate -> its embedding [embedding_size], as Predictor.embed gives
+        it: the mean of its segments' embeddings."""
+        return await self.segments_mean(wave, self.run_embeddings, 'embeddings', flow, timeout)
+
+    async def segments_mean(self, wave, run, kind, flow, timeout):
+        """The mean over `wave`'s segments (see segments) of what run gives for them, through the queue."""
         by_length = {}
         for segment in self.segments(wave):
             by_length.setdefault(len(segment), []).append(segment)
         futures = []
         try:
             for length, segments in by_length.items():
-                futures += self.submit(segments, flow, self.run_scores, ('scores', length))
+                futures += self.submit(segments, flow, run, (kind, length))
         except ApiError:
             for future in futures:
                 future.cancel()
             raise
-        rows = await self.wait(futures, timeout)
-        return pipeline.to_dict(np.mean(rows, axis=0), self.labels)
+        return np.mean(await self.wait(futures, timeout), axis=0)
 
     async def frame_scorer(self, window, hop):
         """The export's detection.FrameScorer for `window` and `hop`; its windows are scored through
