@@ -1,9 +1,10 @@
-"""Archives of many files: the similarity index over their embeddings (--index), and later the
-embedding and tagging throughput of whole folders. Prints figures (JSON with --json); asserts
-nothing.
+"""Archives of many files: the similarity index over their embeddings (--index), and the
+embedding and tagging throughput of whole folders (--throughput: one process with decoding
+workers, and Ray actors). Prints figures (JSON with --json); asserts nothing.
 
     python benchmarks/bench_archive.py --index --vectors 100000 1000000 --dim 960 --json
     python benchmarks/bench_archive.py --index --vectors 20000 --libraries faiss_hnsw   # a quick check
+    python benchmarks/bench_archive.py --throughput --files 200 --workers 0 1 --actors 1 2 --json
 
 --index: per number of vectors and per index kind, the build seconds, the query latency (ms per
 query, one query at a time and in batches of 100), recall@k against exact search (numpy brute
@@ -252,6 +253,67 @@ def _versions():
     return found
 
 
+# ----- throughput: embed and tag of a folder of files -----
+def make_files(folder, count, seconds, rate, channels):
+    """`count` generated noise files (FLAC: decoding costs what an archive's does)."""
+    import soundfile as sf
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        path = os.path.join(folder, f'clip{i:05d}.flac')
+        if not os.path.exists(path):
+            sf.write(path, (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32), rate)
+        paths.append(path)
+    return paths
+
+
+def throughput_benchmark(model, count, seconds, rate, channels, workers, actors, threads, log=None):
+    """files/s and audio-hours per hour of embed and tag over generated files, side by side: one
+    process with each number of decoding workers, then run_job on a local Ray with each number of
+    actors (one thread each; Ray started before the clock, its actors' start included)."""
+    from paddle_soundcls import Module
+    from paddle_soundcls.deploy import Predictor
+    from paddle_soundcls.export import export_static
+    root = tempfile.mkdtemp(prefix='bench_archive_')
+    export = os.path.join(root, 'export')
+    export_static(Module(model, task='tagging', pretrained=False), export, opset=13)
+    paths = make_files(os.path.join(root, 'audio'), count, seconds, rate, channels)
+    audio_seconds = seconds * len(paths)
+    report = {'model': model, 'files': count, 'seconds_per_file': seconds, 'file_rate': rate, 'channels': channels,
+              'runs': []}
+
+    def record(run, elapsed):
+        report['runs'].append({'run': run, 'seconds': round(elapsed, 2), 'files_per_s': round(len(paths) / elapsed, 1),
+                               'audio_hours_per_hour': round(audio_seconds / elapsed)})
+        if log:
+            log(json.dumps(report['runs'][-1]))
+
+    predictor = Predictor(export, num_threads=threads)
+    predictor.embed(paths[:2])
+    for n in workers:
+        start = time.perf_counter()
+        predictor.embed(paths, batch_size=8, workers=n)
+        record(f'embed, one process, {n} decoding workers', time.perf_counter() - start)
+        start = time.perf_counter()
+        predictor.predict(paths, batch_size=8, top_k=10, workers=n)
+        record(f'tag, one process, {n} decoding workers', time.perf_counter() - start)
+    if actors:
+        import ray
+        from paddle_soundcls.archive.cluster import run_job
+        ray.init(include_dashboard=False, logging_level='WARNING')
+        try:
+            for n in actors:
+                for job, options in (('embed', {'batch_size': 8}), ('tag', {'batch_size': 8, 'top_k': 10})):
+                    out = os.path.join(root, f'{job}-{n}' + ('.jsonl' if job == 'tag' else ''))
+                    start = time.perf_counter()
+                    run_job(job, export, paths, out, options=options, actors=n, threads_per_actor=1)
+                    record(f'{job}, Ray, {n} actors x 1 thread', time.perf_counter() - start)
+        finally:
+            ray.shutdown()
+    return report
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--index', action='store_true', help='measure the similarity index (the part there is for now)')
@@ -264,12 +326,27 @@ def main(argv=None):
     p.add_argument('--clusters', type=int, default=None,
                    help=f'mixture components (default: one per {VECTORS_PER_CLUSTER} vectors)')
     p.add_argument('--threads', type=int, default=None, help='threads for building and batch search (default all)')
+    p.add_argument('--throughput', action='store_true',
+                   help='measure embed and tag of generated files: decoding workers, Ray actors')
+    p.add_argument('--model', default='efficientat_mn04', help='--throughput: the model (random weights)')
+    p.add_argument('--files', type=int, default=200, help='--throughput: files (default 200)')
+    p.add_argument('--file-seconds', type=float, default=10.0, help='--throughput: seconds per file (default 10)')
+    p.add_argument('--file-rate', type=int, default=44100, help='--throughput: their sample rate (default 44100)')
+    p.add_argument('--file-channels', type=int, default=2, help='--throughput: their channels (default 2)')
+    p.add_argument('--workers', type=int, nargs='+', default=[0, 1], help='--throughput: decoding workers (0 1)')
+    p.add_argument('--actors', type=int, nargs='*', default=[1, 2], help='--throughput: Ray actors (1 2; none: no Ray)')
     p.add_argument('--json', action='store_true')
     args = p.parse_args(argv)
-    if not args.index:
-        p.error('choose a part to measure: --index')
-    result = {'index': index_benchmark(args.vectors, args.dim, args.libraries, args.queries, args.k, args.clusters,
-                                       args.threads, log=lambda line: print(line, file=sys.stderr, flush=True))}
+    if not (args.index or args.throughput):
+        p.error('choose what to measure: --index and/or --throughput')
+    log = lambda line: print(line, file=sys.stderr, flush=True)   # noqa: E731
+    result = {}
+    if args.index:
+        result['index'] = index_benchmark(args.vectors, args.dim, args.libraries, args.queries, args.k, args.clusters,
+                                          args.threads, log=log)
+    if args.throughput:
+        result['throughput'] = throughput_benchmark(args.model, args.files, args.file_seconds, args.file_rate,
+                                                    args.file_channels, args.workers, args.actors, args.threads, log)
     print(json.dumps(result, indent=2 if args.json else None))
     return 0
 

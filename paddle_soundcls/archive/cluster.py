@@ -33,7 +33,7 @@ import os
 
 from .. import audio, fileio, validate
 from ..errors import ArgumentError, AudioError
-from .jsonl import open_jsonl
+from .jsonl import event_records, open_jsonl, prediction_records
 
 JOBS = ('predict', 'tag', 'events', 'embed')
 # The keyword arguments of the Predictor method each job calls. sample_rate and workers are the
@@ -239,10 +239,8 @@ class JobActor:
 
     def _records(self, paths, results):
         if self.job == 'events':
-            from ..cli.events import event_records
             return event_records(paths, results)
-        from ..cli.predict import records
-        return records(paths, results)
+        return prediction_records(paths, results)
 
 
 def _objects(arrays):

@@ -1,5 +1,6 @@
 """JSON-lines outputs a rerun resumes (`predict / tag / events --jsonl OUT`, and their Ray jobs):
-one line per input, with its 'input'; a line cut short by a kill is dropped and its input done again."""
+one line per input, with its 'input'; a line cut short by a kill is dropped and its input done again.
+The records of each command are made here, so every path that writes them writes the same."""
 import json
 import os
 
@@ -31,3 +32,18 @@ def open_jsonl(out_path):
     done, keep = recorded_inputs(out_path)
     fileio.atomic_write_file(out_path, lambda f: f.write(''.join(keep)), mode='w')
     return done
+
+
+def prediction_records(paths, results):
+    """predict / tag results -> one record per input (what `--format jsonl` prints)."""
+    out = []
+    for path, result in zip(paths, results):
+        record = {'input': path}
+        record.update(result if isinstance(result, dict) and 'timeline' in result else {'scores': result})
+        out.append(record)
+    return out
+
+
+def event_records(paths, results):
+    """detect results -> one record per input (events --jsonl, --json)."""
+    return [{'input': path, 'events': result['events']} for path, result in zip(paths, results)]

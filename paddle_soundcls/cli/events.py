@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 
+from ..archive.jsonl import event_records
 from .common import UsageError, add_ray_args, append_jsonl, expand_inputs, load_model, note, run_on_ray
 
 HELP = '''When each sound happens: onset, offset, label and confidence of every event.
@@ -98,11 +99,6 @@ def run(args):
         for record in records:
             print(json.dumps(record, ensure_ascii=False), flush=True)
     return 0
-
-
-def event_records(paths, results):
-    """detect results -> the JSON records printed or written per input (--jsonl, --json)."""
-    return [{'input': path, 'events': result['events']} for path, result in zip(paths, results)]
 
 
 def write_events_csv(path, records):

@@ -3,6 +3,7 @@ checkpoint or an export directory; `tag` shares the options and the output."""
 import json
 import sys
 
+from ..archive.jsonl import prediction_records
 from .common import UsageError, add_deprecated_spelling, add_engine_args, add_ray_args, append_jsonl, expand_inputs, \
     load_model, resolve_engine, run_on_ray
 
@@ -71,24 +72,14 @@ def classify(args, tagging):
     else:
         run, _ = load_model(args.model_dir, engine, args.threads, getattr(args, 'model', None), tagging)
     if args.jsonl:
-        return append_jsonl(paths, args.jsonl, lambda some: records(some, run(some, **kwargs)), 4 * args.batch_size)
+        return append_jsonl(paths, args.jsonl, lambda some: prediction_records(some, run(some, **kwargs)), 4 * args.batch_size)
     print_results(paths, run(paths, **kwargs), args.format)
     return 0
 
 
-def records(paths, results):
-    """predict results -> the JSON records `--format jsonl` prints, one per input."""
-    out = []
-    for path, result in zip(paths, results):
-        record = {'input': path}
-        record.update(result if isinstance(result, dict) and 'timeline' in result else {'scores': result})
-        out.append(record)
-    return out
-
-
 def print_results(paths, results, fmt):
     if fmt == 'jsonl':
-        for record in records(paths, results):
+        for record in prediction_records(paths, results):
             print(json.dumps(record, ensure_ascii=False), flush=True)
         return
     for path, result in zip(paths, results):
