@@ -21,8 +21,8 @@
     paddle-soundcls serve exported                           # http://127.0.0.1:8866
 
 MODEL_DIR is a fine-tuned checkpoint directory (model.pdparams + meta.json), a saved ensemble
-(ensemble.json) or an export directory (export.json). predict, tag, events, embed, benchmark and serve on export directories run
-without PaddlePaddle. User errors print one line and exit with status 2; a failed parity check, or
+(ensemble.json) or an export directory (export.json). predict, tag, events, embed, index, search,
+benchmark and serve on export directories run without PaddlePaddle. User errors print one line and exit with status 2; a failed parity check, or
 an int8 model refused by its check, exits with status 1.
 """
 import argparse
@@ -35,7 +35,8 @@ from .benchmark import print_benchmark  # noqa: F401  (bench_inference.py prints
 from .common import ENGINE_CHOICES, PROG, UsageError, run_guarded  # noqa: F401  (the names callers use)
 
 # One module per subcommand, each with add_parser(subparsers) and run(args), in the order of --help.
-COMMANDS = (predict, tag, events, embed, index, search, export, ensemble, fewshot, convert, complexity, benchmark, serve)
+COMMANDS = (predict, tag, events, embed, index, search, export, ensemble, fewshot, convert, complexity, benchmark,
+            serve)
 
 
 def build_parser():

@@ -72,7 +72,8 @@ def classify(args, tagging):
     else:
         run, _ = load_model(args.model_dir, engine, args.threads, getattr(args, 'model', None), tagging)
     if args.jsonl:
-        return append_jsonl(paths, args.jsonl, lambda some: prediction_records(some, run(some, **kwargs)), 4 * args.batch_size)
+        return append_jsonl(paths, args.jsonl, lambda some: prediction_records(some, run(some, **kwargs)),
+                            4 * args.batch_size)
     print_results(paths, run(paths, **kwargs), args.format)
     return 0
 
