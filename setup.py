@@ -16,6 +16,12 @@ SERVE = ['fastapi>=0.100', 'uvicorn>=0.20', 'python-multipart>=0.0.9', 'websocke
 # Whole archives: embedding folders (Parquet) and their similarity index; Ray for a cluster.
 ARCHIVE = ['pyarrow>=14', 'faiss-cpu>=1.7.3']
 CLUSTER = ['ray[data]>=2.9'] + ARCHIVE
+# Running TFLite exports (Predictor engine 'tflite'): the LiteRT interpreter only.
+LITERT = ['ai-edge-litert>=1.2']
+# Making them (export --format tflite / savedmodel): onnx2tf and what it imports, which it does not
+# declare itself; the converter pinned to the release these exports are tested with.
+TFLITE = ['onnx2tf==1.28.8', 'tensorflow>=2.19,<2.22', 'tf-keras>=2.19,<2.22', 'onnx', 'onnx-graphsurgeon>=0.5',
+          'sne4onnx>=1.0.13', 'sng4onnx>=1.0.4', 'psutil', 'requests', 'h5py'] + LITERT
 
 setup(
     name='paddle_soundcls',
@@ -32,8 +38,10 @@ setup(
         'serve': SERVE,
         'archive': ARCHIVE,
         'cluster': CLUSTER,
+        'litert': LITERT,
+        'tflite': TFLITE,
         'cpu': ['paddlepaddle>=3.0'] + TRAIN + SERVE + ARCHIVE,   # everything, with the CPU build of Paddle
-        'test': ['pytest', 'scikit-learn', 'librosa>=0.10', 'httpx', 'selenium', 'huggingface_hub'] + SERVE + CLUSTER,
+        'test': ['pytest', 'scikit-learn', 'librosa>=0.10', 'httpx', 'selenium', 'huggingface_hub'] + SERVE + CLUSTER + TFLITE,
     },
     entry_points={'console_scripts': ['paddle-soundcls=paddle_soundcls.cli:main']},
 )

@@ -335,7 +335,8 @@ class Module(nn.Layer):
         engine: 'auto' runs onnxruntime (the Module exported once per set of weights and cached)
             for 4 or more inputs or any windowed call, and Paddle dygraph otherwise or with
             use_gpu=True; 'onnxruntime' or 'dygraph' force one. Both give the same scores (~1e-5).
-            ('paddle' and 'onnxruntime_int8' run exports: Predictor(export_dir, engine=...).)
+            ('paddle', 'onnxruntime_int8', 'tflite' and 'tflite_int8' run exports: Predictor(export_dir,
+            engine=...).)
         use_gpu: run dygraph on a GPU (this Module is moved to one if it is on the CPU); False runs
             where its parameters are. Paddle's global device (paddle.get_device()) never changes.
         workers: processes decoding audio files while the network scores (0: decode here;

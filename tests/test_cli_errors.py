@@ -85,8 +85,8 @@ def test_one_module_per_subcommand():
 
 def test_the_engine_names_are_the_benchmarks():
     from paddle_soundcls.analysis import benchmark
-    assert set(cli.ENGINE_CHOICES) == set(benchmark.ENGINES) | {'auto'}
-    for name in ('predict', 'tag'):
+    assert set(cli.ENGINE_CHOICES) == set(benchmark.ENGINES) | set(benchmark.EXPORT_ENGINES) | {'auto'}
+    for name in ('predict', 'tag', 'events', 'embed'):
         [engine] = [a for a in subcommands(cli.build_parser())[name]._actions if a.dest == 'engine']
         assert tuple(engine.choices) == cli.ENGINE_CHOICES
 

@@ -21,6 +21,7 @@ from paddle_soundcls.export import static as static_export
 from paddle_soundcls.features.logmel import LogMel
 from paddle_soundcls.features.mel import logmel
 from paddle_soundcls import Module
+from offline import offline_env
 from signals import chirp, noise, tone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,58 +232,10 @@ def test_the_export_in_two_steps_is_the_export_in_one(tmp_path, ckpt_dir):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-# The export runs in a subprocess in which any attempt to install a package fails loudly and
-# is recorded: pip's index is a closed local port, `pip` on PATH is a shim, and
-# subprocess / os.system calls that mention pip are refused.
-_NO_PIP_SITECUSTOMIZE = textwrap.dedent('''
-    import os, subprocess
-    _LOG = os.environ['PIP_ATTEMPT_LOG']
-    def _record(cmd):
-        with open(_LOG, 'a') as f:
-            f.write(repr(cmd) + '\\n')
-    def _mentions_pip(cmd):
-        text = cmd if isinstance(cmd, str) else ' '.join(map(str, cmd))
-        return 'pip' in text.split() or ' -m pip' in text or 'pip install' in text
-    _Popen_init = subprocess.Popen.__init__
-    def _guarded_init(self, args, *a, **k):
-        if _mentions_pip(args):
-            _record(args)
-            raise RuntimeError('package installation attempted: %r' % (args,))
-        return _Popen_init(self, args, *a, **k)
-    subprocess.Popen.__init__ = _guarded_init
-    _system = os.system
-    def _guarded_system(cmd):
-        if _mentions_pip(cmd):
-            _record(cmd)
-            raise RuntimeError('package installation attempted: %r' % (cmd,))
-        return _system(cmd)
-    os.system = _guarded_system
-''')
-
-
-def _offline_env(tmp_path):
-    shim_dir = tmp_path / 'shim'
-    shim_dir.mkdir()
-    log = tmp_path / 'pip_attempts.log'
-    for name in ('pip', 'pip3'):
-        shim = shim_dir / name
-        shim.write_text(f'#!/bin/sh\necho "$0 $*" >> {log}\necho "pip is disabled in this test" >&2\nexit 1\n')
-        shim.chmod(0o755)
-    site = tmp_path / 'site'
-    site.mkdir()
-    (site / 'sitecustomize.py').write_text(_NO_PIP_SITECUSTOMIZE)
-    env = dict(os.environ)
-    env.update({'PIP_NO_INDEX': '1', 'PIP_INDEX_URL': 'http://127.0.0.1:9/simple', 'PIP_RETRIES': '0',
-                'PIP_ATTEMPT_LOG': str(log), 'PATH': f'{shim_dir}{os.pathsep}{env.get("PATH", "")}',
-                'PYTHONPATH': os.pathsep.join([str(site), REPO])})
-    env.pop('POLYGRAPHY_AUTOINSTALL_DEPS', None)
-    return env, log
-
-
 def test_onnx_export_installs_nothing(tmp_path, ckpt_dir):
     out = tmp_path / 'export'
     export_static(load_module(ckpt_dir), out)
-    env, log = _offline_env(tmp_path)
+    env, log = offline_env(tmp_path)
     code = textwrap.dedent(f'''
         import os, sys
         from paddle_soundcls.export import export_onnx
@@ -299,7 +252,7 @@ def test_onnx_export_installs_nothing(tmp_path, ckpt_dir):
 
 def test_offline_harness_catches_an_install(tmp_path):
     """The harness above does record an installation attempt."""
-    env, log = _offline_env(tmp_path)
+    env, log = offline_env(tmp_path)
     code = 'import subprocess, sys\ntry:\n    subprocess.run([sys.executable, "-m", "pip", "install", "x"])\nexcept RuntimeError:\n    pass\n'
     subprocess.run([sys.executable, '-c', code], env=env, timeout=60)
     subprocess.run(['pip', 'install', 'x'], env=env, timeout=60)
@@ -310,7 +263,7 @@ def test_offline_harness_catches_an_install(tmp_path):
                     reason='Polygraphy has its dependencies here, so it installs nothing')
 def test_paddle2onnx_defaults_would_install(tmp_path, onnx_export_dir):
     """Why the settings above matter: paddle2onnx's default optimizer step tries a pip install."""
-    env, log = _offline_env(tmp_path)
+    env, log = offline_env(tmp_path)
     code = textwrap.dedent(f'''
         import paddle2onnx
         paddle2onnx.export({str(onnx_export_dir / 'inference.json')!r}, {str(onnx_export_dir / 'inference.pdiparams')!r},

@@ -199,7 +199,9 @@ def test_merging_the_registered_networks_changes_frames_by_rounding_only(name, w
         detected = module.detect(waves, sample_rate=scorer.frontend.sample_rate, window=window, hop=hop)
     for got, want, result in zip(merged, reference, detected):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(result['frame_scores'], got, rtol=0, atol=1e-6)
+        # The same windows in other batches: oneDNN's kernels may round differently per batch
+        # shape (seen: 1.6e-6 for CNN6 on a loaded machine, also before any change here).
+        np.testing.assert_allclose(result['frame_scores'], got, rtol=0, atol=3e-6)
 
 
 def spec_scorer(name, window, hop):

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from helpers import BLOCK_PADDLE, prime_batchnorm, small_module
-from test_export import _offline_env
+from offline import offline_env
 from paddle_soundcls.deploy import ExportError, Predictor, exportdir
 from paddle_soundcls.export import check_parity, export_onnx, export_static
 from paddle_soundcls.export import quantize
@@ -193,7 +193,7 @@ def test_bad_calibration_is_refused(work, tmp_path):
 
     # The command line: exit status 1, a clear message, the int8 model removed, the rest kept;
     # run where any attempt to install a package is caught (tests/test_export.py's harness).
-    env, pip_log = _offline_env(tmp_path)
+    env, pip_log = offline_env(tmp_path)
     proc = run_tool('export_onnx.py', '--model-dir', out, '--quantize', 'int8', '--calibration', silence,
                     '--check', work / 'check', '--keep-float', 'none', env=env)
     assert proc.returncode == 1, proc.stderr[-3000:]

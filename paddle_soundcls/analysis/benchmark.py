@@ -50,6 +50,9 @@ DESCRIPTIONS = {
     'onnxruntime': 'model.onnx in onnxruntime with deploy.engines.onnx_session_options, as Predictor() runs it',
     'onnxruntime_int8': "model.int8.onnx in onnxruntime, as Predictor(engine='onnxruntime_int8') runs it",
     ORT_DEFAULTS: "model.onnx in onnxruntime with ORT's default SessionOptions (intra_op_num_threads set)",
+    'tflite': "model.tflite in the TFLite interpreter (XNNPACK), as Predictor(engine='tflite') runs it",
+    'tflite_int8': "model.int8.tflite (full integer) in the TFLite interpreter, as Predictor(engine='tflite_int8') "
+                   "runs it",
 }
 
 
@@ -59,6 +62,9 @@ def engine_key(engine, precision='fp32'):
 
 
 ENGINES = tuple(engine_key(engine, precision) for engine, precision in RUNS)
+# run_export measures an export on every engine it has a model for: these need no Paddle.
+EXPORT_ENGINES = ('onnxruntime', 'onnxruntime_int8', 'tflite', 'tflite_int8')
+EXPORT_ENTRIES = {'onnxruntime_int8': 'int8', 'tflite': 'tflite', 'tflite_int8': 'tflite_int8'}   # export.json keys
 
 
 def machine_info():
@@ -99,7 +105,8 @@ def _random_waves(batch_size, seconds, sample_rate):
 
 def run_export(model_dir, seconds=5.0, batch_size=8, iterations=5, num_threads=None):
     """clips/s of an export directory in onnxruntime, without Paddle: 'onnxruntime' (model.onnx)
-    and, when the export has one, 'onnxruntime_int8' (model.int8.onnx); features in and scores
+    and, when the export has them, 'onnxruntime_int8' (model.int8.onnx), 'tflite' (model.tflite)
+    and 'tflite_int8' (model.int8.tflite, in the TFLite interpreter); features in and scores
     out, plus end_to_end_clips_per_s with the numpy front end. Random input audio."""
     threads = check_threads(num_threads)
     _check_run_args(seconds, batch_size, iterations)
@@ -108,9 +115,9 @@ def run_export(model_dir, seconds=5.0, batch_size=8, iterations=5, num_threads=N
         first = os.path.join(os.fspath(model_dir), meta['ensemble']['members'][0]['dir'])
         raise ArgumentError(f'{model_dir} is an ensemble export; benchmark each of its members (e.g. '
                             f'`paddle-soundcls benchmark {first}`): the ensemble costs their sum')
-    precisions = ['fp32'] + (['int8'] if 'int8' in meta else [])
-    predictors = {engine_key('onnxruntime', p): Predictor(model_dir, engine=engine_key('onnxruntime', p), num_threads=threads)
-                  for p in precisions}
+    # Every engine the export has a model for: its int8 ONNX model, its TFLite models.
+    engines = [engine for engine in EXPORT_ENGINES if engine == 'onnxruntime' or EXPORT_ENTRIES[engine] in meta]
+    predictors = {engine: Predictor(model_dir, engine=engine, num_threads=threads) for engine in engines}
     first = predictors['onnxruntime']
     waves = _random_waves(batch_size, seconds, first.frontend_cfg.sample_rate)
     features = logmel(waves, first.frontend_cfg)

@@ -16,7 +16,8 @@ PROG = 'paddle-soundcls'
 ENGINE_CHOICES = ENGINES  # the names Module.predict, Predictor and the benchmark use
 ENGINE_HELP = ("onnxruntime: an export's model.onnx, or a checkpoint exported once and cached; onnxruntime_int8: an "
                "export's int8 model (model.int8.onnx, made by `export --quantize int8`); paddle: Paddle Inference "
-               'with oneDNN (export directories); dygraph: Paddle dygraph (checkpoints); auto (default): onnxruntime '
+               'with oneDNN (export directories); tflite / tflite_int8: the TFLite interpreter on model.tflite / '
+               'model.int8.tflite (made by `export --format tflite`); dygraph: Paddle dygraph (checkpoints); auto (default): onnxruntime '
                '(paddle for an export without model.onnx), except dygraph for fewer than 4 clips from a checkpoint')
 
 
@@ -126,6 +127,9 @@ def _checkpoint_module(model_dir, engine, threads, model, tagging):
         raise UsageError(f'--engine onnxruntime_int8 needs an export directory with an int8 model: `paddle-soundcls '
                          f'export --checkpoint {model_dir} --output DIR --quantize int8 --calibration CLIPS --check '
                          f'OTHER_CLIPS`, then predict with DIR')
+    if engine in ('tflite', 'tflite_int8'):
+        raise UsageError(f'--engine {engine} runs an export directory with TFLite models: `paddle-soundcls export '
+                         f'--checkpoint {model_dir} --output DIR --format onnx tflite`, then predict with DIR')
     if threads is not None:
         raise UsageError('--threads applies to export directories; a checkpoint uses every CPU')
     from ..ensemble import load_module

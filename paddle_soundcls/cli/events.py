@@ -5,7 +5,8 @@ import json
 import sys
 
 from ..archive.jsonl import event_records
-from .common import UsageError, add_ray_args, append_jsonl, expand_inputs, load_model, note, run_on_ray
+from .common import (UsageError, add_engine_args, add_ray_args, append_jsonl, expand_inputs, load_model, note,
+                     resolve_engine, run_on_ray)
 
 HELP = '''When each sound happens: onset, offset, label and confidence of every event.
 
@@ -47,6 +48,7 @@ def add_parser(subparsers):
     p.add_argument('--pcm-format', choices=('int16', 'float32'), default='int16', help='with -: sample format '
                    '(little-endian; default int16)')
     p.add_argument('--channels', type=int, default=1, help='with -: interleaved channels (default 1)')
+    add_engine_args(p)
     p.add_argument('--threads', type=int, default=None, help='CPU threads (export directories; default all)')
     add_ray_args(p, '--jsonl OUT')
     return p
@@ -68,7 +70,13 @@ def event_config(model, args):
 
 
 def run(args):
-    _, model = load_model(args.model_dir, 'auto', args.threads)
+    from ..deploy.exportdir import is_export_dir
+    engine = resolve_engine(args)
+    if engine not in ('auto', 'dygraph') and not is_export_dir(args.model_dir):
+        raise UsageError(f'{args.model_dir} is not an export directory: a checkpoint detects events in Paddle dygraph; '
+                         f'--engine {engine} needs an export (paddle-soundcls export --checkpoint {args.model_dir} '
+                         f'--output DIR)')
+    _, model = load_model(args.model_dir, engine, args.threads)
     config = event_config(model, args)
     if args.inputs == ['-']:
         return events_from_stdin(model, args, config)
@@ -76,7 +84,7 @@ def run(args):
         if not args.jsonl:
             raise UsageError('--ray writes --jsonl OUT: give it')
         return run_on_ray(args, 'events', args.jsonl, {'window': args.window, 'hop': args.hop, 'config': config},
-                          'auto')
+                          engine)
     paths = expand_inputs(args.inputs)
     if args.plot and len(paths) != 1:
         raise UsageError('--plot draws one recording: give one input file')

@@ -1,5 +1,6 @@
 """`paddle-soundcls export`: a checkpoint or tagger as a static graph + ONNX in one step, or
-model.onnx added to an existing export; then the optional parity check and int8 model."""
+model.onnx added to an existing export; then the optional parity check and int8 model; then the
+optional TFLite and SavedModel models (--format), converted from the ONNX graphs."""
 import argparse
 import json
 import os
@@ -24,21 +25,71 @@ def add_parser(subparsers):
     p.add_argument('--check', default=None, metavar='DATA', help='parity check on these clips: a folder, an ESC-50 '
                    'or class-folder dataset, or a CSV with path,label columns')
     p.add_argument('--check-limit', type=int, default=None, help='check only the first N clips')
+    p.add_argument('--format', nargs='+', choices=('onnx',) + TENSORFLOW_FORMATS, default=None, metavar='FORMAT',
+                   help='what to write besides the Paddle static graph: onnx (the default), tflite (model.tflite, '
+                        'model.frames.tflite, model.embed.tflite; with --quantize int8 also model.int8.tflite) and '
+                        'savedmodel (saved_model/), the last two converted from the ONNX graphs (pip install '
+                        '\'paddle_soundcls[tflite]\'); with --model-dir, only the formats named are made')
     add_quantize_args(p)
     return p
 
 
+TENSORFLOW_FORMATS = ('tflite', 'savedmodel')
+
+
 def run(args):
-    """Exit status 0, or 1 when the parity check fails or the int8 model is refused."""
-    export_dir, summary = (_onnx_of_export(args) if args.model_dir is not None else _new_export(args))
+    """Exit status 0, or 1 when the parity check fails or an int8 model is refused."""
+    formats = args.format or ['onnx']
+    tensorflow = [f for f in formats if f in TENSORFLOW_FORMATS]
+    onnx = 'onnx' in formats or args.model_dir is None   # a new export always has its ONNX graphs
+    if args.no_onnx and tensorflow:
+        raise UsageError(f'--format {" ".join(tensorflow)} is converted from the ONNX graphs; leave out --no-onnx')
+    if tensorflow:
+        from ..export.tflite import converter_versions
+        converter_versions()   # a missing converter said before any export work
+    if args.model_dir is not None and not onnx:
+        if args.output is not None:
+            raise UsageError('with --model-dir, --output names the .onnx file to make; --format '
+                             f'{" ".join(formats)} writes into EXPORT_DIR itself: leave --output out')
+        check_data_args(args)
+        export_dir, summary = args.model_dir, {'model_dir': os.path.abspath(args.model_dir)}
+    else:
+        export_dir, summary = (_onnx_of_export(args) if args.model_dir is not None else _new_export(args))
     status = 0
-    if args.check:
+    if args.check and onnx:
         from ..export import check_parity
         summary['parity'] = check_parity(export_dir, args.check, limit=args.check_limit)
         status = 0 if summary['parity']['passed'] else 1
-    if args.quantize:
+    if args.quantize and onnx:
         status = max(status, run_quantize(args, export_dir, summary))
+    if tensorflow:
+        status = max(status, run_tensorflow(args, export_dir, tensorflow, summary))
     print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return status
+
+
+def run_tensorflow(args, model_dir, formats, summary, prog=PROG):
+    """--format tflite / savedmodel on the export `model_dir`; adds their entries to summary."""
+    from ..errors import QuantizationRefused
+    from ..export.tflite import export_tensorflow
+    from ..export.quantize import UNCHECKED_WARNING
+    from ..deploy import exportdir
+    try:
+        summary.update(export_tensorflow(
+            model_dir, formats, check=args.check, check_limit=args.check_limit, int8=bool(args.quantize),
+            calibration=args.calibration, calibration_limit=args.calibration_limit,
+            calibration_seconds=args.calibration_seconds, force_int8=args.force_int8))
+        status = 0
+    except QuantizationRefused as exc:
+        summary.update({key: value for key, value in exportdir.read_export(model_dir).items()
+                        if key in exportdir.TENSORFLOW_ENTRIES})
+        summary['tflite_int8'] = {'refused': True, 'check': exc.summary}
+        print(f'{prog}: {exc}', file=sys.stderr)
+        status = 1
+    if args.quantize and summary.get('tflite_int8', {}).get('checked') is False:
+        print(UNCHECKED_WARNING % exportdir.TFLITE_INT8_FILE, file=sys.stderr)
+    if 'files' in summary:
+        summary['files'] = exportdir.read_export(model_dir)['files']
     return status
 
 

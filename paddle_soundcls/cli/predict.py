@@ -47,9 +47,10 @@ def add_output_args(parser, top_k):
 
 def _registered_tagger(name, engine):
     """The predict function of a registered tagger (weights from the cache)."""
-    if engine in ('paddle', 'onnxruntime_int8'):
+    if engine in ('paddle', 'onnxruntime_int8', 'tflite', 'tflite_int8'):
         raise UsageError(f'--engine {engine} needs an export directory (--model-dir); see `paddle-soundcls export '
-                         f'--help`' + (' (--quantize int8)' if engine == 'onnxruntime_int8' else ''))
+                         f'--help`' + (' (--quantize int8)' if engine == 'onnxruntime_int8' else
+                                  ' (--format tflite)' if engine.startswith('tflite') else ''))
     from ..module import Module
     module = Module(name=name, task='tagging')
     return lambda paths, **kwargs: module.predict(paths, engine=engine, **kwargs)

@@ -1,16 +1,19 @@
 """Inference engines: log-mel features [batch, frames, n_mels] float32 -> scores [batch, classes].
 
 `OnnxEngine` (onnxruntime) is the default everywhere. `PaddleEngine` (Paddle Inference with
-oneDNN) imports paddle only when it is created, so this module stays Paddle-free.
+oneDNN) imports paddle only when it is created, so this module stays Paddle-free; so does
+`TFLiteEngine` (the TFLite interpreter), which needs neither Paddle nor onnxruntime.
 """
 # The one vocabulary of engines (Module.predict, Predictor, the command line, the benchmark):
 # onnxruntime and onnxruntime_int8 run model.onnx / model.int8.onnx, paddle runs Paddle Inference
-# on an export's inference.json, dygraph runs a Module; auto picks one (see each caller).
-ENGINES = ('auto', 'onnxruntime', 'onnxruntime_int8', 'paddle', 'dygraph')
+# on an export's inference.json, tflite and tflite_int8 run model.tflite / model.int8.tflite,
+# dygraph runs a Module; auto picks one (see each caller).
+ENGINES = ('auto', 'onnxruntime', 'onnxruntime_int8', 'paddle', 'tflite', 'tflite_int8', 'dygraph')
 
 import contextlib
 import os
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -139,3 +142,76 @@ class PaddleEngine:
         with stdout_to_stderr(discard=True):
             self.predictor.run()
         return self.output.copy_to_cpu()
+
+
+def tflite_interpreter_class():
+    """The TFLite Interpreter class of whichever runtime is installed: ai-edge-litert (the maintained
+    one), tflite-runtime (its predecessor), or TensorFlow's own."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            from tensorflow.lite import Interpreter
+        return Interpreter
+    except ImportError:
+        raise ImportError("engine='tflite' needs a TFLite interpreter: pip install ai-edge-litert (or "
+                          "tflite-runtime, or tensorflow)", name='ai_edge_litert') from None
+
+
+class TFLiteEngine:
+    """The TFLite interpreter on the CPU (XNNPACK).
+
+    model: path of a .tflite file. Its input is resized to each call's [batch, frames, n_mels]
+    (the graphs keep batch and frames dynamic). A full-integer model (int8 input and output)
+    gets its input quantized and its output dequantized here, with the scales the file records,
+    so callers see float32 either way. One interpreter runs one call at a time (a lock), as
+    the TFLite interpreter is not safe to call from two threads at once.
+    """
+    name = 'tflite'
+
+    def __init__(self, model, num_threads=None):
+        self.num_threads = check_threads(num_threads)
+        self.interpreter = tflite_interpreter_class()(model_path=os.fspath(model), num_threads=self.num_threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self._shape = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _shape_of(details):
+        return [None if int(d) < 0 else int(d) for d in details.get('shape_signature', details['shape'])]
+
+    def input_shape(self):
+        return self._shape_of(self.input)
+
+    def output_shape(self):
+        return self._shape_of(self.output)
+
+    def __call__(self, features):
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        dtype = self.input['dtype']
+        if dtype != np.float32:
+            scale, zero = self.input['quantization']
+            info = np.iinfo(dtype)
+            features = np.clip(np.round(features / scale) + zero, info.min, info.max).astype(dtype)
+        with self._lock:
+            if features.shape != self._shape:
+                self.interpreter.resize_tensor_input(self.input['index'], list(features.shape))
+                self.interpreter.allocate_tensors()
+                self._shape = features.shape
+            self.interpreter.set_tensor(self.input['index'], features)
+            self.interpreter.invoke()
+            out = self.interpreter.get_tensor(self.output['index']).copy()
+        if self.output['dtype'] != np.float32:
+            scale, zero = self.output['quantization']
+            out = (out.astype(np.float32) - zero) * np.float32(scale)
+        return out

@@ -15,6 +15,14 @@ An export directory holds
                                           the embedding network (features -> the backbone's clip
                                           embedding) as a static model
     model.embed.onnx                      embeddings [batch, embedding_size], for Predictor.embed
+    model.tflite, model.frames.tflite, model.embed.tflite
+                                          the three graphs for the TFLite interpreter (optional;
+                                          export/tflite.py, converted from the ONNX graphs)
+    model.int8.tflite                     model.tflite as a full-integer int8 model (optional)
+    frontend.npz                          with the TFLite models: the front end's STFT window and mel
+                                          filter bank as arrays, for app code that computes the
+                                          features itself (docs/deploy.md#tflite-and-savedmodel)
+    saved_model/                          the scores graph as a TensorFlow SavedModel (optional)
     export.json                           what a runtime needs besides the network
 
 export.json (format FORMAT):
@@ -53,6 +61,16 @@ export.json (format FORMAT):
                    sha256 of the model.frames.onnx it was made from, 'nodes_excluded', 'checked',
                    'check': parity.check_int8_frames summary or null, 'forced' if kept despite a
                    failed check, 'dropped': why it was not kept (detection then runs float)}}
+    tflite       once converted (export/tflite.py): {'file': 'model.tflite', 'frames':
+                 'model.frames.tflite' or null, 'embed': 'model.embed.tflite' or null,
+                 'source_sha256': {ONNX file: sha256 of the graph it was converted from},
+                 'converter': 'onnx2tf VERSION', 'tensorflow': version, 'probe': the converted
+                 graphs against onnxruntime on generated clips, 'check': the scores against
+                 Paddle Inference on the user's clips or null}
+    tflite_int8  {'file': 'model.int8.tflite', 'source_sha256', 'calibration', 'check' (int8 vs
+                 float TFLite, parity.compare_int8) or null, 'checked', 'forced' if kept despite
+                 a failed check}
+    savedmodel   {'dir': 'saved_model', 'source_sha256', 'converter', 'tensorflow'}
 
 Paddle-free: numpy and the standard library only.
 """
@@ -81,9 +99,35 @@ EMBED_STATIC_PARAMS = EMBED_STATIC_PREFIX + '.pdiparams'
 EMBED_FILE = 'model.embed.onnx'  # embeddings (made with model.onnx)
 # The graphs beside the scores graph: export.json key -> (static model prefix, ONNX file).
 OTHER_GRAPHS = {'frames': (FRAMES_STATIC_PREFIX, FRAMES_FILE), 'embed': (EMBED_STATIC_PREFIX, EMBED_FILE)}
+# TFLite and SavedModel (export/tflite.py): made from the ONNX graphs, dropped when they are remade.
+TFLITE_FILE = 'model.tflite'
+TFLITE_INT8_FILE = 'model.int8.tflite'
+TFLITE_GRAPHS = {'scores': (ONNX_FILE, TFLITE_FILE), 'frames': (FRAMES_FILE, 'model.frames.tflite'),
+                 'embed': (EMBED_FILE, 'model.embed.tflite')}
+FRONTEND_ARRAYS = 'frontend.npz'
+SAVEDMODEL_DIR = 'saved_model'
+TENSORFLOW_ENTRIES = ('tflite', 'tflite_int8', 'savedmodel')   # export.json keys
 INPUT_NAME = 'features'
 OUTPUT_NAME = 'scores'
 TASKS = schema.TASKS
+
+
+def drop_tensorflow(meta, formats=('tflite', 'savedmodel')):
+    """Forget the TFLite ('tflite': float and int8) and / or SavedModel models in `meta` (being
+    made again, or made from ONNX graphs being replaced); returns the names to leave out of the
+    new directory."""
+    names = ()
+    if 'tflite' in formats:
+        names += (TFLITE_INT8_FILE, FRONTEND_ARRAYS) + tuple(tflite for _, tflite in TFLITE_GRAPHS.values())
+        meta.pop('tflite', None)
+        meta.pop('tflite_int8', None)
+    if 'savedmodel' in formats:
+        names += (SAVEDMODEL_DIR,)
+        meta.pop('savedmodel', None)
+    for name in list(meta['files']):
+        if name in names or name.split('/')[0] in names:
+            del meta['files'][name]
+    return names
 
 
 def file_record(path):
@@ -121,7 +165,12 @@ def require_file(model_dir, meta, name, verify=True):
             FRAMES_FILE: f'event detection needs the frame-scores graph: `paddle-soundcls export --model-dir {model_dir}` '
                          f'makes it from the static export (exports of earlier versions lack its static graph: '
                          f'export the checkpoint again with `paddle-soundcls export --checkpoint CKPT_DIR --output DIR`)',
-            }.get(name, 'export the model again')
+            }.get(name)
+    if hint is None and name.endswith('.tflite'):
+        quantize = ' --quantize int8 --calibration CLIPS --check OTHER_CLIPS' if name == TFLITE_INT8_FILE else ''
+        hint = (f'create it with `paddle-soundcls export --model-dir {model_dir} --format tflite{quantize}` '
+                f'(pip install \'paddle_soundcls[tflite]\' first)')
+    hint = hint or 'export the model again'
     if not os.path.isfile(path):
         raise ExportError(f'{path} is missing from the export directory; {hint}')
     record = meta['files'].get(name)

@@ -6,7 +6,7 @@ from .. import validate
 from ..features.mel import logmel
 from ..frames import FrameGeometry
 from . import detection, exportdir, pipeline
-from .engines import ENGINES, OnnxEngine, PaddleEngine, check_threads
+from .engines import ENGINES, OnnxEngine, PaddleEngine, TFLiteEngine, check_threads
 from .ensemble import EnsembleScorer, Member, check_members
 from .events import EventConfig, merge_settings
 from ..errors import ArgumentError, ExportError
@@ -22,7 +22,9 @@ class Predictor:
         engine: 'onnxruntime' (model.onnx, the default and fastest on CPU), 'onnxruntime_int8'
             (model.int8.onnx, the int8-quantized model made by `export --quantize int8`), 'paddle'
             (Paddle Inference with oneDNN on inference.json + inference.pdiparams; imports paddle),
-            or 'auto' (onnxruntime, or paddle for an export without model.onnx); the names of
+            'tflite' / 'tflite_int8' (the TFLite interpreter on model.tflite / model.int8.tflite,
+            made by `export --format tflite`; needs neither Paddle nor onnxruntime), or 'auto'
+            (onnxruntime, or paddle for an export without model.onnx); the names of
             deploy.engines.ENGINES ('dygraph' runs a Module, not an export).
         num_threads: CPU threads for the engine; None uses every CPU this process may run on.
         verify: check the model files against the sha256 recorded in export.json, so a file
@@ -65,22 +67,28 @@ class Predictor:
             return
         if engine == 'onnxruntime':
             files = [exportdir.require_file(self.model_dir, self.meta, self._onnx_file(precision), verify)]
+        elif engine == 'tflite':
+            files = [exportdir.require_file(self.model_dir, self.meta, self._tflite_file(precision), verify)]
         else:
             files = [exportdir.require_file(self.model_dir, self.meta, name, verify)
                      for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS)]
         try:
             self.engine = (OnnxEngine(files[0], num_threads) if engine == 'onnxruntime' else
+                           TFLiteEngine(files[0], num_threads) if engine == 'tflite' else
                            PaddleEngine(os.path.join(self.model_dir, exportdir.STATIC_PREFIX), num_threads))
         except ImportError:
             raise  # engine='paddle' without Paddle: its message says what to install
         except Exception as exc:  # each runtime raises its own types for a damaged model file
             raise ExportError(f'cannot load {" / ".join(files)}: {str(exc).strip().splitlines()[-1][:300]}. '
                                         f'The export is damaged: export the model again') from None
-        if engine == 'onnxruntime':
+        if engine != 'paddle':
             self._check_onnx_io(files[0])
         self.engine_name = engine
         self.precision = precision
-        self._frames_name = self._frames_file(precision) if engine == 'onnxruntime' else exportdir.FRAMES_FILE
+        # The frames graph: int8 only where an int8 ONNX frames graph was made and checked; TFLite
+        # detection runs the float model.frames.tflite (only the scores graph is made int8 there).
+        self._frames_name = (self._frames_file(precision) if engine == 'onnxruntime' else
+                             exportdir.TFLITE_GRAPHS['frames'][1] if engine == 'tflite' else exportdir.FRAMES_FILE)
         self.frames_precision = 'int8' if self._frames_name == exportdir.FRAMES_INT8_FILE else 'fp32'
 
     def _load_members(self, engine, num_threads, verify):
@@ -139,6 +147,18 @@ class Predictor:
                 f'--quantize int8 --calibration CLIPS --check OTHER_CLIPS`)')
         return exportdir.INT8_FILE
 
+    def _tflite_file(self, precision):
+        """model.tflite, or model.int8.tflite; either must have been converted from this export's model.onnx."""
+        key = 'tflite' if precision == 'fp32' else 'tflite_int8'
+        entry = self.meta.get(key) or {}
+        source = self.meta['files'].get(exportdir.ONNX_FILE, {}).get('sha256')
+        name = exportdir.TFLITE_FILE if precision == 'fp32' else exportdir.TFLITE_INT8_FILE
+        if entry and entry.get('source_sha256', {}).get(exportdir.ONNX_FILE) != source:
+            raise ExportError(f'{os.path.join(self.model_dir, name)} was converted from another model.onnx than the '
+                              f'one in this export; convert it again (`paddle-soundcls export --model-dir '
+                              f'{self.model_dir} --format tflite`)')
+        return name
+
     def _frames_file(self, precision):
         """The frame-scores graph for `precision`: model.frames.int8.onnx when int8 was asked for and
         export.json records one made from this export's model.frames.onnx, else model.frames.onnx
@@ -156,7 +176,7 @@ class Predictor:
         return exportdir.FRAMES_INT8_FILE
 
     def _check_onnx_io(self, path):
-        """The ONNX graph must take [batch, frames, n_mels] and give [batch, len(labels)]."""
+        """The ONNX (or TFLite) graph must take [batch, frames, n_mels] and give [batch, len(labels)]."""
         n_mels, num_classes = self.frontend_cfg.n_mels, len(self.labels)
         got_in, got_out = self.engine.input_shape(), self.engine.output_shape()
         if len(got_in) != 3 or got_in[2] != n_mels:
@@ -250,9 +270,11 @@ class Predictor:
         """The embeddings graph, loaded at the first embed: a missing or damaged file is an ExportError then."""
         if self._embed_engine is None:
             self.embedding_size   # an ensemble, or an export without an embeddings graph: refused first
-            if self.engine_name == 'onnxruntime':
-                path = exportdir.require_file(self.model_dir, self.meta, exportdir.EMBED_FILE, self._verify)
-                load = lambda: OnnxEngine(path, self.engine.num_threads)   # noqa: E731
+            if self.engine_name in ('onnxruntime', 'tflite'):
+                name = exportdir.EMBED_FILE if self.engine_name == 'onnxruntime' else exportdir.TFLITE_GRAPHS['embed'][1]
+                path = exportdir.require_file(self.model_dir, self.meta, name, self._verify)
+                engine_class = OnnxEngine if self.engine_name == 'onnxruntime' else TFLiteEngine
+                load = lambda: engine_class(path, self.engine.num_threads)   # noqa: E731
             else:
                 path = exportdir.require_file(self.model_dir, self.meta, exportdir.EMBED_STATIC_MODEL, self._verify)
                 exportdir.require_file(self.model_dir, self.meta, exportdir.EMBED_STATIC_PARAMS, self._verify)
@@ -311,8 +333,9 @@ class Predictor:
         damaged file is an ExportError then (a server refuses events before a stream starts)."""
         if self._frames_engine is None:
             path = exportdir.require_file(self.model_dir, self.meta, self._frames_name, self._verify)
+            engine_class = TFLiteEngine if self.engine_name == 'tflite' else OnnxEngine
             try:
-                self._frames_engine = OnnxEngine(path, self.engine.num_threads)
+                self._frames_engine = engine_class(path, self.engine.num_threads)
             except Exception as exc:  # onnxruntime's own types for a damaged file
                 raise ExportError(f'cannot load {path}: {str(exc).strip().splitlines()[-1][:300]}. The export is '
                                   f'damaged: export the model again') from None
@@ -383,7 +406,7 @@ def _runtime(engine, precision, meta):
     validate.one_of('engine', engine, ENGINES)
     if engine == 'dygraph':
         raise ArgumentError("engine='dygraph' runs a Module (a checkpoint: load_module(dir).predict), not an export; "
-                            "Predictor takes 'auto', 'onnxruntime', 'onnxruntime_int8' or 'paddle'")
+                            "Predictor takes 'auto', 'onnxruntime', 'onnxruntime_int8', 'paddle', 'tflite' or 'tflite_int8'")
     if precision is not None:
         validate.one_of('precision', precision, PRECISIONS)
         warnings.warn("Predictor(precision=...) is deprecated: precision='int8' is engine='onnxruntime_int8'",
@@ -397,6 +420,6 @@ def _runtime(engine, precision, meta):
             raise ArgumentError("precision='fp32' contradicts engine='onnxruntime_int8': leave precision out")
     if engine == 'auto':
         engine = 'onnxruntime' if exportdir.ONNX_FILE in meta['files'] else 'paddle'
-    if engine == 'onnxruntime_int8':
-        return 'onnxruntime', 'int8'
+    if engine in ('onnxruntime_int8', 'tflite_int8'):
+        return engine[:-len('_int8')], 'int8'
     return engine, 'fp32'

@@ -100,6 +100,7 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
     The directory is rebuilt beside itself (existing files hard-linked, not copied) and
     swapped in complete, so a failed conversion leaves the old export as it was. An int8
     model (model.int8.onnx, model.frames.int8.onnx) is dropped: it was made from the old model.onnx; quantize again.
+    So are the TFLite and SavedModel models (export/tflite.py): convert again.
     Returns the updated export.json contents (an ensemble's, with 'members': each member's).
     An ensemble export gets an ONNX model in every member.
     """
@@ -139,11 +140,12 @@ def export_onnx(model_dir, output=None, opset=DEFAULT_OPSET):
     for stale in (exportdir.INT8_FILE, exportdir.FRAMES_INT8_FILE):
         meta['files'].pop(stale, None)
     meta.pop('int8', None)
+    tensorflow = exportdir.drop_tensorflow(meta)   # converted from the old ONNX graphs: convert again
 
     def build(tmp):
         exportdir.link_files(model_dir, tmp,
                              skip=(exportdir.EXPORT_FILE, filename, old_onnx, exportdir.INT8_FILE,
-                                   exportdir.FRAMES_INT8_FILE) + remade)
+                                   exportdir.FRAMES_INT8_FILE) + remade + tensorflow)
         write_onnx(tmp, meta, opset, filename)
         fileio.write_json(os.path.join(tmp, exportdir.EXPORT_FILE), meta)
 

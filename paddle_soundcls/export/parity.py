@@ -1,13 +1,14 @@
 """Parity checks: the same clips through two runtimes must give the same answers.
 
-check_parity: Paddle Inference vs onnxruntime (float32). Acceptance rule (all must hold):
+check_parity: Paddle Inference vs onnxruntime (float32), or vs the TFLite interpreter
+(model.tflite, engine='tflite'). Acceptance rule (all must hold):
 - top-1 agreement: the two engines pick the same best label on at least `min_agreement`
   of the clips (default 99.5%, so at most one clip in 200 may flip on a near tie);
 - accuracies within `max_accuracy_gap` points (default 0.5) when the clips have labels;
 - max |score difference| within `tolerance` (default 1e-3; float32 engines agree to ~1e-5).
 
 check_int8: the int8 model (model.int8.onnx) vs the float32 one (model.onnx), both in
-onnxruntime. Acceptance rule: top-1 agreement of at least `min_agreement` (default 99%),
+onnxruntime; or model.int8.tflite vs model.tflite in the TFLite interpreter (runtime='tflite'). Acceptance rule: top-1 agreement of at least `min_agreement` (default 99%),
 and, when the clips have labels, an accuracy drop of at most `max_accuracy_drop` points
 (default 0.5). The max score difference is reported, not judged: int8 scores move by a
 few hundredths without changing the answer. check_parity adds this comparison (as
@@ -122,8 +123,10 @@ def compare_int8(fp32, int8, truth, min_agreement=INT8_MIN_AGREEMENT, max_accura
 
 
 def check_int8(model_dir, data, limit=None, batch_size=8, num_threads=None, min_agreement=INT8_MIN_AGREEMENT,
-               max_accuracy_drop=INT8_MAX_ACCURACY_DROP):
-    """Run the clips of `data` through the float32 and the int8 ONNX models of the export `model_dir`.
+               max_accuracy_drop=INT8_MAX_ACCURACY_DROP, runtime='onnxruntime'):
+    """Run the clips of `data` through the float32 and the int8 models of the export `model_dir`:
+    model.onnx and model.int8.onnx (runtime 'onnxruntime'), or model.tflite and model.int8.tflite
+    (runtime 'tflite').
 
     Returns a JSON-ready summary: model_dir, data, clips and the figures of compare_int8
     (max_abs_diff, top1_agreement, disagreements, accuracy_fp32 / accuracy_int8 /
@@ -131,27 +134,28 @@ def check_int8(model_dir, data, limit=None, batch_size=8, num_threads=None, min_
     """
     items = list_labelled_files(data)[:limit]
     paths = [path for path, _, _ in items]
-    fp32 = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads)
-    int8 = Predictor(model_dir, engine='onnxruntime_int8', num_threads=num_threads)
+    fp32 = Predictor(model_dir, engine=runtime, num_threads=num_threads)
+    int8 = Predictor(model_dir, engine=runtime + '_int8', num_threads=num_threads)
     a = np.stack(fp32.scores(paths, batch_size=batch_size))
     b = np.stack(int8.scores(paths, batch_size=batch_size))
-    summary = {'model_dir': os.fspath(model_dir), 'data': os.fspath(data), 'clips': len(paths)}
+    summary = {'model_dir': os.fspath(model_dir), 'data': os.fspath(data), 'clips': len(paths), 'runtime': runtime}
     summary.update(compare_int8(a, b, truth_indices(items, fp32.labels), min_agreement, max_accuracy_drop))
     return summary
 
 
 def check_parity(model_dir, data, limit=None, batch_size=8, num_threads=None, tolerance=1e-3,
-                 min_agreement=0.995, max_accuracy_gap=0.5):
-    """Run the clips of `data` through both engines of the export `model_dir`.
+                 min_agreement=0.995, max_accuracy_gap=0.5, engine='onnxruntime'):
+    """Run the clips of `data` through Paddle Inference and `engine` ('onnxruntime': model.onnx,
+    or 'tflite': model.tflite) on the export `model_dir`.
 
     Returns a JSON-ready summary; summary['passed'] applies the rule in the module docstring.
-    With an int8 model in the export, summary['int8'] compares it with onnxruntime's float32
-    scores (compare_int8, with its own 'passed').
+    With an int8 ONNX model in the export (engine 'onnxruntime'), summary['int8'] compares it
+    with onnxruntime's float32 scores (compare_int8, with its own 'passed').
     """
     items = list_labelled_files(data)[:limit]
     paths = [path for path, _, _ in items]
     paddle_predictor = Predictor(model_dir, engine='paddle', num_threads=num_threads)
-    onnx_predictor = Predictor(model_dir, engine='onnxruntime', num_threads=num_threads)
+    onnx_predictor = Predictor(model_dir, engine=engine, num_threads=num_threads)
     a = np.stack(paddle_predictor.scores(paths, batch_size=batch_size))
     b = np.stack(onnx_predictor.scores(paths, batch_size=batch_size))
     top_a, top_b = a.argmax(axis=1), b.argmax(axis=1)
@@ -159,23 +163,24 @@ def check_parity(model_dir, data, limit=None, batch_size=8, num_threads=None, to
         'model_dir': os.fspath(model_dir),
         'data': os.fspath(data),
         'clips': len(paths),
+        'engine': engine,
         'max_abs_diff': float(np.abs(a - b).max()),
         'top1_agreement': float((top_a == top_b).mean()),
         'accuracy_paddle': None,
-        'accuracy_onnxruntime': None,
+        f'accuracy_{engine}': None,
     }
     truth = truth_indices(items, onnx_predictor.labels)
     passed = summary['top1_agreement'] >= min_agreement and summary['max_abs_diff'] <= tolerance
     if truth is not None:
         summary['accuracy_paddle'] = _accuracy(top_a, truth)
-        summary['accuracy_onnxruntime'] = _accuracy(top_b, truth)
-        passed = passed and abs(summary['accuracy_paddle'] - summary['accuracy_onnxruntime']) <= max_accuracy_gap
+        summary[f'accuracy_{engine}'] = _accuracy(top_b, truth)
+        passed = passed and abs(summary['accuracy_paddle'] - summary[f'accuracy_{engine}']) <= max_accuracy_gap
     else:
         summary['note'] = 'no labels that name the model classes: accuracies not computed'
     summary['rule'] = {'min_top1_agreement': min_agreement, 'max_accuracy_gap_points': max_accuracy_gap,
                        'max_abs_diff': tolerance}
     summary['passed'] = bool(passed)
-    if exportdir.INT8_FILE in onnx_predictor.meta['files']:
+    if engine == 'onnxruntime' and exportdir.INT8_FILE in onnx_predictor.meta['files']:
         int8 = Predictor(model_dir, engine='onnxruntime_int8', num_threads=num_threads)
         summary['int8'] = compare_int8(b, np.stack(int8.scores(paths, batch_size=batch_size)), truth)
     return summary

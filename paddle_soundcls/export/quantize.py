@@ -458,16 +458,16 @@ UNCHECKED_WARNING = ('\n' + '!' * 78 + '\n'
                      '(int8.checked = false).\n' + '!' * 78)
 
 
-def refusal_message(summary):
+def refusal_message(summary, int8_file=exportdir.INT8_FILE):
     rule = summary['rule']
     figures = f'top-1 agreement {100 * summary["top1_agreement"]:.2f}% (needs >= {100 * rule["min_top1_agreement"]:g}%)'
     if summary.get('accuracy_drop') is not None:
         figures += (f', accuracy {summary["accuracy_fp32"]:.2f}% float vs {summary["accuracy_int8"]:.2f}% int8 '
                     f'(a drop of at most {rule["max_accuracy_drop_points"]:g} points allowed)')
-    return (f'int8 model refused: on {summary["clips"]} check clips it gives {figures}. model.int8.onnx was not '
+    method = ', --calibration-method percentile or entropy' if int8_file == exportdir.INT8_FILE else ''
+    return (f'int8 model refused: on {summary["clips"]} check clips it gives {figures}. {int8_file} was not '
             f'kept; the float export is unchanged. Try more or more representative calibration clips '
-            f'(--calibration, --calibration-limit), --calibration-method percentile or entropy, or run float; '
-            f'--force-int8 keeps it anyway.')
+            f'(--calibration, --calibration-limit){method}, or run float; --force-int8 keeps it anyway.')
 
 
 def frames_refusal(summary):

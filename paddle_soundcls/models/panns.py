@@ -71,6 +71,21 @@ class ConvBlock(nn.Layer):
         return x
 
 
+class MelBatchNorm(nn.BatchNorm2D):
+    """bn0: a batch norm of each mel bin of log-mel [batch, frames, n_mels] (the parameters and
+    statistics of PANNs' BatchNorm2d over mel bins). In training, the BatchNorm2D itself, mel
+    bins moved to its channel axis and back; otherwise its inference arithmetic written out on the
+    features' last axis: the same numbers, in a graph that converters to channels-last runtimes
+    keep right (onnx2tf, for TFLite, broadcasts a batch norm between those transposes over the
+    wrong axis)."""
+
+    def forward(self, features):
+        if self.training:
+            x = features.unsqueeze(1).transpose([0, 3, 2, 1])   # [batch, n_mels, frames, 1]
+            return super().forward(x).transpose([0, 3, 2, 1])[:, 0]
+        return (features - self._mean) / paddle.sqrt(self._variance + self._epsilon) * self.weight + self.bias
+
+
 class PANNsBackbone(Backbone):
     """The shared CNN trunk: bn0 over mel bins, conv blocks, global pooling, fc1 (+ fc_audioset)."""
 
@@ -78,7 +93,7 @@ class PANNsBackbone(Backbone):
         super().__init__()
         self.emb_size = emb_size
         self.num_blocks = len(channels)
-        self.bn0 = nn.BatchNorm2D(n_mels)
+        self.bn0 = MelBatchNorm(n_mels)
         in_channels = 1
         for i, out_channels in enumerate(channels, start=1):
             self.add_sublayer(f'conv_block{i}', ConvBlock(in_channels, out_channels, kernel, num_convs))
@@ -92,14 +107,13 @@ class PANNsBackbone(Backbone):
     def blocks(self):
         return [getattr(self, f'conv_block{i}') for i in range(1, self.num_blocks + 1)]
 
-    def _feature_map(self, features):
-        """log-mel [batch, frames, n_mels] -> the last conv block's output averaged over mel, [batch, C, frames']."""
-        x = features.unsqueeze(1)                # [batch, 1, frames, n_mels]
-        # bn0 normalises each mel bin: move mel bins to the channel axis and back.
-        x = self.bn0(x.transpose([0, 3, 2, 1])).transpose([0, 3, 2, 1])
+    def _feature_map(self, features, keepdim=False):
+        """log-mel [batch, frames, n_mels] -> the last conv block's output averaged over mel, [batch, C, frames']
+        ([batch, C, frames', 1] with keepdim)."""
+        x = self.bn0(features).unsqueeze(1)   # [batch, 1, frames, n_mels]
         for block, pool in zip(self.blocks(), self.pool_sizes):
             x = F.dropout(block(x, pool), p=0.2, training=self.training)
-        return x.mean(axis=3)
+        return x.mean(axis=3, keepdim=keepdim)
 
     def forward_features(self, features):
         """features: [batch, frames, n_mels] log-mel. Returns the embedding [batch, emb_size]."""
@@ -113,8 +127,12 @@ class PANNsBackbone(Backbone):
         steps): the feature map before pooling over time, smoothed over three frames by max +
         mean (the clip-level pooling, made local) and passed through fc1 frame by frame, as
         PANNs' decision-level models do."""
-        x = self._feature_map(features)
-        x = F.max_pool1d(x, 3, stride=1, padding=1) + F.avg_pool1d(x, 3, stride=1, padding=1, exclusive=False)
+        x = self._feature_map(features, keepdim=True)   # [batch, channels, frames, 1]
+        # 2-D pooling over (frames, 1), then a mean over the axis of one, rather than 1-D pooling
+        # (an unsqueeze, a 2-D pooling and a squeeze in ONNX): the same numbers, in a graph whose
+        # axes a converter to channels-last layouts (onnx2tf, for TFLite) keeps track of.
+        x = (F.max_pool2d(x, (3, 1), stride=1, padding=(1, 0)) +
+             F.avg_pool2d(x, (3, 1), stride=1, padding=(1, 0), exclusive=False)).mean(axis=3)
         x = F.dropout(x, p=0.5, training=self.training)
         return F.relu(self.fc1(x.transpose([0, 2, 1])))
 

@@ -17,7 +17,7 @@ from .settings import API_KEY_ENV, LOOPBACK_HOSTS, MAX_STREAM_MESSAGE_BYTES, MiB
 from ..errors import ServeError  # noqa: F401  (re-exported)
 
 # The engines that run an export ('dygraph' runs a Module in Python, not a server's export).
-SERVE_ENGINES = ('auto', 'onnxruntime', 'onnxruntime_int8', 'paddle')
+SERVE_ENGINES = ('auto', 'onnxruntime', 'onnxruntime_int8', 'paddle', 'tflite', 'tflite_int8')
 
 DEFAULT_HOST = '127.0.0.1'
 DEFAULT_PORT = 8866
@@ -87,7 +87,8 @@ def add_serve_arguments(parser):
                         help='engine threads per worker (default: the CPUs this process may use, divided by --workers)')
     parser.add_argument('--engine', choices=SERVE_ENGINES, default='onnxruntime',
                         help='onnxruntime (model.onnx, the default), onnxruntime_int8 (model.int8.onnx), paddle '
-                             '(Paddle Inference; imports paddle) or auto, as for the other commands')
+                             '(Paddle Inference; imports paddle), tflite / tflite_int8 (model.tflite / '
+                             'model.int8.tflite) or auto, as for the other commands')
     parser.add_argument('--precision', choices=('fp32', 'int8'), default=None, help=argparse.SUPPRESS)
     parser.add_argument('--max-batch', type=int, default=defaults.max_batch,
                         help=f'most clips per engine call (default {defaults.max_batch})')
