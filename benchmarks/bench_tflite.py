@@ -77,7 +77,7 @@ def conversion(names, root, classes):
     for name in names:
         module = Module(name, task='sound-cls', label_map=[f'class_{i}' for i in range(classes)], pretrained=False)
         out = os.path.join(root, name)
-        export_static(random_statistics(module).eval(), out)
+        export_static(random_statistics(module).eval(), out, opset=13)
         start = time.perf_counter()
         try:
             report[name] = {'probe': tflite.export_tensorflow(out, ('tflite',), progress=False)['tflite']['probe']}
@@ -96,7 +96,7 @@ def prepare(name, root, classes, seconds):
     from paddle_soundcls.export import export_static, quantize, tflite
     module = Module(name, task='sound-cls', label_map=[f'class_{i}' for i in range(classes)], pretrained=False)
     out = os.path.join(root, name)
-    export_static(module, out)
+    export_static(module, out, opset=13)
     calibration = os.path.join(root, f'{name}_calibration')
     os.makedirs(calibration)
     rate = module.frontend_cfg.sample_rate

@@ -329,3 +329,48 @@ def test_a_missing_converter_names_the_install(monkeypatch):
     monkeypatch.setattr(metadata, 'version', version)
     with pytest.raises(ExportError, match=r"onnx2tf is not installed: pip install 'paddle_soundcls\[tflite\]'"):
         tflite.converter_versions()
+
+
+def test_a_failed_resize_does_not_break_the_engine(tagger):
+    """A call the interpreter cannot take (no frames) fails alone: the next call of the shape
+    before it runs."""
+    from paddle_soundcls.deploy.engines import TFLiteEngine
+    engine = TFLiteEngine(tagger / 'export' / 'model.tflite', 1)
+    features = np.full((1, 300, 64), -40.0, np.float32)
+    expected = engine(features)
+    with pytest.raises(Exception):
+        engine(np.zeros((1, 0, 64), np.float32))
+    np.testing.assert_array_equal(engine(features), expected)
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda meta: meta.update(tflite='x'), '"tflite" must be an object'),
+    (lambda meta: meta['tflite'].update(source_sha256=None), '"tflite" must be an object'),
+    (lambda meta: meta.pop('tflite'), 'lists model.tflite but has no "tflite" entry'),
+    (lambda meta: meta['tflite']['source_sha256'].update({'model.frames.onnx': '0' * 64}),
+     'model.frames.tflite was converted from another model.frames.onnx'),
+])
+def test_damaged_tflite_entries_are_refused(tagger, tmp_path, edit, message):
+    out = tmp_path / 'export'
+    shutil.copytree(tagger / 'export', out)
+    meta = json.loads((out / 'export.json').read_text())
+    edit(meta)
+    (out / 'export.json').write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match=message):
+        Predictor(out, engine='tflite')
+
+
+def test_converting_float_again_keeps_the_int8_model():
+    """`--format tflite` without --quantize remakes the float models only: model.int8.tflite, made
+    from the same model.onnx, stays; remade ONNX graphs drop everything."""
+    def meta():
+        return {'files': {name: {} for name in ('model.onnx', 'model.tflite', 'model.frames.tflite', 'model.int8.tflite',
+                                                'frontend.npz', 'saved_model/saved_model.pb')},
+                'tflite': {}, 'tflite_int8': {}, 'savedmodel': {}}
+    kept = meta()
+    exportdir.drop_tensorflow(kept, ('tflite',))
+    assert set(kept['files']) == {'model.onnx', 'model.int8.tflite', 'saved_model/saved_model.pb'}
+    assert set(kept) == {'files', 'tflite_int8', 'savedmodel'}
+    dropped = meta()
+    assert 'saved_model' in exportdir.drop_tensorflow(dropped)
+    assert set(dropped) == {'files'} and set(dropped['files']) == {'model.onnx'}

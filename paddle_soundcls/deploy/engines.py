@@ -205,6 +205,7 @@ class TFLiteEngine:
             features = np.clip(np.round(features / scale) + zero, info.min, info.max).astype(dtype)
         with self._lock:
             if features.shape != self._shape:
+                self._shape = None   # a resize that fails must not leave the old shape recorded
                 self.interpreter.resize_tensor_input(self.input['index'], list(features.shape))
                 self.interpreter.allocate_tensors()
                 self._shape = features.shape

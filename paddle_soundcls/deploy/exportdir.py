@@ -112,18 +112,19 @@ OUTPUT_NAME = 'scores'
 TASKS = schema.TASKS
 
 
-def drop_tensorflow(meta, formats=('tflite', 'savedmodel')):
-    """Forget the TFLite ('tflite': float and int8) and / or SavedModel models in `meta` (being
-    made again, or made from ONNX graphs being replaced); returns the names to leave out of the
-    new directory."""
+def drop_tensorflow(meta, formats=('tflite', 'tflite_int8', 'savedmodel')):
+    """Forget the float TFLite ('tflite'), int8 TFLite ('tflite_int8') and / or SavedModel
+    ('savedmodel') models in `meta` (being made again, or made from ONNX graphs being replaced);
+    returns the names to leave out of the new directory."""
     names = ()
     if 'tflite' in formats:
-        names += (TFLITE_INT8_FILE, FRONTEND_ARRAYS) + tuple(tflite for _, tflite in TFLITE_GRAPHS.values())
-        meta.pop('tflite', None)
-        meta.pop('tflite_int8', None)
+        names += (FRONTEND_ARRAYS,) + tuple(tflite for _, tflite in TFLITE_GRAPHS.values())
+    if 'tflite_int8' in formats:
+        names += (TFLITE_INT8_FILE,)
     if 'savedmodel' in formats:
         names += (SAVEDMODEL_DIR,)
-        meta.pop('savedmodel', None)
+    for key in formats:
+        meta.pop(key, None)
     for name in list(meta['files']):
         if name in names or name.split('/')[0] in names:
             del meta['files'][name]

@@ -88,7 +88,7 @@ class Predictor:
         # The frames graph: int8 only where an int8 ONNX frames graph was made and checked; TFLite
         # detection runs the float model.frames.tflite (only the scores graph is made int8 there).
         self._frames_name = (self._frames_file(precision) if engine == 'onnxruntime' else
-                             exportdir.TFLITE_GRAPHS['frames'][1] if engine == 'tflite' else exportdir.FRAMES_FILE)
+                             self._tflite_graph('frames') if engine == 'tflite' else exportdir.FRAMES_FILE)
         self.frames_precision = 'int8' if self._frames_name == exportdir.FRAMES_INT8_FILE else 'fp32'
 
     def _load_members(self, engine, num_threads, verify):
@@ -148,15 +148,31 @@ class Predictor:
         return exportdir.INT8_FILE
 
     def _tflite_file(self, precision):
-        """model.tflite, or model.int8.tflite; either must have been converted from this export's model.onnx."""
-        key = 'tflite' if precision == 'fp32' else 'tflite_int8'
-        entry = self.meta.get(key) or {}
-        source = self.meta['files'].get(exportdir.ONNX_FILE, {}).get('sha256')
-        name = exportdir.TFLITE_FILE if precision == 'fp32' else exportdir.TFLITE_INT8_FILE
-        if entry and entry.get('source_sha256', {}).get(exportdir.ONNX_FILE) != source:
-            raise ExportError(f'{os.path.join(self.model_dir, name)} was converted from another model.onnx than the '
-                              f'one in this export; convert it again (`paddle-soundcls export --model-dir '
-                              f'{self.model_dir} --format tflite`)')
+        """model.tflite, or model.int8.tflite; checked to have been converted from this export's model.onnx."""
+        return self._tflite_graph('scores', precision)
+
+    def _tflite_graph(self, graph, precision='fp32'):
+        """The TFLite file of `graph` ('scores', 'frames', 'embed'; int8 for scores only), after
+        checking that export.json records it as converted from this export's ONNX graph."""
+        onnx_file, name = exportdir.TFLITE_GRAPHS[graph]
+        key = 'tflite_int8' if precision == 'int8' else 'tflite'
+        name = exportdir.TFLITE_INT8_FILE if precision == 'int8' else name
+        export_file = os.path.join(self.model_dir, exportdir.EXPORT_FILE)
+        convert = (f'convert it again (`paddle-soundcls export --model-dir {self.model_dir} --format tflite'
+                   f'{" --quantize int8 --calibration CLIPS --check OTHER_CLIPS" if precision == "int8" else ""}`)')
+        entry = self.meta.get(key)
+        if entry is None:
+            if name in self.meta['files']:
+                raise ExportError(f'{export_file} lists {name} but has no "{key}" entry saying what it was converted '
+                                  f'from: {convert}')
+            return name   # not converted: require_file says how to make it
+        sources = entry.get('source_sha256') if isinstance(entry, dict) else None
+        if not isinstance(sources, dict):
+            raise ExportError(f'{export_file}: "{key}" must be an object with a "source_sha256" object, as the '
+                              f'conversion writes them; the export is damaged: {convert}')
+        if sources.get(onnx_file) != self.meta['files'].get(onnx_file, {}).get('sha256'):
+            raise ExportError(f'{os.path.join(self.model_dir, name)} was converted from another {onnx_file} than the '
+                              f'one in this export; {convert}')
         return name
 
     def _frames_file(self, precision):
@@ -271,7 +287,7 @@ class Predictor:
         if self._embed_engine is None:
             self.embedding_size   # an ensemble, or an export without an embeddings graph: refused first
             if self.engine_name in ('onnxruntime', 'tflite'):
-                name = exportdir.EMBED_FILE if self.engine_name == 'onnxruntime' else exportdir.TFLITE_GRAPHS['embed'][1]
+                name = exportdir.EMBED_FILE if self.engine_name == 'onnxruntime' else self._tflite_graph('embed')
                 path = exportdir.require_file(self.model_dir, self.meta, name, self._verify)
                 engine_class = OnnxEngine if self.engine_name == 'onnxruntime' else TFLiteEngine
                 load = lambda: engine_class(path, self.engine.num_threads)   # noqa: E731

@@ -458,7 +458,7 @@ UNCHECKED_WARNING = ('\n' + '!' * 78 + '\n'
                      '(int8.checked = false).\n' + '!' * 78)
 
 
-def refusal_message(summary, int8_file=exportdir.INT8_FILE):
+def refusal_message(summary, int8_file=exportdir.INT8_FILE, kept='the float export is unchanged'):
     rule = summary['rule']
     figures = f'top-1 agreement {100 * summary["top1_agreement"]:.2f}% (needs >= {100 * rule["min_top1_agreement"]:g}%)'
     if summary.get('accuracy_drop') is not None:
@@ -466,7 +466,7 @@ def refusal_message(summary, int8_file=exportdir.INT8_FILE):
                     f'(a drop of at most {rule["max_accuracy_drop_points"]:g} points allowed)')
     method = ', --calibration-method percentile or entropy' if int8_file == exportdir.INT8_FILE else ''
     return (f'int8 model refused: on {summary["clips"]} check clips it gives {figures}. {int8_file} was not '
-            f'kept; the float export is unchanged. Try more or more representative calibration clips '
+            f'kept; {kept}. Try more or more representative calibration clips '
             f'(--calibration, --calibration-limit){method}, or run float; --force-int8 keeps it anyway.')
 
 

@@ -31,6 +31,7 @@ with calibration data always given for int8 (without any it downloads sample ima
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -85,7 +86,8 @@ def convert_graph(onnx_path, out_dir, calibration_npy=None):
                 '-iqd', 'int8', '-oqd', 'int8']
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='-1', PYTHONWARNINGS='ignore')
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=CONVERT_TIMEOUT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=CONVERT_TIMEOUT,
+                              preexec_fn=_die_with_parent)
     except subprocess.TimeoutExpired:
         raise ExportError(f'onnx2tf did not finish converting {onnx_path} in {CONVERT_TIMEOUT} s') from None
     paths = {'float32': os.path.join(out_dir, f'{stem}_float32.tflite'), 'savedmodel': out_dir,
@@ -102,6 +104,16 @@ def convert_graph(onnx_path, out_dir, calibration_npy=None):
                           f'{" | ".join(errors[:3])[:600] or "no output"}. This model does not convert to TFLite; '
                           f'run it with onnxruntime')
     return paths
+
+
+def _die_with_parent():
+    """In the converter's process: end when the process that started it ends (a killed export
+    leaves no converter running on; Linux only, elsewhere nothing)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def probe_waves(sample_rate):
@@ -202,7 +214,9 @@ def export_tensorflow(model_dir, formats=('tflite',), check=None, check_limit=No
     seconds = float(calibration_seconds or quantize.DEFAULTS['seconds'])
     quantize.check_seconds(seconds)
     cfg = meta.pop('frontend_cfg')
-    skip = exportdir.drop_tensorflow(meta, formats)   # the formats not asked for are kept
+    # What is made again is forgotten first; the rest is kept (model.int8.tflite without int8: it was
+    # converted from the same model.onnx and stays valid).
+    skip = exportdir.drop_tensorflow(meta, formats + (('tflite_int8',) if int8 else ()))
     made, outcome = {}, {}
 
     def build(tmp):
@@ -290,6 +304,7 @@ def export_tensorflow(model_dir, formats=('tflite',), check=None, check_limit=No
 
     fileio.replace_dir(build, model_dir)
     if 'refused' in outcome:
-        raise QuantizationRefused(quantize.refusal_message(outcome['refused'], exportdir.TFLITE_INT8_FILE),
-                                  outcome['refused'])
+        raise QuantizationRefused(quantize.refusal_message(
+            outcome['refused'], exportdir.TFLITE_INT8_FILE,
+            kept=f'the float {" and ".join(formats)} models asked for were written'), outcome['refused'])
     return made
