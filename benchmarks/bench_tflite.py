@@ -142,11 +142,11 @@ def run(args):
               'models': {}}
     with tempfile.TemporaryDirectory() as root:
         for name in args.models:
-            export_dir, conversion = prepare(name, root, args.classes, args.seconds)
+            export_dir, seconds_converting = prepare(name, root, args.classes, args.seconds)
             sizes = {engine: os.path.getsize(os.path.join(export_dir, f)) for engine, f in FILES.items()}
             speeds = {str(t): measure(export_dir, args.seconds, t, args.iterations) for t in args.threads}
             result['models'][name] = {'bytes': sizes, 'ms_per_clip': speeds,
-                                      'tflite_conversion_seconds': round(conversion, 1)}
+                                      'tflite_conversion_seconds': round(seconds_converting, 1)}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
