@@ -68,7 +68,7 @@ class Predictor:
         if engine == 'onnxruntime':
             files = [exportdir.require_file(self.model_dir, self.meta, self._onnx_file(precision), verify)]
         elif engine == 'tflite':
-            files = [exportdir.require_file(self.model_dir, self.meta, self._tflite_file(precision), verify)]
+            files = [exportdir.require_file(self.model_dir, self.meta, self._tflite_graph('scores', precision), verify)]
         else:
             files = [exportdir.require_file(self.model_dir, self.meta, name, verify)
                      for name in (exportdir.STATIC_MODEL, exportdir.STATIC_PARAMS)]
@@ -146,10 +146,6 @@ class Predictor:
                 f'in this export; quantize it again (`paddle-soundcls export --model-dir {self.model_dir} '
                 f'--quantize int8 --calibration CLIPS --check OTHER_CLIPS`)')
         return exportdir.INT8_FILE
-
-    def _tflite_file(self, precision):
-        """model.tflite, or model.int8.tflite; checked to have been converted from this export's model.onnx."""
-        return self._tflite_graph('scores', precision)
 
     def _tflite_graph(self, graph, precision='fp32'):
         """The TFLite file of `graph` ('scores', 'frames', 'embed'; int8 for scores only), after
