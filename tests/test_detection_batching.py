@@ -296,3 +296,73 @@ def test_scores_an_engine_rounds_just_above_one_are_probabilities():
                                                                        np.nextafter(np.float32(1), np.float32(2))))
     result = detection.detect(scorer, np.zeros(CFG.sample_rate * 3, np.float32))
     assert result['frame_scores'].max() == 1.0 and len(result['events']) == len(LABELS)
+
+
+# ----- scorers of features: the windows of a stream share their front-end frames -----
+
+class FeatureNet:
+    """Frame scores of log-mel features [batch, frames, n_mels]: every 8 front-end frames, a sigmoid
+    of a fixed projection of their mean. Records the shape of each call."""
+
+    def __init__(self, classes=3, seed=2):
+        self.weights = np.random.default_rng(seed).standard_normal((CFG.n_mels, classes)).astype(np.float32) / 40
+        self.calls = []
+
+    def __call__(self, features):
+        features = np.asarray(features)
+        self.calls.append(features.shape)
+        count = max(1, features.shape[1] // 8)
+        blocks = features[:, :count * 8].reshape(len(features), count, 8, -1).mean(axis=2)
+        return 1 / (1 + np.exp(-(blocks @ self.weights + 1.0)))
+
+
+def feature_scorers(window, hop, batch_size=4):
+    """The same network scoring features (windows share their frames) and scoring samples (each
+    window's features computed from its samples alone)."""
+    from paddle_soundcls.features.mel import logmel
+    net = FeatureNet()
+    args = (CFG, LABELS, FrameGeometry(8, 3.5), window, hop, 0.5)
+    by_features = detection.FrameScorer(lambda waves: net(logmel(waves, CFG)), *args, batch_size=batch_size,
+                                        score_features=net)
+    by_samples = detection.FrameScorer(lambda waves: net(logmel(waves, CFG)), *args, batch_size=batch_size)
+    return by_features, by_samples, net
+
+
+@pytest.mark.parametrize('window, hop', [(1.0, 0.25), (1.5, 0.7), (0.8, 0.8)])
+def test_windows_that_share_features_give_the_frames_of_windows_scored_from_their_samples(window, hop,
+                                                                                        monkeypatch):
+    from paddle_soundcls.features import mel
+    rows = []
+    mel_power = mel.mel_power
+    monkeypatch.setattr(mel, 'mel_power', lambda frames, cfg: (rows.append(frames.shape[-2]), mel_power(frames, cfg))[1])
+    rng = np.random.default_rng(int(window * 10 + hop * 100) + 1)
+    for n in recording_lengths(window, hop, CFG.sample_rate):
+        wave = (0.3 * rng.standard_normal(n)).astype(np.float32)
+        by_features, by_samples, net = feature_scorers(window, hop)
+        rows.clear()
+        got = detection.detect(by_features, wave)['frame_scores']
+        computed, net_calls = sum(rows), list(net.calls)
+        want = detection.detect(by_samples, wave)['frame_scores']
+        # The same function of the audio: the mel product of a frame rounds with its neighbours' count.
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        assert all(len(shape) == 3 and shape[2] == CFG.n_mels for shape in net_calls)   # features went in
+        if n > 4 * window * CFG.sample_rate:   # many windows: each frame computed about once
+            windows = sum(shape[0] for shape in net_calls)
+            assert computed < 1.3 * n / CFG.hop_length
+            assert hop == window or computed < 0.6 * windows * by_features.window_frames   # not once per window
+        # A live stream of any chunking and a pool give the offline frames bit for bit.
+        stream = detection.FrameStream(feature_scorers(window, hop)[0])
+        np.testing.assert_array_equal(chunked(stream, wave, rng), got)
+
+
+def test_shared_features_are_refused_for_a_front_end_that_normalises_each_clip():
+    from paddle_soundcls.features.mel import OverlapFeatures
+    clip_normalised = FrontendConfig(sample_rate=8000, hop_length=80, n_fft=256, win_length=256, top_db=80.0)
+    with pytest.raises(ArgumentError, match='top_db'):
+        OverlapFeatures(clip_normalised)
+    net = FeatureNet()
+    scorer = detection.FrameScorer(lambda waves: net(waves), clip_normalised, LABELS, FrameGeometry(8, 3.5), 1.0,
+                                   0.25, 0.5, score_features=net)
+    assert scorer.score_features is None   # its windows are scored from their samples
+    with pytest.raises(ArgumentError, match='start on a frame'):
+        OverlapFeatures(CFG).window(81, np.zeros(8000, np.float32))

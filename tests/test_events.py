@@ -225,6 +225,14 @@ def stream(scores, chunk_sizes, labels, config, hop=HOP):
     return pushes, tracker.close()
 
 
+def random_chunks(rng, total):
+    """Chunk sizes of 1 to 30 frames that add up to `total`."""
+    sizes = []
+    while sum(sizes) < total:
+        sizes.append(int(min(rng.integers(1, 31), total - sum(sizes))))
+    return sizes
+
+
 def bumpy_scores(rng, frames, classes):
     """Scores in steps of 1-11 frames at levels around the thresholds, some frames jittered: events
     start, end, hover at a threshold, merge across short gaps and get dropped as too short."""
@@ -475,9 +483,10 @@ def test_median_filter_is_scipys_with_repeated_edges(half_width):
 
 
 def test_classes_that_never_reach_their_onset_threshold_change_nothing():
-    """detect_events filters only the classes whose scores reach their onset threshold somewhere
-    (a median is at most its window's largest score): with 40 quiet classes beside 3 bumpy ones,
-    the events are those of the 3 alone, and those the stream (which filters every class) reports."""
+    """detect_events and the stream's EventTracker filter only the classes whose scores reach their
+    onset threshold (a median is at most its window's largest score): with 40 quiet classes beside 3
+    bumpy ones, the events are those of the 3 alone, and a stream of all 43 in chunks of any size
+    reports what a stream of the 3 alone reports, confidences of its starts included."""
     rng = np.random.default_rng(11)
     config = EventConfig(median_filter_seconds=0.3, min_duration_seconds=0.0, min_gap_seconds=0.2)
     for trial in range(8):
@@ -491,6 +500,11 @@ def test_classes_that_never_reach_their_onset_threshold_change_nothing():
         assert offline == alone and offline
         pushes, closing = stream(scores, [len(scores)], labels, config)
         ends = [{k: v for k, v in r.items() if k != 'type'} for r in pushes[0] + closing if r['type'] == 'end']
+        assert sorted(ends, key=lambda e: (e['onset'], labels.index(e['label']))) == offline
+        sizes = random_chunks(rng, len(scores))
+        pushes, closing = stream(scores, sizes, labels, config)
+        assert (pushes, closing) == stream(bumpy, sizes, labels[20:23], config)
+        ends = [{k: v for k, v in r.items() if k != 'type'} for r in sum(pushes, []) + closing if r['type'] == 'end']
         assert sorted(ends, key=lambda e: (e['onset'], labels.index(e['label']))) == offline
 
 

@@ -100,6 +100,33 @@ def test_numpy_front_end_matches_paddle_layer(cfg):
         np.testing.assert_allclose(ours, ref, atol=0.05)
 
 
+@pytest.mark.parametrize('cfg', list(FRONTENDS), ids=list(FRONTENDS.values()))
+def test_overlapping_windows_that_share_frames_get_logmel_of_each_window(cfg, monkeypatch):
+    """OverlapFeatures: each window's features are logmel() of its samples (edges padded as the
+    window's own, pre-emphasis and all), whatever windows came before (overlapping, adjacent, after
+    a gap, a last window off the hop grid), while each frame of the stream is computed about once."""
+    if cfg.top_db is not None:
+        pytest.skip('a front end that normalises each clip cannot share frames')
+    rows = []
+    mel_power = mel.mel_power
+    monkeypatch.setattr(mel, 'mel_power', lambda frames, c: (rows.append(frames.shape[-2]), mel_power(frames, c))[1])
+    sr, hop = cfg.sample_rate, cfg.hop_length
+    wave = (noise(8.0, amp=0.1, seed=7)[:8 * sr] + tone(700, 8.0)[:8 * sr]).astype(np.float32)
+    window, step = 128 * hop, 32 * hop
+    starts = list(range(0, 6 * sr - window, step))
+    starts += [starts[-1] + 3 * step, starts[-1] + 3 * step + 5 * hop]   # a gap; then off the grid
+    features = mel.OverlapFeatures(cfg)
+    shared = [features.window(start, wave[start:start + window]) for start in starts]
+    regular = len(starts) - 2
+    # Each later regular window computes its 32 new frames and those at its edges, which see padding.
+    edges = 2 * -(-cfg.n_fft // 2 // hop) + 1
+    assert sum(rows[:regular]) <= cfg.num_frames(window) + (regular - 1) * (32 + edges) < regular * cfg.num_frames(window)
+    for start, got in zip(starts, shared):
+        want = mel.logmel(wave[start:start + window], cfg)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
 def test_efficientat_is_among_the_front_ends():
     assert EFFICIENTAT_FRONTEND in FRONTENDS and CFG in FRONTENDS
 

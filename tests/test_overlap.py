@@ -74,14 +74,16 @@ def recordings(scorer, seed=0):
 
 
 def counting(scorer):
-    """A copy of `scorer` whose score_frames records the length of each input it is given."""
+    """A copy of `scorer` whose network calls record the length in samples of each input they are
+    given (a scorer of features is given its front-end frames: one per frame_samples)."""
     scorer, lengths = copy.copy(scorer), []
-    score = scorer.score_frames
+    score = scorer.score_inputs
+    per_item = 1 if scorer.score_features is None else scorer.frame_samples
 
-    def score_frames(waves):
-        lengths.extend([waves.shape[1]] * len(waves))
-        return score(waves)
-    scorer.score_frames = score_frames
+    def score_inputs(batch):
+        lengths.extend([batch.shape[1] * per_item] * len(batch))
+        return score(batch)
+    scorer.score_inputs = score_inputs
     return scorer, lengths
 
 

@@ -22,23 +22,30 @@ OPTIONS = {'onset_threshold': 0.4, 'offset_threshold': 0.4, 'median_filter_secon
 
 
 class CountingFrames:
-    """The predictor's frame scores, with the batch size of every call recorded."""
+    """The predictor's frame scores of features, with the batch size and the front-end frames of every
+    call recorded."""
 
-    def __init__(self, score_frames):
-        self.score_frames, self.calls, self.lengths = score_frames, [], []
+    def __init__(self, score_frames_of_features):
+        self.score_frames_of_features, self.calls, self.lengths = score_frames_of_features, [], []
 
-    def __call__(self, waves):
-        self.calls.append(len(waves))
-        self.lengths.append(waves.shape[1])
-        return self.score_frames(waves)
+    def __call__(self, features):
+        self.calls.append(len(features))
+        self.lengths.append(features.shape[1])
+        return self.score_frames_of_features(features)
+
+
+def counted(predictor):
+    """`predictor` with its frame scores counted (the server's frame scorer runs the instance's
+    score_frames_of_features: an export's windows are scored from their features)."""
+    counting = predictor.score_frames_of_features = CountingFrames(predictor.score_frames_of_features)
+    return counting
 
 
 @pytest.fixture(scope='module')
 def served(tmp_path_factory):
     export = make_export_dir(tmp_path_factory.mktemp('streams') / 'export')
     predictor = Predictor(export)
-    counting = CountingFrames(predictor.score_frames)
-    predictor.score_frames = counting   # the server's frame scorer runs the instance's score_frames
+    counting = counted(predictor)
     with serve_in_thread(create_app(predictor, ServeSettings(max_batch=8, max_wait_ms=50))) as base:
         yield base, export, counting
 
@@ -165,8 +172,7 @@ def test_more_event_streams_than_queue_slots_all_finish(tmp_path):
     needed), so every stream finishes and reports what it reports alone."""
     export = make_export_dir(tmp_path / 'export')
     predictor = Predictor(export)
-    counting = CountingFrames(predictor.score_frames)
-    predictor.score_frames = counting
+    counting = counted(predictor)
     sr = predictor.frontend_cfg.sample_rate
     pcms = [scene(20 + i, sr) for i in range(6)]
     results, barrier = {}, threading.Barrier(len(pcms))
@@ -276,7 +282,8 @@ def test_a_lone_events_request_batches_its_windows_in_merged_segments_within_max
                           params={'window': 2.56, 'hop': 0.64}, timeout=60)
     assert response.status_code == 200, response.text
     assert max(counting.calls) > 1
-    assert 2.56 * sr < max(counting.lengths) <= ServeSettings().max_window_seconds * sr
+    hop_length = predictor.frontend_cfg.hop_length   # the lengths are front-end frames
+    assert 2.56 * sr / hop_length < max(counting.lengths) <= ServeSettings().max_window_seconds * sr / hop_length + 1
     [want] = predictor.detect([pcm.astype(np.float32) / 32768], sr, window=2.56, hop=0.64)
     got = response.json()['events']
     assert want['events']
@@ -315,8 +322,7 @@ def test_events_requests_the_queue_took_wait_for_room_instead_of_failing(tmp_pat
     import soundfile as sf
     export = make_export_dir(tmp_path / 'export')
     predictor = Predictor(export)
-    counting = CountingFrames(predictor.score_frames)
-    predictor.score_frames = counting
+    counting = counted(predictor)
     sr = predictor.frontend_cfg.sample_rate
     pcm = np.concatenate([scene(i, sr) for i in range(40, 44)])[:int(9.5 * sr)]
     body = io.BytesIO()

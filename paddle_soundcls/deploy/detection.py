@@ -47,6 +47,7 @@ from collections import deque
 import numpy as np
 
 from .. import audio
+from ..features.mel import OverlapFeatures, logmel
 from ..frames import check_geometry, for_frontend
 from . import pipeline
 from .segments import SlidingWindow, check_hop, pad_to
@@ -74,6 +75,12 @@ class FrameScorer:
 
     score_frames: waveforms float32 [batch, samples] -> frame scores [batch, frames', classes]
         (numpy), the network's frames for each window.
+    score_features: None, or what score_frames does after the numpy front end (features.mel.logmel
+        with `frontend`): log-mel features [batch, frames, n_mels] -> frame scores. Given it (the
+        Predictor's exports), windows are scored from their features, and the windows of one stream
+        share theirs: each front-end frame is computed once however many windows hold it
+        (features.mel.OverlapFeatures; at 2-s windows every 0.5 s, a quarter of the front end's
+        work), up to the mel product's float rounding of logmel(window) (~1e-7 relative).
     frontend: the model's FrontendConfig (sample rate, hop length, frames per window).
     geometry: the network's frames.FrameGeometry (or its dict): where its frames sit in time.
     window, hop: seconds; rounded to whole front-end frames. Default window: the model's
@@ -94,7 +101,7 @@ class FrameScorer:
     """
 
     def __init__(self, score_frames, frontend, labels, geometry, window=None, hop=None, min_seconds=1.0,
-                 clip_seconds=None, batch_size=DEFAULT_BATCH_SIZE, merge=True):
+                 clip_seconds=None, batch_size=DEFAULT_BATCH_SIZE, merge=True, score_features=None):
         if window is None:   # a training clip shorter than the network takes is padded to it
             window = max(clip_seconds or DEFAULT_WINDOW, min_seconds)
         hop = window / 2 if hop is None else hop
@@ -106,6 +113,9 @@ class FrameScorer:
                              f'({min_seconds:g} s); use a window of at least {min_seconds:g} s')
         self.geometry = for_frontend(check_geometry(geometry), frontend)
         self.score_frames, self.frontend, self.labels = score_frames, frontend, list(labels)
+        # Features shared across windows where the front end works frame by frame (top_db floors each
+        # clip below its own peak).
+        self.score_features = score_features if frontend.top_db is None else None
         self.frame_samples = frontend.hop_length
         self.frame_seconds = frontend.hop_length / frontend.sample_rate
         self.window_frames = max(1, round(window * frontend.sample_rate / self.frame_samples))
@@ -158,29 +168,38 @@ class FrameScorer:
         """Frame scores [frames, classes] of one window of samples, at the front end's frame rate
         (one frame per hop_length samples, frame i starting at sample i * hop_length)."""
         num_frames = max(1, len(segment) // self.frame_samples)
-        padded = pad_to(segment, self.min_samples)
-        coarse = np.asarray(self.score_frames(padded[None]))[0]
+        [coarse] = self.network_scores([pad_to(np.asarray(segment, dtype=np.float32), self.min_samples)], 1)
         # Frames over the padding only shape the interpolation at the segment's end; the output
         # stops at the segment's last frame.
         return self.geometry.to_frame_rate(coarse, num_frames)
 
+    def inputs_of(self, samples):
+        """What the network call takes for a window of `samples` (padded to min_samples) scored on its
+        own: the samples, or their log-mel features where the scorer scores features."""
+        return samples if self.score_features is None else logmel(samples, self.frontend)
+
+    def score_inputs(self, batch):
+        """The network's frame scores of a stack of windows' inputs (Window.inputs, inputs_of)."""
+        return (self.score_frames if self.score_features is None else self.score_features)(batch)
+
     def network_scores(self, windows, batch_size=None):
         """The network's frame scores of `windows` (Windows, or 1-D sample arrays already padded to
         min_samples): a list of [frames', classes] arrays, in the order of `windows`. Windows of one
-        length go through score_frames together, `batch_size` (default self.batch_size) at a time;
+        length go through the network together, `batch_size` (default self.batch_size) at a time;
         windows of different lengths are never padded to one another."""
         batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
-        samples = [w.samples if isinstance(w, Window) else np.asarray(w, dtype=np.float32) for w in windows]
-        by_length = {}
-        for i, wave in enumerate(samples):
-            by_length.setdefault(len(wave), []).append(i)
-        out = [None] * len(samples)
-        for indices in by_length.values():
+        inputs = [w.inputs if isinstance(w, Window) else self.inputs_of(np.asarray(w, dtype=np.float32))
+                  for w in windows]
+        by_shape = {}
+        for i, item in enumerate(inputs):
+            by_shape.setdefault(item.shape, []).append(i)
+        out = [None] * len(inputs)
+        for indices in by_shape.values():
             for first in range(0, len(indices), batch_size):
                 part = indices[first:first + batch_size]
-                scores = np.asarray(self.score_frames(np.stack([samples[i] for i in part])), dtype=np.float32)
+                scores = np.asarray(self.score_inputs(np.stack([inputs[i] for i in part])), dtype=np.float32)
                 if scores.ndim != 3 or len(scores) != len(part):
-                    raise ArgumentError(f'score_frames gave frame scores of shape {list(scores.shape)} for '
+                    raise ArgumentError(f'the network gave frame scores of shape {list(scores.shape)} for '
                                         f'{len(part)} windows; it must give [windows, frames, classes]')
                 # Probabilities: onnxruntime's vectorised sigmoid gives 1.0000001 for some saturated
                 # logits (seen with CNN14 on 25-s segments), which the event decisions refuse.
@@ -221,13 +240,15 @@ def frames_at_rate(geometry, coarse, num_frames, first=0, end=None):
 
 
 class Window:
-    """One window of a FrameStream to score: `samples` (padded to the network's shortest input)
-    from front-end frame `start`, `frames` of them; `final`: the last window of the stream;
-    `windows`: how many consecutive windows it stands for (merged, FrameStream's merge_windows)."""
-    __slots__ = ('start', 'frames', 'samples', 'final', 'windows')
+    """One window of a FrameStream to score: `inputs`, what the network call takes for it (its samples,
+    padded to the network's shortest input, or their log-mel features where the scorer scores
+    features: FrameScorer.inputs_of) from front-end frame `start`, `frames` of them; `final`: the last
+    window of the stream; `windows`: how many consecutive windows it stands for (merged,
+    FrameStream's merge_windows)."""
+    __slots__ = ('start', 'frames', 'inputs', 'final', 'windows')
 
-    def __init__(self, start, frames, samples, final, windows=1):
-        self.start, self.frames, self.samples, self.final, self.windows = start, frames, samples, final, windows
+    def __init__(self, start, frames, inputs, final, windows=1):
+        self.start, self.frames, self.inputs, self.final, self.windows = start, frames, inputs, final, windows
 
 
 class FrameStream:
@@ -263,6 +284,8 @@ class FrameStream:
                                 f'scores (FrameScorer.mergeable_windows)')
         self.windows = SlidingWindow(scorer.window_frames * scorer.frame_samples,
                                      scorer.hop_frames * scorer.frame_samples)
+        # Each front-end frame computed once, whatever the windows holding it (scorers of features).
+        self.features = None if scorer.score_features is None else OverlapFeatures(scorer.frontend)
         self.emitted = 0           # frames reported so far
         self.promised = 0          # frames the windows cut so far will report, once kept
         self.finished = False      # no more audio: the last window may be cut
@@ -304,8 +327,11 @@ class FrameStream:
                 end = more[1]
                 count += 1
             samples = np.concatenate(pieces) if count > 1 else samples
-        window = Window(start // s.frame_samples, max(1, (end - start) // s.frame_samples),
-                        pad_to(samples, s.min_samples), final, count)
+        if self.features is not None and len(samples) >= s.min_samples:
+            inputs = self.features.window(start, samples)
+        else:   # samples, or a window padded to the shortest input: features of it alone
+            inputs = s.inputs_of(pad_to(samples, s.min_samples))
+        window = Window(start // s.frame_samples, max(1, (end - start) // s.frame_samples), inputs, final, count)
         # What keep() will report of it: up to the end of its (last window's) central hop; the final
         # window: to its end.
         self.promised = max(self.promised, window.start + (window.frames if final else self.kept_end(window)))
@@ -333,7 +359,7 @@ class FrameStream:
         """Free the samples of a finished stream whose windows have all been cut (next_window()
         gave None after finish()): offline detection of a long recording then holds only the
         windows' scores until they are kept."""
-        self.windows = None
+        self.windows = self.features = None
 
     def keep(self, window, network_scores):
         """The frames of `window` (scored: network frame scores [frames', classes]) that are new:
@@ -639,7 +665,7 @@ class StreamPool:
 
         def hold(stream, windows, scores):
             for window in windows:
-                window.samples = None
+                window.inputs = None
             held = scored_now.setdefault(stream, ([], []))
             held[0].extend(windows)
             held[1].extend(scores)
@@ -675,7 +701,7 @@ class StreamPool:
             for (stream, windows), part in zip(groups, parts):
                 hold(stream, windows, part)
             return
-        failing, failing_lengths, network_works = {}, set(), False
+        failing, failing_shapes, network_works = {}, set(), False
         for stream, windows in groups:
             # Twice on its own before it counts as the stream's: a brief engine error (memory, a
             # timeout) that outlasts the batch call must not end a healthy stream.
@@ -691,8 +717,8 @@ class StreamPool:
                 network_works = True
                 break
             if stream in failing:
-                failing_lengths |= {len(window.samples) for window in windows}
-        if failing and (network_works or self._scores_silence(failing_lengths)):
+                failing_shapes |= {window.inputs.shape for window in windows}
+        if failing and (network_works or self._scores_silence(failing_shapes)):
             for stream, error in failing.items():
                 stream.error = error
                 self.failed[stream] = error
@@ -702,12 +728,13 @@ class StreamPool:
         # silence too (it fails for everyone): its error, as before; every window is held or given back.
         raise round_error
 
-    def _scores_silence(self, lengths):
-        """Whether the network scores a window of silence of each of `lengths` samples: when every
+    def _scores_silence(self, shapes):
+        """Whether the network scores inputs of zeros of each of `shapes` (Window.inputs): when every
         stream's own call failed, it tells audio the network cannot take from a network that fails
         for everyone."""
         try:
-            self.scorer.network_scores([np.zeros(n, np.float32) for n in sorted(lengths)], 1)
+            for shape in sorted(shapes):
+                self.scorer.score_inputs(np.zeros((1,) + shape, np.float32))
         except Exception:
             return False
         return True
@@ -777,14 +804,14 @@ def recording_frames(scorer, waves, batch_size=None):
         segment_frames = scorer.window_frames + (merge - 1) * scorer.hop_frames
         batch_size = max(1, batch_size * scorer.window_frames // segment_frames)
     recordings = []
-    pending = {}    # window length in samples -> [(recording, window)] waiting for a batch
+    pending = {}    # window input shape -> [(recording, window)] waiting for a batch
 
-    def flush(length):
-        batch = pending.pop(length)
+    def flush(shape):
+        batch = pending.pop(shape)
         scores = scorer.network_scores([window for _, window in batch], batch_size)
         for (rec, window), row in zip(batch, scores):
             rec.scores[rec.windows.index(window)] = row
-            window.samples = None   # scored: only its place is needed to keep its frames
+            window.inputs = None   # scored: only its place is needed to keep its frames
         for rec in {id(rec): rec for rec, _ in batch}.values():
             rec.keep_scored()
 
@@ -798,17 +825,17 @@ def recording_frames(scorer, waves, batch_size=None):
         while (window := stream.next_window()) is not None:
             rec.windows.append(window)
             rec.scores.append(None)
-            length = len(window.samples)
-            pending.setdefault(length, []).append((rec, window))
-            if len(pending[length]) == batch_size:
-                flush(length)
+            shape = window.inputs.shape
+            pending.setdefault(shape, []).append((rec, window))
+            if len(pending[shape]) == batch_size:
+                flush(shape)
         stream.drop_samples()
         if sum(map(len, pending.values())) > 2 * batch_size:
             # Many recordings shorter than a window, each of its own length: bound what waits.
-            for length in list(pending):
-                flush(length)
-    for length in list(pending):
-        flush(length)
+            for shape in list(pending):
+                flush(shape)
+    for shape in list(pending):
+        flush(shape)
     return [_stack(rec.parts, len(scorer.labels)) for rec in recordings]
 
 

@@ -352,9 +352,10 @@ class EventTracker:
         if self._done == 0 and len(self._tail) == 0:
             scores = np.concatenate([np.repeat(scores[:1], self._half, axis=0), scores])  # repeat the first frame
         padded = np.concatenate([self._tail, scores])
-        smooth = _median_windows(padded, self._half)
+        classes = self._candidates(padded)
+        smooth = _median_windows(padded[:, classes], self._half)
         self._tail = padded[len(smooth):]
-        return self._advance(smooth)
+        return self._advance(smooth, classes)
 
     def close(self):
         """End of the stream: filter the last frames, end the events still on; returns their reports.
@@ -365,7 +366,8 @@ class EventTracker:
         reports = []
         if len(self._tail):
             padded = np.concatenate([self._tail, np.repeat(self._tail[-1:], self._half, axis=0)])  # repeat the last
-            reports += self._advance(_median_windows(padded, self._half))
+            classes = self._candidates(padded)
+            reports += self._advance(_median_windows(padded[:, classes], self._half), classes)
             self._tail = self._tail[:0]
         for c in np.flatnonzero(self._start >= 0):
             if self._active[c]:
@@ -373,14 +375,22 @@ class EventTracker:
             reports += self._finish(c)
         return self._sorted(reports)
 
-    def _advance(self, smooth):
-        """Decide on the filtered frames self._done .. self._done + len(smooth) - 1."""
+    def _candidates(self, padded):
+        """The classes whose filtered frames of `padded` may change something: an event on or begun, or
+        a raw score at its onset threshold (a median is at most the largest score of its window, so the
+        others' filtered scores stay below it: most of a tagger's 527 classes, not median-filtered)."""
+        return np.flatnonzero((padded.max(axis=0) >= self._onset) | self._active | (self._start >= 0))
+
+    def _advance(self, smooth, classes):
+        """Decide on the filtered frames self._done .. self._done + len(smooth) - 1 of `classes` (the
+        columns of smooth; the other classes have none that counts, see _candidates)."""
         first, reports = self._done, []
         self._done += len(smooth)
         now = self._done
-        busy = (smooth >= self._onset).any(axis=0) | self._active | (self._start >= 0)
-        for c in np.flatnonzero(busy):
-            for start, end in _runs(smooth[:, c], self._onset[c], self._offset[c], self._active[c]):
+        busy = (smooth >= self._onset[classes]).any(axis=0) | self._active[classes] | (self._start[classes] >= 0)
+        for i in np.flatnonzero(busy):
+            c = classes[i]
+            for start, end in _runs(smooth[:, i], self._onset[c], self._offset[c], self._active[c]):
                 if start is not None:   # a new run: bridges the gap to the last event, or begins a new one
                     if self._start[c] >= 0 and not _short_gap(first + start - self._end[c], self.hop, self.config):
                         reports += self._finish(c)
@@ -390,7 +400,7 @@ class EventTracker:
                 lo = 0 if start is None else start
                 hi = len(smooth) if end is None else end
                 if hi > lo:   # (an ongoing event can end on the first frame of the block)
-                    self._peak[c] = max(self._peak[c], smooth[lo:hi, c].max())
+                    self._peak[c] = max(self._peak[c], smooth[lo:hi, i].max())
                 self._active[c] = end is None
                 if end is not None:
                     self._end[c] = first + end
@@ -423,6 +433,8 @@ class EventTracker:
         return report
 
     def _sorted(self, reports):
+        if not reports:
+            return reports
         order = {label: i for i, label in enumerate(self.labels)}
         return sorted(reports, key=lambda r: (r['offset'] if r['type'] == 'end' else r['onset'], order[r['label']]))
 

@@ -338,7 +338,12 @@ class Predictor:
         ensemble, the combined scores at the front end's frame rate)."""
         if self._ensemble is not None:
             return self._ensemble.score_frames(waveforms)
-        return self._load_frames_engine()(self.features(waveforms))
+        return self.score_frames_of_features(self.features(waveforms))
+
+    def score_frames_of_features(self, features):
+        """log-mel features [batch, frames, n_mels] (features()) -> the network's frame scores, as
+        score_frames (not for ensembles, whose members have their own front ends)."""
+        return self._load_frames_engine()(features)
 
     def _load_frames_engine(self):
         """The frame-scores graph, loaded once: when the first scorer is made, so a missing or
@@ -368,8 +373,10 @@ class Predictor:
         else:
             self.frame_geometry   # an export that records none cannot place its frames: refused before loading
             self._load_frames_engine()
+        # One model: its windows are scored from their features, shared between overlapping windows.
+        score_features = None if self._ensemble is not None else self.score_frames_of_features
         return detection.FrameScorer(self.score_frames, frontend, self.labels, self.frame_geometry, window, hop,
-                                     self.min_seconds, self.clip_seconds, merge=merge)
+                                     self.min_seconds, self.clip_seconds, merge=merge, score_features=score_features)
 
     def detect(self, data, sample_rate=None, window=None, hop=None, config=None, batch_size=None):
         """When each sound happens, without Paddle; the same results as `Module.detect`.

@@ -7,6 +7,9 @@ import numpy as np
 from .config import FrontendConfig
 from ..errors import ArgumentError, AudioError
 
+# Frames whose spectra mel_power computes at once.
+MEL_BLOCK = 256
+
 
 def hz_to_mel(freq, htk=False):
     freq = np.asanyarray(freq, dtype=np.float64)
@@ -129,9 +132,51 @@ def log_compress(mel, cfg: FrontendConfig):
 
 @lru_cache(maxsize=8)
 def _analysis_arrays(cfg: FrontendConfig):
-    """float32 window and transposed filter bank for a config (configs are frozen, so hashable)."""
+    """float64 window and float32 transposed filter bank for a config (configs are frozen, so hashable)."""
     fbank = config_filterbank(cfg)
-    return stft_window(cfg).astype(np.float32), np.ascontiguousarray(fbank.T, dtype=np.float32)
+    return stft_window(cfg), np.ascontiguousarray(fbank.T, dtype=np.float32)
+
+
+def padded_signal(waveforms, cfg: FrontendConfig):
+    """[batch, samples] float32 -> what the STFT frames: pre-emphasised and centre-padded as `cfg` says."""
+    x = waveforms
+    if cfg.preemphasis is not None:
+        x = preemphasis(x, np.float32(cfg.preemphasis))
+    if cfg.center:
+        pad = cfg.n_fft // 2
+        if x.shape[-1] <= pad and cfg.pad_mode == 'reflect':
+            raise AudioError(f'clip of {x.shape[-1]} samples is too short for reflect padding of {pad}')
+        x = np.pad(x, ((0, 0), (pad, pad)), mode=cfg.pad_mode)
+    return x
+
+
+def stft_frames(padded, cfg: FrontendConfig):
+    """Views of the n_fft-sample frames of padded_signal's output: [batch, frames, n_fft]."""
+    return np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft, axis=-1)[:, ::cfg.hop_length]
+
+
+def mel_power(frames, cfg: FrontendConfig):
+    """Frames of samples [..., n_fft] -> their mel power [..., n_mels] float32, each row from its frame
+    alone (log_compress makes the features of it).
+    The FFT in float64: quiet mel bins sit 90 dB below loud ones, where a float32 FFT is off by 2e-3
+    dB (numpy's FFT of float32 frames computes in float64 too, and takes longer than this). A row's
+    FFT does not depend on the rows beside it; the mel product may round a row differently with them
+    (BLAS kernels), by about 1e-7 relative."""
+    window_, fbank_t = _analysis_arrays(cfg)
+    out = np.empty(frames.shape[:-1] + (fbank_t.shape[1],), np.float32)
+    # Each clip's frames MEL_BLOCK at a time, from the views: the float64 spectra of a whole batch
+    # (or a copy of its overlapping frames) would not stay in the cache (16 windows of 2 s took twice
+    # as long per frame as one).
+    for clip in np.ndindex(frames.shape[:-2]):
+        for first in range(0, frames.shape[-2], MEL_BLOCK):
+            part = clip + (slice(first, first + MEL_BLOCK),)
+            spec = np.fft.rfft(frames[part] * window_, axis=-1)
+            if cfg.power == 2.0:   # products: abs() takes a square root that the square undoes
+                power = spec.real * spec.real + spec.imag * spec.imag
+            else:
+                power = np.abs(spec) ** cfg.power
+            out[part] = power.astype(np.float32) @ fbank_t
+    return out
 
 
 def logmel(waveforms, cfg: FrontendConfig = FrontendConfig()):
@@ -142,18 +187,61 @@ def logmel(waveforms, cfg: FrontendConfig = FrontendConfig()):
     """
     x = np.asarray(waveforms, dtype=np.float32)
     single = x.ndim == 1
-    x = np.atleast_2d(x)
-    if cfg.preemphasis is not None:
-        x = preemphasis(x, np.float32(cfg.preemphasis))
-    if cfg.center:
-        pad = cfg.n_fft // 2
-        if x.shape[-1] <= pad and cfg.pad_mode == 'reflect':
-            raise AudioError(f'clip of {x.shape[-1]} samples is too short for reflect padding of {pad}')
-        x = np.pad(x, ((0, 0), (pad, pad)), mode=cfg.pad_mode)
-    frames = np.lib.stride_tricks.sliding_window_view(x, cfg.n_fft, axis=-1)[:, ::cfg.hop_length]
-    window_, fbank_t = _analysis_arrays(cfg)
-    spec = np.fft.rfft(frames * window_, axis=-1)
-    power = np.abs(spec) ** cfg.power
-    mel = power @ fbank_t
-    out = log_compress(mel, cfg).astype(np.float32)
+    out = log_compress(mel_power(stft_frames(padded_signal(np.atleast_2d(x), cfg), cfg), cfg), cfg).astype(np.float32)
     return out[0] if single else out
+
+
+class OverlapFeatures:
+    """logmel() of consecutive overlapping windows of one stream, each frame of the stream computed
+    once: of a window, the frames that lie inside it (their n_fft samples are the stream's, untouched by
+    the centre padding) are kept for the next windows, which take them instead of computing them again.
+    At 2-s windows every 0.5 s that is a quarter of the work.
+
+    window(start, samples) -> [frames, n_mels], logmel(samples) of the window starting at stream sample
+    `start` (a multiple of hop_length): its edge frames (which see its padding) and the frames no earlier
+    window held computed from its own samples, the others taken from the earlier windows. The numbers
+    are logmel's up to the mel product's rounding (see mel_power); which rows are computed together
+    depends only on the windows asked for, so the same windows give the same features bit for bit
+    however the stream's audio was chunked. Windows come in order of their start (later windows never
+    start earlier). Frame-wise only: a config with top_db (a floor below the clip's peak) is refused.
+    Memory: the frames of about one window.
+    """
+
+    def __init__(self, cfg: FrontendConfig):
+        if cfg.top_db is not None:
+            raise ArgumentError('a front end with top_db normalises each clip as a whole: its windows cannot '
+                                'share frames')
+        self.cfg = cfg
+        self.pad = cfg.n_fft // 2 if cfg.center else 0
+        self.lag = 1 if cfg.preemphasis is not None else 0   # pre-emphasis reads the next sample
+        self.kept = np.zeros((0, cfg.n_mels), np.float32)   # stream frames [kept_from, kept_from + len)
+        self.kept_from = 0
+
+    def window(self, start, samples):
+        cfg, hop = self.cfg, self.cfg.hop_length
+        if start % hop:
+            raise ArgumentError(f'windows of shared features start on a frame (a multiple of {hop} samples), '
+                                f'got sample {start}')
+        padded = padded_signal(np.asarray(samples, dtype=np.float32)[None], cfg)
+        frames = stft_frames(padded, cfg)[0]
+        count = len(frames)
+        # Frames [inner, outer) of the window see none of its padding: frame i reads padded samples
+        # [i * hop, i * hop + n_fft), the window's own from `pad` to `pad + signal length`.
+        signal = len(samples) - self.lag
+        inner = min(count, -(-self.pad // hop))
+        outer = max(inner, min(count, (self.pad + signal - cfg.n_fft) // hop + 1))
+        first = start // hop
+        known_end = self.kept_from + len(self.kept)
+        if self.kept_from <= first + inner <= known_end:
+            reuse_end = min(known_end, first + outer)
+            reused = self.kept[first + inner - self.kept_from:reuse_end - self.kept_from]
+        else:   # the first window, or one after a gap: nothing to take
+            reuse_end, reused = first + inner, self.kept[:0]
+        new_from = reuse_end - first   # window frames [new_from, outer) are new inner frames
+        rows = np.concatenate([frames[:inner], frames[new_from:outer], frames[outer:]])
+        computed = log_compress(mel_power(rows, cfg), cfg).astype(np.float32)
+        new = computed[inner:inner + outer - new_from]
+        # The next window starts later: it takes inner frames from its own start on.
+        self.kept = np.concatenate([reused, new])
+        self.kept_from = first + inner
+        return np.concatenate([computed[:inner], reused, new, computed[inner + outer - new_from:]])

@@ -69,7 +69,7 @@ class Work:
                                    max_window=max_window, max_overlap=settings.max_overlap,
                                    default_window=min(max(clip_seconds or DEFAULT_EVENTS_WINDOW,
                                                           float(predictor.min_seconds)), max_window))
-        self._score_frames = None    # the export's frame-scores graph, loaded on first use
+        self._score_inputs = None    # the export's frame-scores graph (FrameScorer.score_inputs), loaded on first use
 
     @staticmethod
     def flow():
@@ -87,8 +87,8 @@ class Work:
         return list(self.predictor.embed_batch(np.stack(items)))
 
     def run_frames(self, items):
-        """Frame scores of equal-length windows at the model's rate, in one engine call."""
-        return list(np.asarray(self._score_frames(np.stack(items))))
+        """Frame scores of windows' inputs of one shape (detection.Window.inputs), in one engine call."""
+        return list(np.asarray(self._score_inputs(np.stack(items))))
 
     def submit(self, items, flow, run=None, key=None):
         try:
@@ -189,8 +189,8 @@ class Work:
             raise ApiError(501, 'events_unsupported', f'this export cannot detect events: {exc}') from None
         except ValueError as exc:  # window / hop the detector cannot use
             raise ApiError(400, 'invalid_parameter', str(exc), 'window') from None
-        if self._score_frames is None:
-            self._score_frames = scorer.score_frames   # every scorer of the export runs the same graph
+        if self._score_inputs is None:
+            self._score_inputs = scorer.score_inputs   # every scorer of the export runs the same graph
         return scorer
 
     async def frame_windows(self, windows, flow, deadline):
@@ -201,7 +201,7 @@ class Work:
             futures = []
             try:
                 for window in windows:
-                    futures += self.submit([window.samples], flow, self.run_frames, ('frames', len(window.samples)))
+                    futures += self.submit([window.inputs], flow, self.run_frames, ('frames', window.inputs.shape))
                 return futures
             except ApiError as exc:
                 for future in futures:

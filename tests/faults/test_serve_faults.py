@@ -510,13 +510,13 @@ class SlowFrames:
 
     def frame_scorer(self, window=None, hop=None):
         scorer = self.predictor.frame_scorer(window, hop)
-        score_frames = scorer.score_frames
+        score_inputs = scorer.score_inputs   # the network call of every window (samples or features)
 
-        def slow(waveforms):
+        def slow(inputs):
             self.calls += 1
             time.sleep(self.delay)
-            return score_frames(waveforms)
-        scorer.score_frames = slow
+            return score_inputs(inputs)
+        scorer.score_inputs = slow
         return scorer
 
     def detect(self, data, sample_rate=None, window=None, hop=None, config=None):
