@@ -16,6 +16,10 @@ the network lets offline detection score overlapping windows once (docs/events.m
 beyond that bound: `merged_windows` says how many windows one segment stands for, and
 `offline_rtf_batch_N_window_by_window` gives the figure without merging (frame_scorer(merge=False)).
 Each figure is the best of --repeats runs after a warm-up (other processes' load only slows).
+Detection decides on the events of --sounding-classes classes (10 by default; the others stay below
+their thresholds, as most of a tagger's 527 classes do in a recording): the `_all_classes` figures
+decide on every class, which random weights make all reach the default threshold (the most work
+the decisions can take).
 
 Speed does not depend on the weights, so the models have random weights. The F1 figures need a
 model that knows the sounds: the scenes' events (tones, chirps, noise bursts... in background
@@ -97,10 +101,23 @@ def random_model(name):
     return model
 
 
-def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_size=None, repeats=2):
+def sounding_config(num_classes, sounding):
+    """Event settings under which the first `sounding` classes are decided on (onset threshold 0.5,
+    which random-weights scores hover about) and the others never reach their threshold (1.0), as a
+    tagger's few classes that sound in a recording among its 527; None: the defaults, under which a
+    random-weights tagger's every class reaches 0.5 and is decided on (the most work there is)."""
+    if sounding is None:
+        return None
+    onset = [0.5 if c < sounding else 1.0 for c in range(num_classes)]
+    return EventConfig(onset_threshold=tuple(onset), offset_threshold=tuple(0.45 if v < 1 else 1.0 for v in onset))
+
+
+def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_size=None, repeats=2,
+                      sounding=10):
     """Per engine: audio seconds per compute second of offline detection (batch sizes 1 and
     `batch_size`), of a stream fed 0.5-s chunks, and of tagging clips of `window` seconds in
-    batches of `batch_size`."""
+    batches of `batch_size`. Detection decides on events of `sounding` classes (sounding_config);
+    the `_all_classes` figures on every class."""
     batch_size = batch_size or detection.DEFAULT_BATCH_SIZE
     model = random_model(name)
     runners = {}
@@ -122,29 +139,33 @@ def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_s
     wave = (0.05 * np.random.default_rng(0).standard_normal(int(seconds * sr))).astype(np.float32)
     clips = (0.05 * np.random.default_rng(1).standard_normal((batch_size, int(window * sr)))).astype(np.float32)
     out = {}
+    config = sounding_config(len(model.labels), sounding)
     for engine, (frame_scorer, score_batch, threads) in runners.items():
         scorer = frame_scorer(window, hop)
 
-        def detect(size):
-            return lambda: detection.detect(scorer, wave, batch_size=size)
+        def detect(size, config=config):
+            return lambda: detection.detect(scorer, wave, config, batch_size=size)
         for size in (1, batch_size):   # warm-up: every batch shape the runs use
             detection.detect(scorer, wave[:int(max(window, 4 * hop) * sr) + sr // 3], batch_size=size)
         score_batch(clips)
         offline_1 = _best_seconds(detect(1), repeats)
         offline_n = _best_seconds(detect(batch_size), repeats)
+        offline_all = _best_seconds(detect(batch_size, None), repeats)
         one_by_one = None
         if scorer.merge_windows > 1:   # overlapping windows scored once: the same without it
             unmerged = frame_scorer(window, hop, merge=False)
-            one_by_one = _best_seconds(lambda: detection.detect(unmerged, wave, batch_size=batch_size), repeats)
+            one_by_one = _best_seconds(lambda: detection.detect(unmerged, wave, config, batch_size=batch_size),
+                                       repeats)
 
-        def stream():
-            s = detection.EventStream(frame_scorer(window, hop), sr)
+        def stream(config=config):
+            s = detection.EventStream(frame_scorer(window, hop), sr, config)
             chunk = sr // 2
             for i in range(0, len(wave), chunk):
                 s.push(wave[i:i + chunk])
             s.close()
             return s
         streaming = _best_seconds(stream, repeats)
+        streaming_all = _best_seconds(lambda: stream(None), repeats)
         # Tagging: as many clips of the window length as the audio holds windows' worth of, in batches.
         calls = max(1, int(np.ceil(seconds / window / batch_size)))
         tagging = _best_seconds(lambda: [score_batch(clips) for _ in range(calls)], repeats)
@@ -154,6 +175,8 @@ def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_s
             'offline_rtf_batch_1': round(seconds / offline_1, 2),
             f'offline_rtf_batch_{batch_size}': round(detect_rtf, 2),
             'stream_rtf': round(seconds / streaming, 2),
+            f'offline_rtf_batch_{batch_size}_all_classes': round(seconds / offline_all, 2),
+            'stream_rtf_all_classes': round(seconds / streaming_all, 2),
             f'tagging_rtf_batch_{batch_size}': round(tagging_rtf, 2),
             'detect_vs_tagging': round(detect_rtf / (tagging_rtf * hop / window), 3),
             'merged_windows': scorer.merge_windows,
@@ -163,6 +186,7 @@ def real_time_factors(name, seconds, window, hop, work, engines=ENGINES, batch_s
             out[engine]['frames_precision'] = scorer_precision(frame_scorer)
     stream_latency = detection.EventStream(model.frame_scorer(window, hop), sr).latency_seconds
     return {**out, 'stream_latency_s': round(stream_latency, 3), 'window_s': window, 'hop_s': hop,
+            'sounding_classes': sounding, 'classes': len(model.labels),
             'audio_s': seconds, 'batch_size': batch_size, 'repeats': repeats}
 
 
@@ -217,6 +241,9 @@ def main(argv=None):
                    help=f'windows per network call, and clips per tagging call (default '
                         f'{detection.DEFAULT_BATCH_SIZE})')
     p.add_argument('--repeats', type=int, default=2, help='runs per figure, the best kept (default 2)')
+    p.add_argument('--sounding-classes', type=int, default=10,
+                   help='classes decided on in the detection figures (default 10; the others stay below '
+                        'their thresholds); the _all_classes figures decide on every class')
     p.add_argument('--scenes', type=int, default=20, help='generated scenes for the F1 figures (default 20; 0 skips)')
     p.add_argument('--scene-seconds', type=float, default=10.0)
     p.add_argument('--json', action='store_true')
@@ -224,7 +251,8 @@ def main(argv=None):
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as work:
         result = {name: real_time_factors(name, args.seconds, args.window, args.hop, work, args.engines,
-                                          args.batch_size, args.repeats) for name in args.models}
+                                          args.batch_size, args.repeats, args.sounding_classes)
+                  for name in args.models}
         if args.scenes:
             result['scenes'] = scene_f1(work, args.scenes, args.scene_seconds)
     result['setup'] = {'machine': machine_info(), 'engines': 'onnxruntime(_int8): Predictor defaults; dygraph: Module',

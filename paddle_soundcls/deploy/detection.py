@@ -80,7 +80,7 @@ class FrameScorer:
         Predictor's exports), windows are scored from their features, and the windows of one stream
         share theirs: each front-end frame is computed once however many windows hold it
         (features.mel.OverlapFeatures; at 2-s windows every 0.5 s, a quarter of the front end's
-        work), up to the mel product's float rounding of logmel(window) (~1e-7 relative).
+        work), with the numbers of logmel(window).
     frontend: the model's FrontendConfig (sample rate, hop length, frames per window).
     geometry: the network's frames.FrameGeometry (or its dict): where its frames sit in time.
     window, hop: seconds; rounded to whole front-end frames. Default window: the model's
@@ -93,9 +93,9 @@ class FrameScorer:
         one push of a stream); windows of different lengths never share a call.
     merge: True (the default): offline detection scores up to `mergeable_windows` consecutive
         windows as one segment (merge_windows). The frames kept are those of the windows scored
-        one by one up to rounding, as the engines' arithmetic of a frame depends on the input's
-        length (Paddle's CPU kernels with several threads, the numpy front end's mel matrix
-        product; differences of 3e-8 to 2.8e-6 measured on random-weight networks), so live
+        one by one up to rounding, as an engine's arithmetic of a frame may depend on the input's
+        length (Paddle's CPU kernels with several threads: differences of 3e-8 to 1.2e-7 measured on
+        random-weight networks; exports through onnxruntime came out equal), so live
         streams, which never merge, give offline detection's frames up to that rounding. False:
         window by window, bit for bit what a live stream gives.
     """

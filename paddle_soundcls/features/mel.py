@@ -130,11 +130,35 @@ def log_compress(mel, cfg: FrontendConfig):
     return out
 
 
+class _MelBands:
+    """A filter bank [n_mels, bins] as what its bands cover: each band's weights over its bins, one after
+    another (`weights`, gathered from the power spectrum by `bins`), band m from `starts[m]`. Each band
+    covers a few bins (about two bands a bin), so this is a fraction of a dense product's work, in the
+    calling thread (a BLAS product spreads small products over threads that then compete with the
+    engine's for the cores), and a row's sum does not depend on the rows beside it."""
+
+    def __init__(self, fbank):
+        spans = []
+        for row in fbank:
+            nonzero = np.flatnonzero(row)
+            spans.append((nonzero[0], nonzero[-1] + 1) if len(nonzero) else (0, 0))
+        self.empty = np.array([end <= start for start, end in spans])
+        spans = [(0, 1) if end <= start else (start, end) for start, end in spans]   # zeroed after the sum
+        self.bins = np.concatenate([np.arange(start, end) for start, end in spans])
+        self.weights = np.concatenate([fbank[m, start:end] for m, (start, end) in enumerate(spans)]).astype(np.float32)
+        self.starts = np.cumsum([0] + [end - start for start, end in spans[:-1]])
+
+    def __call__(self, power):
+        """power [rows, bins] float32 -> mel power [rows, n_mels] float32."""
+        out = np.add.reduceat(power[:, self.bins] * self.weights, self.starts, axis=1)
+        out[:, self.empty] = 0.0
+        return out
+
+
 @lru_cache(maxsize=8)
 def _analysis_arrays(cfg: FrontendConfig):
-    """float64 window and float32 transposed filter bank for a config (configs are frozen, so hashable)."""
-    fbank = config_filterbank(cfg)
-    return stft_window(cfg), np.ascontiguousarray(fbank.T, dtype=np.float32)
+    """float64 window and the mel bands for a config (configs are frozen, so hashable)."""
+    return stft_window(cfg), _MelBands(config_filterbank(cfg))
 
 
 def padded_signal(waveforms, cfg: FrontendConfig):
@@ -160,10 +184,9 @@ def mel_power(frames, cfg: FrontendConfig):
     alone (log_compress makes the features of it).
     The FFT in float64: quiet mel bins sit 90 dB below loud ones, where a float32 FFT is off by 2e-3
     dB (numpy's FFT of float32 frames computes in float64 too, and takes longer than this). A row's
-    FFT does not depend on the rows beside it; the mel product may round a row differently with them
-    (BLAS kernels), by about 1e-7 relative."""
-    window_, fbank_t = _analysis_arrays(cfg)
-    out = np.empty(frames.shape[:-1] + (fbank_t.shape[1],), np.float32)
+    numbers do not depend on the rows computed with it (_MelBands)."""
+    window_, bands = _analysis_arrays(cfg)
+    out = np.empty(frames.shape[:-1] + (cfg.n_mels,), np.float32)
     # Each clip's frames MEL_BLOCK at a time, from the views: the float64 spectra of a whole batch
     # (or a copy of its overlapping frames) would not stay in the cache (16 windows of 2 s took twice
     # as long per frame as one).
@@ -175,7 +198,7 @@ def mel_power(frames, cfg: FrontendConfig):
                 power = spec.real * spec.real + spec.imag * spec.imag
             else:
                 power = np.abs(spec) ** cfg.power
-            out[part] = power.astype(np.float32) @ fbank_t
+            out[part] = bands(power.astype(np.float32))
     return out
 
 
@@ -199,10 +222,9 @@ class OverlapFeatures:
 
     window(start, samples) -> [frames, n_mels], logmel(samples) of the window starting at stream sample
     `start` (a multiple of hop_length): its edge frames (which see its padding) and the frames no earlier
-    window held computed from its own samples, the others taken from the earlier windows. The numbers
-    are logmel's up to the mel product's rounding (see mel_power); which rows are computed together
-    depends only on the windows asked for, so the same windows give the same features bit for bit
-    however the stream's audio was chunked. Windows come in order of their start (later windows never
+    window held computed from its own samples, the others taken from the earlier windows. Every frame
+    is computed on its own (mel_power), so these are logmel's numbers bit for bit, however the stream's
+    audio was chunked. Windows come in order of their start (later windows never
     start earlier). Frame-wise only: a config with top_db (a floor below the clip's peak) is refused.
     Memory: the frames of about one window.
     """
