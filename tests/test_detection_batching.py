@@ -366,3 +366,23 @@ def test_shared_features_are_refused_for_a_front_end_that_normalises_each_clip()
     assert scorer.score_features is None   # its windows are scored from their samples
     with pytest.raises(ArgumentError, match='start on a frame'):
         OverlapFeatures(CFG).window(81, np.zeros(8000, np.float32))
+
+
+def test_windows_cut_with_deferred_features_are_the_windows_cut_at_once():
+    """next_window(defer=True) (the server's event streams: features computed in its engine thread)
+    gives windows whose shape is known before their features, and whose prepared() features are
+    those of next_window() bit for bit."""
+    rng = np.random.default_rng(5)
+    for window, hop in ((1.0, 0.25), (1.5, 0.7)):
+        for n in recording_lengths(window, hop, CFG.sample_rate):
+            wave = (0.3 * rng.standard_normal(n)).astype(np.float32)
+            at_once, deferred = (detection.FrameStream(feature_scorers(window, hop)[0]) for _ in range(2))
+            for stream in (at_once, deferred):
+                stream.feed(wave)
+                stream.finish()
+            while (want := at_once.next_window()) is not None:
+                got = deferred.next_window(defer=True)
+                assert got.shape == want.shape and (got.start, got.frames, got.final) == (want.start, want.frames,
+                                                                                         want.final)
+                np.testing.assert_array_equal(got.prepared(), want.inputs)
+            assert deferred.next_window(defer=True) is None

@@ -189,3 +189,20 @@ def test_settings_saved_before_the_new_fields_still_load():
     assert cfg == CFG
     wave = SIGNALS['tone+noise']
     np.testing.assert_array_equal(mel.logmel(wave, cfg), mel.logmel(wave, CFG))
+
+
+def test_mel_bands_are_the_dense_filter_bank_product_empty_bands_and_nan_included():
+    """The mel sums over each band's bins equal power @ filter bank (float64 reference) where bands are
+    empty (128 bands on 129 bins), and a frame holding a NaN gives NaN in every band, as the product does."""
+    cfg = FrontendConfig(n_fft=256, win_length=256, n_mels=128)
+    fbank = mel.config_filterbank(cfg)
+    assert (fbank.sum(axis=1) == 0).any()   # some bands hold no bin
+    wave = noise(1.0, amp=0.3, seed=9)[:8000].astype(np.float32)
+    wave[4200] = np.nan
+    frames = mel.stft_frames(mel.padded_signal(wave[None], cfg), cfg)[0]
+    got = mel.mel_power(frames, cfg)
+    spectrum = np.fft.rfft(frames.astype(np.float64) * mel.stft_window(cfg), axis=-1)
+    want = (np.abs(spectrum) ** 2) @ fbank.T
+    bad = np.isnan(want).any(axis=1)
+    assert bad.any() and np.isnan(got[bad]).all() and not np.isnan(got[~bad]).any()
+    np.testing.assert_allclose(got[~bad], want[~bad], rtol=1e-5, atol=1e-6 * want[~bad].max())

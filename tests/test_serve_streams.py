@@ -263,6 +263,30 @@ def test_progress_and_options_go_with_a_frame_mode_made_by_a_factory(served, mon
     assert len(kinds(messages, 'progress')) == alone(export, pcm, sr, len(pcm))[1]
 
 
+def test_an_events_request_computes_its_features_in_the_engine_thread_not_on_the_event_loop(served, monkeypatch):
+    """/v1/events cuts its windows on the event loop, but their features (up to --max-batch merged
+    segments of --max-window-seconds at a time: tens of milliseconds) are computed in the engine
+    thread, so other streams and requests are not held up meanwhile."""
+    import httpx
+    import io
+    import soundfile as sf
+    import threading as threads
+    from paddle_soundcls.features import mel
+    base, export, _ = served
+    sr = Predictor(export).frontend_cfg.sample_rate
+    where = []
+    window = mel.OverlapFeatures.window
+    monkeypatch.setattr(mel.OverlapFeatures, 'window',
+                        lambda self, *args: (where.append(threads.current_thread().name), window(self, *args))[1])
+    body = io.BytesIO()
+    sf.write(body, np.concatenate([scene(i, sr) for i in range(50, 53)])[:int(6 * sr)], sr, format='WAV',
+             subtype='PCM_16')
+    response = httpx.post(base + '/v1/events', content=body.getvalue(), headers={'content-type': 'audio/wav'},
+                          params={'window': 2.56, 'hop': 0.64}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert where and all(name.startswith('paddle-soundcls-engine') for name in where), sorted(set(where))
+
+
 def test_a_lone_events_request_batches_its_windows_in_merged_segments_within_max_window(served):
     """/v1/events alone on the server: its windows go to the engine --max-batch at a time, and where
     the network allows (CNN6 at 2.56 s / 0.64 s: hops on its 16-frame grid) consecutive windows are one

@@ -174,8 +174,8 @@ class FrameScorer:
         return self.geometry.to_frame_rate(coarse, num_frames)
 
     def inputs_of(self, samples):
-        """What the network call takes for a window of `samples` (padded to min_samples) scored on its
-        own: the samples, or their log-mel features where the scorer scores features."""
+        """What the network call takes for a window of `samples` (already padded to min_samples) scored
+        on its own: the samples, or their log-mel features where the scorer scores features."""
         return samples if self.score_features is None else logmel(samples, self.frontend)
 
     def score_inputs(self, batch):
@@ -188,7 +188,7 @@ class FrameScorer:
         length go through the network together, `batch_size` (default self.batch_size) at a time;
         windows of different lengths are never padded to one another."""
         batch_size = self.batch_size if batch_size is None else check_batch_size(batch_size)
-        inputs = [w.inputs if isinstance(w, Window) else self.inputs_of(np.asarray(w, dtype=np.float32))
+        inputs = [w.prepared() if isinstance(w, Window) else self.inputs_of(np.asarray(w, dtype=np.float32))
                   for w in windows]
         by_shape = {}
         for i, item in enumerate(inputs):
@@ -244,11 +244,20 @@ class Window:
     padded to the network's shortest input, or their log-mel features where the scorer scores
     features: FrameScorer.inputs_of) from front-end frame `start`, `frames` of them; `final`: the last
     window of the stream; `windows`: how many consecutive windows it stands for (merged,
-    FrameStream's merge_windows)."""
-    __slots__ = ('start', 'frames', 'inputs', 'final', 'windows')
+    FrameStream's merge_windows). A window cut with next_window(defer=True) computes its features
+    when `prepared()` is first called (`inputs` is None until then); `shape` is that of its inputs."""
+    __slots__ = ('start', 'frames', 'inputs', 'final', 'windows', 'shape', '_make')
 
-    def __init__(self, start, frames, inputs, final, windows=1):
+    def __init__(self, start, frames, inputs, final, windows=1, shape=None, make=None):
         self.start, self.frames, self.inputs, self.final, self.windows = start, frames, inputs, final, windows
+        self.shape = inputs.shape if shape is None else shape
+        self._make = make
+
+    def prepared(self):
+        """The window's inputs, computed now if they were deferred."""
+        if self.inputs is None and self._make is not None:
+            self.inputs, self._make = self._make(), None
+        return self.inputs
 
 
 class FrameStream:
@@ -300,7 +309,11 @@ class FrameStream:
     def finish(self):
         self.finished = True
 
-    def next_window(self):
+    def next_window(self, defer=False):
+        """The next window to score (a Window), or None while more audio is needed. defer=True: its
+        features are computed when its prepared() is called (the server: in its engine thread, not on
+        its event loop). Called in the order the windows were cut, each computes only the frames no
+        earlier window held; in another order a window computes all of its frames (the same numbers)."""
         s = self.scorer
         if self.returned:
             return self.returned.popleft()
@@ -327,11 +340,16 @@ class FrameStream:
                 end = more[1]
                 count += 1
             samples = np.concatenate(pieces) if count > 1 else samples
+        place = (start // s.frame_samples, max(1, (end - start) // s.frame_samples))
         if self.features is not None and len(samples) >= s.min_samples:
-            inputs = self.features.window(start, samples)
+            features = self.features
+            if defer:
+                window = Window(*place, None, final, count, (s.frontend.num_frames(len(samples)), s.frontend.n_mels),
+                                lambda: features.window(start, samples))
+            else:
+                window = Window(*place, features.window(start, samples), final, count)
         else:   # samples, or a window padded to the shortest input: features of it alone
-            inputs = s.inputs_of(pad_to(samples, s.min_samples))
-        window = Window(start // s.frame_samples, max(1, (end - start) // s.frame_samples), inputs, final, count)
+            window = Window(*place, s.inputs_of(pad_to(samples, s.min_samples)), final, count)
         # What keep() will report of it: up to the end of its (last window's) central hop; the final
         # window: to its end.
         self.promised = max(self.promised, window.start + (window.frames if final else self.kept_end(window)))
@@ -348,10 +366,10 @@ class FrameStream:
         again, in order, so the stream loses none and keeps its frames in order."""
         self.returned.extendleft(reversed(windows))
 
-    def next_windows(self, limit):
-        """Up to `limit` next windows (a list; empty while more audio is needed)."""
+    def next_windows(self, limit, defer=False):
+        """Up to `limit` next windows (a list; empty while more audio is needed); defer: see next_window."""
         windows = []
-        while len(windows) < limit and (window := self.next_window()) is not None:
+        while len(windows) < limit and (window := self.next_window(defer)) is not None:
             windows.append(window)
         return windows
 
@@ -717,7 +735,7 @@ class StreamPool:
                 network_works = True
                 break
             if stream in failing:
-                failing_shapes |= {window.inputs.shape for window in windows}
+                failing_shapes |= {window.shape for window in windows}
         if failing and (network_works or self._scores_silence(failing_shapes)):
             for stream, error in failing.items():
                 stream.error = error
@@ -825,7 +843,7 @@ def recording_frames(scorer, waves, batch_size=None):
         while (window := stream.next_window()) is not None:
             rec.windows.append(window)
             rec.scores.append(None)
-            shape = window.inputs.shape
+            shape = window.shape
             pending.setdefault(shape, []).append((rec, window))
             if len(pending[shape]) == batch_size:
                 flush(shape)

@@ -151,7 +151,7 @@ class _MelBands:
     def __call__(self, power):
         """power [rows, bins] float32 -> mel power [rows, n_mels] float32."""
         out = np.add.reduceat(power[:, self.bins] * self.weights, self.starts, axis=1)
-        out[:, self.empty] = 0.0
+        out[:, self.empty] = power[:, :1] * 0.0   # 0, or NaN where the frame holds a NaN, as a product gives
         return out
 
 

@@ -86,9 +86,10 @@ class Work:
         """Embeddings of equal-length waveforms at the model's rate, in one engine call."""
         return list(self.predictor.embed_batch(np.stack(items)))
 
-    def run_frames(self, items):
-        """Frame scores of windows' inputs of one shape (detection.Window.inputs), in one engine call."""
-        return list(np.asarray(self._score_inputs(np.stack(items))))
+    def run_frames(self, windows):
+        """Frame scores of detection.Windows whose inputs have one shape, in one engine call (the inputs
+        of a window cut with defer=True, its features, are computed here, in the engine thread)."""
+        return list(np.asarray(self._score_inputs(np.stack([window.prepared() for window in windows]))))
 
     def submit(self, items, flow, run=None, key=None):
         try:
@@ -201,7 +202,7 @@ class Work:
             futures = []
             try:
                 for window in windows:
-                    futures += self.submit([window.inputs], flow, self.run_frames, ('frames', window.inputs.shape))
+                    futures += self.submit([window], flow, self.run_frames, ('frames', window.shape))
                 return futures
             except ApiError as exc:
                 for future in futures:
@@ -231,8 +232,10 @@ class Work:
         frames.feed(wave)
         frames.finish()
         parts = []
+        # defer: the windows' features are computed in the engine thread, not on the event loop (a batch
+        # of merged 10-s segments held it for 50-180 ms).
         while windows := frames.next_windows(max(1, min(self.batcher.max_batch,
-                                                        self.batcher.max_queue - self.batcher.depth))):
+                                                        self.batcher.max_queue - self.batcher.depth)), defer=True):
             # Admitted (its audio decoded through the queue), the request waits for room for its
             # windows rather than fail with work already done.
             futures = await self.frame_windows(windows, flow, deadline)
