@@ -224,8 +224,8 @@ class OverlapFeatures:
     `start` (a multiple of hop_length): its edge frames (which see its padding) and the frames no earlier
     window held computed from its own samples, the others taken from the earlier windows. Every frame
     is computed on its own (mel_power), so these are logmel's numbers bit for bit, however the stream's
-    audio was chunked. Windows come in order of their start (later windows never
-    start earlier). Frame-wise only: a config with top_db (a floor below the clip's peak) is refused.
+    audio was chunked. Windows asked for in order of their start share the most; a window that starts
+    before the last one, or after a gap, computes all its frames (the same numbers). Frame-wise only: a config with top_db (a floor below the clip's peak) is refused.
     Memory: the frames of about one window.
     """
 
@@ -257,7 +257,7 @@ class OverlapFeatures:
         if self.kept_from <= first + inner <= known_end:
             reuse_end = min(known_end, first + outer)
             reused = self.kept[first + inner - self.kept_from:reuse_end - self.kept_from]
-        else:   # the first window, or one after a gap: nothing to take
+        else:   # the first window, one after a gap or one before the last: nothing to take
             reuse_end, reused = first + inner, self.kept[:0]
         new_from = reuse_end - first   # window frames [new_from, outer) are new inner frames
         rows = np.concatenate([frames[:inner], frames[new_from:outer], frames[outer:]])
