@@ -125,6 +125,9 @@ def test_overlapping_windows_that_share_frames_get_logmel_of_each_window(cfg, mo
         want = mel.logmel(wave[start:start + window], cfg)
         assert got.shape == want.shape
         np.testing.assert_array_equal(got, want)   # every frame computed on its own: the same numbers
+    earlier = starts[1]   # asked for after later windows (the server's deferred features may be): still logmel's
+    np.testing.assert_array_equal(features.window(earlier, wave[earlier:earlier + window]),
+                                  mel.logmel(wave[earlier:earlier + window], cfg))
 
 
 def test_efficientat_is_among_the_front_ends():
